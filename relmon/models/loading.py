@@ -1,0 +1,193 @@
+"""Loading models: the embedded defaults, a user's ``package.module:factory`` with a weights-only
+checkpoint, and Lightning checkpoints. Every model returned carries its :class:`Preprocessing`."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from relmon.data.fashion_mnist import MEAN, STD
+from relmon.models.architectures import SmallCNN, SmallVGG
+from relmon.models.preprocessing import Preprocessing, attach_preprocessing
+
+ARCHITECTURES = {"SmallCNN": SmallCNN, "SmallVGG": SmallVGG}
+FASHION_MNIST_PREPROCESSING = Preprocessing(mean=(MEAN,), std=(STD,), low=0.0, high=1.0)
+DEFAULT_MODEL = "fmnist_cnn"
+_INFO = "relmon_info"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Identity of a loaded model, used for record columns and metric labels."""
+
+    name: str
+    version: str
+    test_accuracy: float | None = None
+
+
+def model_info(model: nn.Module) -> ModelInfo:
+    return getattr(model, _INFO, None) or ModelInfo(name=type(model).__name__, version="unknown")
+
+
+def _attach_info(model: nn.Module, info: ModelInfo) -> nn.Module:
+    object.__setattr__(model, _INFO, info)
+    return model
+
+
+def _weights_dir():
+    return resources.files("relmon.models").joinpath("weights")
+
+
+def manifest() -> dict:
+    """The manifest of the shipped weights: models, their test accuracy and the checkpoint series."""
+    return json.loads(_weights_dir().joinpath("manifest.json").read_text())
+
+
+def _load_state_dict(path: str | os.PathLike) -> dict:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # pickle of arbitrary objects, corrupt file, ...
+        raise ValueError(
+            f"could not read {path} as a weights-only checkpoint ({err}). relmon loads only tensors and "
+            "plain containers (torch.load(weights_only=True)); save with torch.save(model.state_dict(), path)."
+        ) from err
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} holds a {type(obj).__name__}, expected a state_dict (a dict of tensors)")
+    return obj
+
+
+def _digest(path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:12]
+
+
+def list_embedded() -> list[str]:
+    return sorted(manifest()["models"])
+
+
+def load_embedded(name: str = DEFAULT_MODEL) -> nn.Module:
+    """One of the shipped Fashion-MNIST models (``fmnist_cnn``, ``fmnist_vgg``), in eval mode."""
+    entries = manifest()["models"]
+    if name not in entries:
+        raise ValueError(f"unknown embedded model {name!r}; known: {', '.join(sorted(entries))}")
+    entry = entries[name]
+    model = ARCHITECTURES[entry["arch"]]()
+    ref = _weights_dir().joinpath(entry["file"])
+    with resources.as_file(ref) as path:
+        model.load_state_dict(_load_state_dict(path))
+        version = _digest(path)
+    model.eval()
+    attach_preprocessing(model, FASHION_MNIST_PREPROCESSING)
+    return _attach_info(model, ModelInfo(name, version, entry.get("test_accuracy")))
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    name: str
+    step: int
+    epoch: float
+    test_accuracy: float
+    file: str
+
+    def load(self) -> nn.Module:
+        model = ARCHITECTURES[manifest()["models"][self.name]["arch"]]()
+        with resources.as_file(_weights_dir().joinpath(self.file)) as path:
+            model.load_state_dict(_load_state_dict(path))
+        model.eval()
+        attach_preprocessing(model, FASHION_MNIST_PREPROCESSING)
+        return _attach_info(model, ModelInfo(self.name, f"step{self.step}", self.test_accuracy))
+
+
+def checkpoint_series(name: str = DEFAULT_MODEL) -> list[Checkpoint]:
+    """The checkpoints saved while training ``name``, in training order, with their test accuracy."""
+    series = manifest()["checkpoints"]
+    if name not in series:
+        raise ValueError(f"no checkpoint series for {name!r}; series exist for: {', '.join(sorted(series))}")
+    return [Checkpoint(name=name, **c) for c in series[name]]
+
+
+def _import_object(spec: str):
+    if ":" not in spec:
+        raise ValueError(f"expected 'package.module:factory', got {spec!r}")
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"cannot import module {module_name!r} from {spec!r}: {err}") from err
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"module {module_name!r} has no attribute {attr!r} (from {spec!r})")
+        obj = getattr(obj, part)
+    return obj
+
+
+def load_model(
+    factory: str,
+    checkpoint: str | os.PathLike | None = None,
+    preprocessing: Preprocessing | None = None,
+    name: str | None = None,
+    strict: bool = True,
+    **factory_kwargs,
+) -> nn.Module:
+    """Build a model from ``package.module:factory`` and load a weights-only ``checkpoint``.
+
+    ``preprocessing`` declares the model's input space; without it operations that need the valid
+    input range (uniform perturbation, ``lrp:epsilon_gamma_box``) raise an error naming the option.
+    """
+    model = _import_object(factory)(**factory_kwargs)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{factory} returned a {type(model).__name__}, expected a torch.nn.Module")
+    version = "untrained"
+    if checkpoint is not None:
+        state = _load_state_dict(checkpoint)
+        try:
+            model.load_state_dict(state, strict=strict)
+        except RuntimeError as err:
+            raise ValueError(f"checkpoint {checkpoint} does not fit {factory}: {err}") from err
+        version = _digest(checkpoint)
+    model.eval()
+    if preprocessing is not None:
+        attach_preprocessing(model, preprocessing)
+    return _attach_info(model, ModelInfo(name or factory.rpartition(":")[2], version))
+
+
+def load_lightning_checkpoint(
+    module_class: str | type,
+    checkpoint: str | os.PathLike,
+    preprocessing: Preprocessing | None = None,
+    name: str | None = None,
+    **kwargs,
+) -> nn.Module:
+    """Load a LightningModule from its checkpoint with ``module_class.load_from_checkpoint``.
+
+    Lightning checkpoints hold hyper-parameters next to the weights; relmon reads them with
+    ``weights_only=True`` (plain types only), which is Lightning's default from 2.6 on.
+    """
+    cls = _import_object(module_class) if isinstance(module_class, str) else module_class
+    if not hasattr(cls, "load_from_checkpoint"):
+        raise TypeError(f"{cls!r} is not a LightningModule class (it has no load_from_checkpoint)")
+    module = cls.load_from_checkpoint(str(checkpoint), map_location="cpu", weights_only=True, **kwargs)
+    module.eval()
+    if preprocessing is not None:
+        attach_preprocessing(module, preprocessing)
+    label = name or (cls.__name__ if isinstance(cls, type) else str(cls))
+    return _attach_info(module, ModelInfo(label, _digest(checkpoint)))
+
+
+def weights_path(name: str) -> Path:
+    """Filesystem path of a shipped weights file (for tools that want a path)."""
+    with resources.as_file(_weights_dir().joinpath(name)) as p:
+        return Path(p)
