@@ -1,3 +1,29 @@
 """relmon: label-free monitoring of image classifiers by the quality of their explanations."""
 
+from relmon.explain import (
+    UnsupportedModelError,
+    available_methods,
+    canonical_method,
+    conservation,
+    explain,
+    explain_full,
+    to_heatmap,
+)
+from relmon.models import Preprocessing, attach_preprocessing, load_embedded, load_model
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "Preprocessing",
+    "UnsupportedModelError",
+    "__version__",
+    "attach_preprocessing",
+    "available_methods",
+    "canonical_method",
+    "conservation",
+    "explain",
+    "explain_full",
+    "load_embedded",
+    "load_model",
+    "to_heatmap",
+]

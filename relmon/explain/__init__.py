@@ -1,0 +1,28 @@
+"""Heatmap methods behind one function: ``explain(model, x, method=..., target=None)``."""
+
+from relmon.explain.core import (
+    Explanation,
+    available_methods,
+    canonical_method,
+    conservation,
+    explain,
+    explain_full,
+    parse_method,
+)
+from relmon.explain.heatmap import to_heatmap
+from relmon.explain.lrp import COMPOSITES, DEFAULT_COMPOSITE, UnsupportedModelError, default_canonizers
+
+__all__ = [
+    "COMPOSITES",
+    "DEFAULT_COMPOSITE",
+    "Explanation",
+    "UnsupportedModelError",
+    "available_methods",
+    "canonical_method",
+    "conservation",
+    "default_canonizers",
+    "explain",
+    "explain_full",
+    "parse_method",
+    "to_heatmap",
+]
