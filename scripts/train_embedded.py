@@ -80,7 +80,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     WEIGHTS.mkdir(parents=True, exist_ok=True)

@@ -67,7 +67,7 @@ def load_fashion_mnist(split: str = "test", root: str | os.PathLike | None = Non
     root = Path(root or os.environ.get(ENV_ROOT) or DEFAULT_ROOT)
     paths = [_find(root, stem) for stem in _FILES[split]]
     if None in paths:
-        missing = [stem for stem, p in zip(_FILES[split], paths) if p is None]
+        missing = [stem for stem, p in zip(_FILES[split], paths, strict=True) if p is None]
         raise DatasetNotFoundError(
             f"Fashion-MNIST {split} files {missing} not found in {root}. Install them with "
             "'apt-get install dataset-fashion-mnist' (Debian), or point root= / $RELMON_FASHION_MNIST at a "

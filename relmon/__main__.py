@@ -1,0 +1,5 @@
+import sys
+
+from relmon.cli import main
+
+sys.exit(main())

@@ -1,0 +1,108 @@
+"""The ``relmon`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+EXIT_OK, EXIT_USAGE, EXIT_INPUT = 0, 2, 3
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import torch
+
+    import relmon
+    from relmon.data import FASHION_MNIST_CLASSES, load_sample, to_tensor
+    from relmon.explain import conservation, explain_full, to_heatmap
+    from relmon.models import load_embedded, model_info
+    from relmon.report import heatmap_grid
+
+    torch.manual_seed(args.seed)
+    model = load_embedded(args.model)
+    info = model_info(model)
+    images, labels = load_sample()
+    n = min(args.n, len(images))
+    x = to_tensor(images[:n])
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    acc = (pred == torch.from_numpy(labels[:n])).float().mean().item()
+    print(f"relmon {relmon.__version__} demo: model {info.name} (version {info.version}), "
+          f"{n} shipped Fashion-MNIST test images, accuracy on them {acc:.3f}")
+
+    methods = args.methods or relmon.available_methods()[1:]  # skip the bare 'lrp' alias
+    heatmaps, rows = {}, []
+    for method in methods:
+        t0 = time.perf_counter()
+        e = explain_full(model, x, method)
+        seconds = time.perf_counter() - t0
+        hm = to_heatmap(e.relevance, e.method)
+        heatmaps[e.method] = hm[: args.grid]
+        absorbed = conservation(e.relevance, e.logits, e.target).mean().item() if method.startswith("lrp") else float("nan")
+        rows.append((e.method, 1000 * seconds / n, absorbed))
+
+    print(f"\n{'method':<30} {'ms/image':>9} {'absorbed':>9}")
+    for method, ms, absorbed in rows:
+        shown = f"{absorbed:9.3f}" if absorbed == absorbed else f"{'-':>9}"
+        print(f"{method:<30} {ms:9.2f} {shown}")
+    print("absorbed: share of the explained logit not in the input relevance (biases, epsilon); LRP only")
+
+    k = min(args.grid, n)
+    titles = [f"{FASHION_MNIST_CLASSES[int(p)]}" for p in pred[:k]]
+    out = Path(args.out)
+    path = heatmap_grid(to_tensor(images[:k], normalize=False), heatmaps, out / "heatmaps.png", titles=titles)
+    print(f"\nwrote {path}")
+    return EXIT_OK
+
+
+def _methods(args: argparse.Namespace) -> int:
+    import relmon
+
+    for m in relmon.available_methods():
+        print(m)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import relmon
+
+    parser = argparse.ArgumentParser(
+        prog="relmon",
+        description="Label-free monitoring of image classifiers by the quality of their explanations.",
+        epilog="Exit codes: 0 success, 2 usage error, 3 bad input (named in the message).",
+    )
+    parser.add_argument("--version", action="version", version=f"relmon {relmon.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="heatmaps of every method on the embedded model and shipped sample",
+                          description="Explain the shipped Fashion-MNIST sample with every heatmap method, "
+                                      "print a summary and write a PNG grid of inputs and heatmaps.")
+    demo.add_argument("--model", default="fmnist_cnn", help="embedded model (fmnist_cnn, fmnist_vgg)")
+    demo.add_argument("--n", type=int, default=256, help="images to explain (default 256)")
+    demo.add_argument("--grid", type=int, default=8, help="images shown in the grid (default 8)")
+    demo.add_argument("--methods", nargs="+", help="method ids (default: all; see 'relmon methods')")
+    demo.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=_demo)
+
+    methods = sub.add_parser("methods", help="list the heatmap method ids")
+    methods.set_defaults(func=_methods)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"relmon: error: {err}", file=sys.stderr)
+        return EXIT_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""The relmon command, run as a user would."""
+
+import subprocess
+import sys
+
+from PIL import Image
+
+from relmon.cli import main
+
+
+def test_demo_writes_grid_and_summary(tmp_path, capsys):
+    rc = main(["demo", "--n", "16", "--grid", "3", "--out", str(tmp_path), "--methods", "lrp", "sensitivity", "random"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "lrp:epsilon_plus_flat" in out and "sensitivity" in out and "accuracy on them" in out
+    with Image.open(tmp_path / "heatmaps.png") as img:
+        width, height = img.size
+    assert width > height > 100  # 3 rows, 4 columns
+
+
+def test_bad_method_exits_with_input_error(tmp_path, capsys):
+    rc = main(["demo", "--n", "4", "--out", str(tmp_path), "--methods", "gradcam"])
+    assert rc == 3
+    assert "unknown method 'gradcam'" in capsys.readouterr().err
+    assert not (tmp_path / "heatmaps.png").exists()
+
+
+def test_console_script_help():
+    result = subprocess.run([sys.executable, "-m", "relmon", "--help"], capture_output=True, text=True, check=True)
+    assert "demo" in result.stdout and "Exit codes" in result.stdout
+    result = subprocess.run([sys.executable, "-m", "relmon", "methods"], capture_output=True, text=True, check=True)
+    assert "lrp:epsilon_gamma_box" in result.stdout.split()
