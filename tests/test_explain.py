@@ -291,3 +291,16 @@ def test_unsupported_models_are_refused_not_silently_wrong(model_cls, message):
         relmon.explain(model, x, "lrp")
     assert torch.isfinite(relmon.explain(model, x, "lrp", strict=False)).all()
     assert torch.isfinite(relmon.explain(model, x, "sensitivity")).all()  # gradient methods need no rules
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run benchmarks/gpu_check.sh there)")
+@pytest.mark.parametrize("method", ["lrp", "lrp:epsilon_gamma_box", "sensitivity", "deconvnet"])
+def test_cuda_matches_cpu(method, sample_batch):
+    model = relmon.load_embedded("fmnist_vgg")
+    x, _ = sample_batch
+    cpu = relmon.explain(model, x, method)
+    gpu = relmon.explain(model.cuda(), x.cuda(), method)
+    model.cpu()
+    assert gpu.device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-4)
