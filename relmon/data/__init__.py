@@ -21,3 +21,27 @@ __all__ = [
     "read_idx",
     "to_tensor",
 ]
+
+# Input streams (relmon.data.streams) are exported lazily: that module imports pytorch_lightning,
+# which would slow down every `import relmon.data` by seconds.
+_STREAM_EXPORTS = (
+    "BadInputWarning",
+    "BadSample",
+    "ImageFolderStream",
+    "StreamDataModule",
+    "TensorStream",
+    "collate_skip_bad",
+    "fashion_mnist_stream",
+    "is_empty_batch",
+    "iter_windows",
+    "window_indices",
+)
+__all__ += list(_STREAM_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _STREAM_EXPORTS:
+        from relmon.data import streams
+
+        return getattr(streams, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
