@@ -1,0 +1,744 @@
+"""Region perturbation and AOPC (Samek et al. 2015, "Evaluating the visualization of what a Deep
+Neural Network has learned", arXiv 1509.06321).
+
+Pure functions, tensors in and out, no global state. The pipeline, for a batch of inputs ``x``
+``(B, C, H, W)`` and heatmaps ``(B, H, W)`` or ``(B, C', H, W)`` (channel-summed):
+
+1. :func:`region_scores` — sum of the heatmap inside each ``region x region`` cell of a regular grid
+   (where H or W is not a multiple of ``region`` the last row/column of cells is smaller).
+2. :func:`region_order` — ``morf`` (descending score), ``lerf`` (ascending) or ``random`` (a seeded
+   permutation per sample); ties are broken by region index (stable sort).
+3. :func:`rank_map` — for every pixel the rank of its region in the order, ``(B, H, W)``.
+4. :func:`replacement_images` — the values perturbed pixels take, drawn once per sample.
+5. :func:`region_perturbation` — evaluates ``f(x^(k))`` for ``k = 0..L`` where
+   ``x^(k) = where(rank_map < k, replacement, x)`` (the first ``k`` regions replaced, cumulatively),
+   batched over (sample, step) pairs in chunks sized to a memory budget, and returns the curves and
+   AOPC = ``1/(L+1) * sum_{k=0..L} (f(x^(0)) - f(x^(k)))``.
+6. :func:`evaluate_heatmaps` — MoRF, random and LeRF orders together: AOPC, AOPC minus random, ABPC.
+
+Reproducibility: every random draw of a sample (its uniform noise image, its random order) comes from
+a CPU ``torch.Generator`` seeded by ``(seed, sample id, purpose)``, so a sample's curve does not depend
+on the batch, the chunking, the memory budget or the rank it is evaluated on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import operator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from relmon.models.preprocessing import input_bounds
+
+ORDERS = ("morf", "lerf", "random")
+PERTURBATIONS = ("uniform", "constant", "mean", "blur", "black")
+SCORES = ("logit", "softmax")
+DEFAULT_STEPS = 100
+DEFAULT_MAX_BATCH_BYTES = 256 * 2**20
+# Streams of the per-sample generators: the noise image and the random order draw independently.
+_STREAM_NOISE = "noise"
+_STREAM_ORDER = "order"
+# Activation memory of one item is estimated as this factor times the largest (inputs + output) of
+# any leaf module seen in a probe forward: covers residual branches and un-hooked functional ops.
+_ACTIVATION_SAFETY = 2.0
+# Without a probe, activations are assumed to take this many times the input's bytes.
+_ACTIVATION_GUESS = 64
+# Default cap on items per forward on CPU (batch_size=None): CPU kernels lose throughput once a
+# batch's activations leave the caches (measured on the embedded models: 1000-item batches ran at
+# 55-60 % of the throughput of 250-item ones on 2 cores), while GPUs want the largest batch that fits.
+CPU_MAX_ITEMS = 256
+
+
+@dataclass
+class PerturbationResult:
+    """Curves and AOPC of one order for a batch of ``B`` samples (tensors on the model's device).
+
+    Attributes
+    ----------
+    curves:
+        ``(B, L+1)`` float32 (float64 for float64 inputs), ``f(x^(k))`` for ``k = 0..L`` (column 0 is the clean input). With
+        ``step_stride > 1`` the steps not evaluated are filled by linear interpolation.
+    aopc:
+        ``(B,)`` ``1/(L+1) * sum_k (f(x^(0)) - f(x^(k)))``, in the units of the score.
+    aopc_rel:
+        ``(B,)`` ``aopc / f(x^(0))`` where ``f(x^(0)) > 0``, else NaN (always defined for softmax).
+    score0:
+        ``(B,)`` ``f(x^(0))``.
+    target:
+        ``(B,)`` int64, the class whose score ``f`` is.
+    order, perturbation, score, region:
+        The settings used.
+    steps:
+        ``(K,)`` int64, the steps actually evaluated (``0..L`` unless ``step_stride > 1``).
+    """
+
+    curves: torch.Tensor
+    aopc: torch.Tensor
+    aopc_rel: torch.Tensor
+    score0: torch.Tensor
+    target: torch.Tensor
+    order: str
+    perturbation: str
+    score: str
+    region: int
+    steps: torch.Tensor = field(repr=False)
+
+    @property
+    def num_steps(self) -> int:
+        """``L``, the number of perturbation steps (the curves have ``L + 1`` points)."""
+        return self.curves.shape[1] - 1
+
+    @property
+    def drops(self) -> torch.Tensor:
+        """``(B, L+1)`` ``f(x^(0)) - f(x^(k))`` (what Quantus' RegionPerturbation returns for k >= 1)."""
+        return self.score0[:, None] - self.curves
+
+    def cpu(self) -> PerturbationResult:
+        return PerturbationResult(
+            curves=self.curves.cpu(), aopc=self.aopc.cpu(), aopc_rel=self.aopc_rel.cpu(),
+            score0=self.score0.cpu(), target=self.target.cpu(), order=self.order,
+            perturbation=self.perturbation, score=self.score, region=self.region, steps=self.steps.cpu(),
+        )
+
+
+@dataclass
+class HeatmapEvaluation:
+    """The results of several orders on the same samples (see :func:`evaluate_heatmaps`)."""
+
+    results: dict[str, PerturbationResult]
+
+    def _aopc(self, order: str) -> torch.Tensor | None:
+        res = self.results.get(order)
+        return None if res is None else res.aopc
+
+    @property
+    def aopc(self) -> torch.Tensor | None:
+        """``(B,)`` MoRF AOPC (the paper's AOPC)."""
+        return self._aopc("morf")
+
+    @property
+    def aopc_rel(self) -> torch.Tensor | None:
+        res = self.results.get("morf")
+        return None if res is None else res.aopc_rel
+
+    @property
+    def aopc_random(self) -> torch.Tensor | None:
+        return self._aopc("random")
+
+    @property
+    def aopc_lerf(self) -> torch.Tensor | None:
+        return self._aopc("lerf")
+
+    @property
+    def aopc_minus_random(self) -> torch.Tensor | None:
+        """``(B,)`` MoRF AOPC minus random-order AOPC of the same sample (same noise image)."""
+        if self.aopc is None or self.aopc_random is None:
+            return None
+        return self.aopc - self.aopc_random
+
+    @property
+    def abpc(self) -> torch.Tensor | None:
+        """``(B,)`` area between the LeRF and MoRF curves: ``mean_k (f_lerf(k) - f_morf(k))``."""
+        morf, lerf = self.results.get("morf"), self.results.get("lerf")
+        if morf is None or lerf is None:
+            return None
+        return (lerf.curves - morf.curves).mean(dim=1)
+
+    def as_dict(self) -> dict[str, torch.Tensor | None]:
+        return {
+            "aopc": self.aopc, "aopc_rel": self.aopc_rel, "aopc_random": self.aopc_random,
+            "aopc_minus_random": self.aopc_minus_random, "aopc_lerf": self.aopc_lerf, "abpc": self.abpc,
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# validation
+
+
+def _check_choice(value: str, known: Sequence[str], what: str) -> str:
+    if not isinstance(value, str) or value.lower() not in known:
+        raise ValueError(f"unknown {what} {value!r}; known: {', '.join(known)}")
+    return value.lower()
+
+
+def _as_heatmap(heatmap: torch.Tensor) -> torch.Tensor:
+    """``(B, H, W)`` float heatmap: ``(B, C, H, W)`` is summed over channels."""
+    if not isinstance(heatmap, torch.Tensor):
+        raise TypeError(f"heatmap must be a torch.Tensor, got {type(heatmap).__name__}")
+    if heatmap.dim() == 4:
+        heatmap = heatmap.sum(dim=1)
+    elif heatmap.dim() != 3:
+        raise ValueError(
+            f"heatmap must be (B, H, W) or (B, C, H, W), got shape {tuple(heatmap.shape)}; "
+            "add the batch dimension with heatmap.unsqueeze(0) for a single image"
+        )
+    if not heatmap.is_floating_point():
+        heatmap = heatmap.float()
+    return heatmap
+
+
+def _check_inputs(x: torch.Tensor, heatmap: torch.Tensor) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(
+            f"x must be (B, C, H, W), got shape {tuple(x.shape)}; add the batch dimension with x.unsqueeze(0)"
+        )
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating tensor in the model's input space, got dtype {x.dtype}")
+    h = _as_heatmap(heatmap)
+    if h.shape[0] != x.shape[0] or h.shape[-2:] != x.shape[-2:]:
+        raise ValueError(
+            f"heatmap shape {tuple(heatmap.shape)} does not match input shape {tuple(x.shape)}: expected "
+            f"({x.shape[0]}, {x.shape[2]}, {x.shape[3]}) or ({x.shape[0]}, C, {x.shape[2]}, {x.shape[3]}); "
+            "compute one heatmap per input at the input's resolution"
+        )
+    if x.shape[0] == 0:
+        raise ValueError("x holds no samples (batch size 0)")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x holds non-finite values (NaN or inf); drop or repair those inputs first")
+    if not bool(torch.isfinite(h).all()):
+        raise ValueError("heatmap holds non-finite values (NaN or inf); check the explanation method")
+    return h
+
+
+def _as_int(value, name: str, what: str) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be {what}, got {value!r}") from None
+
+
+def _check_region(region: int, height: int, width: int) -> int:
+    region = _as_int(region, "region", "a positive int (the side of a square region in pixels)")
+    if region < 1:
+        raise ValueError(f"region must be a positive int (the side of a square region in pixels), got {region!r}")
+    if region > min(height, width):
+        raise ValueError(
+            f"region {region} is larger than the image ({height}x{width}); choose region <= {min(height, width)}"
+            " (e.g. 9 for images of 64 pixels or more, 2-4 for small ones)"
+        )
+    return region
+
+
+def num_regions(height: int, width: int, region: int) -> int:
+    """Number of cells of the grid: ``ceil(H / region) * ceil(W / region)``."""
+    return math.ceil(height / region) * math.ceil(width / region)
+
+
+def _sample_ids(batch: int, sample_ids, offset: int) -> list:
+    if sample_ids is None:
+        return list(range(offset, offset + batch))
+    if isinstance(sample_ids, torch.Tensor):
+        sample_ids = sample_ids.flatten().tolist()
+    ids = list(sample_ids)
+    if len(ids) != batch:
+        raise ValueError(f"sample_ids holds {len(ids)} ids for a batch of {batch}; pass one id per sample")
+    return ids
+
+
+def _seed_for(seed: int, sample_id, stream: str) -> int:
+    """A 63-bit generator seed from (seed, sample id, stream); ids are ints or strings (``1 != "1"``)."""
+    if isinstance(sample_id, torch.Tensor):
+        sample_id = sample_id.item()
+    sid = repr(sample_id) if isinstance(sample_id, str) else str(operator.index(sample_id))
+    digest = hashlib.blake2b(f"{int(seed)}|{stream}|{sid}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def _generator(seed: int, sample_id, stream: str) -> torch.Generator:
+    g = torch.Generator(device="cpu")
+    g.manual_seed(_seed_for(seed, sample_id, stream))
+    return g
+
+
+# --------------------------------------------------------------------------------------------------
+# regions and orders
+
+
+def region_index_map(height: int, width: int, region: int, device=None) -> torch.Tensor:
+    """``(H, W)`` int64 map from pixel to region id ``row * ceil(W/region) + col`` (row-major grid)."""
+    region = _check_region(region, height, width)
+    cols = math.ceil(width / region)
+    rows_idx = torch.arange(height, device=device) // region
+    cols_idx = torch.arange(width, device=device) // region
+    return rows_idx[:, None] * cols + cols_idx[None, :]
+
+
+def region_scores(heatmap: torch.Tensor, region: int) -> torch.Tensor:
+    """``(B, R)`` sum of the (channel-summed) heatmap inside each region, regions in row-major order.
+
+    Computed as a reshape-and-sum over the grid. Where H or W is not a multiple of ``region`` the
+    heatmap is zero-extended for the summation only: the extension adds nothing, so the last
+    row/column of regions is exactly the smaller cell of the image (and a reshape-sum is
+    deterministic on every device, unlike atomic scatter-adds, so rankings are reproducible).
+    """
+    h = _as_heatmap(heatmap)
+    b, height, width = h.shape
+    region = _check_region(region, height, width)
+    rows, cols = math.ceil(height / region), math.ceil(width / region)
+    pad_h, pad_w = rows * region - height, cols * region - width
+    if pad_h or pad_w:
+        h = F.pad(h, (0, pad_w, 0, pad_h))
+    return h.reshape(b, rows, region, cols, region).sum(dim=(2, 4)).reshape(b, rows * cols)
+
+
+def region_order(
+    scores: torch.Tensor, order: str = "morf", *, seed: int = 0, sample_ids=None, offset: int = 0
+) -> torch.Tensor:
+    """``(B, R)`` int64: for each sample the region ids in perturbation order.
+
+    ``morf``: descending score; ``lerf``: ascending score; both break ties by the lower region id
+    first (stable sort; MoRF sorts the negated scores). ``random``: a permutation drawn from the
+    sample's generator seeded by ``(seed, sample id)`` (ids default to ``offset + index``).
+    """
+    order = _check_choice(order, ORDERS, "order")
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be (B, R), got shape {tuple(scores.shape)}")
+    if order == "morf":
+        return torch.sort(-scores, dim=1, stable=True).indices
+    if order == "lerf":
+        return torch.sort(scores, dim=1, stable=True).indices
+    b, r = scores.shape
+    ids = _sample_ids(b, sample_ids, offset)
+    # One small draw per sample: the per-sample generator is what makes the order batch-independent.
+    perms = [torch.randperm(r, generator=_generator(seed, sid, _STREAM_ORDER)) for sid in ids]
+    return torch.stack(perms).to(scores.device)
+
+
+def rank_map(order: torch.Tensor, height: int, width: int, region: int) -> torch.Tensor:
+    """``(B, H, W)`` int32: rank of each pixel's region in ``order`` (``0`` = perturbed first).
+
+    Pixel ``p`` is perturbed at step ``k`` iff ``rank_map[p] < k``.
+    """
+    b, r = order.shape
+    if r != num_regions(height, width, region):
+        raise ValueError(f"order has {r} regions but a {height}x{width} image has "
+                         f"{num_regions(height, width, region)} regions of size {region}")
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(r, device=order.device).expand(b, r))
+    index = region_index_map(height, width, region, device=order.device).flatten()
+    return ranks[:, index].reshape(b, height, width).to(torch.int32)
+
+
+# --------------------------------------------------------------------------------------------------
+# replacement values
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    radius = max(1, math.ceil(3.0 * sigma))
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(x.dtype)
+    c = x.shape[1]
+    out = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+    out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def replacement_images(
+    x: torch.Tensor,
+    perturbation: str = "uniform",
+    *,
+    low: torch.Tensor | None = None,
+    high: torch.Tensor | None = None,
+    value: float = 0.0,
+    sigma: float = 2.0,
+    seed: int = 0,
+    sample_ids=None,
+    offset: int = 0,
+) -> torch.Tensor:
+    """``(B, C, H, W)`` values that perturbed pixels take, on ``x``'s device and dtype.
+
+    - ``uniform``: per pixel and channel ``U(low[c], high[c])``, drawn on the CPU from the sample's
+      generator seeded by ``(seed, sample id)`` and then moved to the device. ``low``/``high`` are
+      per-channel tensors ``(C,)`` (see :func:`relmon.models.input_bounds`).
+    - ``constant``: ``value`` everywhere.
+    - ``mean``: the per-sample, per-channel mean of ``x``.
+    - ``blur``: ``x`` blurred by a Gaussian of standard deviation ``sigma`` pixels (edges replicated).
+    - ``black``: the per-sample minimum of the whole input (Quantus' ``"black"`` baseline).
+    """
+    perturbation = _check_choice(perturbation, PERTURBATIONS, "perturbation")
+    b, c, height, width = x.shape
+    if perturbation == "uniform":
+        if low is None or high is None:
+            raise ValueError("the 'uniform' perturbation needs low= and high= (per-channel valid input range)")
+        lo = torch.as_tensor(low, dtype=torch.float32).flatten().expand(c).reshape(1, c, 1, 1)
+        hi = torch.as_tensor(high, dtype=torch.float32).flatten().expand(c).reshape(1, c, 1, 1)
+        ids = _sample_ids(b, sample_ids, offset)
+        u = torch.stack(
+            [torch.rand((c, height, width), generator=_generator(seed, sid, _STREAM_NOISE)) for sid in ids]
+        )
+        return (lo + (hi - lo) * u).to(device=x.device, dtype=x.dtype)
+    if perturbation == "constant":
+        return torch.full_like(x, float(value))
+    if perturbation == "mean":
+        return x.mean(dim=(2, 3), keepdim=True).expand_as(x)
+    if perturbation == "black":
+        return x.amin(dim=(1, 2, 3), keepdim=True).expand_as(x)
+    if not sigma > 0:
+        raise ValueError(f"blur needs sigma > 0 (pixels), got {sigma}")
+    return _gaussian_blur(x, float(sigma))
+
+
+def perturb(x: torch.Tensor, ranks: torch.Tensor, replacement: torch.Tensor, k: int) -> torch.Tensor:
+    """``x^(k)``: the pixels of the first ``k`` regions (``ranks < k``) replaced, ``(B, C, H, W)``."""
+    return torch.where((ranks < k).unsqueeze(1), replacement, x)
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluation
+
+
+def evaluated_steps(num_steps: int, step_stride: int = 1) -> torch.Tensor:
+    """Steps evaluated with subsampling: ``0, s, 2s, ...`` and always ``L``, as int64 ``(K,)``."""
+    step_stride = _as_int(step_stride, "step_stride", "an int >= 1 (1 evaluates every step)")
+    if step_stride < 1:
+        raise ValueError(f"step_stride must be an int >= 1 (1 evaluates every step), got {step_stride!r}")
+    steps = list(range(0, num_steps + 1, step_stride))
+    if steps[-1] != num_steps:
+        steps.append(num_steps)
+    return torch.tensor(steps, dtype=torch.int64)
+
+
+def interpolate_curves(values: torch.Tensor, steps: torch.Tensor, num_steps: int) -> torch.Tensor:
+    """``(B, L+1)`` curves from ``(B, K)`` values at ``steps``, linear in between (exact at ``steps``)."""
+    steps = steps.to(values.device)
+    if steps.numel() == num_steps + 1:
+        return values
+    k = torch.arange(num_steps + 1, device=values.device)
+    j = (torch.searchsorted(steps, k, right=True) - 1).clamp(0, steps.numel() - 2)
+    k0, k1 = steps[j], steps[j + 1]
+    t = ((k - k0).to(values.dtype) / (k1 - k0).to(values.dtype))[None, :]
+    return values[:, j] * (1 - t) + values[:, j + 1] * t
+
+
+def aopc_from_curves(curves: torch.Tensor, score0: torch.Tensor | None = None) -> torch.Tensor:
+    """``(B,)`` AOPC ``1/(L+1) * sum_{k=0..L} (f(x^(0)) - f(x^(k)))`` of curves ``(B, L+1)``."""
+    if score0 is None:
+        score0 = curves[:, 0]
+    return (score0[:, None] - curves).mean(dim=1)
+
+
+def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return fallback
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode and restore each one's own train/eval flag afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _leaf_activation_bytes(model: nn.Module, probe: torch.Tensor) -> int:
+    """Largest (inputs + output) bytes of any leaf module during a forward of ``probe``."""
+    peak = [0]
+
+    def hook(_module, inputs, output):
+        size = sum(t.nbytes for t in inputs if isinstance(t, torch.Tensor))
+        outs = output if isinstance(output, (tuple, list)) else (output,)
+        size += sum(t.nbytes for t in outs if isinstance(t, torch.Tensor))
+        peak[0] = max(peak[0], size)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not any(True for _ in m.children())]
+    try:
+        out = model(probe)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if isinstance(out, torch.Tensor):
+        peak[0] = max(peak[0], probe.nbytes + out.nbytes)
+    return peak[0]
+
+
+def items_per_chunk(
+    model: nn.Module,
+    example: torch.Tensor,
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+    probe: bool = True,
+) -> int:
+    """How many perturbed inputs one forward may hold so that its memory stays under ``max_batch_bytes``.
+
+    Per item: the perturbed input and its construction (about 5 input-sized tensors: the gathered
+    clean image and replacement, the result, a channels-last copy, the rank map and mask) plus the
+    model's activations, estimated as twice the largest (inputs + output) of any leaf module in a
+    probe forward of ``example`` (one input, run by the caller under the same autocast/inference mode;
+    without a probe, 64 times the input's bytes). An estimate, not a guarantee: kernels' workspaces
+    are not seen. At least one item per chunk.
+    """
+    if not isinstance(max_batch_bytes, int) or max_batch_bytes <= 0:
+        raise ValueError(f"max_batch_bytes must be a positive int (bytes), got {max_batch_bytes!r}")
+    example = example[:1]
+    in_bytes = example.nbytes
+    build = 5 * in_bytes + example.shape[-2] * example.shape[-1] * 5
+    if probe:
+        act = int(_ACTIVATION_SAFETY * _leaf_activation_bytes(model, example))
+    else:
+        act = _ACTIVATION_GUESS * in_bytes
+    return max(1, max_batch_bytes // max(1, build + act))
+
+
+def _blocks(batch: int, n_steps: int, chunk: int) -> Iterator[tuple[int, int, int, int]]:
+    """(b0, b1, k0, k1) blocks of at most ``chunk`` items, in sample-major order.
+
+    With ``chunk >= n_steps`` a block holds the whole curves of ``chunk // n_steps`` samples (so a
+    forward holds a multiple of ``n_steps`` items); otherwise it holds ``chunk`` steps of one sample.
+    """
+    if chunk >= n_steps:
+        per = chunk // n_steps
+        for b0 in range(0, batch, per):
+            yield b0, min(b0 + per, batch), 0, n_steps
+    else:
+        for b0 in range(batch):
+            for k0 in range(0, n_steps, chunk):
+                yield b0, b0 + 1, k0, min(k0 + chunk, n_steps)
+
+
+def region_perturbation(
+    model: nn.Module,
+    x: torch.Tensor,
+    heatmap: torch.Tensor,
+    *,
+    region: int = 9,
+    steps: int = DEFAULT_STEPS,
+    order: str = "morf",
+    perturbation: str = "uniform",
+    low: float | torch.Tensor | None = None,
+    high: float | torch.Tensor | None = None,
+    value: float = 0.0,
+    sigma: float = 2.0,
+    target: int | torch.Tensor | None = None,
+    score: str = "logit",
+    seed: int = 0,
+    sample_ids=None,
+    offset: int = 0,
+    step_stride: int = 1,
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+    batch_size: int | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    probe: bool = True,
+) -> PerturbationResult:
+    """Region perturbation curves and AOPC of ``heatmap`` for ``model`` on ``x``.
+
+    Parameters
+    ----------
+    model:
+        Classifier returning ``(N, classes)`` scores; run in eval mode (each submodule's mode is
+        restored afterwards) under ``torch.inference_mode()``.
+    x:
+        ``(B, C, H, W)`` float inputs in the model's input space (any device; moved per chunk).
+    heatmap:
+        ``(B, H, W)`` or ``(B, C', H, W)`` (summed over channels).
+    region:
+        Side of the square regions in pixels; the last row/column of the grid is smaller when H or W
+        is not a multiple.
+    steps:
+        ``L``, the number of perturbation steps; capped at the number of regions; must be >= 1.
+    order:
+        ``morf``, ``lerf`` or ``random``.
+    perturbation:
+        ``uniform`` (the paper's; range from ``low``/``high`` or the model's declared input space),
+        ``constant`` (``value``), ``mean``, ``blur`` (``sigma``) or ``black``; see
+        :func:`replacement_images`. The replacement is fixed per sample over the steps.
+    target:
+        Class whose score is tracked: ``None`` = argmax of the clean logits; an int or ``(B,)`` tensor.
+    score:
+        ``logit`` (the paper's pre-softmax score) or ``softmax`` (probability).
+    seed, sample_ids, offset:
+        Random draws of a sample come from a generator seeded by ``(seed, sample id)``; sample ids
+        are ``offset + index`` unless ``sample_ids`` (ints or strings, one per sample) are given.
+    step_stride:
+        ``s``: evaluate only steps ``0, s, 2s, ...`` and ``L``. The curve at the skipped steps is
+        linearly interpolated between the neighbouring evaluated steps, so the AOPC sum over
+        ``k = 0..L`` becomes a trapezoidal approximation; cost is about ``1/s`` of the full run.
+        ``s = 1`` (default) is exact.
+    max_batch_bytes, batch_size, probe:
+        Memory budget of one forward (default 256 MiB) from which the number of (sample, step) items
+        per forward is derived (see :func:`items_per_chunk`); ``batch_size`` caps it further
+        (default on CPU: at most ``CPU_MAX_ITEMS`` = 256 items, where larger batches run slower). A
+        forward holds the whole curves of ``chunk // K`` samples (``K`` evaluated steps), or, when
+        the chunk is smaller than a curve, ``chunk`` steps of one sample. Results do not depend on
+        them (up to the float non-associativity of batched kernels).
+    autocast_dtype, channels_last:
+        Run forwards under ``torch.autocast(dtype=autocast_dtype)`` (e.g. ``torch.bfloat16`` on CUDA)
+        and/or feed channels-last inputs (convert the model itself with
+        ``model.to(memory_format=torch.channels_last)``; relmon does not modify the model).
+
+    Returns
+    -------
+    PerturbationResult, its tensors on the model's device.
+    """
+    order = _check_choice(order, ORDERS, "order")
+    perturbation = _check_choice(perturbation, PERTURBATIONS, "perturbation")
+    score = _check_choice(score, SCORES, "score")
+    h = _check_inputs(x, heatmap)
+    b, c, height, width = x.shape
+    region = _check_region(region, height, width)
+    steps = _as_int(steps, "steps (L)", "an int >= 1")
+    if steps < 1:
+        raise ValueError(f"steps (L) must be an int >= 1, got {steps!r}")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be None or an int >= 1, got {batch_size!r}")
+    n_regions = num_regions(height, width, region)
+    num_steps = min(steps, n_regions)
+    ks = evaluated_steps(num_steps, step_stride)
+    n_k = ks.numel()
+    ids = _sample_ids(b, sample_ids, offset)
+
+    lo = hi = None
+    if perturbation == "uniform":
+        lo, hi = input_bounds(model, c, low, high, needed_for="the 'uniform' perturbation of region_perturbation")
+
+    device = _model_device(model, x.device)
+    # (B, R) scores are small; the (H, W) rank maps are built per block so that memory beyond the
+    # caller's own x and heatmap stays within the budget whatever B.
+    scores = region_scores(h, region)
+
+    fixed_target = None
+    if target is not None:
+        fixed_target = torch.as_tensor(target, dtype=torch.int64).flatten()
+        if fixed_target.numel() == 1:
+            fixed_target = fixed_target.expand(b)
+        if fixed_target.numel() != b:
+            raise ValueError(f"target needs 1 or {b} class indices, got {fixed_target.numel()}")
+        if bool((fixed_target < 0).any()):
+            raise ValueError(f"target must hold class indices >= 0, got {fixed_target.tolist()}")
+        fixed_target = fixed_target.to(device)
+
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None else contextlib.nullcontext()
+    )
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    ks_dev = ks.to(device=device, dtype=torch.int32)  # same dtype as the rank map: no promotion
+    # Scores are kept in float32, or float64 for float64 inputs (exact analytic checks).
+    value_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    values = torch.empty(b, n_k, device=device, dtype=value_dtype)
+    tgt = fixed_target.clone() if fixed_target is not None else torch.zeros(b, dtype=torch.int64, device=device)
+
+    with eval_mode(model), torch.inference_mode(), autocast:
+        example = x[:1].to(device).contiguous(memory_format=memory_format)
+        chunk = items_per_chunk(model, example, max_batch_bytes, probe=probe)
+        if batch_size is not None:
+            chunk = min(chunk, batch_size)
+        elif device.type == "cpu":
+            chunk = min(chunk, CPU_MAX_ITEMS)
+        cached: tuple = (None, None)
+        for b0, b1, k0, k1 in _blocks(b, n_k, chunk):
+            # A block is whole curves of samples b0..b1-1, or steps k0..k1-1 of one sample; either way
+            # the perturbed inputs are one broadcast `where`, with no gathers.
+            if cached[0] != (b0, b1):
+                xs = x[b0:b1].to(device)
+                noise = replacement_images(xs, perturbation, low=lo, high=hi, value=value, sigma=sigma,
+                                           seed=seed, sample_ids=ids[b0:b1])
+                perm = region_order(scores[b0:b1], order, seed=seed, sample_ids=ids[b0:b1])
+                cached = ((b0, b1), (xs, noise, rank_map(perm.to(device), height, width, region)))
+            xs, noise, rs = cached[1]
+            nb, nk = b1 - b0, k1 - k0
+            mask = rs.unsqueeze(1) < ks_dev[k0:k1].view(1, nk, 1, 1)
+            xk = torch.where(mask.unsqueeze(2), noise.unsqueeze(1), xs.unsqueeze(1))
+            xk = xk.reshape(nb * nk, c, height, width).contiguous(memory_format=memory_format)
+            out = model(xk)
+            if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != nb * nk:
+                raise ValueError(
+                    "the model must return class scores of shape (N, classes), got "
+                    f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}"
+                )
+            out = out.to(value_dtype).view(nb, nk, -1)
+            if k0 == 0:
+                # Step 0 (the clean input) opens every sample's first block.
+                if fixed_target is None:
+                    tgt[b0:b1] = out[:, 0].argmax(dim=1)
+                elif b0 == 0 and int(fixed_target.max()) >= out.shape[2]:
+                    raise ValueError(f"target {int(fixed_target.max())} is out of range for {out.shape[2]} classes")
+            index = tgt[b0:b1].view(nb, 1, 1).expand(nb, nk, 1)
+            picked = out.gather(2, index).squeeze(2)
+            if score == "softmax":
+                picked = torch.exp(picked - torch.logsumexp(out, dim=2))
+            values[b0:b1, k0:k1] = picked
+
+    curves = interpolate_curves(values, ks, num_steps)
+    score0 = curves[:, 0].clone()
+    aopc = aopc_from_curves(curves, score0)
+    aopc_rel = torch.where(score0 > 0, aopc / score0, torch.full_like(aopc, float("nan")))
+    return PerturbationResult(
+        curves=curves, aopc=aopc, aopc_rel=aopc_rel, score0=score0, target=tgt, order=order,
+        perturbation=perturbation, score=score, region=region, steps=ks,
+    )
+
+
+def evaluate_heatmaps(
+    model: nn.Module,
+    x: torch.Tensor,
+    heatmap: torch.Tensor,
+    *,
+    orders: Sequence[str] = ("morf", "random", "lerf"),
+    target: int | torch.Tensor | None = None,
+    **kwargs,
+) -> HeatmapEvaluation:
+    """Run :func:`region_perturbation` for each of ``orders`` on the same samples.
+
+    All orders share the target (that of the first order when ``target=None``) and the per-sample
+    replacement images (same seed and sample ids), so ``aopc_minus_random`` compares like with like.
+    The result gives per sample: ``aopc`` (MoRF), ``aopc_rel``, ``aopc_random``,
+    ``aopc_minus_random``, ``aopc_lerf`` and ``abpc`` (those whose orders were run; else None).
+    ``kwargs`` go to :func:`region_perturbation` (``region``, ``steps``, ``perturbation``, ...).
+    """
+    if isinstance(orders, str):
+        orders = (orders,)
+    orders = [_check_choice(o, ORDERS, "order") for o in orders]
+    if not orders:
+        raise ValueError(f"orders must name at least one of {', '.join(ORDERS)}")
+    if len(set(orders)) != len(orders):
+        raise ValueError(f"orders must not repeat, got {orders}")
+    results: dict[str, PerturbationResult] = {}
+    for order in orders:
+        res = region_perturbation(model, x, heatmap, order=order, target=target, **kwargs)
+        target = res.target if target is None else target
+        results[order] = res
+    return HeatmapEvaluation(results)
+
+
+__all__ = [
+    "CPU_MAX_ITEMS",
+    "DEFAULT_MAX_BATCH_BYTES",
+    "DEFAULT_STEPS",
+    "ORDERS",
+    "PERTURBATIONS",
+    "SCORES",
+    "HeatmapEvaluation",
+    "PerturbationResult",
+    "aopc_from_curves",
+    "eval_mode",
+    "evaluate_heatmaps",
+    "evaluated_steps",
+    "interpolate_curves",
+    "items_per_chunk",
+    "num_regions",
+    "perturb",
+    "rank_map",
+    "region_index_map",
+    "region_order",
+    "region_perturbation",
+    "region_scores",
+    "replacement_images",
+]
