@@ -1,0 +1,221 @@
+"""The per-sample record schema (DESIGN §2a), declared once: one row per (sample, method).
+
+Columns (:data:`RECORD_COLUMNS`, typed by :data:`RECORD_SCHEMA`):
+
+- ``sample_id``, ``window_id`` (str): the input (file path or index) and its window.
+- ``model``, ``model_version`` (str): from :func:`relmon.models.model_info`.
+- ``pred`` (int64): the predicted (and explained) class, argmax of the clean logits.
+- ``confidence`` (float64): max softmax probability.
+- ``softmax_entropy`` (float64): entropy of the softmax distribution, in **nats** (natural log).
+- ``margin`` (float64): top-1 minus top-2 softmax probability.
+- ``label`` (nullable int64), ``correct`` (nullable bool): null without labels (``label = -1``).
+- ``method`` (str): canonical method id (``lrp:epsilon_plus_flat`` ...). The **random region order**
+  of a sample is the row with ``method = "random"`` (same target and same noise image as the
+  heatmap rows); its heatmap columns (entropy, sizes, Gini) are null and its ``aopc`` is the random
+  order's AOPC.
+- ``score0`` (float64): ``f(x^(0))``, the explained score on the clean input.
+- ``aopc`` (float64): MoRF AOPC (random order's for ``method = "random"``); ``aopc_rel`` =
+  ``aopc / score0`` (NaN where ``score0 <= 0``).
+- ``aopc_lerf``, ``abpc`` (nullable float64): null unless LeRF was asked for.
+- ``entropy_bits``, ``png_bytes``, ``jpeg_bytes``, ``gini`` (nullable float64 / int64): heatmap
+  complexity (null on the ``random`` row).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+RANDOM_METHOD = "random"
+
+RECORD_SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("window_id", pa.string(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("pred", pa.int64(), nullable=False),
+        pa.field("confidence", pa.float64(), nullable=False),
+        pa.field("softmax_entropy", pa.float64(), nullable=False),
+        pa.field("margin", pa.float64(), nullable=False),
+        pa.field("label", pa.int64(), nullable=True),
+        pa.field("correct", pa.bool_(), nullable=True),
+        pa.field("method", pa.string(), nullable=False),
+        pa.field("score0", pa.float64(), nullable=False),
+        pa.field("aopc", pa.float64(), nullable=False),
+        pa.field("aopc_rel", pa.float64(), nullable=True),
+        pa.field("aopc_lerf", pa.float64(), nullable=True),
+        pa.field("abpc", pa.float64(), nullable=True),
+        pa.field("entropy_bits", pa.float64(), nullable=True),
+        pa.field("png_bytes", pa.int64(), nullable=True),
+        pa.field("jpeg_bytes", pa.int64(), nullable=True),
+        pa.field("gini", pa.float64(), nullable=True),
+    ]
+)
+RECORD_COLUMNS: tuple[str, ...] = tuple(RECORD_SCHEMA.names)
+
+# pandas dtypes matching the schema (nullable extension dtypes where the schema allows nulls).
+_PANDAS_DTYPES = {
+    "sample_id": "string", "window_id": "string", "model": "string", "model_version": "string",
+    "pred": "int64", "confidence": "float64", "softmax_entropy": "float64", "margin": "float64",
+    "label": "Int64", "correct": "boolean", "method": "string", "score0": "float64", "aopc": "float64",
+    "aopc_rel": "float64", "aopc_lerf": "Float64", "abpc": "Float64", "entropy_bits": "Float64",
+    "png_bytes": "Int64", "jpeg_bytes": "Int64", "gini": "Float64",
+}
+
+
+class RecordSchemaError(ValueError):
+    """A records frame does not match :data:`RECORD_SCHEMA`."""
+
+
+def confidence_signals(logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``(B,)`` tensors from clean logits ``(B, K)``: pred, confidence, softmax_entropy (nats), margin."""
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be (B, K), got shape {tuple(logits.shape)}")
+    logp = torch.log_softmax(logits.detach().to(torch.float64), dim=1)
+    p = logp.exp()
+    top = torch.topk(p, k=min(2, p.shape[1]), dim=1).values
+    margin = top[:, 0] - top[:, 1] if top.shape[1] > 1 else top[:, 0]
+    return {
+        "pred": p.argmax(dim=1),
+        "confidence": top[:, 0],
+        "softmax_entropy": -(p * logp).nan_to_num(0.0).sum(dim=1),
+        "margin": margin,
+    }
+
+
+def _values(value, n: int, name: str) -> np.ndarray | list:
+    """``n`` values of a column from a tensor, array, sequence or scalar (broadcast)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, (str, int, float, bool, np.generic)) or value is None:
+        return [value] * n
+    out = np.asarray(value) if not isinstance(value, list) else value
+    if len(out) != n:
+        raise RecordSchemaError(f"column {name!r} holds {len(out)} values for {n} rows")
+    return out
+
+
+def make_records(n: int | None = None, **columns) -> pd.DataFrame:
+    """A validated records frame from per-row columns (tensors, arrays, lists or scalars).
+
+    Every column of :data:`RECORD_COLUMNS` must be given except the nullable ones (``label``,
+    ``correct``, ``aopc_lerf``, ``abpc`` and the complexity columns), which default to null. ``label``
+    values ``< 0`` mean unknown (null); ``correct`` is derived from ``pred`` and ``label`` when not
+    given. Scalars are broadcast to ``n`` rows (inferred from the first array-like column).
+    """
+    unknown = set(columns) - set(RECORD_COLUMNS)
+    if unknown:
+        raise RecordSchemaError(f"unknown record column(s) {sorted(unknown)}; known: {list(RECORD_COLUMNS)}")
+    if n is None:
+        for value in columns.values():
+            if isinstance(value, (torch.Tensor, np.ndarray, list, tuple)):
+                n = len(value)
+                break
+        else:
+            raise RecordSchemaError("cannot tell the number of rows: pass n= or at least one array column")
+    data = {}
+    for name in RECORD_COLUMNS:
+        if name in columns:
+            data[name] = _values(columns[name], n, name)
+        elif RECORD_SCHEMA.field(name).nullable:
+            data[name] = [None] * n
+        else:
+            raise RecordSchemaError(f"missing required record column {name!r}")
+    frame = pd.DataFrame(data)
+    label = pd.Series(pd.array(frame["label"], dtype="Int64"), index=frame.index)
+    frame["label"] = label.mask(label < 0)
+    if "correct" not in columns:
+        frame["correct"] = (frame["label"] == frame["pred"].astype("Int64")).astype("boolean")
+    return validate_records(frame)
+
+
+def empty_records() -> pd.DataFrame:
+    """A frame with the record columns and dtypes and no rows."""
+    return validate_records(pd.DataFrame({c: pd.Series([], dtype=_PANDAS_DTYPES[c]) for c in RECORD_COLUMNS}))
+
+
+def validate_records(frame: pd.DataFrame) -> pd.DataFrame:
+    """Check ``frame`` against :data:`RECORD_SCHEMA` and return it with the schema's column order and dtypes.
+
+    Raises :class:`RecordSchemaError` for missing/extra columns, nulls in non-nullable columns, or
+    values that cannot be cast.
+    """
+    if not isinstance(frame, pd.DataFrame):
+        raise RecordSchemaError(f"records must be a pandas DataFrame, got {type(frame).__name__}")
+    missing = [c for c in RECORD_COLUMNS if c not in frame.columns]
+    extra = [c for c in frame.columns if c not in RECORD_COLUMNS]
+    if missing or extra:
+        raise RecordSchemaError(f"records columns mismatch: missing {missing}, unexpected {extra}")
+    out = {}
+    for name in RECORD_COLUMNS:
+        col = frame[name]
+        if not RECORD_SCHEMA.field(name).nullable and bool(col.isna().any()):
+            raise RecordSchemaError(f"column {name!r} must not hold nulls")
+        try:
+            out[name] = col.astype(_PANDAS_DTYPES[name])
+        except (TypeError, ValueError) as err:
+            raise RecordSchemaError(f"column {name!r} cannot be cast to {_PANDAS_DTYPES[name]}: {err}") from err
+    result = pd.DataFrame(out, index=frame.index)
+    try:
+        to_arrow(result)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        raise RecordSchemaError(f"records do not match the schema: {err}") from err
+    return result
+
+
+def to_arrow(frame: pd.DataFrame) -> pa.Table:
+    """The records as an Arrow table with exactly :data:`RECORD_SCHEMA`."""
+    return pa.Table.from_pandas(frame[list(RECORD_COLUMNS)], schema=RECORD_SCHEMA, preserve_index=False)
+
+
+def write_records(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Validate ``frame`` and write it to the Parquet file ``path`` (parent folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = to_arrow(validate_records(frame))
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)  # readers never see a half-written file
+    return path
+
+
+def read_record_files(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
+    """Concatenate the Parquet record files ``paths`` (each checked against the schema)."""
+    frames = []
+    for p in paths:
+        table = pq.read_table(p)
+        if not table.schema.equals(RECORD_SCHEMA, check_metadata=False):
+            raise RecordSchemaError(f"{p} does not hold the record schema: {table.schema}")
+        frames.append(validate_records(table.to_pandas(types_mapper=_arrow_to_pandas_dtype)))
+    if not frames:
+        return empty_records()
+    return validate_records(pd.concat(frames, ignore_index=True))
+
+
+def _arrow_to_pandas_dtype(arrow_type: pa.DataType):
+    if arrow_type == pa.string():
+        return pd.StringDtype()
+    return None
+
+
+__all__ = [
+    "RANDOM_METHOD",
+    "RECORD_COLUMNS",
+    "RECORD_SCHEMA",
+    "RecordSchemaError",
+    "confidence_signals",
+    "empty_records",
+    "make_records",
+    "read_record_files",
+    "to_arrow",
+    "validate_records",
+    "write_records",
+]

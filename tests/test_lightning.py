@@ -1,0 +1,285 @@
+"""Lightning integration: RelevanceMonitor (predict), RecordWriter, HeatmapQualityCallback, DDP."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from pytorch_lightning.loggers import CSVLogger
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+import relmon
+from relmon.complexity import heatmap_complexity
+from relmon.data import load_sample
+from relmon.data.streams import ImageFolderStream, StreamDataModule, fashion_mnist_stream
+from relmon.lightning import (
+    HeatmapQualityCallback,
+    RecordWriter,
+    RelevanceMonitor,
+    padding_flags,
+    read_records,
+    selection_hash,
+)
+from relmon.models import FASHION_MNIST_PREPROCESSING, load_embedded
+from relmon.perturbation import region_perturbation
+from relmon.records import RECORD_COLUMNS, RECORD_SCHEMA, make_records, validate_records
+
+SETTINGS = dict(region=7, steps=16)
+LRP = "lrp:epsilon_plus_flat"
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_embedded("fmnist_cnn")
+
+
+def _trainer(**kwargs) -> pl.Trainer:
+    kwargs.setdefault("logger", False)
+    return pl.Trainer(accelerator="cpu", enable_progress_bar=False, enable_model_summary=False, **kwargs)
+
+
+def _functional(model, x, ids, seed=0):
+    """Per-sample reference values from the functional API."""
+    expl = relmon.explain_full(model, x, "lrp")
+    heat = relmon.to_heatmap(expl.relevance, expl.method)
+    kw = dict(SETTINGS, seed=seed, sample_ids=ids, target=expl.target)
+    morf = region_perturbation(model, x, heat, order="morf", **kw)
+    rnd = region_perturbation(model, x, heat, order="random", **kw)
+    return expl, heat, morf, rnd, heatmap_complexity(heat)
+
+
+def test_predict_records_equal_functional_api_under_default_inference_mode(model):
+    stream = fashion_mnist_stream(use_sample=True, n=24)
+    monitor = RelevanceMonitor(model, **SETTINGS)
+    trainer = _trainer()  # inference_mode left at its default (True)
+    assert trainer.predict_loop.inference_mode
+    out = trainer.predict(monitor, datamodule=StreamDataModule(stream, batch_size=8))
+    records = validate_records(pd.concat(out, ignore_index=True))
+    assert list(records.columns) == list(RECORD_COLUMNS)
+    assert len(records) == 48 and set(records["method"]) == {LRP, "random"}
+
+    x = torch.stack([stream[i]["x"] for i in range(24)])
+    labels = torch.tensor([stream[i]["label"] for i in range(24)])
+    ids = [str(i) for i in range(24)]
+    expl, _, morf, rnd, comp = _functional(model, x, ids)
+    lrp = records[records["method"] == LRP].set_index("sample_id").loc[ids]
+    rand = records[records["method"] == "random"].set_index("sample_id").loc[ids]
+    probs = torch.softmax(expl.logits.double(), dim=1)
+    top2 = probs.topk(2, dim=1).values
+    np.testing.assert_array_equal(lrp["pred"], expl.target.numpy())
+    np.testing.assert_allclose(lrp["confidence"], top2[:, 0].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(lrp["margin"], (top2[:, 0] - top2[:, 1]).numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(lrp["label"].to_numpy(dtype=np.int64), labels.numpy())
+    np.testing.assert_array_equal(lrp["correct"].to_numpy(dtype=bool), (labels == expl.target).numpy())
+    np.testing.assert_allclose(lrp["score0"], morf.score0.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(lrp["aopc"], morf.aopc.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(rand["aopc"], rnd.aopc.numpy(), rtol=1e-5, atol=1e-5)
+    for key in ("entropy_bits", "gini"):
+        np.testing.assert_allclose(lrp[key].to_numpy(dtype=float), comp[key].numpy(), rtol=1e-5)
+    for key in ("png_bytes", "jpeg_bytes"):
+        np.testing.assert_array_equal(lrp[key].to_numpy(dtype=np.int64), comp[key].numpy())
+    assert rand["entropy_bits"].isna().all() and lrp["aopc_lerf"].isna().all()
+
+    summary = monitor.window_summary()
+    assert summary[LRP]["n"] == 24 and summary["random"]["n"] == 24
+    assert summary[LRP]["aopc"] == pytest.approx(float(morf.aopc.double().mean()), rel=1e-5)
+    assert summary[LRP]["aopc_minus_random"] == pytest.approx(float((morf.aopc - rnd.aopc).double().mean()),
+                                                              rel=1e-4, abs=1e-5)
+    assert summary[LRP]["entropy_bits"] == pytest.approx(float(comp["entropy_bits"].double().mean()), rel=1e-5)
+    sd = float(morf.aopc.double().std())
+    half = summary[LRP]["aopc_ci_high"] - summary[LRP]["aopc"]
+    assert half == pytest.approx(2.0687 * sd / np.sqrt(24), rel=1e-3)  # t(0.975, 23)
+    assert summary[LRP]["aopc_ci_low"] < summary[LRP]["aopc"] < summary[LRP]["aopc_ci_high"]
+    assert summary["_inputs"] == {"seen": 24, "bad": 0, "padding_skipped": 0}
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_image_folder_stream_records_parquet_and_bad_file(model, tmp_path):
+    images, _ = load_sample()
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(10):
+        Image.fromarray(np.asarray(images[i], dtype=np.uint8)).save(folder / f"img{i:02d}.png")
+    (folder / "img05_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    stream = ImageFolderStream(folder, preprocessing=FASHION_MNIST_PREPROCESSING, stream="cam")
+    out_dir = tmp_path / "records"
+    monitor = RelevanceMonitor(model, lerf=True, keep_heatmaps=True, **SETTINGS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = _trainer(callbacks=[RecordWriter(out_dir)])
+        trainer.predict(monitor, datamodule=StreamDataModule(stream, batch_size=4), return_predictions=False)
+
+    files = sorted(out_dir.glob("records-*.parquet"))
+    assert files and all(pq.read_schema(f).equals(RECORD_SCHEMA, check_metadata=False) for f in files)
+    records = read_records(out_dir)
+    good = {str(folder / f"img{i:02d}.png") for i in range(10)}
+    assert set(records["sample_id"]) == good
+    assert len(records) == 20 and set(records["window_id"]) == {"cam:0"}
+    assert records["label"].isna().all() and records["correct"].isna().all()
+    lrp = records[records["method"] == LRP]
+    assert lrp["aopc_lerf"].notna().all() and lrp["abpc"].notna().all()
+    summary = monitor.window_summary()
+    assert summary["_inputs"]["bad"] == 1 and summary[LRP]["n"] == 10
+
+    # keep_heatmaps: one array per method next to the records, keyed by sample id
+    saved = [np.load(f) for f in sorted(out_dir.glob("heatmaps-*.npz"))]
+    assert sum(len(s["sample_id"]) for s in saved) == 10 and saved[0][LRP].shape[1:] == (28, 28)
+
+    # a second line of defence: duplicated files are dropped on read
+    dup = out_dir / "dup" / "records-copy.parquet"
+    dup.parent.mkdir()
+    dup.write_bytes(files[0].read_bytes())
+    assert len(read_records(out_dir)) == 20
+    assert len(read_records(out_dir, deduplicate=False)) > 20
+
+
+def test_sample_rate_and_max_samples_are_deterministic(model):
+    stream = fashion_mnist_stream(use_sample=True, n=16, window_size=8)
+    expected = {str(i) for i in range(16) if selection_hash(5, str(i)) < 0.5}
+    assert 0 < len(expected) < 16
+    monitor = RelevanceMonitor(model, region=14, steps=4, sample_rate=0.5, seed=5)
+    records = pd.concat(_trainer().predict(monitor, datamodule=StreamDataModule(stream, batch_size=5)))
+    assert set(records["sample_id"]) == expected
+
+    capped = RelevanceMonitor(model, region=14, steps=4, max_samples=3)
+    records = pd.concat(_trainer().predict(capped, datamodule=StreamDataModule(stream, batch_size=5)))
+    assert sorted(records["sample_id"].unique(), key=int) == ["0", "1", "2", "8", "9", "10"]
+    assert capped.window_summary()["random"]["n"] == 6
+
+
+def test_padding_flags_match_distributed_sampler():
+    data = list(range(13))
+    seen = []
+    for rank in range(2):
+        sampler = DistributedSampler(data, num_replicas=2, rank=rank, shuffle=True, seed=1)
+        order = list(sampler)
+        flags = padding_flags(sampler, 0, 4) + padding_flags(sampler, 4, len(order) - 4)
+        seen += [i for i, pad in zip(order, flags, strict=True) if not pad]
+        assert sum(flags) == (1 if rank == 1 else 0)
+    assert sorted(seen) == data  # every sample once, the repeated one dropped
+    assert padding_flags(None, 0, 3) == [False] * 3
+
+
+def test_records_schema_rejects_bad_frames():
+    good = make_records(sample_id=["a"], window_id="w", model="m", model_version="v", pred=[1],
+                        confidence=[0.9], softmax_entropy=[0.1], margin=[0.5], label=[-1], method="random",
+                        score0=[2.0], aopc=[1.0], aopc_rel=[0.5])
+    assert good["label"].isna().all() and good["correct"].isna().all()
+    with pytest.raises(ValueError, match="columns mismatch"):
+        validate_records(good.drop(columns=["aopc"]))
+    with pytest.raises(ValueError, match="must not hold nulls"):
+        validate_records(good.assign(sample_id=[None]))
+
+
+class _Classifier(pl.LightningModule):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.states = []
+
+    def forward(self, x):
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", torch.nn.functional.cross_entropy(self(x), y))
+
+    def _state(self):
+        return ([m.training for m in self.modules()], [p.requires_grad for p in self.parameters()],
+                torch.is_inference_mode_enabled(), torch.is_grad_enabled())
+
+    def on_validation_batch_end(self, outputs, batch, batch_idx, dataloader_idx=0):
+        self.before = self._state()
+
+    def on_validation_epoch_end(self):  # runs after the callbacks' hook
+        self.states.append((self.before, self._state()))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_callback_logs_functional_values_and_restores_model(tmp_path):
+    model = load_embedded("fmnist_cnn")
+    stream = fashion_mnist_stream(use_sample=True, n=32)
+    x = torch.stack([stream[i]["x"] for i in range(32)])
+    y = torch.tensor([stream[i]["label"] for i in range(32)])
+    loader = DataLoader(TensorDataset(x, y), batch_size=8)
+    module = _Classifier(model.train())
+    callback = HeatmapQualityCallback(max_samples=20, seed=2, **SETTINGS)
+    trainer = _trainer(max_epochs=1, limit_train_batches=1, num_sanity_val_steps=0, enable_checkpointing=False,
+                       logger=CSVLogger(tmp_path, name="run"), callbacks=[callback])
+    trainer.fit(module, loader, loader)
+
+    metrics = pd.read_csv(Path(trainer.logger.log_dir) / "metrics.csv")
+    row = metrics.dropna(subset=[f"relmon/aopc/{LRP}"]).iloc[-1]
+    _, heat, morf, rnd, comp = _functional(model, x[:20], list(range(20)), seed=2)
+    assert row["relmon/n"] == 20
+    assert row[f"relmon/aopc/{LRP}"] == pytest.approx(float(morf.aopc.double().mean()), abs=1e-4)
+    assert row[f"relmon/aopc_minus_random/{LRP}"] == pytest.approx(
+        float((morf.aopc - rnd.aopc).double().mean()), abs=1e-4)
+    assert row[f"relmon/entropy/{LRP}"] == pytest.approx(float(comp["entropy_bits"].double().mean()), abs=1e-4)
+
+    (before, after), = module.states
+    assert after == before and not any(after[0]) and all(after[1])  # the state Lightning's loop set
+    assert module.training and all(p.requires_grad for p in module.parameters())
+
+    # trainer.validate runs under torch.inference_mode(): same values, state restored too
+    expected = dict(callback.last_values)
+    trainer.validate(module, loader, verbose=False)
+    (before, after) = module.states[-1]
+    assert after == before and after[2]  # inference mode was on
+    assert callback.last_values == pytest.approx(expected, abs=1e-6)
+
+
+def _load_ddp_script():
+    spec = importlib.util.spec_from_file_location("relmon_ddp_script", HERE / "ddp_script.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.integration
+def test_ddp_two_processes_equal_single_process(tmp_path):
+    n = 13  # odd: a padding sampler repeats one sample on rank 1
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, str(HERE / "ddp_script.py"), str(tmp_path / "ddp"), str(n), "2"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp = json.loads((tmp_path / "ddp" / "result.json").read_text())
+    assert ddp["world_size"] == 2
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _load_ddp_script().main(str(tmp_path / "single"), n, 1)
+    single = json.loads((tmp_path / "single" / "result.json").read_text())
+
+    assert ddp["records_samples"] == n and ddp["records_rows"] == 2 * n
+    assert ddp["predict_padded"]["_inputs"]["padding_skipped"] == 1
+    for run in ("predict", "predict_padded"):
+        for method in (LRP, "random"):
+            assert ddp[run][method]["n"] == n
+            for key in ("aopc", "aopc_ci_low", "aopc_ci_high", "aopc_rel"):
+                assert ddp[run][method][key] == pytest.approx(single["predict"][method][key], rel=1e-5)
+        assert ddp[run][LRP]["aopc_minus_random"] == pytest.approx(single["predict"][LRP]["aopc_minus_random"],
+                                                                   rel=1e-4)
+        assert ddp[run]["_inputs"]["seen"] == n
+    assert ddp["validate"]["relmon/n"] == n
+    for key, value in single["validate"].items():
+        assert ddp["validate"][key] == pytest.approx(value, rel=1e-5), key
