@@ -375,7 +375,51 @@ def bench_cuda(args) -> dict:
                     "seconds": t, "forwards_per_s": items / t})
         log(f"cuda memory: {mem[-1]}")
     rows["memory"] = mem
+    rows["quantus"] = _cuda_quantus(model, x, heat, steps, region, batch, args)
     return rows
+
+
+def _cuda_quantus(model, x, heat, steps, region, batch, args) -> dict:
+    """Quantus RegionPerturbation vs relmon on the GPU, same images, heatmaps, steps and regions.
+
+    Quantus evaluates one step of all images per forward; relmon packs (image, step) pairs into full
+    batches. Quantus has no bf16 path, so relmon is timed both in float32 and with bf16 autocast.
+    """
+    try:
+        import quantus
+    except ImportError:
+        msg = ("quantus is not importable here (on the GPU machines it must travel as wheels with its "
+               "dependencies); skipping the Quantus comparison")
+        log(msg)
+        return {"skipped": msg}
+    device = x.device
+    n = 8 if args.quick else 16
+    xq, hq = x[:n].float().contiguous(), heat[:n]
+    kwargs = dict(region=region, steps=steps, order="morf", perturbation="black", score="softmax",
+                  batch_size=batch, max_batch_bytes=64 * GiB)
+    res = region_perturbation(model, xq, hq, **kwargs)
+    metric = quantus.RegionPerturbation(patch_size=region, order="morf", regions_evaluation=steps,
+                                        perturb_baseline="black", abs=False, normalise=False,
+                                        disable_warnings=True, display_progressbar=False)
+    xn, yn, an = xq.cpu().numpy(), res.target.cpu().numpy(), hq.cpu().numpy()[:, None]
+
+    def run_quantus():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return metric(model=model, x_batch=xn, y_batch=yn, a_batch=an, softmax=True, device=str(device),
+                          batch_size=batch)
+
+    run_quantus()  # warm-up
+    t_q = min(timed(run_quantus, device) for _ in range(max(1, args.repeats - 1)))
+    t_32 = min(timed(lambda: region_perturbation(model, xq, hq, **kwargs), device) for _ in range(args.repeats))
+    t_bf = min(timed(lambda: region_perturbation(model, xq, hq, autocast_dtype=torch.bfloat16,
+                                                 channels_last=True, **kwargs), device)
+               for _ in range(args.repeats))
+    row = {"n": n, "steps": steps, "region": region, "quantus_s": t_q, "relmon_fp32_s": t_32,
+           "relmon_bf16_s": t_bf, "speedup_fp32": t_q / t_32, "speedup_bf16": t_q / t_bf,
+           "quantus_version": getattr(quantus, "__version__", "?")}
+    log(f"cuda quantus: {row}")
+    return row
 
 
 # --------------------------------------------------------------------------------------------------

@@ -283,3 +283,22 @@ def test_ddp_two_processes_equal_single_process(tmp_path):
     assert ddp["validate"]["relmon/n"] == n
     for key, value in single["validate"].items():
         assert ddp["validate"][key] == pytest.approx(value, rel=1e-5), key
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run benchmarks/gpu_check.sh there)")
+def test_auto_accelerator_uses_cuda_and_matches_cpu():
+    stream = fashion_mnist_stream(use_sample=True, n=32)
+    results = {}
+    for accelerator in ("cpu", "auto"):
+        model = load_embedded("fmnist_cnn")
+        monitor = RelevanceMonitor(model, **SETTINGS)
+        trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False, enable_progress_bar=False,
+                             enable_model_summary=False)
+        out = trainer.predict(monitor, datamodule=StreamDataModule(stream, batch_size=16))
+        results[accelerator] = pd.concat(out, ignore_index=True).set_index(["sample_id", "method"]).sort_index()
+        if accelerator == "auto":
+            assert trainer.strategy.root_device.type == "cuda"
+    cpu, gpu = results["cpu"], results["auto"]
+    assert (cpu["pred"] == gpu["pred"]).all()
+    np.testing.assert_allclose(gpu["aopc"], cpu["aopc"], rtol=1e-3, atol=1e-3)
