@@ -9,10 +9,11 @@ from relmon.cli import main
 
 
 def test_demo_writes_grid_and_summary(tmp_path, capsys):
-    rc = main(["demo", "--n", "16", "--grid", "3", "--out", str(tmp_path), "--methods", "lrp", "sensitivity", "random"])
+    rc = main(["demo", "--n", "16", "--grid", "3", "--steps", "8", "--out", str(tmp_path), "--methods", "lrp", "sensitivity", "random"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "lrp:epsilon_plus_flat" in out and "sensitivity" in out and "accuracy on them" in out
+    assert "AOPC" in out and "L = 8 steps" in out
     with Image.open(tmp_path / "heatmaps.png") as img:
         width, height = img.size
     assert width > height > 100  # 3 rows, 4 columns
