@@ -10,6 +10,7 @@ from relmon.explain import (
     to_heatmap,
 )
 from relmon.models import Preprocessing, attach_preprocessing, load_embedded, load_model
+from relmon.perturbation import evaluate_heatmaps, region_perturbation
 
 __version__ = "0.1.0"
 
@@ -22,8 +23,10 @@ __all__ = [
     "canonical_method",
     "conservation",
     "explain",
+    "evaluate_heatmaps",
     "explain_full",
     "load_embedded",
     "load_model",
+    "region_perturbation",
     "to_heatmap",
 ]
