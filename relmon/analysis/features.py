@@ -1,0 +1,126 @@
+"""Window features (DESIGN §2a): group-bys of the per-sample records, one row per ``window_id``.
+
+Column names:
+
+- ``n`` — samples in the window; ``accuracy`` — mean of ``correct`` over labelled samples (NaN
+  without labels); ``n_labelled``.
+- confidence features: ``confidence_<stat>``, ``softmax_entropy_<stat>``, ``margin_<stat>``.
+- per heatmap method ``m``: ``aopc_<stat>@m``, ``aopc_rel_<stat>@m``, ``aopc_minus_random_<stat>@m``
+  (the sample's AOPC minus its random-order AOPC), ``entropy_bits_<stat>@m``, ``png_bytes_<stat>@m``;
+  for the random order: ``aopc_<stat>@random``, ``aopc_rel_<stat>@random``.
+
+``<stat>`` is ``mean``, ``q10``, ``q50`` or ``q90``. Units: AOPC in score units (logits by default),
+``aopc_rel`` unitless, entropy in bits, sizes in bytes, confidences as probabilities.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from relmon.records import RANDOM_METHOD
+
+HEATMAP_FEATURES: tuple[str, ...] = ("aopc", "aopc_rel", "aopc_minus_random", "entropy_bits", "png_bytes")
+RANDOM_FEATURES: tuple[str, ...] = ("aopc", "aopc_rel")
+CONFIDENCE_FEATURES: tuple[str, ...] = ("confidence", "softmax_entropy", "margin")
+STATS: tuple[str, ...] = ("mean", "q10", "q50", "q90")
+_QUANTILES = {"q10": 0.1, "q50": 0.5, "q90": 0.9}
+_KEYS = ["window_id", "sample_id"]
+
+
+def _require(records: pd.DataFrame, columns) -> None:
+    if not isinstance(records, pd.DataFrame):
+        raise TypeError(f"records must be a pandas DataFrame, got {type(records).__name__}")
+    missing = [c for c in columns if c not in records.columns]
+    if missing:
+        raise ValueError(f"records lack column(s) {missing}; expected the relmon record schema "
+                         "(relmon.records.RECORD_COLUMNS)")
+
+
+def heatmap_methods(records: pd.DataFrame) -> list[str]:
+    """The heatmap methods present in ``records`` (every method but ``random``), sorted."""
+    return sorted(m for m in records["method"].dropna().unique() if m != RANDOM_METHOD)
+
+
+def sample_features(records: pd.DataFrame) -> pd.DataFrame:
+    """One row per (window_id, sample_id): confidence signals, ``correct`` (float, NaN unlabelled) and
+    per method the per-sample features ``<feature>@<method>`` (see the module docstring)."""
+    _require(records, [*_KEYS, "method", "aopc", "aopc_rel", "entropy_bits", "png_bytes", "correct",
+                       *CONFIDENCE_FEATURES])
+    base = records.drop_duplicates(_KEYS)[[*_KEYS, *CONFIDENCE_FEATURES, "correct"]].copy()
+    base["correct"] = base["correct"].astype("Float64").astype("float64")
+    for c in CONFIDENCE_FEATURES:
+        base[c] = base[c].astype("float64")
+    values = records[[*_KEYS, "method", "aopc", "aopc_rel", "entropy_bits", "png_bytes"]].copy()
+    for c in ("aopc", "aopc_rel", "entropy_bits", "png_bytes"):
+        values[c] = values[c].astype("Float64").astype("float64")
+    if values.duplicated([*_KEYS, "method"]).any():
+        raise ValueError("records hold more than one row per (window_id, sample_id, method)")
+    wide = values.set_index([*_KEYS, "method"]).unstack("method")
+    methods = heatmap_methods(records)
+    cols = {}
+    has_random = RANDOM_METHOD in wide.columns.get_level_values("method")
+    for m in methods:
+        for f in ("aopc", "aopc_rel", "entropy_bits", "png_bytes"):
+            cols[f"{f}@{m}"] = wide[(f, m)]
+        if has_random:
+            cols[f"aopc_minus_random@{m}"] = wide[("aopc", m)] - wide[("aopc", RANDOM_METHOD)]
+    if has_random:
+        for f in RANDOM_FEATURES:
+            cols[f"{f}@{RANDOM_METHOD}"] = wide[(f, RANDOM_METHOD)]
+    per_method = pd.DataFrame(cols, index=wide.index).reset_index()
+    return base.merge(per_method, on=_KEYS, how="left")
+
+
+def window_features(records: pd.DataFrame) -> pd.DataFrame:
+    """One row per ``window_id`` with ``n``, ``n_labelled``, ``accuracy`` and the feature statistics.
+
+    ``records`` is a records frame (:mod:`relmon.records`), any number of windows and methods. Rows are
+    sorted by ``window_id``.
+    """
+    samples = sample_features(records)
+    value_cols = [c for c in samples.columns if c not in (*_KEYS, "correct")]
+    g = samples.groupby("window_id", sort=True)
+    parts = [
+        g.size().rename("n"),
+        g["correct"].count().rename("n_labelled"),
+        g["correct"].mean().rename("accuracy"),
+    ]
+    stats = {"mean": g[value_cols].mean()}
+    for name, q in _QUANTILES.items():
+        stats[name] = g[value_cols].quantile(q)
+    for stat, frame in stats.items():
+        parts.append(frame.rename(columns=lambda c, stat=stat: _stat_name(c, stat)))
+    out = pd.concat(parts, axis=1).reset_index()
+    return out
+
+
+def _stat_name(column: str, stat: str) -> str:
+    feature, _, method = column.partition("@")
+    return f"{feature}_{stat}@{method}" if method else f"{feature}_{stat}"
+
+
+def feature_columns(feature_set: str, method: str) -> list[str]:
+    """Window-feature columns of a named feature set for heatmap ``method``.
+
+    ``relevance``: AOPC (raw, relative, minus random), heatmap entropy and PNG size statistics of
+    ``method`` (no confidence); ``confidence``: max-softmax, softmax entropy and margin statistics;
+    ``relevance+confidence``: both.
+    """
+    rel = [f"{f}_{s}@{method}" for f in HEATMAP_FEATURES for s in STATS]
+    conf = [f"{f}_{s}" for f in CONFIDENCE_FEATURES for s in STATS]
+    sets = {"relevance": rel, "confidence": conf, "relevance+confidence": rel + conf}
+    if feature_set not in sets:
+        raise ValueError(f"unknown feature_set {feature_set!r}; choose one of {list(sets)}")
+    return sets[feature_set]
+
+
+__all__ = [
+    "CONFIDENCE_FEATURES",
+    "HEATMAP_FEATURES",
+    "RANDOM_FEATURES",
+    "STATS",
+    "feature_columns",
+    "heatmap_methods",
+    "sample_features",
+    "window_features",
+]

@@ -1,0 +1,313 @@
+"""Analysis layer (issue 5): features, estimators, serialisation, correlation, drift, evaluation script."""
+
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.stats import binom
+
+from relmon.analysis import (
+    ATC,
+    DEFAULT_ESTIMATOR,
+    ESTIMATORS,
+    AverageConfidence,
+    DoC,
+    EstimatorMismatchError,
+    RelevanceEstimator,
+    adjust_p_values,
+    correlation_table,
+    false_alarm_rate,
+    grouped_bootstrap_correlation,
+    ks_drift,
+    load_estimator,
+    make_estimator,
+    window_features,
+)
+from relmon.records import make_records
+
+LRP = "lrp:epsilon_plus_flat"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def synth_records(windows, model="synth", seed=0):
+    """Records from ``windows``: list of dicts (window_id, n, accuracy, aopc, conf, random_aopc).
+
+    Exactly ``round(accuracy * n)`` samples are correct, so a window's accuracy is known exactly.
+    """
+    rng = np.random.default_rng(seed)
+    cols = {k: [] for k in ("sample_id", "window_id", "confidence", "correct", "aopc", "aopc_r", "entropy")}
+    for w in windows:
+        n = w["n"]
+        k = round(w["accuracy"] * n)
+        correct = np.zeros(n, dtype=bool)
+        correct[rng.permutation(n)[:k]] = True
+        conf = np.clip(w.get("conf", 0.8) + w.get("conf_sd", 0.0) * rng.standard_normal(n), 0.01, 1.0)
+        cols["sample_id"] += [f"{w['window_id']}/{i}" for i in range(n)]
+        cols["window_id"] += [w["window_id"]] * n
+        cols["confidence"].append(conf)
+        cols["correct"].append(correct)
+        cols["aopc"].append(w.get("aopc", 2.0) + w.get("aopc_sd", 0.5) * rng.standard_normal(n))
+        cols["aopc_r"].append(w.get("random_aopc", 1.0) + 0.3 * rng.standard_normal(n))
+        cols["entropy"].append(8.0 + 0.2 * rng.standard_normal(n))
+    conf = np.concatenate(cols["confidence"])
+    correct = np.concatenate(cols["correct"])
+    n = len(conf)
+    common = dict(sample_id=cols["sample_id"], window_id=cols["window_id"], model=model, model_version="v1",
+                  pred=np.zeros(n, dtype=np.int64), confidence=conf, softmax_entropy=-np.log(conf),
+                  margin=conf / 2, label=np.where(correct, 0, 1), score0=np.full(n, 5.0))
+    aopc = np.concatenate(cols["aopc"])
+    heat = make_records(**common, method=LRP, aopc=aopc, aopc_rel=aopc / 5.0,
+                        entropy_bits=np.concatenate(cols["entropy"]), png_bytes=np.full(n, 600),
+                        jpeg_bytes=np.full(n, 650), gini=np.full(n, 0.5))
+    r = np.concatenate(cols["aopc_r"])
+    rnd = make_records(**common, method="random", aopc=r, aopc_rel=r / 5.0)
+    return pd.concat([heat, rnd], ignore_index=True)
+
+
+def linear_windows(n_windows, seed, n=200, prefix="w"):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n_windows):
+        a = rng.uniform(1.0, 5.0)
+        out.append({"window_id": f"{prefix}{i:03d}", "n": n, "aopc": a, "accuracy": 0.2 + 0.15 * a,
+                    "conf": rng.uniform(0.5, 0.95)})  # confidence unrelated to accuracy here
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# window features
+
+
+def test_window_features_columns_and_values():
+    recs = synth_records([{"window_id": "a", "n": 10, "accuracy": 0.7, "aopc": 3.0},
+                          {"window_id": "b", "n": 20, "accuracy": 0.25, "aopc": 1.0}])
+    f = window_features(recs)
+    assert list(f["window_id"]) == ["a", "b"]
+    assert list(f["n"]) == [10, 20]
+    np.testing.assert_allclose(f["accuracy"], [0.7, 0.25])
+    heat = recs[recs.method == LRP].set_index("sample_id")["aopc"]
+    rnd = recs[recs.method == "random"].set_index("sample_id")["aopc"]
+    diff = (heat - rnd).groupby(lambda s: s.split("/")[0]).mean()
+    np.testing.assert_allclose(f[f"aopc_minus_random_mean@{LRP}"], diff.loc[["a", "b"]])
+    for stat in ("mean", "q10", "q50", "q90"):
+        for feat in ("aopc", "aopc_rel", "aopc_minus_random", "entropy_bits", "png_bytes"):
+            assert f"{feat}_{stat}@{LRP}" in f.columns
+        for feat in ("confidence", "softmax_entropy", "margin"):
+            assert f"{feat}_{stat}" in f.columns
+    a = recs[(recs.window_id == "a") & (recs.method == LRP)]["aopc"]
+    assert f.loc[0, f"aopc_q90@{LRP}"] == pytest.approx(a.quantile(0.9))
+    unlabelled = recs.assign(label=pd.NA, correct=pd.NA)
+    assert window_features(unlabelled)["accuracy"].isna().all()
+
+
+# ---------------------------------------------------------------------------------------------------
+# estimators on synthetic records
+
+
+def test_relevance_estimator_recovers_linear_relation():
+    train = synth_records(linear_windows(40, seed=1), seed=1)
+    test = synth_records(linear_windows(15, seed=2, prefix="t"), seed=2)
+    est = RelevanceEstimator(feature_set="relevance", alpha=0.01).fit(train)
+    pred = est.predict(test)
+    assert list(pred.columns) == ["window_id", "estimate", "lower", "upper"]
+    assert (pred["lower"] <= pred["estimate"]).all() and (pred["estimate"] <= pred["upper"]).all()
+    assert est.score(test) > -0.02
+    # confidence is unrelated to accuracy in these windows: the confidence-only regression cannot see it
+    conf_only = RelevanceEstimator(feature_set="confidence").fit(train)
+    assert conf_only.score(test) < est.score(test) - 0.03
+
+
+def test_average_confidence_exact_on_calibrated_windows():
+    windows = [{"window_id": f"w{i}", "n": 100, "accuracy": c, "conf": c} for i, c in enumerate([0.6, 0.7, 0.9])]
+    recs = synth_records(windows)
+    pred = AverageConfidence().fit(recs).predict(recs)
+    np.testing.assert_allclose(pred["estimate"], [0.6, 0.7, 0.9])
+    assert AverageConfidence().fit(recs).score(recs) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_isotonic_calibration_corrects_overconfidence():
+    source = synth_records([{"window_id": "s", "n": 200, "accuracy": 0.6, "conf": 0.9}])
+    target = synth_records([{"window_id": "t", "n": 50, "accuracy": 0.6, "conf": 0.9}])
+    assert AverageConfidence().fit(source).predict(target)["estimate"].iloc[0] == pytest.approx(0.9)
+    assert AverageConfidence(calibrate=True).fit(source).predict(target)["estimate"].iloc[0] == pytest.approx(0.6)
+
+
+def test_atc_exact_on_constructed_case():
+    conf = np.arange(1, 11) / 10.0  # 0.1 .. 1.0, the top 7 correct: accuracy 0.7
+    src = make_records(sample_id=[str(i) for i in range(10)], window_id="src", model="synth", model_version="v1",
+                       pred=np.zeros(10, dtype=np.int64), confidence=conf, softmax_entropy=-np.log(conf),
+                       margin=conf, label=np.where(conf > 0.35, 0, 1), method="random", score0=1.0, aopc=0.0)
+    atc = ATC().fit(src)
+    assert atc.threshold_ == pytest.approx(0.3)
+    tconf = np.array([0.2, 0.35, 0.5, 0.9])
+    tgt = make_records(sample_id=list("abcd"), window_id="tgt", model="synth", model_version="v1",
+                       pred=np.zeros(4, dtype=np.int64), confidence=tconf, softmax_entropy=-np.log(tconf),
+                       margin=tconf, method="random", score0=1.0, aopc=0.0)
+    assert atc.predict(tgt)["estimate"].iloc[0] == pytest.approx(0.75)
+    assert atc.predict(src)["estimate"].iloc[0] == pytest.approx(0.7)  # exact on its source
+
+
+def test_doc_shifts_source_accuracy_by_confidence_change():
+    source = synth_records([{"window_id": "s", "n": 100, "accuracy": 0.8, "conf": 0.85}])
+    target = synth_records([{"window_id": "t", "n": 100, "accuracy": 0.5, "conf": 0.75}])
+    assert DoC().fit(source).predict(target)["estimate"].iloc[0] == pytest.approx(0.7)
+
+
+def test_fit_needs_labels_and_one_model():
+    recs = synth_records(linear_windows(5, seed=0))
+    with pytest.raises(ValueError, match="labelled"):
+        DoC().fit(recs.assign(label=pd.NA, correct=pd.NA))
+    mixed = pd.concat([recs, synth_records(linear_windows(2, seed=3, prefix="o"), model="other")])
+    with pytest.raises(ValueError, match="one model"):
+        DoC().fit(mixed)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        DoC().predict(recs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# serialisation
+
+
+@pytest.mark.parametrize("name", list(ESTIMATORS))
+def test_serialisation_round_trip(tmp_path, name):
+    train = synth_records(linear_windows(20, seed=4), seed=4)
+    test = synth_records(linear_windows(6, seed=5, prefix="t"), seed=5)
+    est = make_estimator(name).fit(train)
+    path = est.save(tmp_path / f"{name}.json")
+    data = json.loads(path.read_text())
+    assert data["format_version"] == 1 and data["model"] == "synth" and data["features"]
+    loaded = load_estimator(path, model="synth")
+    assert type(loaded) is type(est) and loaded.get_params() == est.get_params()
+    pd.testing.assert_frame_equal(loaded.predict(test), est.predict(test))
+
+
+def test_loading_for_another_model_or_feature_set_fails_clearly(tmp_path):
+    train = synth_records(linear_windows(20, seed=6), seed=6)
+    path = RelevanceEstimator(feature_set="relevance").fit(train).save(tmp_path / "rel.json")
+    with pytest.raises(EstimatorMismatchError, match=r"'synth'.*'fmnist_cnn'"):
+        load_estimator(path, model="fmnist_cnn")
+    with pytest.raises(EstimatorMismatchError, match=r"'relevance'.*'relevance\+confidence'"):
+        RelevanceEstimator.load(path, feature_set="relevance+confidence")
+    with pytest.raises(EstimatorMismatchError, match="ATC"):
+        ATC.load(path)
+    est = load_estimator(path)
+    other = synth_records(linear_windows(3, seed=7), model="fmnist_cnn")
+    with pytest.raises(EstimatorMismatchError, match=r"'synth'.*'fmnist_cnn'"):
+        est.predict(other)
+    bad = json.loads(path.read_text())
+    bad["format_version"] = 99
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="format_version"):
+        load_estimator(tmp_path / "bad.json")
+
+
+def test_default_estimator_is_a_named_configuration():
+    assert DEFAULT_ESTIMATOR in ESTIMATORS
+    from sklearn.base import clone
+
+    est = clone(make_estimator())
+    assert est.get_params() == make_estimator().get_params()
+
+
+# ---------------------------------------------------------------------------------------------------
+# correlation
+
+
+def test_correlation_table_and_grouped_bootstrap():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=50)
+    feats = pd.DataFrame({"f": x, "g": rng.uniform(size=50), "accuracy": 0.5 + 0.4 * x})
+    t = correlation_table(feats, ["f", "g"], n_boot=200, seed=1).set_index("feature")
+    assert t.loc["f", "spearman"] == pytest.approx(1.0) and t.loc["f", "spearman_lo"] == pytest.approx(1.0)
+    assert t.loc["g", "spearman_lo"] < 0 < t.loc["g", "spearman_hi"]
+    recs = synth_records([{"window_id": f"c{i}", "n": 60, "accuracy": acc, "aopc": 1 + 3 * acc, "aopc_sd": 0.3}
+                          for i, acc in enumerate([0.2, 0.4, 0.6, 0.8])])
+    g = grouped_bootstrap_correlation(recs, None, ["aopc"], n_boot=200, seed=0)
+    assert g.loc[0, "spearman"] == pytest.approx(1.0) and g.loc[0, "spearman_lo"] > 0
+
+
+@pytest.mark.integration
+def test_checkpoint_series_aopc_accuracy_spearman():
+    """The paper's experiment on a subset: AOPC of LRP rises with accuracy across training checkpoints."""
+    from relmon.data import load_sample, to_tensor
+    from relmon.lightning.monitor import RelevanceMonitor
+    from relmon.models import checkpoint_series
+
+    series = checkpoint_series("fmnist_cnn")
+    chosen = [series[i] for i in (0, 2, 5, 8, 11)]  # accuracy 0.14 .. 0.87
+    images, labels = load_sample()
+    x = to_tensor(images[:64])
+    frames, acc = [], {}
+    for ckpt in chosen:
+        mon = RelevanceMonitor(ckpt.load(), methods=("lrp",), region=7, steps=8, seed=0)
+        wid = f"step{ckpt.step:05d}"
+        frames.append(mon.score_batch(x, [str(i) for i in range(64)], [wid] * 64, torch.from_numpy(labels[:64])))
+        acc[wid] = ckpt.test_accuracy
+    table = grouped_bootstrap_correlation(pd.concat(frames, ignore_index=True), acc, ["aopc"], n_boot=500, seed=0)
+    row = table.iloc[0]
+    means = {w: float(f[f.method == LRP]["aopc"].mean()) for w, f in zip(acc, frames, strict=True)}
+    assert row["spearman_lo"] > 0, (
+        f"AOPC-accuracy Spearman across checkpoints {row['spearman']:+.3f} with 95 % bootstrap CI "
+        f"[{row['spearman_lo']:+.3f}, {row['spearman_hi']:+.3f}] includes zero; accuracy {acc}, mean AOPC {means}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# drift
+
+
+def test_holm_and_bonferroni():
+    p = [0.01, 0.04, 0.03, 0.5]
+    np.testing.assert_allclose(adjust_p_values(p, "bonferroni"), [0.04, 0.16, 0.12, 1.0])
+    np.testing.assert_allclose(adjust_p_values(p, "holm"), [0.04, 0.09, 0.09, 0.5])
+
+
+def test_drift_false_alarm_rate_within_level_and_detects_shift():
+    rng = np.random.default_rng(11)
+    pool = synth_records([{"window_id": "pool", "n": 3000, "accuracy": 0.85, "conf": 0.8, "conf_sd": 0.1,
+                           "aopc": 3.0, "aopc_sd": 1.0}], seed=11)
+    ids = pool[pool.method == LRP]["sample_id"].to_numpy()
+    by_sample = pool.set_index("sample_id")
+
+    def draw(k, name):
+        chosen = rng.choice(ids, size=k, replace=False)
+        return by_sample.loc[chosen].reset_index().assign(window_id=name)
+
+    reference = draw(512, "ref")
+    n_windows, alpha = 100, 0.01
+    clean = pd.concat([draw(256, f"c{i:03d}") for i in range(n_windows)], ignore_index=True)
+    rate = false_alarm_rate(reference, clean, alpha=alpha)
+    limit = binom.ppf(0.999, n_windows, alpha) / n_windows
+    assert rate <= limit, f"false-alarm rate {rate:.3f} above level {alpha} (+ binomial slack: {limit:.3f})"
+    shifted = synth_records([{"window_id": "s", "n": 256, "accuracy": 0.6, "conf": 0.7, "conf_sd": 0.1,
+                              "aopc": 2.5, "aopc_sd": 1.0}], seed=12)
+    result = ks_drift(reference, shifted, alpha=alpha)
+    assert result.alarm and result.adjusted_p_values["confidence"] < alpha
+    assert set(result.p_values) == set(result.features)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the evaluation script at tiny settings
+
+
+@pytest.mark.integration
+def test_evaluate_estimators_tiny(tmp_path):
+    spec = importlib.util.spec_from_file_location("evaluate_estimators", ROOT / "scripts" / "evaluate_estimators.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["evaluate_estimators"] = module
+    spec.loader.exec_module(module)
+    t0 = time.perf_counter()
+    summary = module.main(["--tiny", "--out", str(tmp_path / "out"), "--docs", str(tmp_path / "docs")])
+    elapsed = time.perf_counter() - t0
+    table = (tmp_path / "docs" / "estimators.md").read_text()
+    for name in ESTIMATORS:
+        assert name in table and name in summary["mean_mae"]
+    assert "Checkpoint series" in table and "Verdict" in table
+    assert (tmp_path / "docs" / "estimators_shift_correlation.png").stat().st_size > 0
+    assert (tmp_path / "docs" / "estimators_checkpoint_correlation.png").stat().st_size > 0
+    assert elapsed < 90, f"--tiny took {elapsed:.0f} s"
