@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-EXIT_OK, EXIT_USAGE, EXIT_INPUT = 0, 2, 3
+from relmon.cli_monitor import EXIT_CODES_HELP, EXIT_INPUT, EXIT_OK, EXIT_USAGE, add_commands
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="relmon",
         description="Label-free monitoring of image classifiers by the quality of their explanations.",
-        epilog="Exit codes: 0 success, 2 usage error, 3 bad input (named in the message).",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"relmon {relmon.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     methods = sub.add_parser("methods", help="list the heatmap method ids")
     methods.set_defaults(func=_methods)
+    add_commands(sub)  # calibrate, monitor, serve
     return parser
 
 

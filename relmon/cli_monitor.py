@@ -1,0 +1,228 @@
+"""``relmon calibrate``, ``relmon monitor`` and ``relmon serve``: :func:`add_commands` registers them on
+the ``relmon`` command's sub-parsers; :func:`main` runs them standalone
+(``python -m relmon.cli_monitor monitor --help``).
+
+Exit codes: 0 success; 2 usage error (unknown flag, missing argument); 3 bad input or configuration
+(the message names the field or file and the fix), including a calibration made for another model;
+4 output failure: the Pushgateway push failed after its retries (the summary is still printed and the
+textfile still written) or the /metrics endpoint could not be started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import warnings
+
+from relmon.config import ConfigError, add_config_flags, config_from_args
+
+EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_OUTPUT = 0, 2, 3, 4
+EXIT_CODES_HELP = (
+    "Exit codes: 0 success, 2 usage error, 3 bad input or configuration (incl. a calibration "
+    "for another model), 4 push or serve failure (the computed summary is still printed)."
+)
+
+_CALIBRATE_FIELDS = [
+    "model",
+    "checkpoint",
+    "input",
+    "methods",
+    "region",
+    "steps",
+    "sample_rate",
+    "max_samples",
+    "batch_size",
+    "seed",
+    "accelerator",
+    "estimators",
+    "calibration_n",
+    "calibration_shifts",
+    "calibration_severities",
+]
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML config file (see deploy/relmon.example.yaml); flags override its values",
+    )
+    p.add_argument(
+        "--progress",
+        default=None,
+        action=argparse.BooleanOptionalAction,
+        help="show a progress bar (default: when stderr is a terminal)",
+    )
+    p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
+
+
+def add_commands(subparsers) -> None:
+    """Register ``calibrate``, ``monitor`` and ``serve`` on an ``add_subparsers()`` object."""
+    cal = subparsers.add_parser(
+        "calibrate",
+        help="fit accuracy estimators and the drift reference on labelled data",
+        description="Score the labelled shipped sample as one clean window and one window per shift and "
+        "severity, fit the accuracy estimators on these windows and keep the clean window as the "
+        "drift reference. Writes a calibration folder for 'relmon monitor --calibration'.",
+        epilog=EXIT_CODES_HELP,
+    )
+    cal.add_argument(
+        "--out", default="out/calibration", help="calibration folder to write (default out/calibration)"
+    )
+    _common(cal)
+    add_config_flags(cal, _CALIBRATE_FIELDS)
+    cal.set_defaults(func=cmd_calibrate)
+
+    mon = subparsers.add_parser(
+        "monitor",
+        help="score one window of unlabelled inputs and export the metrics (the scheduled job)",
+        description="Read one window of inputs (a folder, or the shipped sample optionally shifted), "
+        "score its explanations (AOPC, entropy, ...) with the model, estimate accuracy and test drift "
+        "against a calibration, then write/push the Prometheus metrics and print a summary table. Without "
+        "--calibration the accuracy estimate is the mean max-softmax confidence and drift is not "
+        "tested.",
+        epilog=EXIT_CODES_HELP,
+    )
+    _common(mon)
+    add_config_flags(mon)
+    mon.set_defaults(func=cmd_monitor)
+
+    srv = subparsers.add_parser(
+        "serve",
+        help="serve /metrics and re-run the monitor on an interval or when a folder changes",
+        description="Long-running service: start the /metrics endpoint (--http-addr, --http-port), "
+        "then re-run the monitor every --interval-seconds, or with --watch whenever the input folder "
+        "changes. Stops after --max-iterations runs or on Ctrl-C.",
+        epilog=EXIT_CODES_HELP,
+    )
+    _common(srv)
+    add_config_flags(srv)
+    srv.set_defaults(func=cmd_serve)
+
+
+def _progress(args) -> bool:
+    return sys.stderr.isatty() if args.progress is None else bool(args.progress)
+
+
+def _setup() -> None:
+    logging.basicConfig(level=logging.INFO, format="relmon: %(levelname)s %(message)s")
+    warnings.filterwarnings("ignore", message=".*treespec.*")
+
+
+def _input_errors():
+    from relmon.jobs import CalibrationMismatchError
+
+    return (
+        ConfigError,
+        CalibrationMismatchError,
+        ValueError,
+        TypeError,
+        FileNotFoundError,
+        NotADirectoryError,
+        KeyError,
+    )
+
+
+def _print(summary, as_json: bool) -> None:
+    if as_json:  # NaN (e.g. no random-order entropy) becomes null: strict JSON
+        d = json.loads(json.dumps(summary.to_dict(), default=str), parse_constant=lambda _: None)
+        print(json.dumps(d, indent=2))
+    else:
+        print(summary.table())
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    _setup()
+    try:
+        from relmon.jobs import calibrate
+
+        cfg = config_from_args(args)
+        cal = calibrate(cfg, args.out, progress=_progress(args))
+    except _input_errors() as err:
+        print(f"relmon calibrate: error: {err}", file=sys.stderr)
+        return EXIT_INPUT
+    meta = cal.meta
+    if args.json:
+        print(json.dumps(meta, indent=2))
+    else:
+        print(
+            f"calibration for model {meta['model']} (version {meta['model_version']}) written to {cal.path}"
+        )
+        print(f"{'window':<22} {'accuracy':>8}")
+        for window, acc in meta["window_accuracy"].items():
+            print(f"{window:<22} {acc:8.3f}")
+        print(
+            f"estimators: {', '.join(meta['estimators'])}; drift reference: the clean window "
+            f"({meta['n_per_window']} images)"
+        )
+    return EXIT_OK
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    _setup()
+    from relmon.jobs import JobError, run_monitor
+
+    try:
+        cfg = config_from_args(args)
+        summary = run_monitor(cfg, progress=_progress(args))
+    except JobError as err:
+        _print(err.summary, args.json)
+        print(f"relmon monitor: error: {err}", file=sys.stderr)
+        return EXIT_OUTPUT
+    except _input_errors() as err:
+        print(f"relmon monitor: error: {err}", file=sys.stderr)
+        return EXIT_INPUT
+    _print(summary, args.json)
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _setup()
+    from relmon.jobs import ServeError, serve
+
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():  # docker stop / kubectl delete send SIGTERM
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        cfg = config_from_args(args)
+        result = serve(
+            cfg,
+            stop=stop,
+            on_ready=lambda ep: print(f"serving metrics at {ep.url}", flush=True),
+            on_run=lambda s: print(s.table(), flush=True),
+            progress=_progress(args),
+        )
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except ServeError as err:
+        print(f"relmon serve: error: {err}", file=sys.stderr)
+        return EXIT_OUTPUT
+    except _input_errors() as err:
+        print(f"relmon serve: error: {err}", file=sys.stderr)
+        return EXIT_INPUT
+    print(f"served {result.runs} run(s), {result.failures} failed")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A stand-alone parser holding only these commands (``relmon.cli`` adds them to its own)."""
+    parser = argparse.ArgumentParser(prog="relmon", epilog=EXIT_CODES_HELP)
+    add_commands(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

