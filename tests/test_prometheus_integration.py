@@ -298,7 +298,11 @@ def test_b_monitor_pushes_and_prometheus_scrapes_the_gateway(stack):
     assert labels["job"] == "relmon-job"  # honor_labels kept the pushed job label
     assert "exported_job" not in labels
     assert abs(float(result[0]["value"][1]) - time.time()) < 120
-    assert query(base, 'relmon_estimated_accuracy_ratio{stream="pushed", estimator="regression_relevance"}')
+    poll(
+        lambda: query(base, 'relmon_estimated_accuracy_ratio{stream="pushed", estimator="regression_relevance"}'),
+        15,
+        "the pushed accuracy estimate in Prometheus",
+    )
 
 
 @pytest.mark.integration
