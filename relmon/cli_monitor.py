@@ -206,23 +206,3 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_INPUT
     print(f"served {result.runs} run(s), {result.failures} failed")
     return EXIT_OK
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """A stand-alone parser holding only these commands (``relmon.cli`` adds them to its own)."""
-    parser = argparse.ArgumentParser(prog="relmon", epilog=EXIT_CODES_HELP)
-    add_commands(parser.add_subparsers(dest="command", metavar="COMMAND"))
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return EXIT_USAGE
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
