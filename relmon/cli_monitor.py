@@ -1,6 +1,5 @@
 """``relmon calibrate``, ``relmon monitor`` and ``relmon serve``: :func:`add_commands` registers them on
-the ``relmon`` command's sub-parsers; :func:`main` runs them standalone
-(``python -m relmon.cli_monitor monitor --help``).
+the ``relmon`` command's sub-parsers (``relmon monitor --help``).
 
 Exit codes: 0 success; 2 usage error (unknown flag, missing argument); 3 bad input or configuration
 (the message names the field or file and the fix), including a calibration made for another model;
