@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from relmon.explain.heatmap import to_heatmap
+
 JPEG_QUALITY = 90
 
 
@@ -26,13 +28,7 @@ def _abs_heatmap(heatmap: torch.Tensor) -> torch.Tensor:
     """``(B, H*W)`` float64 absolute values of the channel-summed heatmap."""
     if not isinstance(heatmap, torch.Tensor):
         heatmap = torch.as_tensor(np.asarray(heatmap))
-    if heatmap.dim() == 4:
-        heatmap = heatmap.sum(dim=1)
-    elif heatmap.dim() != 3:
-        raise ValueError(
-            f"heatmap must be (B, H, W) or (B, C, H, W), got shape {tuple(heatmap.shape)}; "
-            "add the batch dimension with heatmap.unsqueeze(0) for a single heatmap"
-        )
+    heatmap = to_heatmap(heatmap)  # channel sum, the perturbation engine's rule
     if heatmap.numel() == 0 or heatmap.shape[1] * heatmap.shape[2] == 0:
         raise ValueError(f"heatmap is empty (shape {tuple(heatmap.shape)})")
     a = heatmap.detach().to(torch.float64).abs()

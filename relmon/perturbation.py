@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from relmon.explain.heatmap import to_heatmap
 from relmon.models.preprocessing import input_bounds
 
 ORDERS = ("morf", "lerf", "random")
@@ -171,13 +172,7 @@ def _as_heatmap(heatmap: torch.Tensor) -> torch.Tensor:
     """``(B, H, W)`` float heatmap: ``(B, C, H, W)`` is summed over channels."""
     if not isinstance(heatmap, torch.Tensor):
         raise TypeError(f"heatmap must be a torch.Tensor, got {type(heatmap).__name__}")
-    if heatmap.dim() == 4:
-        heatmap = heatmap.sum(dim=1)
-    elif heatmap.dim() != 3:
-        raise ValueError(
-            f"heatmap must be (B, H, W) or (B, C, H, W), got shape {tuple(heatmap.shape)}; "
-            "add the batch dimension with heatmap.unsqueeze(0) for a single image"
-        )
+    heatmap = to_heatmap(heatmap)  # (B, C, H, W) summed over channels, (B, H, W) unchanged
     if not heatmap.is_floating_point():
         heatmap = heatmap.float()
     return heatmap

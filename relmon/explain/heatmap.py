@@ -18,7 +18,10 @@ def to_heatmap(relevance: torch.Tensor, method: str = "lrp", norm: str = "l2") -
     if relevance.dim() == 3:
         return relevance
     if relevance.dim() != 4:
-        raise ValueError(f"relevance must be (B, C, H, W) or (B, H, W), got shape {tuple(relevance.shape)}")
+        raise ValueError(
+            f"heatmap must be (B, H, W) or (B, C, H, W), got shape {tuple(relevance.shape)}; "
+            "add the batch dimension with .unsqueeze(0) for a single image"
+        )
     if method in _NORM_METHODS:
         if norm == "l2":
             return relevance.norm(p=2, dim=1)
