@@ -1,32 +1,58 @@
-"""relmon: label-free monitoring of image classifiers by the quality of their explanations."""
+"""relmon: label-free monitoring of image classifiers by the quality of their explanations.
 
-from relmon.explain import (
-    UnsupportedModelError,
-    available_methods,
-    canonical_method,
-    conservation,
-    explain,
-    explain_full,
-    to_heatmap,
-)
-from relmon.models import Preprocessing, attach_preprocessing, load_embedded, load_model
-from relmon.perturbation import evaluate_heatmaps, region_perturbation
+The top-level names are imported on first use (PEP 562), so ``import relmon`` and ``relmon --help``
+do not pay for torch, zennit or Lightning until something needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Preprocessing",
-    "UnsupportedModelError",
-    "__version__",
-    "attach_preprocessing",
-    "available_methods",
-    "canonical_method",
-    "conservation",
-    "explain",
-    "evaluate_heatmaps",
-    "explain_full",
-    "load_embedded",
-    "load_model",
-    "region_perturbation",
-    "to_heatmap",
-]
+# public name -> module that defines it
+_LAZY = {
+    "UnsupportedModelError": "relmon.explain",
+    "available_methods": "relmon.explain",
+    "canonical_method": "relmon.explain",
+    "conservation": "relmon.explain",
+    "explain": "relmon.explain",
+    "explain_full": "relmon.explain",
+    "to_heatmap": "relmon.explain",
+    "Preprocessing": "relmon.models",
+    "attach_preprocessing": "relmon.models",
+    "load_embedded": "relmon.models",
+    "load_model": "relmon.models",
+    "evaluate_heatmaps": "relmon.perturbation",
+    "region_perturbation": "relmon.perturbation",
+}
+
+__all__ = ["__version__", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'relmon' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # cache: the next access is a plain attribute lookup
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs
+    from relmon.explain import (  # noqa: F401
+        UnsupportedModelError,
+        available_methods,
+        canonical_method,
+        conservation,
+        explain,
+        explain_full,
+        to_heatmap,
+    )
+    from relmon.models import Preprocessing, attach_preprocessing, load_embedded, load_model  # noqa: F401
+    from relmon.perturbation import evaluate_heatmaps, region_perturbation  # noqa: F401

@@ -306,7 +306,7 @@ def calibration(tmp_path_factory):
 
 
 def run_cli(argv):
-    from relmon import cli_monitor
+    from relmon.cli import jobs as cli_monitor
 
     parser = argparse.ArgumentParser(prog="relmon")
     cli_monitor.add_commands(parser.add_subparsers(dest="command"))

@@ -111,7 +111,7 @@ class Server:
 
 
 def run_cli(argv: list[str]) -> int:
-    from relmon import cli_monitor
+    from relmon.cli import jobs as cli_monitor
 
     parser = argparse.ArgumentParser(prog="relmon")
     cli_monitor.add_commands(parser.add_subparsers(dest="command"))

@@ -1,0 +1,74 @@
+"""The ``relmon`` command: one parser, each sub-command in its own module, imported when it runs.
+
+Nothing heavy (torch, zennit, Lightning) is imported to build the parser, so ``relmon --help`` and
+``relmon COMMAND --help`` answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from relmon.cli.jobs import EXIT_CODES_HELP, EXIT_INPUT, EXIT_OK, EXIT_USAGE, add_commands
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from relmon.cli.demo import run_demo
+
+    return run_demo(args)
+
+
+def _methods(args: argparse.Namespace) -> int:
+    import relmon
+
+    for m in relmon.available_methods():
+        print(m)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import relmon
+
+    parser = argparse.ArgumentParser(
+        prog="relmon",
+        description="Label-free monitoring of image classifiers by the quality of their explanations.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"relmon {relmon.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="heatmaps of every method on the embedded model and shipped sample",
+                          description="Explain the shipped Fashion-MNIST sample with every heatmap method, "
+                                      "print a summary and write a PNG grid of inputs and heatmaps.")
+    demo.add_argument("--model", default="fmnist_cnn", help="embedded model (fmnist_cnn, fmnist_vgg)")
+    demo.add_argument("--n", type=int, default=256, help="images to explain (default 256)")
+    demo.add_argument("--grid", type=int, default=8, help="images shown in the grid (default 8)")
+    demo.add_argument("--methods", nargs="+", help="method ids (default: all; see 'relmon methods')")
+    demo.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    demo.add_argument("--region", type=int, default=4, help="perturbation region side in pixels (default 4)")
+    demo.add_argument("--steps", type=int, default=49, help="perturbation steps L (default 49, all 7x7 regions)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=_run_demo)
+
+    methods = sub.add_parser("methods", help="list the heatmap method ids")
+    methods.set_defaults(func=_methods)
+    add_commands(sub)  # calibrate, monitor, serve
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"relmon: error: {err}", file=sys.stderr)
+        return EXIT_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""``relmon monitor``: one window of unlabelled inputs → records through
+:class:`~relmon.lightning.RelevanceMonitor` in a real ``pl.Trainer.predict`` → window aggregates, drift
+against the calibration's reference, accuracy estimates → metrics → textfile / Pushgateway. Returns a
+:class:`MonitorSummary`. Without a calibration the estimate is the confidence baseline (mean
+max-softmax, ``estimator="average_confidence"``) and there are no drift metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from relmon.config import MonitorConfig
+from relmon.export.metrics import RelmonMetrics
+from relmon.export.outputs import PushError, push, write_textfile
+from relmon.jobs.calibration import check_calibration, load_calibration
+from relmon.jobs.common import JobError, build_stream, load_job_model, score_stream
+
+log = logging.getLogger("relmon.jobs")
+
+BASELINE_ESTIMATOR = "average_confidence"
+_Z90 = 1.6448536269514722  # two-sided 90 % normal quantile, the estimators' default interval
+
+
+@dataclass
+class MonitorSummary:
+    """What one run computed (also kept when an output fails)."""
+
+    model: str
+    model_version: str
+    stream: str
+    window_ids: list[str]
+    seen: int
+    scored: int
+    input_errors: dict[str, int]
+    methods: dict[str, dict[str, float]]
+    confidence: float
+    estimates: dict[str, tuple[float, float, float]]
+    drift_p_values: dict[str, float] | None
+    drift_alarm: bool | None
+    duration_seconds: float
+    finished_at: float
+    accuracy: float | None = None
+    calibration: str | None = None
+    calibration_timestamp: float | None = None
+    calibration_version_mismatch: bool = False
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    def table(self) -> str:
+        """A plain-text summary table."""
+        lines = [
+            f"relmon monitor: model {self.model} (version {self.model_version}), stream {self.stream}, "
+            f"{self.scored} of {self.seen} inputs scored, {sum(self.input_errors.values())} bad, "
+            f"{self.duration_seconds:.1f} s"
+        ]
+        lines.append(f"\n{'method':<26} {'AOPC':>8} {'-random':>8} {'AOPC rel':>9} {'entropy':>8} {'n':>6}")
+        for method, s in self.methods.items():
+            lines.append(
+                f"{method:<26} {s.get('aopc', math.nan):8.3f} {s.get('aopc_minus_random', math.nan):8.3f} "
+                f"{s.get('aopc_rel', math.nan):9.3f} {s.get('entropy_bits', math.nan):8.3f} "
+                f"{int(s.get('n', 0)):6d}"
+            )
+        lines.append(f"\n{'estimator':<34} {'accuracy':>8} {'interval':>17}")
+        for name, (est, lo, hi) in self.estimates.items():
+            lines.append(f"{name:<34} {est:8.3f} [{lo:6.3f}, {hi:6.3f}]")
+        if self.accuracy is not None:
+            lines.append(f"{'(true accuracy, labels known)':<34} {self.accuracy:8.3f}")
+        lines.append(f"mean confidence {self.confidence:.3f}")
+        if self.drift_p_values is not None:
+            ps = ", ".join(f"{k} {v:.2g}" for k, v in self.drift_p_values.items())
+            lines.append(f"drift: {'ALARM' if self.drift_alarm else 'no alarm'} (KS p-values: {ps})")
+        else:
+            lines.append("drift: not tested (no calibration)")
+        if self.calibration:
+            flag = " — MADE FOR ANOTHER MODEL VERSION" if self.calibration_version_mismatch else ""
+            lines.append(f"calibration: {self.calibration}{flag}")
+        for k, v in self.outputs.items():
+            lines.append(f"{k}: {v}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def confidence_estimate(confidence: np.ndarray) -> tuple[float, float, float]:
+    """The baseline without calibration: mean max-softmax with a 90 % Poisson-binomial interval."""
+    c = confidence[np.isfinite(confidence)]
+    if c.size == 0:
+        return math.nan, math.nan, math.nan
+    est = float(c.mean())
+    half = _Z90 * math.sqrt(float((c * (1 - c)).sum())) / c.size
+    return est, max(0.0, est - half), min(1.0, est + half)
+
+
+class MonitorJob:
+    """A configured job: the model, its metrics (on an explicit registry) and the calibration.
+
+    :meth:`run` scores one window and fills the metrics; run it again (``serve``) and the counters
+    accumulate while the gauges hold the latest window.
+    """
+
+    def __init__(self, cfg: MonitorConfig, registry=None, progress: bool = False):
+        from relmon.models import model_info
+
+        self.cfg = cfg
+        self.progress = progress
+        self.model = load_job_model(cfg)
+        info = model_info(self.model)
+        self.model_name, self.model_version = str(info.name), str(info.version)
+        self.calibration = load_calibration(cfg.calibration) if cfg.calibration else None
+        self.version_mismatch = (
+            check_calibration(self.calibration, self.model_name, self.model_version, cfg)
+            if self.calibration
+            else False
+        )
+        self.metrics = RelmonMetrics(self.model_name, self.model_version, cfg.stream, registry=registry)
+        if self.calibration is not None:
+            self.metrics.set_calibration_timestamp(self.calibration.timestamp)
+
+    @property
+    def registry(self):
+        return self.metrics.registry
+
+    def compute(self) -> tuple[MonitorSummary, pd.DataFrame]:
+        """Score the window and fill the metrics (no outputs)."""
+        from relmon.records import RANDOM_METHOD
+
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        stream = build_stream(cfg, self.model)
+        records, summary, _ = score_stream(cfg, self.model, stream, progress=self.progress)
+        inputs = summary.pop("_inputs")
+        errors = dict(getattr(stream, "errors", {}) or {})
+        if sum(errors.values()) < inputs["bad"]:  # bad items seen by the batches but not by this process
+            errors["read_error"] = errors.get("read_error", 0) + inputs["bad"] - sum(errors.values())
+        samples = records.drop_duplicates(["window_id", "sample_id"]) if len(records) else records
+        conf = samples["confidence"].to_numpy(dtype=float) if len(samples) else np.array([])
+        labelled = samples["correct"].dropna() if "correct" in samples else pd.Series(dtype=float)
+        accuracy = float(labelled.astype(float).mean()) if len(labelled) else None
+
+        estimates: dict[str, tuple[float, float, float]] = {}
+        drift_p, alarm = None, None
+        if len(records) and self.calibration is not None:
+            from relmon.analysis import ks_drift
+
+            one = records.assign(window_id=records["window_id"].iloc[0])  # the job's window is one window
+            for name, est in self.calibration.estimators.items():
+                row = est.predict(one).iloc[-1]
+                estimates[name] = (float(row["estimate"]), float(row["lower"]), float(row["upper"]))
+            from relmon.explain import canonical_method
+
+            res = ks_drift(
+                self.calibration.reference,
+                records,
+                method=canonical_method(cfg.methods[0]),
+                alpha=cfg.drift_alpha,
+            )
+            drift_p, alarm = dict(res.p_values), bool(res.alarm)
+        if BASELINE_ESTIMATOR not in estimates:
+            estimates[BASELINE_ESTIMATOR] = confidence_estimate(conf)
+
+        m = self.metrics
+        for name, (est, lo, hi) in estimates.items():
+            m.set_estimate(name, est, lo, hi)
+        png = records.groupby("method")["png_bytes"].mean() if len(records) else pd.Series(dtype=float)
+        for method, s in summary.items():
+            if method == RANDOM_METHOD:
+                m.set_method(method, aopc=s["aopc"], aopc_relative=s["aopc_rel"])
+            else:
+                m.set_method(
+                    method,
+                    aopc=s["aopc"],
+                    aopc_minus_random=s["aopc_minus_random"],
+                    aopc_relative=s["aopc_rel"],
+                    entropy_bits=s["entropy_bits"],
+                    png_bytes=png.get(method, math.nan),
+                )
+            values = records.loc[records["method"] == method, "aopc_rel"] if len(records) else []
+            m.observe_aopc_relative(method, values)
+        m.set_confidence(float(conf.mean()) if conf.size else math.nan)
+        if drift_p is not None:
+            m.set_drift(drift_p, alarm)
+        m.add_samples(len(samples))
+        m.add_input_errors(errors)
+        duration = time.perf_counter() - t0
+        finished = time.time()
+        m.set_run(duration, finished)
+        result = MonitorSummary(
+            model=self.model_name,
+            model_version=self.model_version,
+            stream=cfg.stream,
+            window_ids=sorted(records["window_id"].unique().tolist()) if len(records) else [],
+            seen=int(inputs["seen"]),
+            scored=len(samples),
+            input_errors=errors,
+            methods=summary,
+            confidence=float(conf.mean()) if conf.size else math.nan,
+            estimates=estimates,
+            drift_p_values=drift_p,
+            drift_alarm=alarm,
+            duration_seconds=duration,
+            finished_at=finished,
+            accuracy=accuracy,
+            calibration=str(self.calibration.path) if self.calibration else None,
+            calibration_timestamp=self.calibration.timestamp if self.calibration else None,
+            calibration_version_mismatch=self.version_mismatch,
+        )
+        return result, records
+
+    def run(self, outputs: bool = True) -> MonitorSummary:
+        """:meth:`compute`, then write the records and textfile and push (``JobError`` keeps the summary).
+
+        The push uses ``pushadd_to_gateway`` with job ``cfg.job`` and grouping key ``{model, stream}``. A
+        scheduled job is a fresh process each time, so its pushed counters hold that run's counts;
+        Prometheus' ``increase``/``rate`` treat the drop between runs as a counter reset.
+        """
+        from relmon.records import write_records
+
+        summary, records = self.compute()
+        cfg = self.cfg
+        if cfg.records and len(records):
+            name = summary.window_ids[0].replace("/", "_").replace(":", "_")
+            summary.outputs["records"] = str(write_records(records, Path(cfg.records) / f"{name}.parquet"))
+        if not outputs:
+            return summary
+        if cfg.textfile:
+            summary.outputs["textfile"] = str(write_textfile(self.registry, cfg.textfile))
+        if cfg.pushgateway:
+            key = {"model": self.model_name, "stream": cfg.stream}
+            try:
+                attempts = push(
+                    self.registry,
+                    cfg.pushgateway,
+                    job=cfg.job,
+                    grouping_key=key,
+                    timeout=cfg.push_timeout,
+                    retries=cfg.push_retries,
+                    backoff=cfg.push_backoff,
+                )
+            except PushError as err:
+                summary.outputs["push"] = f"FAILED: {err}"
+                raise JobError(str(err), summary) from err
+            summary.outputs["push"] = f"{cfg.pushgateway} (job {cfg.job}, {attempts} attempt(s))"
+        return summary
+
+
+def run_monitor(cfg: MonitorConfig, registry=None, progress: bool = False) -> MonitorSummary:
+    """One run of the scheduled job (``relmon monitor``)."""
+    return MonitorJob(cfg, registry=registry, progress=progress).run()

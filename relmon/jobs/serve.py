@@ -1,0 +1,97 @@
+"""``relmon serve``: start the /metrics endpoint and re-run the job every ``interval_seconds`` (or when
+the watched input folder changes); bounded by ``max_iterations`` and stoppable with an Event.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from relmon.config import MonitorConfig
+from relmon.export.outputs import HttpEndpoint, serve_http
+from relmon.jobs.common import JobError, ServeError
+from relmon.jobs.monitor import MonitorJob, MonitorSummary
+
+log = logging.getLogger("relmon.jobs")
+
+
+def folder_signature(root: str) -> tuple:
+    """(path, size, mtime) of every file under the local folder ``root``: changes when inputs change."""
+    out = []
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            p = os.path.join(dirpath, name)
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue
+            out.append((p, st.st_size, st.st_mtime_ns))
+    return tuple(sorted(out))
+
+
+@dataclass
+class ServeResult:
+    runs: int
+    failures: int
+    summaries: list[MonitorSummary]
+
+
+def serve(
+    cfg: MonitorConfig,
+    stop: threading.Event | None = None,
+    on_ready: Callable[[HttpEndpoint], None] | None = None,
+    on_run: Callable[[MonitorSummary], None] | None = None,
+    registry=None,
+    progress: bool = False,
+) -> ServeResult:
+    """Serve /metrics and re-run the job (every interval, or when the watched folder changed).
+
+    Returns after ``cfg.max_iterations`` runs or once ``stop`` is set; the endpoint is stopped on the
+    way out. A failing run is logged and counted (its last-success timestamp is not updated, so the
+    stale-job alert fires); configuration errors raise before the endpoint starts. Pushes and
+    textfile writes follow each run when configured.
+    """
+    stop = stop or threading.Event()
+    job = MonitorJob(cfg, registry=registry, progress=progress)
+    try:
+        endpoint = serve_http(job.registry, port=cfg.http_port, addr=cfg.http_addr)
+    except OSError as err:
+        raise ServeError(
+            f"cannot serve metrics on {cfg.http_addr}:{cfg.http_port}: {err}; fix: choose a free "
+            "--http-port (or 0 for any) or another --http-addr"
+        ) from err
+    log.info("serving metrics at %s", endpoint.url)
+    result = ServeResult(0, 0, [])
+    try:
+        if on_ready is not None:
+            on_ready(endpoint)
+        last_sig = None
+        while not stop.is_set():
+            sig = folder_signature(cfg.input) if cfg.watch else None
+            if not cfg.watch or sig != last_sig:
+                last_sig = sig
+                t0 = time.perf_counter()
+                try:
+                    summary = job.run()
+                    result.summaries.append(summary)
+                    if on_run is not None:
+                        on_run(summary)
+                except JobError as err:
+                    result.failures += 1
+                    result.summaries.append(err.summary)
+                    log.error("run failed: %s", err)
+                except Exception as err:  # keep serving; last_success goes stale and alerts
+                    result.failures += 1
+                    job.metrics.set_run(time.perf_counter() - t0, None)
+                    log.exception("run failed: %s", err)
+                result.runs += 1
+                if cfg.max_iterations is not None and result.runs >= cfg.max_iterations:
+                    break
+            stop.wait(cfg.interval_seconds)
+    finally:
+        endpoint.stop()
+    return result
