@@ -70,12 +70,25 @@ class MonitorConfig:
     push_timeout: float = 10.0
     push_retries: int = 3
     push_backoff: float = 0.5
-    http_addr: str = "0.0.0.0"
+    http_addr: str = "127.0.0.1"
     http_port: int = 9108
     # serve loop
     interval_seconds: float = 60.0
     watch: bool = False
     max_iterations: int | None = None
+    # exporter security (C)
+    http_tls_cert_file: str | None = None
+    http_tls_key_file: str | None = None
+    http_tls_client_ca_file: str | None = None
+    http_auth_username: str | None = None
+    http_auth_password_file: str | None = None
+    http_auth_password_env: str | None = None
+    push_username: str | None = None
+    push_password_file: str | None = None
+    push_password_env: str | None = None
+    push_tls_ca_file: str | None = None
+    push_tls_cert_file: str | None = None
+    push_tls_key_file: str | None = None
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> MonitorConfig:
         """A copy with ``overrides`` (None values ignored) applied and validated."""
@@ -144,11 +157,27 @@ FIELDS: dict[str, tuple[str, str]] = {
     "push_timeout": ("float+", "seconds per push attempt"),
     "push_retries": ("int>=0", "push retries after the first attempt (exponential backoff)"),
     "push_backoff": ("float+", "seconds before the first retry (doubles each retry)"),
-    "http_addr": ("str", "address of the /metrics endpoint of 'relmon serve'"),
+    "http_addr": (
+        "str",
+        "address the /metrics endpoint of 'relmon serve' binds (loopback by default; 0.0.0.0: all interfaces)",
+    ),
     "http_port": ("port", "port of the /metrics endpoint (0: any free port)"),
     "interval_seconds": ("float+", "seconds between runs (serve) or between folder checks (watch)"),
     "watch": ("bool", "serve: re-run when the input folder changes instead of on every interval"),
     "max_iterations": ("int+?", "serve: stop after this many runs (default: run until stopped)"),
+    # exporter security (C)
+    "http_tls_cert_file": ("str?", "PEM certificate of the /metrics endpoint (with http_tls_key_file: HTTPS)"),
+    "http_tls_key_file": ("str?", "PEM private key of http_tls_cert_file"),
+    "http_tls_client_ca_file": ("str?", "PEM CA bundle: scrapers must present a certificate it signed (mutual TLS)"),
+    "http_auth_username": ("str?", "basic-auth user the /metrics endpoint requires"),
+    "http_auth_password_file": ("str?", "file holding the endpoint's basic-auth password"),
+    "http_auth_password_env": ("str?", "environment variable holding the endpoint's basic-auth password"),
+    "push_username": ("str?", "basic-auth user for pushes to the Pushgateway"),
+    "push_password_file": ("str?", "file holding the push basic-auth password"),
+    "push_password_env": ("str?", "environment variable holding the push basic-auth password"),
+    "push_tls_ca_file": ("str?", "PEM CA bundle that verifies an https Pushgateway (default: system CAs)"),
+    "push_tls_cert_file": ("str?", "PEM client certificate for pushes (with push_tls_key_file)"),
+    "push_tls_key_file": ("str?", "PEM private key of push_tls_cert_file"),
 }
 
 _EXAMPLES = {

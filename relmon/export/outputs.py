@@ -1,9 +1,15 @@
 """The three ways out of relmon's metrics: an HTTP endpoint, the Pushgateway and a textfile.
 
-- :func:`serve_http` — ``prometheus_client.start_http_server`` on an explicit registry, address and
-  port; returns an :class:`HttpEndpoint` whose :meth:`~HttpEndpoint.stop` shuts the server down.
+- :func:`serve_http` — ``prometheus_client.make_wsgi_app`` on an explicit registry, served by a
+  threading WSGI server bound to ``127.0.0.1`` unless another address is given, with a listen backlog
+  of 128 (prometheus-client's own server keeps the socketserver default of 5, which drops connections
+  under 50 concurrent scrapers), optional TLS / mutual TLS and basic auth
+  (:class:`~relmon.export.security.EndpointSecurity`); returns an :class:`HttpEndpoint` whose
+  :meth:`~HttpEndpoint.stop` shuts the server down.
 - :func:`push` — ``pushadd_to_gateway`` (keeps the group's other metrics) with a grouping key, a
-  timeout per attempt and retries with exponential backoff; raises :class:`PushError` after the last.
+  timeout per attempt and retries with exponential backoff, optional basic auth and TLS
+  (:class:`~relmon.export.security.PushSecurity`); raises :class:`PushError` after the last. The
+  gateway is named in messages with its password redacted.
 - :func:`write_textfile` — ``write_to_textfile`` (temp file + ``os.replace``: readers never see a
   half-written file), e.g. for node-exporter's textfile collector.
 """
@@ -11,14 +17,26 @@
 from __future__ import annotations
 
 import os
+import socket
+import ssl
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, generate_latest, pushadd_to_gateway, start_http_server
+from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app, pushadd_to_gateway
 from prometheus_client import write_to_textfile as _write_to_textfile
+from prometheus_client.exposition import ThreadingWSGIServer, default_handler
+
+from relmon.export.security import EndpointSecurity, PushSecurity, redact_url, split_credentials
+
+#: Listen backlog of the /metrics server (socketserver's default is 5).
+DEFAULT_BACKLOG = 128
+#: Seconds a client may take for the TLS handshake and for each read/write of one request.
+CLIENT_TIMEOUT = 30.0
 
 
 class PushError(RuntimeError):
@@ -33,10 +51,12 @@ class HttpEndpoint:
     thread: Any
     addr: str
     port: int
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://{self.addr}:{self.port}/metrics"
+        host = f"[{self.addr}]" if ":" in self.addr else self.addr
+        return f"{self.scheme}://{host}:{self.port}/metrics"
 
     def stop(self) -> None:
         if self.server is not None:
@@ -57,15 +77,70 @@ def exposition(registry: CollectorRegistry) -> str:
     return generate_latest(registry).decode()
 
 
-def serve_http(registry: CollectorRegistry, port: int = 9108, addr: str = "0.0.0.0") -> HttpEndpoint:
-    """Serve ``registry`` at ``http://addr:port/metrics`` from a daemon thread (``port=0``: a free port).
+class _QuietHandler(WSGIRequestHandler):
+    """No access log on stderr; a bounded wait for slow clients."""
 
-    Raises ``OSError`` when the address cannot be bound (e.g. the port is in use).
+    timeout = CLIENT_TIMEOUT
+
+    def log_message(self, format, *args):  # noqa: A002 - the base class's signature
+        pass
+
+
+class _MetricsServer(ThreadingWSGIServer):
+    """Thread per request, a large listen backlog, TLS handshakes in the request's own thread (a
+    client that never completes its handshake cannot block the accept loop)."""
+
+    request_queue_size = DEFAULT_BACKLOG
+    ssl_context: ssl.SSLContext | None = None
+
+    def get_request(self):
+        sock, addr = self.socket.accept()
+        if self.ssl_context is not None:
+            sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
+
+    def finish_request(self, request, client_address):
+        if isinstance(request, ssl.SSLSocket):
+            request.settimeout(CLIENT_TIMEOUT)
+            try:
+                request.do_handshake()
+            except (ssl.SSLError, OSError):
+                return  # bad or missing client certificate, plain HTTP on a TLS port...: drop it
+        super().finish_request(request, client_address)
+
+
+def serve_http(
+    registry: CollectorRegistry,
+    port: int = 9108,
+    addr: str = "127.0.0.1",
+    security: EndpointSecurity | None = None,
+    backlog: int = DEFAULT_BACKLOG,
+) -> HttpEndpoint:
+    """Serve ``registry`` at ``http(s)://addr:port/metrics`` from a daemon thread (``port=0``: a free port).
+
+    ``addr`` defaults to the loopback address: pass ``"0.0.0.0"`` (or ``"::"``) explicitly to accept
+    scrapes from other hosts. ``security`` adds TLS (``https``), mutual TLS and basic auth;
+    ``backlog`` is the listen queue length. Raises ``OSError`` when the address cannot be bound.
     """
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"port must be an int in 0..65535, got {port!r}")
-    server, thread = start_http_server(port, addr=addr, registry=registry)
-    return HttpEndpoint(server, thread, addr, int(server.server_port))
+    if isinstance(backlog, bool) or not isinstance(backlog, int) or backlog < 1:
+        raise ValueError(f"backlog must be a positive int, got {backlog!r}")
+    security = security or EndpointSecurity()
+    family, _, _, _, sockaddr = socket.getaddrinfo(
+        addr, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+
+    class Server(_MetricsServer):
+        address_family = family
+        request_queue_size = backlog
+        ssl_context = security.ssl_context()
+
+    app = security.wrap_app(make_wsgi_app(registry))
+    server = make_server(sockaddr[0], port, app, Server, handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, name="relmon-metrics-http", daemon=True)
+    thread.start()
+    return HttpEndpoint(server, thread, addr, int(server.server_port), "https" if security.tls else "http")
 
 
 def push(
@@ -77,8 +152,13 @@ def push(
     retries: int = 3,
     backoff: float = 0.5,
     sleep: Callable[[float], None] = time.sleep,
+    security: PushSecurity | None = None,
 ) -> int:
     """``pushadd_to_gateway`` with ``retries`` retries (waits ``backoff * 2**i`` s between attempts).
+
+    ``security`` adds basic auth and TLS settings; credentials in the URL
+    (``http://user:pass@host:9091``) are moved into the Authorization header. The password never
+    appears in the :class:`PushError` message (the gateway is named with it redacted).
 
     Returns the number of attempts made. Raises :class:`PushError` (chained to the last error) when
     every attempt failed; the caller's computed metrics are untouched, so it can still write them
@@ -89,20 +169,39 @@ def push(
     if retries < 0:
         raise ValueError(f"retries must be >= 0, got {retries}")
     key = {str(k): str(v) for k, v in (grouping_key or {}).items()}
+    shown = redact_url(gateway)
+    url, user, password = split_credentials(gateway)
+    if user is not None:
+        if security is not None and security.username is not None:
+            raise ValueError(
+                f"the Pushgateway URL {shown!r} carries credentials and security sets a user too; "
+                "give the credentials one way"
+            )
+        base = security or PushSecurity()
+        security = PushSecurity(user, password, base.ca_file, base.cert_file, base.key_file)
+    handler = security.handler if security is not None else default_handler
+    secret = security.password if security is not None else None
     last: Exception | None = None
     for attempt in range(retries + 1):
         try:
-            pushadd_to_gateway(gateway, job=job, registry=registry, grouping_key=key, timeout=timeout)
+            pushadd_to_gateway(url, job=job, registry=registry, grouping_key=key, timeout=timeout, handler=handler)
             return attempt + 1
         except Exception as err:  # urllib raises URLError/HTTPError/OSError/timeouts
             last = err
             if attempt < retries:
                 sleep(backoff * 2**attempt)
     raise PushError(
-        f"could not push to the Pushgateway at {gateway!r} (job={job!r}, grouping key {key}) after "
-        f"{retries + 1} attempt(s): {type(last).__name__}: {last}; check the address and that the "
-        "gateway is up"
+        f"could not push to the Pushgateway at {shown!r} (job={job!r}, grouping key {key}) after "
+        f"{retries + 1} attempt(s): {type(last).__name__}: {_scrub(str(last), secret)}; check the "
+        "address, the credentials and that the gateway is up"
     ) from last
+
+
+def _scrub(text: str, password) -> str:
+    """``text`` with the password (if any) replaced by ``***``."""
+    if password is not None and password.reveal():
+        text = text.replace(password.reveal(), "***")
+    return text
 
 
 def write_textfile(registry: CollectorRegistry, path: str | os.PathLike) -> Path:

@@ -20,6 +20,7 @@ import pandas as pd
 from relmon.config import MonitorConfig
 from relmon.export.metrics import RelmonMetrics
 from relmon.export.outputs import PushError, push, write_textfile
+from relmon.export.security import push_security, redact_url
 from relmon.jobs.calibration import check_calibration, load_calibration
 from relmon.jobs.common import JobError, build_stream, load_job_model, score_stream
 
@@ -113,6 +114,7 @@ class MonitorJob:
 
         self.cfg = cfg
         self.progress = progress
+        self.push_url, self.push_security = push_security(cfg)  # secrets read (and checked) up front
         self.model = load_job_model(cfg)
         info = model_info(self.model)
         self.model_name, self.model_version = str(info.name), str(info.version)
@@ -239,17 +241,18 @@ class MonitorJob:
             try:
                 attempts = push(
                     self.registry,
-                    cfg.pushgateway,
+                    self.push_url,
                     job=cfg.job,
                     grouping_key=key,
                     timeout=cfg.push_timeout,
                     retries=cfg.push_retries,
                     backoff=cfg.push_backoff,
+                    security=self.push_security,
                 )
             except PushError as err:
                 summary.outputs["push"] = f"FAILED: {err}"
                 raise JobError(str(err), summary) from err
-            summary.outputs["push"] = f"{cfg.pushgateway} (job {cfg.job}, {attempts} attempt(s))"
+            summary.outputs["push"] = f"{redact_url(cfg.pushgateway)} (job {cfg.job}, {attempts} attempt(s))"
         return summary
 
 

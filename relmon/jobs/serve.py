@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from relmon.config import MonitorConfig
 from relmon.export.outputs import HttpEndpoint, serve_http
+from relmon.export.security import endpoint_security
 from relmon.jobs.common import JobError, ServeError
 from relmon.jobs.monitor import MonitorJob, MonitorSummary
 
@@ -56,9 +57,10 @@ def serve(
     textfile writes follow each run when configured.
     """
     stop = stop or threading.Event()
+    security = endpoint_security(cfg)  # TLS / basic auth settings checked before the model loads
     job = MonitorJob(cfg, registry=registry, progress=progress)
     try:
-        endpoint = serve_http(job.registry, port=cfg.http_port, addr=cfg.http_addr)
+        endpoint = serve_http(job.registry, port=cfg.http_port, addr=cfg.http_addr, security=security)
     except OSError as err:
         raise ServeError(
             f"cannot serve metrics on {cfg.http_addr}:{cfg.http_port}: {err}; fix: choose a free "
