@@ -291,13 +291,13 @@ def push_security(cfg) -> tuple[str | None, PushSecurity]:
     url_user = url_password = None
     if gateway:
         gateway, url_user, url_password = split_credentials(gateway)
-    password = read_secret("push_password_file", cfg.push_password_file, "push_password_env", cfg.push_password_env)
-    if url_user is not None and (cfg.push_username or password is not None):
+    if url_user is not None and (cfg.push_username or cfg.push_password_file or cfg.push_password_env):
         raise ConfigError(
             f"the pushgateway URL {redact_url(cfg.pushgateway)!r} carries credentials and push_username / "
             "push_password_* are set too; fix: give the credentials one way (preferably push_username "
             "with push_password_file)"
         )
+    password = read_secret("push_password_file", cfg.push_password_file, "push_password_env", cfg.push_password_env)
     if url_user is not None and url_password is None:
         raise ConfigError(
             f"the pushgateway URL {redact_url(cfg.pushgateway)!r} names a user but no password; fix: "
