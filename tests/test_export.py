@@ -58,6 +58,10 @@ TABLE = {
     "relmon_run_duration_seconds": ("gauge", None),
     "relmon_last_success_timestamp_seconds": ("gauge", None),
     "relmon_calibration_timestamp_seconds": ("gauge", None),
+    "relmon_calibration_accuracy_ratio": ("gauge", None),
+    "relmon_default_estimator_info": ("gauge", "estimator"),
+    "relmon_run_samples": ("gauge", None),
+    "relmon_run_input_errors": ("gauge", "reason"),
 }
 FAST = dict(n=16, region=7, steps=8, batch_size=16)
 
@@ -81,6 +85,9 @@ def filled_metrics() -> RelmonMetrics:
     m.add_input_errors({"decode_error": 2})
     m.set_run(1.5, 1.7e9)
     m.set_calibration_timestamp(1.6e9)
+    m.set_calibration_accuracy(0.9)
+    m.set_default_estimator("atc")
+    m.set_run_inputs(16, {"decode_error": 2})
     return m
 
 
@@ -150,6 +157,34 @@ def test_label_sets_are_closed_and_match_the_code_that_produces_them():
             call()
     with pytest.raises(ValueError, match="model_version"):
         RelmonMetrics("m", "", "s")
+
+
+def _values(m: RelmonMetrics, name: str) -> dict:
+    fam = families(exposition(m.registry))[name]
+    return {tuple(sorted(set(s.labels.items()) - set(m.base.items()))): s.value for s in fam.samples}
+
+
+def test_per_run_gauges_hold_the_last_run_and_the_default_estimator_is_unique():
+    m = RelmonMetrics("m", "v", "s")
+    m.add_input_errors({"decode_error": 2})
+    m.set_run_inputs(10, {"decode_error": 2})
+    m.add_input_errors({"decode_error": 2})
+    m.set_run_inputs(12, {"decode_error": 2})  # the same bad file again: the gauge stays 2
+    assert _values(m, "relmon_run_input_errors") == {
+        (("reason", "decode_error"),): 2.0,
+        (("reason", "read_error"),): 0.0,
+    }
+    assert _values(m, "relmon_run_samples") == {(): 12.0}
+    assert _values(m, "relmon_input_errors")[(("reason", "decode_error"),)] == 4.0  # the counter adds up
+    m.set_default_estimator("atc")
+    m.set_default_estimator("doc")
+    assert _values(m, "relmon_default_estimator_info") == {(("estimator", "doc"),): 1.0}
+    with pytest.raises(ValueError, match="closed set"):
+        m.set_default_estimator("mine")
+    with pytest.raises(ValueError, match=r"ratio in \[0, 1\]"):
+        m.set_calibration_accuracy(87.5)
+    with pytest.raises(ValueError, match="closed set"):
+        m.set_run_inputs(1, {"oops": 1})
 
 
 def test_metrics_never_use_the_global_registry():
@@ -339,6 +374,11 @@ def test_monitor_with_calibration_fills_every_metric(calibration, tmp_path):
     assert missing == []
     ts = next(s.value for s in fams["relmon_calibration_timestamp_seconds"].samples)
     assert ts == pytest.approx(calibration.timestamp)
+    acc = next(s.value for s in fams["relmon_calibration_accuracy_ratio"].samples)
+    assert acc == pytest.approx(calibration.meta["window_accuracy"]["clean"])
+    default = [s.labels["estimator"] for s in fams["relmon_default_estimator_info"].samples if s.value == 1]
+    assert default == [calibration.meta.get("default_estimator", "average_confidence")]
+    assert next(s.value for s in fams["relmon_run_samples"].samples) == 16
     assert "regression_relevance" in summary.table()
 
 

@@ -159,6 +159,32 @@ METRIC_SPECS: tuple[MetricSpec, ...] = (
         None,
         "Unix time at which the calibration in use was made (absent without calibration).",
     ),
+    MetricSpec(
+        "relmon_calibration_accuracy_ratio",
+        "gauge",
+        None,
+        "Accuracy of the model on the calibration's clean (labelled) window (0-1); absent without "
+        "calibration. The accuracy alert compares the default estimate's upper bound with it.",
+    ),
+    MetricSpec(
+        "relmon_default_estimator_info",
+        "gauge",
+        "estimator",
+        "1 for the estimator the calibration chose as default (average_confidence without calibration); "
+        "alerts use only this estimator's series.",
+    ),
+    MetricSpec(
+        "relmon_run_samples",
+        "gauge",
+        None,
+        "Samples scored by the last run (a per-run count: right in both scrape and Pushgateway mode).",
+    ),
+    MetricSpec(
+        "relmon_run_input_errors",
+        "gauge",
+        "reason",
+        "Inputs of the last run that could not be read or decoded (a per-run count, by reason).",
+    ),
 )
 
 
@@ -294,6 +320,33 @@ class RelmonMetrics:
 
     def set_calibration_timestamp(self, timestamp: float) -> None:
         self._set("relmon_calibration_timestamp_seconds", timestamp)
+
+    def set_calibration_accuracy(self, accuracy: float) -> None:
+        """The calibration's clean-window accuracy, a ratio in [0, 1] (``ValueError`` outside)."""
+        if _finite(accuracy) and not 0.0 <= float(accuracy) <= 1.0:
+            raise ValueError(f"calibration accuracy must be a ratio in [0, 1], got {accuracy!r}")
+        self._set("relmon_calibration_accuracy_ratio", accuracy)
+
+    def set_default_estimator(self, estimator: str) -> None:
+        """Mark ``estimator`` as the default (value 1); any previously marked one is removed."""
+        check_label("estimator", estimator)
+        self._metrics["relmon_default_estimator_info"].clear()
+        self._child("relmon_default_estimator_info", estimator=estimator).set(1.0)
+
+    def set_run_inputs(self, samples: int, errors: Mapping[str, int]) -> None:
+        """Per-run counts (gauges): samples scored and bad inputs by reason (every reason, 0 if none).
+
+        Unlike the ``_total`` counters, these hold the last run's counts, so an alert on them works
+        the same whether Prometheus scrapes ``relmon serve`` or a Pushgateway that each scheduled run
+        pushes its own counts to.
+        """
+        if samples < 0 or any(n < 0 for n in errors.values()):
+            raise ValueError(f"run counts must be >= 0, got samples={samples}, errors={dict(errors)}")
+        for reason in errors:
+            check_label("reason", reason)
+        self._child("relmon_run_samples").set(float(samples))
+        for reason in INPUT_ERROR_REASONS:
+            self._child("relmon_run_input_errors", reason=reason).set(float(errors.get(reason, 0)))
 
 
 __all__ = [

@@ -127,6 +127,12 @@ class MonitorJob:
         self.metrics = RelmonMetrics(self.model_name, self.model_version, cfg.stream, registry=registry)
         if self.calibration is not None:
             self.metrics.set_calibration_timestamp(self.calibration.timestamp)
+            clean = (self.calibration.meta.get("window_accuracy") or {}).get("clean")
+            if clean is not None:
+                self.metrics.set_calibration_accuracy(clean)
+        meta = self.calibration.meta if self.calibration is not None else {}
+        self.default_estimator = meta.get("default_estimator", BASELINE_ESTIMATOR)
+        self.metrics.set_default_estimator(self.default_estimator)
 
     @property
     def registry(self):
@@ -193,6 +199,7 @@ class MonitorJob:
             m.set_drift(drift_p, alarm)
         m.add_samples(len(samples))
         m.add_input_errors(errors)
+        m.set_run_inputs(len(samples), errors)
         duration = time.perf_counter() - t0
         finished = time.time()
         m.set_run(duration, finished)
