@@ -7,9 +7,12 @@ each opens a new connection per request (as urllib does) with a 10 s timeout. Re
 requests, errors (by kind), p50 / p99 / max latency, and the server's resident memory (VmRSS) before
 and after the load plus its peak (VmHWM).
 
-Variants: ``before`` = ``prometheus_client.start_http_server`` (socketserver's listen backlog of 5);
-``after`` = :func:`relmon.export.serve_http` (backlog 128). The two run in one invocation, one after
-the other, so their figures are comparable.
+Variants: ``before`` = ``prometheus_client.start_http_server`` (socketserver's listen backlog of 5,
+the exposition rendered for every scrape); ``after`` = :func:`relmon.export.serve_http` (backlog
+128, one rendering reused for 1 s). Loads: a closed loop (each client re-requests as soon as it is
+answered: saturates the CPU, so latency ~ clients / throughput) and a paced load (each client
+scrapes once per second). All four run in one invocation, one after the other, so their figures are
+comparable.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_exporter.py --clients 50 --seconds 30
 
@@ -29,8 +32,15 @@ from collections import Counter
 import numpy as np
 
 
-def scrape_load(url: str, clients: int = 50, seconds: float = 30.0, timeout: float = 10.0) -> dict:
-    """``clients`` threads GET ``url`` in a loop for ``seconds``; latency percentiles and errors."""
+def scrape_load(
+    url: str, clients: int = 50, seconds: float = 30.0, timeout: float = 10.0, interval: float = 0.0
+) -> dict:
+    """``clients`` threads GET ``url`` for ``seconds``; latency percentiles and errors.
+
+    ``interval=0``: each client sends its next request as soon as the last one is answered (a closed
+    loop that saturates the machine). ``interval>0``: each client scrapes once per ``interval``
+    seconds, the clients' phases spread evenly over it (like Prometheus servers scraping on a schedule).
+    """
     deadline = time.perf_counter() + seconds
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors: list[Counter] = [Counter() for _ in range(clients)]
@@ -38,7 +48,11 @@ def scrape_load(url: str, clients: int = 50, seconds: float = 30.0, timeout: flo
 
     def worker(i: int) -> None:
         start.wait()
+        tick = time.perf_counter() + interval * i / clients
         while time.perf_counter() < deadline:
+            if interval > 0:
+                time.sleep(max(0.0, tick - time.perf_counter()))
+                tick += interval
             t0 = time.perf_counter()
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as resp:
@@ -110,7 +124,7 @@ def _memory_kib(pid: int) -> dict[str, int]:
     return out
 
 
-def run_variant(variant: str, clients: int, seconds: float) -> dict:
+def run_variant(variant: str, clients: int, seconds: float, interval: float) -> dict:
     proc = subprocess.Popen(
         [sys.executable, __file__, "--child", variant], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
@@ -119,7 +133,7 @@ def run_variant(variant: str, clients: int, seconds: float) -> dict:
         url = f"http://127.0.0.1:{port}/metrics"
         urllib.request.urlopen(url, timeout=10).read()  # warm
         before = _memory_kib(proc.pid)
-        result = scrape_load(url, clients=clients, seconds=seconds)
+        result = scrape_load(url, clients=clients, seconds=seconds, interval=interval)
         after = _memory_kib(proc.pid)
         result.update(rss_before_mib=before["VmRSS"] / 1024, rss_after_mib=after["VmRSS"] / 1024,
                       peak_mib=after["VmHWM"] / 1024)  # fmt: skip
@@ -134,6 +148,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, default=50)
     p.add_argument("--seconds", type=float, default=30.0)
+    p.add_argument("--intervals", nargs="+", type=float, default=[0.0, 1.0],
+                   help="seconds between one client's scrapes; 0 = closed loop (default: 0 and 1)")
     p.add_argument("--variants", nargs="+", default=["before", "after"], choices=["before", "after"])
     p.add_argument("--child", choices=["before", "after"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -141,14 +157,18 @@ def main(argv=None) -> int:
         _child(args.child)
         return 0
     print(f"{args.clients} scrapers x {args.seconds:g} s on 127.0.0.1\n")
-    print("| server | backlog | requests | req/s | errors | p50 ms | p99 ms | max ms | RSS before→after MiB | peak MiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for variant in args.variants:
-        r = run_variant(variant, args.clients, args.seconds)
+    print(
+        "| load | server | backlog, cache | requests | req/s | errors | p50 ms | p99 ms | max ms "
+        "| RSS before→after MiB | peak MiB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for interval, variant in [(i, v) for i in args.intervals for v in args.variants]:
+        r = run_variant(variant, args.clients, args.seconds, interval)
+        load = "closed loop" if interval == 0 else f"1 scrape / {interval:g} s each"
         name = "prometheus_client.start_http_server" if variant == "before" else "relmon serve_http"
         kinds = f" ({', '.join(f'{k} {v}' for k, v in r['error_kinds'].items())})" if r["errors"] else ""
         print(
-            f"| {name} | {5 if variant == 'before' else 128} | {r['requests']} | {r['rps']:.0f} | "
+            f"| {load} | {name} | {'5, none' if variant == 'before' else '128, 1 s'} | {r['requests']} | {r['rps']:.0f} | "
             f"{r['errors']}{kinds} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.0f} | "
             f"{r['rss_before_mib']:.1f}→{r['rss_after_mib']:.1f} | {r['peak_mib']:.1f} |",
             flush=True,

@@ -118,6 +118,20 @@ def test_endpoint_listen_backlog_is_raised():
         serve_http(metrics().registry, port=0, backlog=0)
 
 
+def test_exposition_cache_reuses_one_rendering_and_cache_0_renders_every_scrape():
+    m = metrics()
+    with serve_http(m.registry, port=0, cache_seconds=3000) as ep:
+        assert "relmon_confidence_ratio{" in get(ep.url)[1]
+        m.set_confidence(0.123)
+        assert "0.123" not in get(ep.url)[1]  # the cached rendering
+    with serve_http(m.registry, port=0, cache_seconds=0) as ep:
+        get(ep.url)
+        m.set_confidence(0.456)
+        assert "0.456" in get(ep.url)[1]
+    with pytest.raises(ValueError, match="cache_seconds"):
+        serve_http(m.registry, port=0, cache_seconds=-1)
+
+
 def test_tls_endpoint_is_scraped_with_a_self_signed_ca(pki):
     sec = EndpointSecurity(cert_file=str(pki / "server.pem"), key_file=str(pki / "server.key"))
     with serve_http(metrics().registry, port=0, security=sec) as ep:

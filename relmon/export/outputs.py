@@ -35,6 +35,8 @@ from relmon.export.security import EndpointSecurity, PushSecurity, redact_url, s
 
 #: Listen backlog of the /metrics server (socketserver's default is 5).
 DEFAULT_BACKLOG = 128
+#: Seconds one rendering of the exposition is served to other scrapes (see :func:`serve_http`).
+DEFAULT_CACHE_SECONDS = 1.0
 #: Seconds a client may take for the TLS handshake and for each read/write of one request.
 CLIENT_TIMEOUT = 30.0
 
@@ -77,6 +79,49 @@ def exposition(registry: CollectorRegistry) -> str:
     return generate_latest(registry).decode()
 
 
+class _CachedApp:
+    """``app``'s successful GET responses reused for ``seconds`` (per Accept / Accept-Encoding / query).
+
+    Rendering the exposition costs milliseconds of CPU per scrape; many scrapers within a second get
+    the same bytes (at most ``seconds`` old; a run updates the metrics once per window). At most
+    ``max_entries`` variants are kept, so odd headers cannot grow the cache.
+    """
+
+    def __init__(self, app: Callable, seconds: float, max_entries: int = 8):
+        self.app, self.seconds, self.max_entries = app, seconds, max_entries
+        self._cache: dict[tuple, tuple[float, str, list, list]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, environ, start_response):
+        if environ.get("REQUEST_METHOD") != "GET" or self.seconds <= 0:
+            return self.app(environ, start_response)
+        key = (
+            environ.get("PATH_INFO"),
+            environ.get("QUERY_STRING", ""),
+            environ.get("HTTP_ACCEPT", ""),
+            "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""),
+        )
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit is None or now - hit[0] > self.seconds:
+            captured = {}
+
+            def capture(status, headers, exc_info=None):
+                captured["status"], captured["headers"] = status, headers
+                return lambda data: None
+
+            body = list(self.app(environ, capture))
+            hit = (now, captured["status"], captured["headers"], body)
+            if captured["status"].startswith("200"):
+                with self._lock:
+                    if len(self._cache) >= self.max_entries and key not in self._cache:
+                        self._cache.pop(next(iter(self._cache)))
+                    self._cache[key] = hit
+        start_response(hit[1], list(hit[2]))
+        return hit[3]
+
+
 class _QuietHandler(WSGIRequestHandler):
     """No access log on stderr; a bounded wait for slow clients."""
 
@@ -115,12 +160,15 @@ def serve_http(
     addr: str = "127.0.0.1",
     security: EndpointSecurity | None = None,
     backlog: int = DEFAULT_BACKLOG,
+    cache_seconds: float = DEFAULT_CACHE_SECONDS,
 ) -> HttpEndpoint:
     """Serve ``registry`` at ``http(s)://addr:port/metrics`` from a daemon thread (``port=0``: a free port).
 
     ``addr`` defaults to the loopback address: pass ``"0.0.0.0"`` (or ``"::"``) explicitly to accept
     scrapes from other hosts. ``security`` adds TLS (``https``), mutual TLS and basic auth;
-    ``backlog`` is the listen queue length. Raises ``OSError`` when the address cannot be bound.
+    ``backlog`` is the listen queue length; ``cache_seconds`` how long one rendering of the
+    exposition is reused for other scrapes (0: render every scrape). Raises ``OSError`` when the
+    address cannot be bound.
     """
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"port must be an int in 0..65535, got {port!r}")
@@ -136,7 +184,9 @@ def serve_http(
         request_queue_size = backlog
         ssl_context = security.ssl_context()
 
-    app = security.wrap_app(make_wsgi_app(registry))
+    if not 0 <= cache_seconds < 3600:
+        raise ValueError(f"cache_seconds must be in [0, 3600), got {cache_seconds!r}")
+    app = security.wrap_app(_CachedApp(make_wsgi_app(registry), cache_seconds))
     server = make_server(sockaddr[0], port, app, Server, handler_class=_QuietHandler)
     thread = threading.Thread(target=server.serve_forever, name="relmon-metrics-http", daemon=True)
     thread.start()
