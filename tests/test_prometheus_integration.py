@@ -39,6 +39,7 @@ PUSHGATEWAY = shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pus
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 FAST = ["--region", "7", "--steps", "8", "--batch-size", "16"]
 TEMPLATE_VARS = {
+    "$model_version": ".*",
     "$model": ".*",
     "$stream": ".*",
     "$estimator": ".*",
@@ -324,9 +325,11 @@ def test_c_every_dashboard_query_returns_data(stack):
             empty[title] = expr
     assert not empty
     for var in dashboard()["templating"]["list"]:
-        metric, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", var["query"]["query"]).groups()
+        if var["type"] == "datasource":
+            continue
+        selector, label = re.fullmatch(r"label_values\((.+), (\w+)\)", var["query"]["query"]).groups()
         values = get_json(
-            f"{base}/api/v1/label/{label}/values?" + urllib.parse.urlencode({"match[]": metric})
+            f"{base}/api/v1/label/{label}/values?" + urllib.parse.urlencode({"match[]": substitute(selector)})
         )
         assert values["data"], var["name"]
     rules = get_json(f"{base}/api/v1/rules")["data"]["groups"]
@@ -448,37 +451,53 @@ def test_compose_volumes_point_at_the_files_prometheus_and_grafana_read():
         assert host in services and int(port) in container_ports(services[host])
 
 
-def test_dashboard_uses_only_provisioned_datasources_and_has_the_panels():
-    provisioning = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
-    uids = {ds["uid"] for ds in yaml.safe_load(provisioning.read_text())["datasources"]}
+def test_dashboard_imports_into_an_existing_grafana_and_has_the_panels():
+    """The datasource is an import input (``__inputs`` DS_PROMETHEUS) and a datasource template
+    variable of the same name, so the file works both through Grafana's import dialog and through the
+    provisioning in deploy/grafana/provisioning (which has no fixed uid to match)."""
     dash = dashboard()
-    used = set()
+    inputs = {i["name"]: i for i in dash["__inputs"]}
+    assert inputs["DS_PROMETHEUS"]["type"] == "datasource" and inputs["DS_PROMETHEUS"]["pluginId"] == "prometheus"
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["DS_PROMETHEUS"]["type"] == "datasource" and variables["DS_PROMETHEUS"]["query"] == "prometheus"
+    assert {"model", "model_version", "stream"} <= set(variables)
+    used = []
 
     def walk(node):
         if isinstance(node, dict):
-            if isinstance(node.get("datasource"), dict):
-                used.add(node["datasource"]["uid"])
+            if "datasource" in node:
+                used.append(node["datasource"])
             for v in node.values():
                 walk(v)
         elif isinstance(node, list):
             for v in node:
                 walk(v)
 
-    walk(dash)
-    assert used and used <= uids
+    walk({"panels": dash["panels"], "templating": [v for v in variables.values() if v["type"] == "query"]})
+    assert used and all(ds == {"type": "prometheus", "uid": "${DS_PROMETHEUS}"} for ds in used), used
+    provisioned = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    assert not any(ds["uid"] in json.dumps(dash) for ds in provisioned["datasources"])  # no hard-coded uid
+    for _, expr in panel_exprs():
+        if "relmon_" in expr:
+            assert 'model_version=~"$model_version"' in expr, expr
     exprs = " ".join(e for _, e in panel_exprs())
     for metric in (
         "relmon_estimated_accuracy_ratio",
         "relmon_estimated_accuracy_lower_ratio",
         "relmon_estimated_accuracy_upper_ratio",
         "relmon_aopc",
+        "relmon_aopc_relative",
         "relmon_heatmap_entropy",
         "relmon_drift_p_value",
         "relmon_samples_processed_total",
         "relmon_last_success_timestamp_seconds",
         "relmon_input_errors_total",
+        "relmon_run_duration_seconds",
+        "relmon_calibration_timestamp_seconds",
+        "relmon_calibration_accuracy_ratio",
+        "relmon_run_input_errors",
     ):
-        assert metric in exprs, metric
+        assert re.search(rf"\b{metric}\{{", exprs), metric
     assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])
 
 
