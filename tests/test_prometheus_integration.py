@@ -423,6 +423,19 @@ def test_compose_services_agree_with_prometheus_targets():
     assert host in services and int(port) in container_ports(services[host])
 
 
+def test_compose_publishes_ports_on_loopback_only_and_relmon_listens_in_its_container():
+    services = compose()["services"]
+    for name, service in services.items():
+        for spec in service.get("ports", []):
+            parts = str(spec).split(":")
+            assert len(parts) == 3 and parts[0] == "127.0.0.1", f"{name} publishes {spec} beyond loopback"
+    command = services["relmon"]["command"]
+    assert command[command.index("--http-addr") + 1] == "0.0.0.0"  # explicit, inside the container
+    from relmon.config import MonitorConfig
+
+    assert MonitorConfig().http_addr == "127.0.0.1"
+
+
 def test_compose_volumes_point_at_the_files_prometheus_and_grafana_read():
     services = compose()["services"]
     prom = services["prometheus"]
@@ -514,6 +527,8 @@ def test_alert_rules_have_summary_description_and_runbook():
 
 K8S_REQUIRED = {
     "ConfigMap": ("v1", ["data"]),
+    "Deployment": ("apps/v1", ["spec.selector", "spec.template.spec.containers"]),
+    "Service": ("v1", ["spec.selector", "spec.ports"]),
     "CronJob": ("batch/v1", ["spec.schedule", "spec.jobTemplate.spec.template.spec.containers"]),
 }
 
@@ -542,6 +557,14 @@ def test_k8s_manifests_structure():
     mount = next(m for m in container["volumeMounts"] if config_path.startswith(m["mountPath"] + "/"))
     assert volumes[mount["name"]]["configMap"]["name"] == cm["metadata"]["name"]
     assert Path(config_path).name in cm["data"]
+    # relmon serve: the address is set explicitly (the default is loopback) and the Service reaches it
+    serve = docs["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert serve["args"][0] == "serve"
+    assert serve["args"][serve["args"].index("--http-addr") + 1] == "0.0.0.0"
+    port = int(serve["args"][serve["args"].index("--http-port") + 1])
+    assert {p["containerPort"] for p in serve["ports"]} == {port}
+    assert docs["Service"]["spec"]["selector"].items() <= docs["Deployment"]["spec"]["template"]["metadata"]["labels"].items()
+    assert config_from_dict(yaml.safe_load(cm["data"]["relmon.yaml"])).http_addr == "127.0.0.1"
 
 
 def _tool(name: str) -> str | None:
