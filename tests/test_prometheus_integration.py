@@ -342,6 +342,79 @@ def test_c_every_dashboard_query_returns_data(stack):
     }
 
 
+# bcrypt hash of PUSH_PASSWORD for the Pushgateway's web config (basic_auth_users), made once with
+#   python3 -c "import crypt; print(crypt.crypt('relmon-push-test', crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=1<<10)))"
+PUSH_PASSWORD = "relmon-push-test"
+PUSH_PASSWORD_BCRYPT = "$2b$10$iEo.eo1pCo4ATF/OzwsZjOcHew3n1oypI.PyWCltiN28yenAy.nka"
+
+
+def make_tls_pair(folder: Path) -> tuple[Path, Path, Path]:
+    """(CA, certificate for 127.0.0.1, its key) made with the openssl CLI."""
+    openssl = shutil.which("openssl")
+    assert openssl, "the openssl CLI is needed to make test certificates (Debian package openssl)"
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def run(*args):
+        subprocess.run([openssl, *args], cwd=folder, check=True, capture_output=True, timeout=60)
+
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=relmon test CA")
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("req", *ec, "-keyout", "gw.key", "-out", "gw.csr", "-subj", "/CN=pushgateway")
+    run("x509", "-req", "-in", "gw.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "gw.pem", "-days", "2", "-extfile", "san.ext")  # fmt: skip
+    return folder / "ca.pem", folder / "gw.pem", folder / "gw.key"
+
+
+@pytest.mark.integration
+@needs_servers
+def test_push_to_a_real_pushgateway_with_tls_and_basic_auth(tmp_path):
+    """prometheus-pushgateway 1.5.1 with --web.config.file (TLS + bcrypt basic auth)."""
+    from prometheus_client import CollectorRegistry
+
+    from relmon.export import PushError, RelmonMetrics, push
+    from relmon.export.security import PushSecurity, Secret
+
+    ca, cert, key = make_tls_pair(tmp_path)
+    web = {"tls_server_config": {"cert_file": str(cert), "key_file": str(key)},
+           "basic_auth_users": {"relmon": PUSH_PASSWORD_BCRYPT}}  # fmt: skip
+    (tmp_path / "web.yml").write_text(yaml.safe_dump(web))
+    port = free_port()
+    gw = Server(
+        [
+            PUSHGATEWAY,
+            f"--web.listen-address=127.0.0.1:{port}",
+            f"--web.config.file={tmp_path / 'web.yml'}",
+            f"--persistence.file={tmp_path / 'pushgateway.data'}",
+        ],
+        tmp_path / "pushgateway.log",
+    )
+    try:
+        m = RelmonMetrics("fmnist_cnn", "v1", "secure", registry=CollectorRegistry())
+        m.set_confidence(0.75)
+        url = f"https://127.0.0.1:{port}"
+        good = PushSecurity("relmon", Secret(PUSH_PASSWORD), ca_file=str(ca))
+        poll(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() or True, 20,
+             "the Pushgateway to listen")  # fmt: skip
+        assert push(m.registry, url, grouping_key={"stream": "secure"}, retries=0, security=good) == 1
+        ctx = __import__("ssl").create_default_context(cafile=str(ca))
+        request = urllib.request.Request(f"{url}/metrics")
+        request.add_header("Authorization", "Basic " + __import__("base64").b64encode(b"relmon:" + PUSH_PASSWORD.encode()).decode())
+        body = urllib.request.urlopen(request, timeout=5, context=ctx).read().decode()
+        assert 'model_version="v1",stream="secure"} 0.75' in body
+        for bad in (
+            PushSecurity("relmon", Secret("wrong-" + PUSH_PASSWORD), ca_file=str(ca)),  # 401
+            PushSecurity(ca_file=str(ca)),  # no credentials: 401
+            PushSecurity("relmon", Secret(PUSH_PASSWORD)),  # the system CAs do not trust the test CA
+        ):
+            with pytest.raises(PushError) as info:
+                push(m.registry, url, retries=0, security=bad)
+            assert PUSH_PASSWORD not in str(info.value)
+        with pytest.raises(PushError, match="401"):
+            push(m.registry, url, retries=0, security=PushSecurity(ca_file=str(ca)))
+    finally:
+        gw.stop()
+
+
 @pytest.mark.integration
 @pytest.mark.skipif(not Path(PROMTOOL).exists(), reason="promtool (Debian package prometheus) not installed")
 @pytest.mark.parametrize(
