@@ -33,7 +33,12 @@ import numpy as np
 
 
 def scrape_load(
-    url: str, clients: int = 50, seconds: float = 30.0, timeout: float = 10.0, interval: float = 0.0
+    url: str,
+    clients: int = 50,
+    seconds: float = 30.0,
+    timeout: float = 10.0,
+    interval: float = 0.0,
+    raw: bool = False,
 ) -> dict:
     """``clients`` threads GET ``url`` for ``seconds``; latency percentiles and errors.
 
@@ -70,6 +75,12 @@ def scrape_load(
     wall = time.perf_counter() - t0
     lat = np.array([x for xs in latencies for x in xs])
     kinds = sum(errors, Counter())
+    if raw:
+        return {"latencies": lat.tolist(), "error_kinds": dict(kinds), "wall": wall}
+    return summarize(lat, kinds, wall)
+
+
+def summarize(lat: np.ndarray, kinds: Counter, wall: float) -> dict:
     pct = (lambda q: float(np.percentile(lat, q)) * 1000) if lat.size else (lambda q: float("nan"))
     return {
         "requests": int(lat.size),
@@ -80,6 +91,24 @@ def scrape_load(
         "max_ms": float(lat.max()) * 1000 if lat.size else float("nan"),
         "rps": lat.size / wall,
     }
+
+
+def _scrape_part(args) -> dict:
+    return scrape_load(*args, raw=True)
+
+
+def scrape_load_procs(url: str, clients: int, seconds: float, interval: float, procs: int) -> dict:
+    """:func:`scrape_load` with the clients split over ``procs`` processes (no shared interpreter lock)."""
+    import multiprocessing
+
+    if procs <= 1:
+        return scrape_load(url, clients=clients, seconds=seconds, interval=interval)
+    sizes = [clients // procs + (i < clients % procs) for i in range(procs)]
+    with multiprocessing.get_context("fork").Pool(procs) as pool:
+        parts = pool.map(_scrape_part, [(url, n, seconds, 10.0, interval) for n in sizes])
+    lat = np.array([x for part in parts for x in part["latencies"]])
+    kinds = sum((Counter(part["error_kinds"]) for part in parts), Counter())
+    return summarize(lat, kinds, max(part["wall"] for part in parts))
 
 
 def filled_registry():
@@ -124,7 +153,7 @@ def _memory_kib(pid: int) -> dict[str, int]:
     return out
 
 
-def run_variant(variant: str, clients: int, seconds: float, interval: float) -> dict:
+def run_variant(variant: str, clients: int, seconds: float, interval: float, procs: int = 1) -> dict:
     proc = subprocess.Popen(
         [sys.executable, __file__, "--child", variant], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
@@ -133,7 +162,7 @@ def run_variant(variant: str, clients: int, seconds: float, interval: float) -> 
         url = f"http://127.0.0.1:{port}/metrics"
         urllib.request.urlopen(url, timeout=10).read()  # warm
         before = _memory_kib(proc.pid)
-        result = scrape_load(url, clients=clients, seconds=seconds, interval=interval)
+        result = scrape_load_procs(url, clients, seconds, interval, procs)
         after = _memory_kib(proc.pid)
         result.update(rss_before_mib=before["VmRSS"] / 1024, rss_after_mib=after["VmRSS"] / 1024,
                       peak_mib=after["VmHWM"] / 1024)  # fmt: skip
@@ -150,20 +179,21 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--intervals", nargs="+", type=float, default=[0.0, 1.0],
                    help="seconds between one client's scrapes; 0 = closed loop (default: 0 and 1)")
+    p.add_argument("--client-procs", type=int, default=1, help="processes the client threads are split over")
     p.add_argument("--variants", nargs="+", default=["before", "after"], choices=["before", "after"])
     p.add_argument("--child", choices=["before", "after"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         _child(args.child)
         return 0
-    print(f"{args.clients} scrapers x {args.seconds:g} s on 127.0.0.1\n")
+    print(f"{args.clients} scrapers x {args.seconds:g} s on 127.0.0.1, clients in {args.client_procs} process(es)\n")
     print(
         "| load | server | backlog, cache | requests | req/s | errors | p50 ms | p99 ms | max ms "
         "| RSS before→after MiB | peak MiB |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for interval, variant in [(i, v) for i in args.intervals for v in args.variants]:
-        r = run_variant(variant, args.clients, args.seconds, interval)
+        r = run_variant(variant, args.clients, args.seconds, interval, args.client_procs)
         load = "closed loop" if interval == 0 else f"1 scrape / {interval:g} s each"
         name = "prometheus_client.start_http_server" if variant == "before" else "relmon serve_http"
         kinds = f" ({', '.join(f'{k} {v}' for k, v in r['error_kinds'].items())})" if r["errors"] else ""
