@@ -146,6 +146,21 @@ def test_tls_endpoint_is_scraped_with_a_self_signed_ca(pki):
         assert get(ep.url, context=client_context(pki))[0] == 200
 
 
+def test_idle_clients_do_not_block_other_scrapes(pki):
+    """A client that connects and never speaks (no TLS handshake, no request) holds only its own
+    thread: other scrapers are answered meanwhile (the handshake runs in the request's thread)."""
+    sec = EndpointSecurity(cert_file=str(pki / "server.pem"), key_file=str(pki / "server.key"))
+    for security in (None, sec):
+        with serve_http(metrics().registry, port=0, security=security) as ep:
+            idle = [socket.create_connection(("127.0.0.1", ep.port), timeout=5) for _ in range(3)]
+            try:
+                context = client_context(pki) if security else None
+                assert get(ep.url, context=context)[0] == 200  # get() gives up after 10 s
+            finally:
+                for s in idle:
+                    s.close()
+
+
 def test_mutual_tls_requires_a_client_certificate_from_the_ca(pki):
     sec = EndpointSecurity(
         cert_file=str(pki / "server.pem"),
