@@ -164,7 +164,14 @@ def stack(tmp_path_factory):
     thread = None
     try:
         servers.append(
-            Server([PUSHGATEWAY, f"--web.listen-address=127.0.0.1:{pg_port}"], tmp / "pushgateway.log")
+            Server(
+                [
+                    PUSHGATEWAY,
+                    f"--web.listen-address=127.0.0.1:{pg_port}",
+                    f"--persistence.file={tmp / 'pushgateway.data'}",
+                ],
+                tmp / "pushgateway.log",
+            )
         )
         serve_cfg = MonitorConfig(
             input=str(inputs),
@@ -340,6 +347,54 @@ def test_c_every_dashboard_query_returns_data(stack):
         "RelmonJobStale",
         "RelmonInputErrors",
     }
+
+
+@pytest.mark.integration
+@needs_servers
+def test_prometheus_scrapes_a_tls_and_basic_auth_endpoint(tmp_path):
+    """A real Prometheus scrapes serve_http over HTTPS with basic auth, configured as the commented
+    example in deploy/prometheus/prometheus.yml; a job without credentials is refused (up == 0)."""
+    from prometheus_client import CollectorRegistry
+
+    from relmon.export import RelmonMetrics, serve_http
+    from relmon.export.security import EndpointSecurity, Secret
+
+    ca, cert, key = make_tls_pair(tmp_path)
+    m = RelmonMetrics("fmnist_cnn", "v1", "tls", registry=CollectorRegistry())
+    m.set_confidence(0.5)
+    (tmp_path / "pw").write_text(PUSH_PASSWORD)
+    sec = EndpointSecurity(str(cert), str(key), username="prometheus", password=Secret(PUSH_PASSWORD))
+    prom_port = free_port()
+    with serve_http(m.registry, port=0, security=sec) as ep:
+        target = {"static_configs": [{"targets": [f"127.0.0.1:{ep.port}"]}], "scheme": "https",
+                  "tls_config": {"ca_file": str(ca)}}  # fmt: skip
+        config = {
+            "global": {"scrape_interval": "1s"},
+            "scrape_configs": [
+                {"job_name": "secure", **target,
+                 "basic_auth": {"username": "prometheus", "password_file": str(tmp_path / "pw")}},
+                {"job_name": "anonymous", **target},
+            ],
+        }  # fmt: skip
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+        prom = Server(
+            [
+                PROMETHEUS,
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{prom_port}",
+            ],
+            tmp_path / "prometheus.log",
+        )
+        try:
+            base = f"http://127.0.0.1:{prom_port}"
+            got = poll(lambda: query(base, 'relmon_confidence_ratio{job="secure", stream="tls"}'), 40,
+                       "the TLS + basic-auth scrape in Prometheus")  # fmt: skip
+            assert float(got[0]["value"][1]) == 0.5
+            up = poll(lambda: query(base, 'up{job="anonymous"}'), 20, "the anonymous job's up series")
+            assert float(up[0]["value"][1]) == 0  # 401 without credentials
+        finally:
+            prom.stop()
 
 
 # bcrypt hash of PUSH_PASSWORD for the Pushgateway's web config (basic_auth_users), made once with
