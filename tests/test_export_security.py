@@ -227,6 +227,29 @@ def test_secrets_and_urls_are_redacted():
     assert PASSWORD not in repr(PushSecurity("u", Secret(PASSWORD)))
 
 
+def test_relmon_serve_uses_the_configured_tls_and_basic_auth(pki, tmp_path, monkeypatch):
+    from relmon.jobs import serve
+
+    monkeypatch.setenv("RELMON_METRICS_PW", PASSWORD)
+    cfg = MonitorConfig(
+        n=8, region=7, steps=4, max_iterations=1, http_port=0,
+        http_tls_cert_file=str(pki / "server.pem"), http_tls_key_file=str(pki / "server.key"),
+        http_auth_username="prom", http_auth_password_env="RELMON_METRICS_PW",
+    )  # fmt: skip
+    seen = []
+
+    def on_ready(ep):
+        assert ep.url.startswith("https://127.0.0.1:")
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            get(ep.url, context=client_context(pki))
+        seen.append(get(ep.url, context=client_context(pki), auth=("prom", PASSWORD))[0])
+
+    result = serve(cfg, on_ready=on_ready)
+    assert seen == [200] and result.runs == 1
+    with pytest.raises(ConfigError, match="http_auth_username is set but no password"):
+        serve(MonitorConfig(n=8, max_iterations=1, http_port=0, http_auth_username="prom"))
+
+
 # --------------------------------------------------------------------------------------------------
 # pushes
 
