@@ -13,6 +13,12 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _LAZY = {
+    "calibrate": "relmon.api",
+    "monitor": "relmon.api",
+    "Calibration": "relmon.jobs.calibration",
+    "MonitorSummary": "relmon.jobs.monitor",
+    "MonitorConfig": "relmon.config",
+    "load_config": "relmon.config",
     "UnsupportedModelError": "relmon.explain",
     "available_methods": "relmon.explain",
     "canonical_method": "relmon.explain",
@@ -45,6 +51,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs
+    from relmon.api import calibrate, monitor  # noqa: F401
+    from relmon.config import MonitorConfig, load_config  # noqa: F401
     from relmon.explain import (  # noqa: F401
         UnsupportedModelError,
         available_methods,
@@ -54,5 +62,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
         explain_full,
         to_heatmap,
     )
+    from relmon.jobs.calibration import Calibration  # noqa: F401
+    from relmon.jobs.monitor import MonitorSummary  # noqa: F401
     from relmon.models import Preprocessing, attach_preprocessing, load_embedded, load_model  # noqa: F401
     from relmon.perturbation import evaluate_heatmaps, region_perturbation  # noqa: F401

@@ -116,6 +116,35 @@ def model_outputs(model, x) -> int:
     return int(out.shape[1])
 
 
+def check_stream_classes(model, classes, stream) -> None:
+    """:func:`check_classes` on the first readable item of ``stream`` (already normalised)."""
+    import copy
+
+    import torch
+
+    saved = {k: copy.copy(getattr(stream, k)) for k in ("errors", "bad_files") if hasattr(stream, k)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        items = []
+        for i in range(min(len(stream), 16)):
+            items.append(stream[i])
+            if isinstance(items[-1], dict):
+                break
+    for k, v in saved.items():  # the scoring pass counts (and warns about) bad files once
+        setattr(stream, k, v)
+    for item in items:
+        if isinstance(item, dict):
+            with torch.no_grad():
+                out = model(item["x"].unsqueeze(0))
+            k = int(out.shape[-1])
+            if len(classes) != k:
+                raise ValueError(
+                    f"the config names {len(classes)} classes {list(classes)[:12]} but the model outputs {k} "
+                    "class scores; fix: list one class name per model output, in output order"
+                )
+            return
+
+
 def check_classes(model, classes, x) -> int:
     """Raise ``ValueError`` when ``classes`` does not match the model's output count on ``x``."""
     k = model_outputs(model, x)
