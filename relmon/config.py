@@ -103,8 +103,8 @@ class MonitorConfig:
                 "watch: true needs input to be a folder to watch, got input: sample; "
                 "fix: set input to a folder of images or set watch: false"
             )
-        if not self.is_embedded:
-            for name in ("model_kwargs", "lightning_module", "preprocessing"):
+        if self.is_embedded:
+            for name in ("model_kwargs", "preprocessing"):
                 if getattr(self, name) is not None:
                     raise ConfigError(
                         f"{name} applies to a 'package.module:factory' model, not to the embedded model "
