@@ -79,15 +79,16 @@ def _load_error(path, err: BaseException, fix: str) -> ValueError:
     """A clear error for a checkpoint torch.load(weights_only=True) refused, without torch's advice to
     load it with weights_only=False (that would run the pickled code)."""
     text = str(err)
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text) or re.search(
-        r"(?:WeightsUnpickler error|UnpicklingError): ([^\n]+)", text
-    )
-    if isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in text:
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
         what = f"pickled Python object(s) ({found.group(1)})" if found else "pickled Python object(s)"
         return ValueError(
             f"{path} holds {what}, not only tensors; relmon never unpickles objects (it reads checkpoints "
             f"with torch.load(weights_only=True)); fix: {fix}"
         )
+    detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    if detail:
+        text = detail.group(1)  # torch's advice around it (load with weights_only=False) is left out
     first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
     return ValueError(
         f"could not read {path} as a checkpoint ({type(err).__name__}: {first[:200]}); the file is not a "
