@@ -319,3 +319,24 @@ def test_help_does_not_import_torch():
                  in ("torch", "zennit", "pytorch_lightning", "lightning", "numpy", "pandas")]
         assert not heavy, f"relmon {' '.join(command)} imported {heavy[:3]}"
         assert "usage: relmon" in proc.stdout
+
+
+def test_mtime_window_scores_only_the_newest_files(tmp_path):
+    import os
+    import time
+
+    from relmon.data import load_sample
+
+    images, _ = load_sample()
+    now = time.time()
+    for i in range(5):
+        path = tmp_path / f"img_{i}.png"
+        Image.fromarray(images[i]).save(path)
+        if i < 3:  # three files from two hours ago, two new ones
+            os.utime(path, (now - 7200, now - 7200))
+    model = relmon.load_embedded("fmnist_cnn")
+    summary, records = relmon.monitor(model, tmp_path, window="mtime", window_seconds=3600, region=7, steps=8)
+    assert summary.scored == 2 and len(summary.window_ids) == 1
+    assert sorted(Path(s).name for s in records["sample_id"].unique()) == ["img_3.png", "img_4.png"]
+    summary, _ = relmon.monitor(model, tmp_path, region=7, steps=8)
+    assert summary.scored == 5
