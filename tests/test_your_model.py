@@ -85,7 +85,7 @@ def user_project(tmp_path_factory):
     y_train = torch.from_numpy(y[train]).long()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
-    for _ in range(6):  # a few seconds on 2 cores
+    for _ in range(4):  # a few seconds on 2 cores
         for i in range(0, len(train), 50):
             opt.zero_grad()
             loss = torch.nn.functional.cross_entropy(model(x_train[i : i + 50]), y_train[i : i + 50])
@@ -193,13 +193,39 @@ def test_two_consecutive_monitor_runs_are_both_kept(user_project):
     assert (frame["sample_id"].value_counts() == 2 * frame["method"].nunique()).all()
 
 
-def test_a_user_model_without_labelled_data_is_refused(user_project):
+def test_a_user_model_without_labelled_data_is_refused(user_project, capsys):
+    from relmon.cli import main
+
     cfg = yaml.safe_load((user_project["tmp"] / "relmon.yaml").read_text())
     del cfg["calibration_data"]
     path = user_project["tmp"] / "nodata.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    proc = _run(["calibrate", "--config", str(path), "--out", str(user_project["tmp"] / "x")],
-                user_project["env"], check=False)
-    assert proc.returncode == 3
-    assert "not an embedded model" in proc.stderr and "fix: set calibration_data" in proc.stderr
+    assert main(["calibrate", "--config", str(path), "--out", str(user_project["tmp"] / "x")]) == 3
+    err = capsys.readouterr().err
+    assert "not an embedded model" in err and "fix: set calibration_data" in err
     assert not (user_project["tmp"] / "x").exists()
+
+
+def test_class_names_that_do_not_match_the_model_are_refused(user_project, capsys):
+    from relmon.cli import main
+
+    cfg = yaml.safe_load((user_project["tmp"] / "relmon.yaml").read_text())
+    cfg["classes"] = CLASSES[:9] + ["ten", "eleven"]  # 11 names for a 10-output model; 'nine' missing
+    path = user_project["tmp"] / "badclasses.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    sys.path.insert(0, str(user_project["tmp"]))
+    try:
+        assert main(["calibrate", "--config", str(path), "--out", str(user_project["tmp"] / "y")]) == 3
+    finally:
+        sys.path.remove(str(user_project["tmp"]))
+    err = capsys.readouterr().err
+    assert "class(es) ['nine'] that are not in the configured classes" in err
+    cfg["classes"] = CLASSES + ["ten"]
+    path.write_text(yaml.safe_dump(cfg))
+    sys.path.insert(0, str(user_project["tmp"]))
+    try:
+        assert main(["calibrate", "--config", str(path), "--out", str(user_project["tmp"] / "y")]) == 3
+    finally:
+        sys.path.remove(str(user_project["tmp"]))
+    err = capsys.readouterr().err
+    assert "names 11 classes" in err and "the model outputs 10 class scores" in err
