@@ -31,3 +31,14 @@ def test_console_script_help():
     assert "demo" in result.stdout and "Exit codes" in result.stdout
     result = subprocess.run([sys.executable, "-m", "relmon", "methods"], capture_output=True, text=True, check=True)
     assert "lrp:epsilon_gamma_box" in result.stdout.split()
+
+
+def test_json_stdout_holds_only_json_even_with_a_progress_bar(capsys):
+    import json
+
+    rc = main(["monitor", "--json", "--progress", "--n", "8", "--steps", "4", "--region", "7", "--batch-size", "4"])
+    assert rc == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)  # the whole of stdout is one JSON document
+    assert summary["scored"] == 8 and summary["model"] == "fmnist_cnn"
+    assert "Predicting" in captured.err  # Lightning's progress bar went to stderr

@@ -190,7 +190,8 @@ def test_pickled_objects_are_refused_without_torchs_weights_only_false_advice(tm
     junk.write_bytes(b"not a checkpoint at all")
     with pytest.raises(ValueError, match=r"could not read .*junk.pt as a checkpoint") as err:
         load_model(f"{factories}:linear", junk)
-    assert "weights_only=False" not in str(err.value)
+    assert "(UnpicklingError: Unsupported operand 110)" in str(err.value)  # torch's reason, not its advice
+    assert "weights_only" not in str(err.value).replace("weights_only=True", "")
 
 
 def test_lightning_checkpoint_from_the_config(tmp_path):
