@@ -42,3 +42,10 @@ def test_json_stdout_holds_only_json_even_with_a_progress_bar(capsys):
     summary = json.loads(captured.out)  # the whole of stdout is one JSON document
     assert summary["scored"] == 8 and summary["model"] == "fmnist_cnn"
     assert "Predicting" in captured.err  # Lightning's progress bar went to stderr
+
+
+def test_calibrate_input_flag_points_at_calibration_data(tmp_path, capsys):
+    assert main(["calibrate", "--input", str(tmp_path), "--out", str(tmp_path / "cal")]) == 3
+    err = capsys.readouterr().err
+    assert "reads labelled data from calibration_data" in err and f"--calibration-data {tmp_path}" in err
+    assert not (tmp_path / "cal").exists()

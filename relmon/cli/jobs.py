@@ -90,6 +90,7 @@ def add_commands(subparsers) -> None:
     cal.add_argument(
         "--out", default="out/calibration", help="calibration folder to write (default out/calibration)"
     )
+    cal.add_argument("--input", dest="calibrate_input", help=argparse.SUPPRESS)
     _common(cal)
     add_config_flags(cal, _CALIBRATE_FIELDS)
     cal.set_defaults(func=cmd_calibrate)
@@ -171,6 +172,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     try:
         from relmon.jobs import calibrate
 
+        if args.calibrate_input is not None:
+            raise ConfigError(
+                "relmon calibrate reads labelled data from calibration_data (flag --calibration-data): a "
+                "folder with one sub-folder per class, or a CSV/Parquet manifest with columns path and "
+                "label; --input is the unlabelled data 'relmon monitor' scores; fix: pass "
+                f"--calibration-data {args.calibrate_input}"
+            )
         cfg = config_from_args(args)
         with _job_output():
             cal = calibrate(cfg, args.out, progress=_progress(args))
@@ -183,6 +191,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     else:
         print(
             f"calibration for model {meta['model']} (version {meta['model_version']}) written to {cal.path}"
+        )
+        data = meta.get("data", {})
+        print(
+            f"data: {data.get('kind')} {data.get('path')} ({data.get('n_images')} labelled images"
+            + (", windows reuse images" if meta.get("windows_reuse_images") else "")
+            + ")"
         )
         print(f"{'window':<22} {'accuracy':>8}")
         for window, acc in meta["window_accuracy"].items():
