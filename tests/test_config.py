@@ -341,3 +341,18 @@ def test_mtime_window_scores_only_the_newest_files(tmp_path):
     assert sorted(Path(s).name for s in records["sample_id"].unique()) == ["img_3.png", "img_4.png"]
     summary, _ = relmon.monitor(model, tmp_path, region=7, steps=8)
     assert summary.scored == 5
+
+
+def test_monitor_checks_classes_and_preprocessing_before_scoring(factories):
+    from relmon.models import MissingPreprocessingError
+
+    sys.modules.pop(factories, None)
+    import importlib
+
+    mod = importlib.import_module(factories)
+    model = mod.linear(num_classes=3)
+    x = torch.rand(4, 1, 8, 8)
+    with pytest.raises(MissingPreprocessingError, match=r"attach_preprocessing"):
+        relmon.monitor(model, x)
+    with pytest.raises(ValueError, match=r"names 2 classes \['a', 'b'\] but the model outputs 3 class scores"):
+        relmon.monitor(model, x, preprocessing={"mean": 0.5, "std": 0.5}, classes=["a", "b"])
