@@ -7,6 +7,8 @@ do not pay for torch, zennit or Lightning until something needs them.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -48,6 +50,21 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
+
+
+class _Package(types.ModuleType):
+    """``relmon.explain`` is both a function (the API) and a sub-package. Importing the sub-package
+    (``from relmon.explain.core import ...``) before the function was first used would bind the
+    *module* to ``relmon.explain``; this keeps the name for the function (the sub-package stays in
+    ``sys.modules``, where ``from relmon.explain import ...`` finds it)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _LAZY and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs

@@ -188,7 +188,7 @@ def test_pickled_objects_are_refused_without_torchs_weights_only_false_advice(tm
     assert "fix: save the weights with torch.save(model.state_dict(), path)" in str(err.value)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ValueError, match=r"could not read .*junk.pt as a checkpoint") as err:
+    with pytest.raises(ValueError, match=r"could not read .*junk.pt as a weights-only checkpoint") as err:
         load_model(f"{factories}:linear", junk)
     assert "(UnpicklingError: Unsupported operand 110)" in str(err.value)  # torch's reason, not its advice
     assert "weights_only" not in str(err.value).replace("weights_only=True", "")

@@ -83,16 +83,16 @@ def _load_error(path, err: BaseException, fix: str) -> ValueError:
     if found:
         what = f"pickled Python object(s) ({found.group(1)})" if found else "pickled Python object(s)"
         return ValueError(
-            f"{path} holds {what}, not only tensors; relmon never unpickles objects (it reads checkpoints "
-            f"with torch.load(weights_only=True)); fix: {fix}"
+            f"{path} is not a weights-only checkpoint: it holds {what}, not only tensors; relmon never "
+            f"unpickles objects (it reads checkpoints with torch.load(weights_only=True)); fix: {fix}"
         )
     detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
     if detail:
         text = detail.group(1)  # torch's advice around it (load with weights_only=False) is left out
     first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
     return ValueError(
-        f"could not read {path} as a checkpoint ({type(err).__name__}: {first[:200]}); the file is not a "
-        f"torch.save file or is damaged; fix: {fix}"
+        f"could not read {path} as a weights-only checkpoint ({type(err).__name__}: {first[:200]}); the file "
+        f"is not a torch.save file or is damaged; fix: {fix}"
     )
 
 
