@@ -49,3 +49,15 @@ def test_calibrate_input_flag_points_at_calibration_data(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "reads labelled data from calibration_data" in err and f"--calibration-data {tmp_path}" in err
     assert not (tmp_path / "cal").exists()
+
+
+def test_serve_json_prints_one_json_document_per_line(capsys):
+    import json
+
+    rc = main(["serve", "--json", "--max-iterations", "1", "--http-addr", "127.0.0.1", "--http-port", "0",
+               "--n", "8", "--steps", "4", "--region", "7", "--interval-seconds", "0.1"])
+    assert rc == 0
+    captured = capsys.readouterr()
+    docs = [json.loads(line) for line in captured.out.splitlines()]
+    assert docs[0]["scored"] == 8 and docs[-1] == {"runs": 1, "failures": 0}
+    assert "serving metrics at http://127.0.0.1:" in captured.err
