@@ -356,3 +356,22 @@ def test_monitor_checks_classes_and_preprocessing_before_scoring(factories):
         relmon.monitor(model, x)
     with pytest.raises(ValueError, match=r"names 2 classes \['a', 'b'\] but the model outputs 3 class scores"):
         relmon.monitor(model, x, preprocessing={"mean": 0.5, "std": 0.5}, classes=["a", "b"])
+
+
+def test_manifest_paths_may_be_fsspec_urls(tmp_path):
+    import io
+
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for i, value in enumerate((30, 220)):
+        buf = io.BytesIO()
+        Image.fromarray(np.full((4, 4), value, dtype=np.uint8)).save(buf, format="PNG")
+        fs.pipe(f"/relmon-test/{i}.png", buf.getvalue())
+    pd.DataFrame({"path": ["memory://relmon-test/0.png", "memory://relmon-test/1.png"], "label": [1, 0]}).to_csv(
+        tmp_path / "urls.csv", index=False
+    )
+    data = read_labelled(tmp_path / "urls.csv", classes=["a", "b"])
+    assert data.labels.tolist() == [1, 0] and data.ids[0] == "memory://relmon-test/0.png"
+    assert float(data.images[1].mean()) == pytest.approx(220 / 255)
+    fs.rm("/relmon-test", recursive=True)
