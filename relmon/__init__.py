@@ -7,12 +7,20 @@ do not pay for torch, zennit or Lightning until something needs them.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
 # public name -> module that defines it
 _LAZY = {
+    "calibrate": "relmon.api",
+    "monitor": "relmon.api",
+    "Calibration": "relmon.jobs.calibration",
+    "MonitorSummary": "relmon.jobs.monitor",
+    "MonitorConfig": "relmon.config",
+    "load_config": "relmon.config",
     "UnsupportedModelError": "relmon.explain",
     "available_methods": "relmon.explain",
     "canonical_method": "relmon.explain",
@@ -44,7 +52,24 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
+class _Package(types.ModuleType):
+    """``relmon.explain`` is both a function (the API) and a sub-package. Importing the sub-package
+    (``from relmon.explain.core import ...``) before the function was first used would bind the
+    *module* to ``relmon.explain``; this keeps the name for the function (the sub-package stays in
+    ``sys.modules``, where ``from relmon.explain import ...`` finds it)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _LAZY and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
 if TYPE_CHECKING:  # for type checkers and IDEs
+    from relmon.api import calibrate, monitor  # noqa: F401
+    from relmon.config import MonitorConfig, load_config  # noqa: F401
     from relmon.explain import (  # noqa: F401
         UnsupportedModelError,
         available_methods,
@@ -54,5 +79,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
         explain_full,
         to_heatmap,
     )
+    from relmon.jobs.calibration import Calibration  # noqa: F401
+    from relmon.jobs.monitor import MonitorSummary  # noqa: F401
     from relmon.models import Preprocessing, attach_preprocessing, load_embedded, load_model  # noqa: F401
     from relmon.perturbation import evaluate_heatmaps, region_perturbation  # noqa: F401

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -27,7 +28,13 @@ class MonitorConfig:
 
     # model
     model: str = "fmnist_cnn"
+    model_kwargs: dict[str, Any] | None = None
     checkpoint: str | None = None
+    lightning_module: str | None = None
+    preprocessing: dict[str, Any] | None = None
+    classes: tuple[str, ...] | None = None
+    model_name: str | None = None
+    model_version: str | None = None
     # input window
     input: str = "sample"
     shift: str | None = None
@@ -36,6 +43,8 @@ class MonitorConfig:
     channels: int = 1
     image_size: int | None = None
     stream: str = "default"
+    window: str | None = None
+    window_seconds: float = 3600.0
     # scoring
     methods: tuple[str, ...] = ("lrp",)
     region: int = 4
@@ -45,8 +54,11 @@ class MonitorConfig:
     batch_size: int = 64
     seed: int = 0
     accelerator: str = "cpu"
+    step_stride: int = 1
+    max_batch_bytes: int = 256 * 2**20
     # calibration and analysis
     calibration: str | None = None
+    calibration_data: str | None = None
     estimators: tuple[str, ...] = ("average_confidence", "atc", "doc", "regression_relevance")
     calibration_n: int = 100
     calibration_shifts: tuple[str, ...] = (
@@ -104,6 +116,21 @@ class MonitorConfig:
                 "watch: true needs input to be a folder to watch, got input: sample; "
                 "fix: set input to a folder of images or set watch: false"
             )
+        if self.is_embedded:
+            for name in ("model_kwargs", "preprocessing"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(
+                        f"{name} applies to a 'package.module:factory' model, not to the embedded model "
+                        f"{self.model!r}; fix: remove {name} or set model to your factory"
+                    )
+        if self.lightning_module is not None and self.checkpoint is None:
+            raise ConfigError(
+                "lightning_module needs checkpoint (the Lightning .ckpt file to load); "
+                "fix: set checkpoint or remove lightning_module"
+            )
+        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+            dup = sorted({c for c in self.classes if self.classes.count(c) > 1})
+            raise ConfigError(f"config field 'classes' names {dup} more than once; fix: list each class once")
         if self.shift is not None and not _is_sample(self.input):
             raise ConfigError(
                 f"shift applies to input: sample only, got input: {self.input!r}; "
@@ -115,8 +142,24 @@ class MonitorConfig:
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            out[f.name] = list(v) if isinstance(v, tuple) else v
+            out[f.name] = list(v) if isinstance(v, tuple) else (dict(v) if isinstance(v, Mapping) else v)
         return out
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when the model is one of relmon's embedded models (not a factory or Lightning class)."""
+        return ":" not in self.model and self.lightning_module is None
+
+    def preprocessing_spec(self):
+        """The declared ``preprocessing`` as a :class:`~relmon.models.Preprocessing` (None if not set)."""
+        if self.preprocessing is None:
+            return None
+        from relmon.models import Preprocessing
+
+        p = self.preprocessing
+        return Preprocessing(
+            mean=p.get("mean", 0.0), std=p.get("std", 1.0), low=p.get("low", 0.0), high=p.get("high", 1.0)
+        )
 
 
 def _is_sample(value: str) -> bool:
@@ -127,7 +170,13 @@ def _is_sample(value: str) -> bool:
 # list[str], list[int], shift?, severity, channels
 FIELDS: dict[str, tuple[str, str]] = {
     "model": ("str", "embedded model name (fmnist_cnn, fmnist_vgg) or 'package.module:factory'"),
-    "checkpoint": ("str?", "weights-only checkpoint for a 'package.module:factory' model"),
+    "model_kwargs": ("mapping?", "keyword arguments passed to the model factory"),
+    "checkpoint": ("str?", "weights-only state_dict, or a Lightning .ckpt with lightning_module"),
+    "lightning_module": ("str?", "'package.module:Class' of the LightningModule the checkpoint holds"),
+    "preprocessing": ("preprocessing?", "the model's input space: {mean, std, low, high} (scalars or per channel)"),
+    "classes": ("list[str]?", "class names in the model's output order (count checked against the model)"),
+    "model_name": ("str?", "the 'model' label (default: embedded name or the factory's name)"),
+    "model_version": ("str?", "the 'model_version' label (default: a hash of the weights)"),
     "input": ("str", "'sample' (the shipped Fashion-MNIST sample) or a folder / fsspec URL of images"),
     "shift": ("shift?", "shift applied to the shipped sample (gaussian_noise, blur, contrast, ...)"),
     "severity": ("severity", "severity 1..5 of the shift"),
@@ -135,6 +184,9 @@ FIELDS: dict[str, tuple[str, str]] = {
     "channels": ("channels", "1 (grey) or 3 (RGB): folder images are converted to it"),
     "image_size": ("int+?", "resize folder images to this square side"),
     "stream": ("str", "stream name: the 'stream' label and the window id prefix"),
+    "window": ("window?", "folder input: null (the whole folder is one window) or mtime (score the newest "
+               "window of window_seconds by file modification time)"),
+    "window_seconds": ("float+", "length of an mtime window in seconds"),
     "methods": ("list[str]", "heatmap methods (see 'relmon methods')"),
     "region": ("int+", "side in pixels of the perturbed square regions"),
     "steps": ("int+", "perturbation steps L (AOPC costs L+1 forwards per image and method)"),
@@ -142,8 +194,12 @@ FIELDS: dict[str, tuple[str, str]] = {
     "max_samples": ("int+?", "cap of scored inputs per window"),
     "batch_size": ("int+", "images per batch"),
     "seed": ("int>=0", "seed of sampling, noise and random orders"),
-    "accelerator": ("str", "Lightning accelerator: cpu, gpu, auto"),
+    "accelerator": ("accelerator", "Lightning accelerator: cpu, gpu (cuda), mps or auto"),
+    "step_stride": ("int+", "evaluate every s-th perturbation step and interpolate (1: every step)"),
+    "max_batch_bytes": ("int+", "memory budget in bytes of one batch of perturbed images"),
     "calibration": ("str?", "calibration folder written by 'relmon calibrate'"),
+    "calibration_data": ("str?", "labelled data for 'relmon calibrate': a folder with one sub-folder "
+                         "per class, or a CSV/Parquet manifest with columns path and label"),
     "estimators": ("list[str]", "estimators fitted by 'relmon calibrate'"),
     "calibration_n": ("int+", "images per calibration window"),
     "calibration_shifts": ("list[str]", "shifts making the calibration windows"),
@@ -192,7 +248,14 @@ _EXAMPLES = {
     "str": "a non-empty string",
     "severity": "an integer 1..5",
     "channels": "1 or 3",
+    "mapping": "a mapping of name: value, e.g. {num_classes: 10}",
+    "preprocessing": "a mapping {mean: [..], std: [..], low: 0.0, high: 1.0}",
+    "window": "mtime",
+    "accelerator": "one of cpu, gpu, cuda, mps, auto",
 }
+
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+_PREP_KEYS = ("mean", "std", "low", "high")
 
 
 def _bad(name: str, kind: str, value: Any, extra: str = "") -> ConfigError:
@@ -214,6 +277,29 @@ def _coerce(name: str, value: Any) -> Any:
             return None
         raise _bad(name, kind, value)
     base = kind.rstrip("?")
+    if base in ("mapping", "preprocessing") and isinstance(value, str):  # a flag: --model-kwargs '{a: 1}'
+        import yaml
+
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise _bad(name, kind, value) from None
+    if base == "mapping":
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise _bad(name, kind, value)
+        return dict(value)
+    if base == "preprocessing":
+        return _coerce_preprocessing(name, kind, value)
+    if base == "window":
+        if value != "mtime":
+            raise _bad(name, kind, value, " (the whole folder is one window unless window: mtime)")
+        return value
+    if base == "accelerator":
+        if not isinstance(value, str) or value.lower() not in ACCELERATORS:
+            raise _bad(
+                name, kind, value, f" ({value!r} is not supported: relmon runs on {', '.join(ACCELERATORS)})"
+            )
+        return value.lower()
     if base in ("str", "shift"):
         if not isinstance(value, str) or not value:
             raise _bad(name, kind, value)
@@ -264,6 +350,8 @@ def _coerce(name: str, value: Any) -> Any:
             value = [value]
         if not isinstance(value, (list, tuple)) or not value:
             raise _bad(name, kind, value)
+        if name == "classes":  # class names may be written as numbers in YAML
+            value = [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
         if base == "list[str]":
             if not all(isinstance(v, str) and v for v in value):
                 raise _bad(name, kind, value)
@@ -276,6 +364,30 @@ def _coerce(name: str, value: Any) -> Any:
             raise _bad(name, kind, value)
         return out
     raise AssertionError(kind)  # pragma: no cover
+
+
+def _coerce_preprocessing(name: str, kind: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _bad(name, kind, value)
+    unknown = [k for k in value if k not in _PREP_KEYS]
+    if unknown:
+        raise _bad(name, kind, value, f" (unknown key(s) {unknown}; allowed: {', '.join(_PREP_KEYS)})")
+    out: dict[str, Any] = {}
+    for key, v in value.items():
+        values = v if isinstance(v, (list, tuple)) else [v]
+        if (
+            not values
+            or key in ("low", "high") and len(values) != 1
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in values)
+        ):
+            what = "one number" if key in ("low", "high") else "a number or one number per channel"
+            raise _bad(name, kind, value, f" ({key} must be {what}, got {v!r})")
+        out[key] = float(values[0]) if key in ("low", "high") else [float(x) for x in values]
+    if "std" in out and any(x <= 0 for x in out["std"]):
+        raise _bad(name, kind, value, " (std must be positive)")
+    if out.get("low", 0.0) >= out.get("high", 1.0):
+        raise _bad(name, kind, value, " (low must be below high)")
+    return out
 
 
 def _check_names(values: Mapping[str, Any], where: str) -> None:
@@ -304,13 +416,21 @@ def load_config(path: str | os.PathLike | None) -> MonitorConfig:
     import yaml
 
     path = Path(path)
+    fix = "fix: pass a readable YAML file to --config (see deploy/relmon.example.yaml)"
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist; {fix}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config path {str(path)!r} is a directory, not a YAML file; {fix}") from None
+    except PermissionError:
+        raise ConfigError(f"config file {str(path)!r} cannot be read (permission denied); {fix}") from None
+    except UnicodeDecodeError as err:
         raise ConfigError(
-            f"config file {str(path)!r} does not exist; fix: pass an existing YAML file to "
-            "--config (see deploy/relmon.example.yaml)"
+            f"config file {str(path)!r} is not UTF-8 text (byte {err.start}: {err.reason}); {fix}"
         ) from None
+    except OSError as err:
+        raise ConfigError(f"config file {str(path)!r} cannot be read ({err.strerror or err}); {fix}") from None
     try:
         values = yaml.safe_load(text)
     except yaml.YAMLError as err:

@@ -31,3 +31,33 @@ def test_console_script_help():
     assert "demo" in result.stdout and "Exit codes" in result.stdout
     result = subprocess.run([sys.executable, "-m", "relmon", "methods"], capture_output=True, text=True, check=True)
     assert "lrp:epsilon_gamma_box" in result.stdout.split()
+
+
+def test_json_stdout_holds_only_json_even_with_a_progress_bar(capsys):
+    import json
+
+    rc = main(["monitor", "--json", "--progress", "--n", "8", "--steps", "4", "--region", "7", "--batch-size", "4"])
+    assert rc == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)  # the whole of stdout is one JSON document
+    assert summary["scored"] == 8 and summary["model"] == "fmnist_cnn"
+    assert "Predicting" in captured.err  # Lightning's progress bar went to stderr
+
+
+def test_calibrate_input_flag_points_at_calibration_data(tmp_path, capsys):
+    assert main(["calibrate", "--input", str(tmp_path), "--out", str(tmp_path / "cal")]) == 3
+    err = capsys.readouterr().err
+    assert "reads labelled data from calibration_data" in err and f"--calibration-data {tmp_path}" in err
+    assert not (tmp_path / "cal").exists()
+
+
+def test_serve_json_prints_one_json_document_per_line(capsys):
+    import json
+
+    rc = main(["serve", "--json", "--max-iterations", "1", "--http-addr", "127.0.0.1", "--http-port", "0",
+               "--n", "8", "--steps", "4", "--region", "7", "--interval-seconds", "0.1"])
+    assert rc == 0
+    captured = capsys.readouterr()
+    docs = [json.loads(line) for line in captured.out.splitlines()]
+    assert docs[0]["scored"] == 8 and docs[-1] == {"runs": 1, "failures": 0}
+    assert "serving metrics at http://127.0.0.1:" in captured.err

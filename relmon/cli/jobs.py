@@ -10,6 +10,7 @@ textfile still written) or the /metrics endpoint could not be started.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
@@ -27,8 +28,16 @@ EXIT_CODES_HELP = (
 
 _CALIBRATE_FIELDS = [
     "model",
+    "model_kwargs",
     "checkpoint",
-    "input",
+    "lightning_module",
+    "preprocessing",
+    "classes",
+    "model_name",
+    "model_version",
+    "calibration_data",
+    "channels",
+    "image_size",
     "methods",
     "region",
     "steps",
@@ -37,6 +46,8 @@ _CALIBRATE_FIELDS = [
     "batch_size",
     "seed",
     "accelerator",
+    "step_stride",
+    "max_batch_bytes",
     "estimators",
     "calibration_n",
     "calibration_shifts",
@@ -56,7 +67,12 @@ def _common(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         help="show a progress bar (default: when stderr is a terminal)",
     )
-    p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the summary as JSON instead of a table: stdout holds only JSON (no progress bar; "
+        "logs and warnings go to stderr)",
+    )
 
 
 def add_commands(subparsers) -> None:
@@ -64,14 +80,17 @@ def add_commands(subparsers) -> None:
     cal = subparsers.add_parser(
         "calibrate",
         help="fit accuracy estimators and the drift reference on labelled data",
-        description="Score the labelled shipped sample as one clean window and one window per shift and "
-        "severity, fit the accuracy estimators on these windows and keep the clean window as the "
-        "drift reference. Writes a calibration folder for 'relmon monitor --calibration'.",
+        description="Score labelled data (calibration_data: a folder with one sub-folder per class, or a "
+        "CSV/Parquet manifest with columns path and label; the shipped Fashion-MNIST sample for the "
+        "embedded models) as one clean window and one window per shift and severity, fit the accuracy "
+        "estimators on these windows and keep the clean window as the drift reference. Writes a "
+        "calibration folder for 'relmon monitor --calibration'.",
         epilog=EXIT_CODES_HELP,
     )
     cal.add_argument(
         "--out", default="out/calibration", help="calibration folder to write (default out/calibration)"
     )
+    cal.add_argument("--input", dest="calibrate_input", help=argparse.SUPPRESS)
     _common(cal)
     add_config_flags(cal, _CALIBRATE_FIELDS)
     cal.set_defaults(func=cmd_calibrate)
@@ -104,11 +123,23 @@ def add_commands(subparsers) -> None:
 
 
 def _progress(args) -> bool:
+    """Progress bar: off with --json, else --progress / --no-progress, default when stderr is a tty.
+    The job runs with stdout redirected to stderr (:func:`_job_output`), so the bar never reaches stdout."""
+    if getattr(args, "json", False) and not args.progress:
+        return False
     return sys.stderr.isatty() if args.progress is None else bool(args.progress)
 
 
+@contextlib.contextmanager
+def _job_output():
+    """While a job runs, anything printed to stdout (Lightning's progress bar and messages, a user
+    model's prints) goes to stderr: stdout carries only the summary (the JSON with --json)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
 def _setup() -> None:
-    logging.basicConfig(level=logging.INFO, format="relmon: %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="relmon: %(levelname)s %(message)s", stream=sys.stderr)
     warnings.filterwarnings("ignore", message=".*treespec.*")
 
 
@@ -126,12 +157,14 @@ def _input_errors():
     )
 
 
-def _print(summary, as_json: bool) -> None:
-    if as_json:  # NaN (e.g. no random-order entropy) becomes null: strict JSON
-        d = json.loads(json.dumps(summary.to_dict(), default=str), parse_constant=lambda _: None)
-        print(json.dumps(d, indent=2))
-    else:
-        print(summary.table())
+def _json(obj, indent: int | None = 2) -> str:
+    """Strict JSON: NaN and infinities (e.g. no random-order entropy) become null."""
+    d = json.loads(json.dumps(obj, default=str), parse_constant=lambda _: None)
+    return json.dumps(d, indent=indent)
+
+
+def _print(summary, as_json: bool, file=None) -> None:
+    print(_json(summary.to_dict()) if as_json else summary.table(), file=file or sys.stdout, flush=True)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -139,17 +172,31 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     try:
         from relmon.jobs import calibrate
 
+        if args.calibrate_input is not None:
+            raise ConfigError(
+                "relmon calibrate reads labelled data from calibration_data (flag --calibration-data): a "
+                "folder with one sub-folder per class, or a CSV/Parquet manifest with columns path and "
+                "label; --input is the unlabelled data 'relmon monitor' scores; fix: pass "
+                f"--calibration-data {args.calibrate_input}"
+            )
         cfg = config_from_args(args)
-        cal = calibrate(cfg, args.out, progress=_progress(args))
+        with _job_output():
+            cal = calibrate(cfg, args.out, progress=_progress(args))
     except _input_errors() as err:
         print(f"relmon calibrate: error: {err}", file=sys.stderr)
         return EXIT_INPUT
     meta = cal.meta
     if args.json:
-        print(json.dumps(meta, indent=2))
+        print(_json(meta))
     else:
         print(
             f"calibration for model {meta['model']} (version {meta['model_version']}) written to {cal.path}"
+        )
+        data = meta.get("data", {})
+        print(
+            f"data: {data.get('kind')} {data.get('path')} ({data.get('n_images')} labelled images"
+            + (", windows reuse images" if meta.get("windows_reuse_images") else "")
+            + ")"
         )
         print(f"{'window':<22} {'accuracy':>8}")
         for window, acc in meta["window_accuracy"].items():
@@ -167,7 +214,8 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
     try:
         cfg = config_from_args(args)
-        summary = run_monitor(cfg, progress=_progress(args))
+        with _job_output():
+            summary = run_monitor(cfg, progress=_progress(args))
     except JobError as err:
         _print(err.summary, args.json)
         print(f"relmon monitor: error: {err}", file=sys.stderr)
@@ -186,15 +234,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():  # docker stop / kubectl delete send SIGTERM
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    out = sys.stdout  # with --json: one JSON object per line (each run's summary, then the totals)
+    ready = sys.stderr if args.json else out
     try:
         cfg = config_from_args(args)
-        result = serve(
-            cfg,
-            stop=stop,
-            on_ready=lambda ep: print(f"serving metrics at {ep.url}", flush=True),
-            on_run=lambda s: print(s.table(), flush=True),
-            progress=_progress(args),
-        )
+        with _job_output():
+            result = serve(
+                cfg,
+                stop=stop,
+                on_ready=lambda ep: print(f"serving metrics at {ep.url}", file=ready, flush=True),
+                on_run=lambda s: print(_json(s.to_dict(), None) if args.json else s.table(), file=out, flush=True),
+                progress=_progress(args),
+            )
     except KeyboardInterrupt:
         return EXIT_OK
     except ServeError as err:
@@ -203,5 +254,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except _input_errors() as err:
         print(f"relmon serve: error: {err}", file=sys.stderr)
         return EXIT_INPUT
-    print(f"served {result.runs} run(s), {result.failures} failed")
+    if args.json:
+        print(json.dumps({"runs": result.runs, "failures": result.failures}))
+    else:
+        print(f"served {result.runs} run(s), {result.failures} failed")
     return EXIT_OK

@@ -1,66 +1,170 @@
 """``relmon calibrate``: labelled reference data (one clean window plus shifted windows) → a
 calibration folder: fitted estimators (JSON), the clean window's records (the drift reference, Parquet)
-and ``calibration.json`` (model, version, scoring settings, time).
+and ``calibration.json`` (model, version, data source, scoring settings, windows, time).
+
+The labelled data is the user's (``calibration_data``: a class-folder tree or a CSV/Parquet manifest,
+or tensors through :func:`relmon.calibrate`); the shipped Fashion-MNIST sample is the default only for
+the embedded models. The windows are drawn from a seeded shuffle of the labelled images: the clean
+window takes the first ``calibration_n``, each shift × severity window the next ``calibration_n``
+with the shift applied in raw ``[0, 1]`` image space (before normalisation). When there are fewer
+than ``calibration_n × windows`` images the windows wrap around the shuffled list (reusing images,
+never within one window) and a warning says how many images disjoint windows need.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from relmon.config import MonitorConfig
+from relmon.config import ConfigError, MonitorConfig
 from relmon.jobs.calibration import (
     CALIBRATION_FORMAT,
     CALIBRATION_VERSION,
     Calibration,
 )
-from relmon.jobs.common import load_job_model, sample_images, score_stream
+from relmon.jobs.common import check_classes, load_job_model, score_stream
+
+log = logging.getLogger("relmon.jobs")
+
+SETTINGS_KEYS = (
+    "methods",
+    "region",
+    "steps",
+    "seed",
+    "step_stride",
+    "sample_rate",
+    "max_samples",
+    "calibration_n",
+    "calibration_shifts",
+    "calibration_severities",
+    "estimators",
+    "channels",
+    "image_size",
+)
 
 
-def calibrate(cfg: MonitorConfig, out: str | os.PathLike, progress: bool = False) -> Calibration:
-    """Score labelled windows (clean + every shift × severity) and fit ``cfg.estimators`` on them.
+class CalibrationDataWarning(UserWarning):
+    """The labelled data is too small for disjoint calibration windows (images are reused)."""
 
-    Writes ``out/calibration.json``, ``out/reference.parquet`` (the clean window's records, the drift
-    reference), ``out/records.parquet`` (every calibration record) and ``out/estimators/<name>.json``.
-    """
-    import torch
 
-    from relmon.analysis import make_estimator
-    from relmon.data.streams import TensorStream
-    from relmon.models import get_preprocessing, model_info
+def sample_data():
+    """The shipped labelled Fashion-MNIST sample as :class:`~relmon.data.labelled.LabelledImages`."""
+    from relmon.data import load_sample
+    from relmon.data.labelled import from_tensors
 
-    if cfg.input != "sample":
-        raise ValueError(
-            "calibrate reads the labelled shipped sample (input: sample); got input: "
-            f"{cfg.input!r}; fix: set input: sample"
-        )
-    model = load_job_model(cfg)
-    info = model_info(model)
-    n = cfg.calibration_n
+    images, labels = load_sample()
+    data = from_tensors(images, labels)
+    data.source.update(kind="sample", path="relmon.data.load_sample()")
+    return data
+
+
+def resolve_labelled_data(cfg: MonitorConfig):
+    """The labelled data the config names: ``calibration_data``, else the shipped sample for an
+    embedded model; a user model without labelled data is a clear error."""
+    from relmon.data.labelled import read_labelled
+
+    if cfg.calibration_data is not None:
+        return read_labelled(cfg.calibration_data, cfg.classes, channels=cfg.channels, image_size=cfg.image_size)
+    if cfg.is_embedded:
+        return sample_data()
+    raise ConfigError(
+        f"model {cfg.lightning_module or cfg.model!r} is not an embedded model, and the shipped sample is "
+        "Fashion-MNIST: calibrating on it would give meaningless estimates; fix: set calibration_data to "
+        "your labelled images — a folder with one sub-folder per class, or a CSV/Parquet manifest with "
+        "columns path and label (flag --calibration-data)"
+    )
+
+
+def plan_windows(cfg: MonitorConfig, n_images: int) -> tuple[list[tuple[str, str | None, int]], int, bool]:
+    """``(windows, n per window, reused)``: the clean window and one per shift × severity."""
     windows = [("clean", None, 0)] + [
         (f"{s}/{sev}", s, sev) for s in cfg.calibration_shifts for sev in cfg.calibration_severities
     ]
-    xs, ys = [], []
-    for i, (_, shift, sev) in enumerate(windows):
-        x, y = sample_images(n, shift, sev, seed=cfg.seed, offset=i * n)
+    n = cfg.calibration_n
+    need = n * len(windows)
+    if n_images >= need:
+        return windows, n, False
+    if n_images < n:
+        warnings.warn(
+            f"calibration_n is {n} but only {n_images} labelled images were given: every window uses all "
+            f"{n_images} images (the shifted windows are shifted copies of the clean one); disjoint "
+            f"windows need calibration_n x windows = {n} x {len(windows)} = {need} images",
+            CalibrationDataWarning,
+            stacklevel=3,
+        )
+        return windows, n_images, True
+    warnings.warn(
+        f"calibration needs calibration_n x windows = {n} x {len(windows)} = {need} labelled images for "
+        f"disjoint windows, got {n_images}: the windows wrap around a seeded shuffle of the images, so "
+        "shifted windows reuse images of other windows (no image twice within a window); give more "
+        "labelled images or lower calibration_n / the shifts",
+        CalibrationDataWarning,
+        stacklevel=3,
+    )
+    return windows, n, True
+
+
+def calibrate_model(model, data, cfg: MonitorConfig, out: str | os.PathLike | None = None, progress: bool = False):
+    """Calibrate ``model`` (with preprocessing attached) on labelled ``data``
+    (:class:`~relmon.data.labelled.LabelledImages`): score the windows, fit ``cfg.estimators``.
+
+    Returns the :class:`Calibration`; with ``out`` it is also saved there (and read back).
+    """
+    import torch
+
+    import relmon
+    from relmon.analysis import make_estimator
+    from relmon.data.shifts import apply_shift
+    from relmon.data.streams import TensorStream
+    from relmon.models import get_preprocessing, model_info
+
+    prep = get_preprocessing(model, "calibration")
+    info = model_info(model)
+    classes = data.classes if data.classes is not None else cfg.classes
+    if data.classes is not None and cfg.classes is not None and list(data.classes) != list(cfg.classes):
+        raise ValueError(
+            f"the labelled data's classes {data.classes} differ from the configured classes {list(cfg.classes)}; "
+            "fix: make them the same (the model's class names in output order)"
+        )
+    k = check_classes(model, classes, data.images[:1])
+    if data.source.get("kind") == "folder" and cfg.classes is None and len(data.classes) != k:
+        raise ValueError(
+            f"the labelled folder has {len(data.classes)} class sub-folders {data.classes[:12]} but the model "
+            f"outputs {k} classes; fix: set classes: the model's {k} class names in output order (the "
+            "sub-folders are matched to them by name)"
+        )
+    if len(data.labels) and int(data.labels.max()) >= k:
+        raise ValueError(
+            f"labels go up to {int(data.labels.max())} but the model outputs {k} classes; "
+            "fix: give labels in 0..K-1 of the model's output"
+        )
+    n_images = len(data)
+    windows, n, reused = plan_windows(cfg, n_images)
+    order = np.random.default_rng(cfg.seed).permutation(n_images)
+    xs, ys, ids, used = [], [], [], {}
+    for i, (name, shift, sev) in enumerate(windows):
+        index = order[(i * n + np.arange(n)) % n_images]
+        x = data.images[torch.as_tensor(index)]
+        if shift is not None:
+            x = apply_shift(x, shift, sev, seed=cfg.seed + i)
         xs.append(x)
-        ys.append(y)
+        ys.append(data.labels[index])
+        ids.extend(data.ids[j] if shift is None else f"{data.ids[j]}@{name}" for j in index)
+        used[name] = {"n": int(n), "first": int((i * n) % n_images)}
     stream = TensorStream(
-        torch.cat(xs),
-        np.concatenate(ys),
-        preprocessing=get_preprocessing(model),
-        stream="calibration",
-        window_size=n,
+        torch.cat(xs), np.concatenate(ys), ids=ids, preprocessing=prep, stream="calibration", window_size=n
     )
     records, _, _ = score_stream(cfg, model, stream, progress=progress)
     names = {f"calibration:{i * n}": name for i, (name, _, _) in enumerate(windows)}
     records["window_id"] = records["window_id"].map(names)
     estimators = {name: make_estimator(name).fit(records) for name in cfg.estimators}
-    import relmon
-
+    settings = {key: getattr(cfg, key) for key in SETTINGS_KEYS}
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
     meta = {
         "format": CALIBRATION_FORMAT,
         "format_version": CALIBRATION_VERSION,
@@ -72,8 +176,14 @@ def calibrate(cfg: MonitorConfig, out: str | os.PathLike, progress: bool = False
         "region": cfg.region,
         "steps": cfg.steps,
         "seed": cfg.seed,
+        "classes": list(classes) if classes is not None else None,
+        "preprocessing": prep.to_dict(),
+        "data": dict(data.source),
+        "settings": settings,
         "windows": [w[0] for w in windows],
-        "n_per_window": n,
+        "n_per_window": int(n),
+        "windows_reuse_images": reused,
+        "window_images": used,
         "window_accuracy": {
             k: float(v)
             for k, v in records.drop_duplicates(["window_id", "sample_id"])
@@ -83,11 +193,24 @@ def calibrate(cfg: MonitorConfig, out: str | os.PathLike, progress: bool = False
         },
     }
     cal = Calibration(
-        path=Path(out),
+        path=Path(out) if out is not None else None,
         meta=meta,
         estimators=estimators,
         reference=records[records["window_id"] == "clean"],
         records=records,
     )
+    if out is None:
+        return cal
     cal.save(out)
     return Calibration.load(out)
+
+
+def calibrate(cfg: MonitorConfig, out: str | os.PathLike, progress: bool = False) -> Calibration:
+    """``relmon calibrate``: the config's model and labelled data → the calibration folder ``out``.
+
+    Writes ``out/calibration.json``, ``out/reference.parquet`` (the clean window's records, the drift
+    reference), ``out/records.parquet`` (every calibration record) and ``out/estimators/<name>.json``.
+    """
+    data = resolve_labelled_data(cfg)
+    model = load_job_model(cfg)
+    return calibrate_model(model, data, cfg, out, progress=progress)

@@ -43,11 +43,41 @@ class JobError(RuntimeError):
 
 
 def load_job_model(cfg: MonitorConfig):
-    """The model named by ``cfg.model``: an embedded name or ``package.module:factory`` (+ checkpoint)."""
-    from relmon.models import list_embedded, load_embedded, load_model
+    """The model the config declares, with its preprocessing and ``model``/``model_version`` labels.
 
-    if ":" in cfg.model:
-        return load_model(cfg.model, cfg.checkpoint)
+    An embedded name (``fmnist_cnn``), or ``package.module:factory`` called with ``model_kwargs`` (the
+    factory must be a function or ``nn.Module`` class returning an ``nn.Module``), loaded from a
+    weights-only ``checkpoint`` or, with ``lightning_module``, from a Lightning checkpoint; its
+    ``preprocessing`` attached. The version label defaults to a hash of the weights.
+    """
+    from relmon.models import (
+        list_embedded,
+        load_embedded,
+        load_lightning_checkpoint,
+        load_model,
+        set_model_info,
+    )
+    from relmon.models.preprocessing import ATTRIBUTE
+
+    if not cfg.is_embedded:
+        prep = cfg.preprocessing_spec()
+        kwargs = dict(cfg.model_kwargs or {})
+        if cfg.lightning_module is not None:
+            model = load_lightning_checkpoint(cfg.lightning_module, cfg.checkpoint, preprocessing=prep, **kwargs)
+        else:
+            model = load_model(cfg.model, cfg.checkpoint, preprocessing=prep, **kwargs)
+        if getattr(model, ATTRIBUTE, None) is None:
+            raise ValueError(
+                f"model {cfg.model!r} declares no preprocessing (its input space); fix: set preprocessing: "
+                "{mean: [...], std: [...], low: 0.0, high: 1.0} in the config (raw pixels scaled to [0, 1])"
+            )
+        name = cfg.model_name or (cfg.lightning_module or cfg.model).rpartition(":")[2]
+        model = set_model_info(model, name, cfg.model_version)
+        if cfg.classes is not None and cfg.image_size is not None:
+            import torch
+
+            check_classes(model, cfg.classes, torch.zeros(1, cfg.channels, cfg.image_size, cfg.image_size))
+        return model
     if cfg.checkpoint is not None:
         raise ValueError(
             f"checkpoint applies to 'package.module:factory' models, not to the embedded "
@@ -58,7 +88,72 @@ def load_job_model(cfg: MonitorConfig):
             f"unknown embedded model {cfg.model!r}; choose one of {list_embedded()} or give "
             "'package.module:factory'"
         )
-    return load_embedded(cfg.model)
+    model = load_embedded(cfg.model)
+    if cfg.model_name or cfg.model_version:
+        model = set_model_info(model, cfg.model_name, cfg.model_version)
+    if cfg.classes is not None:
+        import torch
+
+        check_classes(model, cfg.classes, torch.zeros(1, 1, 28, 28))
+    return model
+
+
+def model_outputs(model, x) -> int:
+    """Number of classes the model outputs, from one forward of ``x`` (raw images in [0, 1])."""
+    import torch
+
+    from relmon.models import get_preprocessing
+
+    prep = get_preprocessing(model, "checking the model's classes")
+    with torch.no_grad():
+        out = model(prep.normalize(x[:1].float()))
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(
+            f"the model returned {shape} for one image; relmon needs class scores shaped (batch, classes); "
+            "fix: name a factory whose forward returns logits"
+        )
+    return int(out.shape[1])
+
+
+def check_stream_classes(model, classes, stream) -> None:
+    """:func:`check_classes` on the first readable item of ``stream`` (already normalised)."""
+    import copy
+
+    import torch
+
+    saved = {k: copy.copy(getattr(stream, k)) for k in ("errors", "bad_files") if hasattr(stream, k)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        items = []
+        for i in range(min(len(stream), 16)):
+            items.append(stream[i])
+            if isinstance(items[-1], dict):
+                break
+    for k, v in saved.items():  # the scoring pass counts (and warns about) bad files once
+        setattr(stream, k, v)
+    for item in items:
+        if isinstance(item, dict):
+            with torch.no_grad():
+                out = model(item["x"].unsqueeze(0))
+            k = int(out.shape[-1])
+            if len(classes) != k:
+                raise ValueError(
+                    f"the config names {len(classes)} classes {list(classes)[:12]} but the model outputs {k} "
+                    "class scores; fix: list one class name per model output, in output order"
+                )
+            return
+
+
+def check_classes(model, classes, x) -> int:
+    """Raise ``ValueError`` when ``classes`` does not match the model's output count on ``x``."""
+    k = model_outputs(model, x)
+    if classes is not None and len(classes) != k:
+        raise ValueError(
+            f"the config names {len(classes)} classes {list(classes)[:12]} but the model outputs {k} "
+            "class scores; fix: list one class name per model output, in output order"
+        )
+    return k
 
 
 def sample_images(
@@ -92,8 +187,23 @@ def build_stream(cfg: MonitorConfig, model):
         x, labels = sample_images(cfg.n, cfg.shift, cfg.severity, cfg.seed)
         return TensorStream(x, labels, preprocessing=prep, stream=cfg.stream)
     return ImageFolderStream(
-        cfg.input, preprocessing=prep, channels=cfg.channels, image_size=cfg.image_size, stream=cfg.stream
+        cfg.input,
+        preprocessing=prep,
+        channels=cfg.channels,
+        image_size=cfg.image_size,
+        stream=cfg.stream,
+        window=cfg.window,
+        window_seconds=cfg.window_seconds,
     )
+
+
+def latest_window(stream) -> str | None:
+    """The id of the newest window of an mtime-windowed stream (None: the stream is one window)."""
+    from relmon.data.streams import window_indices
+
+    if getattr(getattr(stream, "_windows", None), "window", None) != "mtime":
+        return None
+    return list(window_indices(stream))[-1]
 
 
 def _quiet_lightning() -> None:
@@ -104,8 +214,11 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*treespec.*")
 
 
-def score_stream(cfg: MonitorConfig, model, stream, progress: bool = False):
-    """Run :class:`RelevanceMonitor` over ``stream`` in ``pl.Trainer.predict``: (records, window summary)."""
+def score_stream(cfg: MonitorConfig, model, stream, progress: bool = False, window_id: str | None = None):
+    """Run :class:`RelevanceMonitor` over ``stream`` (only window ``window_id`` if given) in
+    ``pl.Trainer.predict``: (records, window summary, monitor)."""
+    import inspect
+
     import pytorch_lightning as pl
 
     from relmon.data.streams import StreamDataModule
@@ -113,6 +226,13 @@ def score_stream(cfg: MonitorConfig, model, stream, progress: bool = False):
     from relmon.records import empty_records
 
     _quiet_lightning()
+    options = {"step_stride": cfg.step_stride, "max_batch_bytes": cfg.max_batch_bytes}
+    accepted = inspect.signature(RelevanceMonitor).parameters
+    for key, value in options.items():
+        if key not in accepted:
+            if key == "step_stride" and value != 1:
+                raise ValueError("step_stride needs a relmon whose RelevanceMonitor supports it; fix: step_stride: 1")
+            continue
     monitor = RelevanceMonitor(
         model,
         methods=cfg.methods,
@@ -121,6 +241,7 @@ def score_stream(cfg: MonitorConfig, model, stream, progress: bool = False):
         sample_rate=cfg.sample_rate,
         max_samples=cfg.max_samples,
         seed=cfg.seed,
+        **{k: v for k, v in options.items() if k in accepted},
     )
     trainer = pl.Trainer(
         accelerator=cfg.accelerator,
@@ -130,7 +251,8 @@ def score_stream(cfg: MonitorConfig, model, stream, progress: bool = False):
         enable_model_summary=False,
         enable_progress_bar=progress,
     )
-    frames = trainer.predict(monitor, datamodule=StreamDataModule(stream, batch_size=cfg.batch_size)) or []
+    data = StreamDataModule(stream, batch_size=cfg.batch_size, window_id=window_id)
+    frames = trainer.predict(monitor, datamodule=data) or []
     frames = [f for f in frames if f is not None and len(f)]
     records = pd.concat(frames, ignore_index=True) if frames else empty_records()
     return records, monitor.last_summary or monitor.window_summary(), monitor

@@ -22,7 +22,14 @@ from relmon.export.metrics import RelmonMetrics
 from relmon.export.outputs import PushError, push, write_textfile
 from relmon.export.security import push_security, redact_url
 from relmon.jobs.calibration import check_calibration, load_calibration
-from relmon.jobs.common import JobError, build_stream, load_job_model, score_stream
+from relmon.jobs.common import (
+    JobError,
+    build_stream,
+    check_stream_classes,
+    latest_window,
+    load_job_model,
+    score_stream,
+)
 
 log = logging.getLogger("relmon.jobs")
 
@@ -109,16 +116,33 @@ class MonitorJob:
     accumulate while the gauges hold the latest window.
     """
 
-    def __init__(self, cfg: MonitorConfig, registry=None, progress: bool = False):
+    def __init__(
+        self,
+        cfg: MonitorConfig,
+        registry=None,
+        progress: bool = False,
+        *,
+        model=None,
+        calibration=None,
+        stream=None,
+    ):
+        """``model`` (an ``nn.Module`` with preprocessing), ``calibration`` (a :class:`Calibration` or
+        a folder) and ``stream`` (a relmon stream) replace what ``cfg`` names (Python API)."""
+        from relmon.jobs.calibration import Calibration
         from relmon.models import model_info
 
         self.cfg = cfg
         self.progress = progress
         self.push_url, self.push_security = push_security(cfg)  # secrets read (and checked) up front
-        self.model = load_job_model(cfg)
+        self.model = load_job_model(cfg) if model is None else model
+        self.stream = stream
         info = model_info(self.model)
         self.model_name, self.model_version = str(info.name), str(info.version)
-        self.calibration = load_calibration(cfg.calibration) if cfg.calibration else None
+        if calibration is None and cfg.calibration:
+            calibration = cfg.calibration
+        if calibration is not None and not isinstance(calibration, Calibration):
+            calibration = load_calibration(calibration)
+        self.calibration = calibration
         self.version_mismatch = (
             check_calibration(self.calibration, self.model_name, self.model_version, cfg)
             if self.calibration
@@ -144,8 +168,12 @@ class MonitorJob:
 
         cfg = self.cfg
         t0 = time.perf_counter()
-        stream = build_stream(cfg, self.model)
-        records, summary, _ = score_stream(cfg, self.model, stream, progress=self.progress)
+        stream = self.stream if self.stream is not None else build_stream(cfg, self.model)
+        if cfg.classes is not None:
+            check_stream_classes(self.model, cfg.classes, stream)
+        records, summary, _ = score_stream(
+            cfg, self.model, stream, progress=self.progress, window_id=latest_window(stream)
+        )
         inputs = summary.pop("_inputs")
         errors = dict(getattr(stream, "errors", {}) or {})
         if sum(errors.values()) < inputs["bad"]:  # bad items seen by the batches but not by this process

@@ -6,6 +6,7 @@ from relmon.models.loading import (
     FASHION_MNIST_PREPROCESSING,
     Checkpoint,
     ModelInfo,
+    build_model,
     checkpoint_series,
     list_embedded,
     load_embedded,
@@ -13,6 +14,8 @@ from relmon.models.loading import (
     load_model,
     manifest,
     model_info,
+    set_model_info,
+    weights_hash,
 )
 from relmon.models.preprocessing import (
     MissingPreprocessingError,
@@ -32,6 +35,7 @@ __all__ = [
     "SmallCNN",
     "SmallVGG",
     "attach_preprocessing",
+    "build_model",
     "checkpoint_series",
     "get_preprocessing",
     "input_bounds",
@@ -41,4 +45,6 @@ __all__ = [
     "load_model",
     "manifest",
     "model_info",
+    "set_model_info",
+    "weights_hash",
 ]

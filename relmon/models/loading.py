@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import json
 import os
+import pickle
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -34,7 +37,28 @@ class ModelInfo:
 
 
 def model_info(model: nn.Module) -> ModelInfo:
-    return getattr(model, _INFO, None) or ModelInfo(name=type(model).__name__, version="unknown")
+    """The model's name and version: as loaded by relmon, else its class name and a hash of its weights."""
+    return getattr(model, _INFO, None) or ModelInfo(name=type(model).__name__, version=weights_hash(model))
+
+
+def weights_hash(model: nn.Module) -> str:
+    """A 12-hex-digit SHA-256 of the model's state_dict (names, dtypes, shapes and values)."""
+    h = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        h.update(key.encode())
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        else:
+            h.update(repr(value).encode())
+    return h.hexdigest()[:12]
+
+
+def set_model_info(model: nn.Module, name: str | None = None, version: str | None = None) -> nn.Module:
+    """Set the ``model`` / ``model_version`` labels of ``model`` (None keeps the current one)."""
+    info = model_info(model)
+    return _attach_info(model, ModelInfo(name or info.name, version or info.version, info.test_accuracy))
 
 
 def _attach_info(model: nn.Module, info: ModelInfo) -> nn.Module:
@@ -51,16 +75,39 @@ def manifest() -> dict:
     return json.loads(_weights_dir().joinpath("manifest.json").read_text())
 
 
+def _load_error(path, err: BaseException, fix: str) -> ValueError:
+    """A clear error for a checkpoint torch.load(weights_only=True) refused, without torch's advice to
+    load it with weights_only=False (that would run the pickled code)."""
+    text = str(err)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        what = f"pickled Python object(s) ({found.group(1)})" if found else "pickled Python object(s)"
+        return ValueError(
+            f"{path} is not a weights-only checkpoint: it holds {what}, not only tensors; relmon never "
+            f"unpickles objects (it reads checkpoints with torch.load(weights_only=True)); fix: {fix}"
+        )
+    detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    if detail:
+        text = detail.group(1)  # torch's advice around it (load with weights_only=False) is left out
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return ValueError(
+        f"could not read {path} as a weights-only checkpoint ({type(err).__name__}: {first[:200]}); the file "
+        f"is not a torch.save file or is damaged; fix: {fix}"
+    )
+
+
+_STATE_DICT_FIX = "save the weights with torch.save(model.state_dict(), path)"
+
+
 def _load_state_dict(path: str | os.PathLike) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; fix: give the path of the weights file") from None
+    except IsADirectoryError:
+        raise ValueError(f"checkpoint {str(path)!r} is a directory; fix: give the path of the weights file") from None
     except Exception as err:  # pickle of arbitrary objects, corrupt file, ...
-        raise ValueError(
-            f"could not read {path} as a weights-only checkpoint ({err}). relmon loads only tensors and "
-            "plain containers (torch.load(weights_only=True)); save with torch.save(model.state_dict(), path)."
-        ) from err
+        raise _load_error(path, err, _STATE_DICT_FIX) from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
@@ -134,6 +181,50 @@ def _import_object(spec: str):
     return obj
 
 
+def _check_factory(obj, spec: str):
+    """Refuse anything but an ``nn.Module`` class or a Python function before calling it."""
+    if isinstance(obj, type):
+        if not issubclass(obj, nn.Module):
+            raise TypeError(
+                f"model factory {spec!r} is the class {obj.__name__}, not a torch.nn.Module subclass; "
+                "fix: name a function or nn.Module class that builds your model"
+            )
+        return obj
+    if inspect.isfunction(obj) or inspect.ismethod(obj):
+        return obj
+    what = "a built-in" if inspect.isbuiltin(obj) else f"a {type(obj).__name__}"
+    if not callable(obj):
+        what = f"a non-callable {type(obj).__name__}"
+    raise TypeError(
+        f"model factory {spec!r} is {what}, not a Python function or nn.Module class; relmon calls only "
+        "model factories; fix: set model to 'package.module:function' returning a torch.nn.Module"
+    )
+
+
+def build_model(factory: str | object, **factory_kwargs) -> nn.Module:
+    """Call the model factory ``package.module:factory`` (a function or ``nn.Module`` class) and check
+    that it returns an ``nn.Module``; anything else is refused with a clear error."""
+    spec = factory if isinstance(factory, str) else getattr(factory, "__qualname__", repr(factory))
+    fn = _check_factory(_import_object(factory) if isinstance(factory, str) else factory, spec)
+    try:
+        model = fn(**factory_kwargs)
+    except (KeyboardInterrupt, SystemExit) as err:
+        if isinstance(err, KeyboardInterrupt):
+            raise
+        raise ValueError(f"model factory {spec!r} tried to exit the process ({err!r}); fix: name a model factory") from None
+    except TypeError as err:
+        raise TypeError(
+            f"model factory {spec!r} could not be called with model_kwargs {factory_kwargs}: {err}; "
+            "fix: set model_kwargs to the factory's arguments"
+        ) from err
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"model factory {spec!r} returned a {type(model).__name__}, expected a torch.nn.Module; "
+            "fix: name a factory that returns the model"
+        )
+    return model
+
+
 def load_model(
     factory: str,
     checkpoint: str | os.PathLike | None = None,
@@ -147,10 +238,8 @@ def load_model(
     ``preprocessing`` declares the model's input space; without it operations that need the valid
     input range (uniform perturbation, ``lrp:epsilon_gamma_box``) raise an error naming the option.
     """
-    model = _import_object(factory)(**factory_kwargs)
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{factory} returned a {type(model).__name__}, expected a torch.nn.Module")
-    version = "untrained"
+    model = build_model(factory, **factory_kwargs)
+    version = None
     if checkpoint is not None:
         state = _load_state_dict(checkpoint)
         try:
@@ -161,7 +250,7 @@ def load_model(
     model.eval()
     if preprocessing is not None:
         attach_preprocessing(model, preprocessing)
-    return _attach_info(model, ModelInfo(name or factory.rpartition(":")[2], version))
+    return _attach_info(model, ModelInfo(name or factory.rpartition(":")[2], version or weights_hash(model)))
 
 
 def load_lightning_checkpoint(
@@ -179,7 +268,18 @@ def load_lightning_checkpoint(
     cls = _import_object(module_class) if isinstance(module_class, str) else module_class
     if not hasattr(cls, "load_from_checkpoint"):
         raise TypeError(f"{cls!r} is not a LightningModule class (it has no load_from_checkpoint)")
-    module = cls.load_from_checkpoint(str(checkpoint), map_location="cpu", weights_only=True, **kwargs)
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(
+            f"Lightning checkpoint {str(checkpoint)!r} does not exist or is not a file; fix: give the .ckpt path"
+        )
+    try:
+        module = cls.load_from_checkpoint(str(checkpoint), map_location="cpu", weights_only=True, **kwargs)
+    except (pickle.UnpicklingError, EOFError) as err:
+        raise _load_error(checkpoint, err, "save it with Lightning's Trainer.save_checkpoint") from None
+    except RuntimeError as err:
+        if "Weights only load failed" in str(err) or "invalid load key" in str(err) or "zip archive" in str(err):
+            raise _load_error(checkpoint, err, "save it with Lightning's Trainer.save_checkpoint") from None
+        raise
     module.eval()
     if preprocessing is not None:
         attach_preprocessing(module, preprocessing)
