@@ -531,6 +531,10 @@ def test_check_lrp_support_is_cheap_and_names_every_problem():
     model.register_forward_pre_hook(lambda *_: calls.append(1))
     assert relmon.explain.check_lrp_support(model, torch.rand(2, 1, 28, 28)) is None
     assert calls == []  # a traceable model is checked from its graph, without running it
+    _, elu = twin(EluNet)
+    assert relmon.explain.check_lrp_support(elu, torch.rand(2, 1, 28, 28), composite="sensitivity") is None
+    with pytest.raises(ValueError, match="unknown LRP composite 'nope'"):
+        relmon.explain.check_lrp_support(model, torch.rand(2, 1, 28, 28), composite="lrp:nope")
 
     class Both(Ordered):
         def __init__(self):

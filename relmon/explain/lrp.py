@@ -431,7 +431,8 @@ def composite_for(name: str, model: nn.Module, x: torch.Tensor, zero_bias: bool 
 def check_lrp_support(model: nn.Module, example_input: torch.Tensor, composite: str = DEFAULT_COMPOSITE,
                       canonizers: list | None = None) -> None:
     """Raise :class:`UnsupportedModelError` naming every problem relmon's LRP (composite ``lrp:<composite>``)
-    would have with ``model``; return None if it has none.
+    would have with ``model``; return None if it has none. ``composite`` is a method id (``"lrp"``,
+    ``"lrp:epsilon_gamma_box"``) or a composite name; the gradient methods' ids return None at once.
 
     Cheap enough to call up front (e.g. when a Lightning callback is set up): it traces ``forward`` once
     with torch.fx (cached per model) and checks every layer and operation without running the model;
@@ -445,6 +446,8 @@ def check_lrp_support(model: nn.Module, example_input: torch.Tensor, composite: 
     from relmon.explain._state import evaluation_state
 
     family, _, name = composite.partition(":")
+    if family in ("sensitivity", "gradient_x_input", "deconvnet", "random") and not name:
+        return None  # gradient methods need no LRP rules: every model is supported
     composite = (name or DEFAULT_COMPOSITE) if family == "lrp" else composite
     with evaluation_state(model):
         comp, canonizers = composite_for(composite, model, example_input[:1].detach(), canonizers=canonizers)
