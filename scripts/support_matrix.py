@@ -81,6 +81,19 @@ class UntraceableClean(_Net):
         return self.body(x)
 
 
+def _zennit_correlation(model, x, e):
+    """Correlation of zennit's EpsilonPlusFlat heatmap (first layer by registration) with relmon's."""
+    import zennit.composites as zc
+    from zennit.attribution import Gradient
+
+    with Gradient(model=model, composite=zc.EpsilonPlusFlat(zero_params="bias")) as attributor:
+        _, theirs = attributor(x, lambda out: torch.eye(out.shape[1])[e.target] * out)
+    a, b = theirs.flatten(1), e.relevance.flatten(1)
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    corr = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+    return "heatmap correlation " + ", ".join(f"{c:.2f}" for c in corr.tolist())
+
+
 def constructed():
     print("\n| constructed model | result | detail |")
     print("|---|---|---|")
@@ -93,6 +106,8 @@ def constructed():
                 e = explain_full(model, x, "lrp", zero_bias=True)
                 err = conservation(e.relevance, e.logits, e.target).abs().max().item()
                 result, detail = "works", f"relevance conserved within {err:.1e}; first layer '{relmon.explain.first_layer(model)}'"
+                if cls is HeadRegisteredFirst:
+                    detail += f"; zennit's own EpsilonPlusFlat (Flat rule on 'fc'): {_zennit_correlation(model, x, e)}"
             except UnsupportedModelError as exc:
                 msg = str(exc).split(": ", 1)[1].split(". zennit", 1)[0]
                 result, detail = "clear error", f"refused: {msg[:150]}{'…' if len(msg) > 150 else ''}"
