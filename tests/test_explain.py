@@ -75,9 +75,13 @@ def test_embedded_models_conserve_once_biases_are_accounted_for(name, sample_bat
     no_bias = explain_full(model, x, "lrp", zero_bias=True)
     # zero_bias: the rules ignore biases (incl. those BatchNorm merging creates), so every bit of the
     # explained logit reaches the input ...
-    assert conservation(no_bias.relevance, no_bias.logits, no_bias.target).abs().max() < 1e-3
-    # ... while with biases a measurable share is absorbed (the biases carry part of the logit).
-    assert conservation(with_bias.relevance, with_bias.logits, with_bias.target).abs().mean() > 1e-2
+    exact = conservation(no_bias.relevance, no_bias.logits, no_bias.target).abs()
+    assert exact.max() < 1e-3
+    # ... while with biases part of the logit stays with them: a larger unexplained share (the CNN's
+    # biases are small, ~0.3 % of the logit; the VGG's merged BatchNorms larger) and other heatmaps.
+    absorbed = conservation(with_bias.relevance, with_bias.logits, with_bias.target).abs()
+    assert absorbed.mean() > 10 * exact.mean()
+    assert not torch.allclose(with_bias.relevance, no_bias.relevance, rtol=1e-3, atol=1e-5)
 
 
 def test_epsilon_rule_constants_from_a_single_linear_layer():
