@@ -432,6 +432,19 @@ def test_first_layer_rule_goes_to_the_first_layer_in_execution_order(composite):
     assert correlation(wrong, expected).abs().max() < 0.5
 
 
+def test_gamma_box_on_a_dense_first_layer_gives_no_layer_the_pixel_rule():
+    # z^B is a convolution rule in zennit's EpsilonGammaBox: with a Linear first layer no layer gets it
+    # (not a later convolution, which would get bounds of the wrong shape).
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Unflatten(1, (1, 8, 8)),
+                          nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(72, 3)).eval()
+    x = torch.rand(2, 1, 8, 8)
+    r = relmon.explain(model, x, "lrp:epsilon_gamma_box", low=0.0, high=1.0, zero_bias=True)
+    e = explain_full(model, x, "lrp:epsilon_gamma_box", low=0.0, high=1.0, zero_bias=True)
+    assert torch.isfinite(r).all()
+    assert conservation(e.relevance, e.logits, e.target).abs().max() < 1e-3
+
+
 class LogSoftmaxNet(Ordered):
     def forward(self, x):
         return nn.functional.log_softmax(super().forward(x), dim=1)

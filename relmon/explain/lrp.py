@@ -386,15 +386,18 @@ def check_supported(model: nn.Module, canonizers: list, example: torch.Tensor | 
         )
 
 
-def _pin_first_layer(composite, first: str) -> None:
+def _pin_first_layer(composite, first: str | None, first_module: nn.Module | None) -> None:
     """Give zennit's first-layer rule (Flat, z^B) to the layer named ``first`` — the first weighted layer in
     execution order — and the ordinary rules to every other layer. zennit itself gives it to the first
-    matching layer in *registration* order, which is another layer where a model registers its head first."""
+    matching layer in *registration* order, which is another layer where a model registers its head first.
+    Where the first layer is of a type the composite has no first-layer rule for (z^B is defined for
+    convolutions only), no layer gets it, rather than a later one."""
     first_map, layer_map = composite.first_map, composite.layer_map
+    first_hook = next((hook for types, hook in first_map if isinstance(first_module, types)), None)
 
     def mapping(ctx, name, module):
-        if name == first:
-            return first_map[0][1]
+        if first_hook is not None and name == first:
+            return first_hook
         return next((hook for types, hook in layer_map if isinstance(module, types)), None)
 
     composite.module_map = mapping
@@ -423,8 +426,7 @@ def composite_for(name: str, model: nn.Module, x: torch.Tensor, zero_bias: bool 
     composite = COMPOSITES[name](zero_params=zero_params, canonizers=canonizers, model=model, x=x, **options)
     if isinstance(composite, SpecialFirstLayerMapComposite):
         first = first_layer(model, example)
-        if first is not None:
-            _pin_first_layer(composite, first)
+        _pin_first_layer(composite, first, None if first is None else model.get_submodule(first))
     return composite, canonizers
 
 
