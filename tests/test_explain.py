@@ -414,6 +414,8 @@ def test_first_layer_rule_goes_to_the_first_layer_in_execution_order(composite):
     reference, model = twin(HeadFirst)
     x = torch.rand(4, 1, 28, 28)
     assert relmon.explain.first_layer(model) == "conv"
+    with pytest.raises(ValueError, match="expects 1"):  # the input check reads the same first layer
+        relmon.explain(model, torch.rand(2, 3, 28, 28), f"lrp:{composite}")
     expected = relmon.explain(reference, x, f"lrp:{composite}")
     torch.testing.assert_close(relmon.explain(model, x, f"lrp:{composite}"), expected)
     # zennit alone gives the first-layer rule to 'fc', the first *registered* layer: a different heatmap
