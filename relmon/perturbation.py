@@ -40,6 +40,7 @@ from relmon.models.preprocessing import input_bounds
 ORDERS = ("morf", "lerf", "random")
 PERTURBATIONS = ("uniform", "constant", "mean", "blur", "black")
 SCORES = ("logit", "softmax")
+# The paper's L (on 227x227 images with 9x9 regions); the default L is derived from DEFAULT_FRACTION.
 DEFAULT_STEPS = 100
 # The paper perturbs L = 100 regions of 9x9 pixels on 227x227 images: 8100 of 51529 pixels, about
 # 16 % of the image. relmon's default perturbs the same share of the image's regions.
