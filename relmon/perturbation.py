@@ -40,7 +40,11 @@ from relmon.models.preprocessing import input_bounds
 ORDERS = ("morf", "lerf", "random")
 PERTURBATIONS = ("uniform", "constant", "mean", "blur", "black")
 SCORES = ("logit", "softmax")
+# The paper's L (on 227x227 images with 9x9 regions); the default L is derived from DEFAULT_FRACTION.
 DEFAULT_STEPS = 100
+# The paper perturbs L = 100 regions of 9x9 pixels on 227x227 images: 8100 of 51529 pixels, about
+# 16 % of the image. relmon's default perturbs the same share of the image's regions.
+DEFAULT_FRACTION = 0.16
 DEFAULT_MAX_BATCH_BYTES = 256 * 2**20
 # Streams of the per-sample generators: the noise image and the random order draw independently.
 _STREAM_NOISE = "noise"
@@ -227,6 +231,44 @@ def _check_region(region: int, height: int, width: int) -> int:
 def num_regions(height: int, width: int, region: int) -> int:
     """Number of cells of the grid: ``ceil(H / region) * ceil(W / region)``."""
     return math.ceil(height / region) * math.ceil(width / region)
+
+
+def steps_for_fraction(height: int, width: int, region: int, fraction: float) -> int:
+    """``L = round(fraction * num_regions)`` (halves round up), at least 1: the number of steps that
+    perturbs ``fraction`` of the image's ``region x region`` regions.
+
+    ``fraction = 0.16`` is the paper's protocol (about 16 % of the image); ``fraction = 1.0`` perturbs
+    every region (the curve then ends on pure noise). On 28x28 images: region 4 (49 regions) gives
+    L = 8 at 0.16 and 49 at 1.0; region 2 (196 regions) gives L = 31 and 196.
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not math.isfinite(fraction) \
+            or not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be a number in (0, 1] (share of the image's regions perturbed), got {fraction!r}")
+    n = num_regions(height, width, _check_region(region, height, width))
+    return max(1, int(math.floor(fraction * n + 0.5)))
+
+
+def resolve_steps(height: int, width: int, region: int, steps: int | None = None,
+                  fraction: float | None = None) -> int:
+    """``L`` from ``steps`` and/or ``fraction`` (see :func:`region_perturbation`): ``fraction`` alone
+    gives :func:`steps_for_fraction`, ``steps`` alone is used as given (capped at the number of regions),
+    neither means ``fraction = DEFAULT_FRACTION``; both must agree or a ValueError names the conflict."""
+    if steps is not None:
+        steps = _as_int(steps, "steps (L)", "an int >= 1")
+        if steps < 1:
+            raise ValueError(f"steps (L) must be an int >= 1, got {steps!r}")
+    if fraction is None:
+        if steps is not None:
+            return min(steps, num_regions(height, width, region))
+        fraction = DEFAULT_FRACTION
+    from_fraction = steps_for_fraction(height, width, region, fraction)
+    if steps is not None and min(steps, num_regions(height, width, region)) != from_fraction:
+        raise ValueError(
+            f"steps={steps} and fraction={fraction} disagree: fraction={fraction} of the "
+            f"{num_regions(height, width, region)} regions of {region}x{region} pixels on a {height}x{width} "
+            f"image is L = {from_fraction}; pass only one of them"
+        )
+    return from_fraction
 
 
 def _sample_ids(batch: int, sample_ids, offset: int) -> list:
@@ -513,7 +555,8 @@ def region_perturbation(
     heatmap: torch.Tensor,
     *,
     region: int = 9,
-    steps: int = DEFAULT_STEPS,
+    steps: int | None = None,
+    fraction: float | None = None,
     order: str = "morf",
     perturbation: str = "uniform",
     low: float | torch.Tensor | None = None,
@@ -546,8 +589,12 @@ def region_perturbation(
     region:
         Side of the square regions in pixels; the last row/column of the grid is smaller when H or W
         is not a multiple.
-    steps:
-        ``L``, the number of perturbation steps; capped at the number of regions; must be >= 1.
+    steps, fraction:
+        ``L``, the number of perturbation steps, given directly (``steps``, an int >= 1, capped at the
+        number of regions) or as the share of the image's regions perturbed (``fraction`` in (0, 1]:
+        ``L = round(fraction * num_regions)``, see :func:`steps_for_fraction`). Neither given: the
+        paper's protocol, ``fraction = DEFAULT_FRACTION = 0.16`` (the paper perturbs about 16 % of the
+        image); ``fraction=1.0`` perturbs the whole image. Both given: they must give the same ``L``.
     order:
         ``morf``, ``lerf`` or ``random``.
     perturbation:
@@ -588,13 +635,9 @@ def region_perturbation(
     h = _check_inputs(x, heatmap)
     b, c, height, width = x.shape
     region = _check_region(region, height, width)
-    steps = _as_int(steps, "steps (L)", "an int >= 1")
-    if steps < 1:
-        raise ValueError(f"steps (L) must be an int >= 1, got {steps!r}")
+    num_steps = resolve_steps(height, width, region, steps, fraction)
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be None or an int >= 1, got {batch_size!r}")
-    n_regions = num_regions(height, width, region)
-    num_steps = min(steps, n_regions)
     ks = evaluated_steps(num_steps, step_stride)
     n_k = ks.numel()
     ids = _sample_ids(b, sample_ids, offset)
@@ -696,7 +739,8 @@ def evaluate_heatmaps(
     replacement images (same seed and sample ids), so ``aopc_minus_random`` compares like with like.
     The result gives per sample: ``aopc`` (MoRF), ``aopc_rel``, ``aopc_random``,
     ``aopc_minus_random``, ``aopc_lerf`` and ``abpc`` (those whose orders were run; else None).
-    ``kwargs`` go to :func:`region_perturbation` (``region``, ``steps``, ``perturbation``, ...).
+    ``kwargs`` go to :func:`region_perturbation` (``region``, ``steps`` or ``fraction``,
+    ``perturbation``, ...); without ``steps`` and ``fraction`` the paper's ``fraction = 0.16`` is used.
     """
     if isinstance(orders, str):
         orders = (orders,)
@@ -715,6 +759,7 @@ def evaluate_heatmaps(
 
 __all__ = [
     "CPU_MAX_ITEMS",
+    "DEFAULT_FRACTION",
     "DEFAULT_MAX_BATCH_BYTES",
     "DEFAULT_STEPS",
     "ORDERS",
@@ -736,4 +781,6 @@ __all__ = [
     "region_perturbation",
     "region_scores",
     "replacement_images",
+    "resolve_steps",
+    "steps_for_fraction",
 ]

@@ -12,6 +12,7 @@ from torch import nn
 
 from relmon.models import MissingPreprocessingError, Preprocessing, attach_preprocessing
 from relmon.perturbation import (
+    DEFAULT_FRACTION,
     ORDERS,
     PERTURBATIONS,
     evaluate_heatmaps,
@@ -25,6 +26,7 @@ from relmon.perturbation import (
     region_perturbation,
     region_scores,
     replacement_images,
+    steps_for_fraction,
 )
 
 
@@ -124,6 +126,93 @@ def test_equals_quantus_region_perturbation(monkeypatch, channels, patch, region
     oracle = torch.as_tensor(np.asarray(curves, dtype=np.float64))
     assert oracle.shape == (6, regions_evaluation)
     assert (res.drops[:, 1:].double() - oracle).abs().max().item() <= 1e-5
+
+
+def _quantus_metric(quantus, monkeypatch, **kwargs):
+    if not hasattr(np, "trapz"):  # NumPy 2.4 removed it; Quantus' AUC helper still calls it.
+        monkeypatch.setattr(np, "trapz", np.trapezoid, raising=False)
+    return quantus.RegionPerturbation(abs=False, normalise=False, disable_warnings=True,
+                                      display_progressbar=False, **kwargs)
+
+
+@pytest.mark.parametrize(("size", "patch", "regions_evaluation", "order"),
+                         [(16, 4, 12, "morf"), (14, 3, 20, "morf"), (14, 3, 25, "lerf"), (11, 4, 9, "morf")])
+def test_equals_quantus_uniform_noise_logit_score(monkeypatch, size, patch, regions_evaluation, order):
+    """The paper's setting -- uniform noise, logit score -- against Quantus with the same noise image
+    injected, on grids that divide the image and grids whose last row/column of cells is smaller."""
+    quantus = pytest.importorskip("quantus")
+    # Quantus pads a non-dividing image by (floor, ceil) of the missing pixels; with one missing pixel
+    # that is (0, 1): its last cells are then one pixel short, as relmon's.
+    assert size % patch in (0, patch - 1)
+    model = tiny_cnn(channels=2, size=size - size % 2, classes=5, seed=4) if size % 2 == 0 else None
+    if model is None:
+        torch.manual_seed(4)
+        model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * size * size, 5))
+        model = attach_preprocessing(model.eval(), Preprocessing(mean=(0.5,), std=(0.25,), low=0.0, high=1.0))
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 2, size, size, generator=g)
+    heatmap = torch.randn(6, 2, size, size, generator=g)
+    res = region_perturbation(model, x, heatmap, region=patch, steps=regions_evaluation, order=order,
+                              perturbation="uniform", score="logit", seed=7)
+    noise = replacement_images(x, "uniform", low=torch.full((2,), -2.0), high=torch.full((2,), 2.0), seed=7)
+    pad = (-size) % patch
+    noise_pad = np.pad(noise.numpy(), ((0, 0), (0, 0), (0, pad), (0, pad)), mode="edge").reshape(6, -1)
+
+    def inject(arr, indices, **_):  # Quantus' perturb_func: replace the indexed pixels by the same noise
+        out = arr.copy()
+        rows = np.arange(arr.shape[0])[:, None]
+        out[rows, indices] = noise_pad[rows, indices]
+        return out
+
+    metric = _quantus_metric(quantus, monkeypatch, patch_size=patch, order=order,
+                             regions_evaluation=regions_evaluation, perturb_func=inject)
+    curves = metric(model=model, x_batch=x.numpy(), y_batch=res.target.numpy(), a_batch=heatmap.numpy(),
+                    softmax=False, device="cpu", batch_size=64)
+    oracle = torch.as_tensor(np.asarray(curves, dtype=np.float64))
+    assert oracle.shape == (6, min(regions_evaluation, num_regions(size, size, patch)))
+    assert (res.drops[:, 1:].double() - oracle).abs().max().item() <= 1e-5
+
+
+def test_morf_and_random_orders_share_each_samples_noise_image():
+    model = tiny_cnn()
+    g = torch.Generator().manual_seed(13)
+    x, heat = torch.randn(4, 1, 16, 16, generator=g), torch.randn(4, 16, 16, generator=g)
+    ev = evaluate_heatmaps(model, x, heat, region=4, fraction=1.0, seed=5, orders=("morf", "random", "lerf"))
+    # With every region replaced, each order ends on the same image: the sample's own noise.
+    noise = replacement_images(x, "uniform", low=torch.full((1,), -2.0), high=torch.full((1,), 2.0), seed=5)
+    on_noise = model(noise).gather(1, ev.results["morf"].target[:, None]).squeeze(1).detach()
+    for order in ("morf", "random", "lerf"):
+        torch.testing.assert_close(ev.results[order].curves[:, -1], on_noise, rtol=1e-5, atol=1e-5)
+    # ... and the orders differ in between (so the test above is not one order three times).
+    assert not torch.allclose(ev.results["morf"].curves[:, 1:-1], ev.results["random"].curves[:, 1:-1])
+
+
+def test_fraction_gives_the_papers_share_of_regions():
+    # 28x28: 49 regions of 4x4, 196 of 2x2; halves round up.
+    assert steps_for_fraction(28, 28, 4, 0.16) == 8 and steps_for_fraction(28, 28, 4, 1.0) == 49
+    assert steps_for_fraction(28, 28, 2, 0.16) == 31 and steps_for_fraction(28, 28, 2, 1.0) == 196
+    assert steps_for_fraction(10, 10, 5, 0.125) == 1 and steps_for_fraction(10, 10, 5, 0.01) == 1  # at least 1
+    assert steps_for_fraction(4, 4, 2, 0.625) == 3  # 2.5 rounds up
+    # the paper: 9x9 regions, L = 100 on 227x227 (26x26 = 676 regions, the last ones smaller) is ~15 %
+    assert abs(steps_for_fraction(227, 227, 9, DEFAULT_FRACTION) - 100) <= 10
+    model = tiny_cnn()
+    g = torch.Generator().manual_seed(14)
+    x, heat = torch.randn(2, 1, 16, 16, generator=g), torch.randn(2, 16, 16, generator=g)
+    default = region_perturbation(model, x, heat, region=2)  # 64 regions: 0.16 * 64 = 10.24 -> 10
+    assert default.num_steps == 10
+    by_steps = region_perturbation(model, x, heat, region=2, steps=10)
+    both = region_perturbation(model, x, heat, region=2, steps=10, fraction=0.16)
+    torch.testing.assert_close(default.curves, by_steps.curves, rtol=0, atol=0)
+    torch.testing.assert_close(both.curves, by_steps.curves, rtol=0, atol=0)
+    full = region_perturbation(model, x, heat, region=2, fraction=1.0)
+    assert full.num_steps == 64
+    torch.testing.assert_close(full.curves[:, :11], default.curves, rtol=1e-6, atol=1e-6)  # a prefix
+    with pytest.raises(ValueError, match=r"steps=12 and fraction=0.16 disagree: .* 64 regions of 2x2 .* L = 10; "
+                                         "pass only one of them"):
+        region_perturbation(model, x, heat, region=2, steps=12, fraction=0.16)
+    for bad in (0, 1.5, -0.1, float("nan"), "0.1", True):
+        with pytest.raises(ValueError, match=r"fraction must be a number in \(0, 1\]"):
+            region_perturbation(model, x, heat, region=2, fraction=bad)
 
 
 def test_region_grid_and_scores_non_multiple():

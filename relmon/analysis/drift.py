@@ -83,8 +83,8 @@ def ks_drift(
 
     ``reference`` and ``window`` are records frames (any window ids: each is taken as one sample), or
     already :func:`~relmon.analysis.features.sample_features` of records (to reuse a reference).
-    Features: ``aopc``, ``aopc_rel``, ``aopc_minus_random``, ``entropy_bits``, ``png_bytes`` of the heatmap
-    ``method`` (default: the first heatmap method) and ``confidence``, ``softmax_entropy``, ``margin``.
+    Features (``DRIFT_FEATURES``): ``aopc``, ``aopc_rel``, ``aopc_minus_random``, ``entropy_bits`` of the
+    heatmap ``method`` (default: the first heatmap method) and ``confidence``, ``softmax_entropy``, ``margin``.
     The alarm is raised when any corrected p-value is below ``alpha`` (family-wise error <= alpha).
     """
     if not 0.0 < alpha < 1.0:

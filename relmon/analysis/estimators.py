@@ -8,7 +8,7 @@ Every estimator is fitted on **labelled** per-sample records (:mod:`relmon.recor
   ``lower``/``upper`` a two-sided interval at level ``interval``, 90 % by default);
 - ``score(records)`` → minus the mean absolute error against the windows' true accuracy.
 
-Baselines (REFERENCE.md, "Label-free accuracy baselines"):
+Baselines (label-free accuracy estimators from the literature):
 
 - :class:`AverageConfidence` — mean max-softmax confidence; with ``calibrate=True`` after isotonic
   calibration of the confidence on the reference data (what NannyML's CBPE reduces to for multiclass

@@ -1,5 +1,8 @@
 """Heatmap methods behind one function: ``explain(model, x, method=..., target=None)``."""
 
+import sys as _sys
+import types as _types
+
 from relmon.explain.core import (
     Explanation,
     available_methods,
@@ -10,7 +13,14 @@ from relmon.explain.core import (
     parse_method,
 )
 from relmon.explain.heatmap import to_heatmap
-from relmon.explain.lrp import COMPOSITES, DEFAULT_COMPOSITE, UnsupportedModelError, default_canonizers
+from relmon.explain.lrp import (
+    COMPOSITES,
+    DEFAULT_COMPOSITE,
+    UnsupportedModelError,
+    check_lrp_support,
+    default_canonizers,
+    first_layer,
+)
 
 __all__ = [
     "COMPOSITES",
@@ -19,10 +29,24 @@ __all__ = [
     "UnsupportedModelError",
     "available_methods",
     "canonical_method",
+    "check_lrp_support",
     "conservation",
     "default_canonizers",
     "explain",
     "explain_full",
+    "first_layer",
     "parse_method",
     "to_heatmap",
 ]
+
+
+class _CallableModule(_types.ModuleType):
+    """Importing the subpackage ``relmon.explain`` makes the attribute ``relmon.explain`` this module,
+    shadowing the function of the same name that ``relmon`` exports; calling the module calls
+    :func:`explain`, so ``relmon.explain(model, x)`` works whatever was imported first."""
+
+    def __call__(self, *args, **kwargs):
+        return explain(*args, **kwargs)
+
+
+_sys.modules[__name__].__class__ = _CallableModule

@@ -7,12 +7,14 @@ from torch import nn
 
 
 def first_layer_channels(model: nn.Module) -> int | None:
-    """Input channels the model's first convolution expects, if it has one."""
-    for module in model.modules():
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            return module.in_channels
-        if isinstance(module, nn.Linear):
-            return None
+    """Input channels the model's first layer expects, if it is a convolution (first in execution order
+    where torch.fx can trace the model, else in registration order)."""
+    from relmon.explain.lrp import first_layer
+
+    name = first_layer(model)
+    module = None if name is None else model.get_submodule(name)
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return module.in_channels
     return None
 
 

@@ -84,7 +84,7 @@ def _gradient(model, x, target, seed_with_logit: bool, composite=None, strict=Tr
         return grad, logits.detach(), idx
     with composite.context(model) as modified:
         if strict:
-            _lrp.check_supported(modified, canonizers)
+            _lrp.check_supported(modified, canonizers, x[:1].detach())
         logits = _forward(modified, x)
         idx = resolve_target(target, logits.detach())
         seed = _one_hot(idx, logits)

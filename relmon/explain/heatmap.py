@@ -10,7 +10,8 @@ _NORM_METHODS = ("sensitivity", "deconvnet")
 def to_heatmap(relevance: torch.Tensor, method: str = "lrp", norm: str = "l2") -> torch.Tensor:
     """Sum over channels for ``lrp:*``, ``gradient_x_input``, ``random`` and user attributions;
     the channel norm (``norm='l2'`` or ``'linf'``) for ``sensitivity`` and ``deconvnet``,
-    whose signed channel values carry no relevance of their own (DESIGN.md section 1).
+    whose signed channel values carry no relevance of their own (the gradient's sign says which way
+    a pixel moves the score, not how much of it the pixel holds).
     A ``(B, H, W)`` input is returned unchanged.
     """
     if not isinstance(relevance, torch.Tensor):

@@ -17,19 +17,19 @@ Composites (method id ``lrp:<name>``):
 from __future__ import annotations
 
 import operator
+import os
+import sys
 import warnings
 import weakref
 
 import torch
 import torch.fx
-import zennit.composites as zc
-import zennit.layer
-import zennit.rules as zr
+import torch.nn.functional as F
 from torch import nn
-from zennit.canonizers import SequentialMergeBatchNorm
-from zennit.types import Convolution
 
 from relmon.models.preprocessing import input_bounds
+
+# zennit is imported inside the functions that use it, so that ``import relmon.explain`` stays light.
 
 DEFAULT_COMPOSITE = "epsilon_plus_flat"
 
@@ -38,18 +38,33 @@ class UnsupportedModelError(ValueError):
     """The model holds a layer or an operation relmon's LRP cannot propagate relevance through correctly."""
 
 
-def _paper_composite(rule_factory):
+def _paper_composite(rule_name, **rule_kwargs):
     def build(zero_params=None, canonizers=None, **_):
-        layer_map = zc.layer_map_base() + [
-            (Convolution, rule_factory(zero_params)),
-            (nn.Linear, rule_factory(zero_params)),
-        ]
+        import zennit.composites as zc
+        import zennit.rules as zr
+        from zennit.types import Convolution
+
+        def rule():
+            return getattr(zr, rule_name)(zero_params=zero_params, **rule_kwargs)
+
+        layer_map = zc.layer_map_base() + [(Convolution, rule()), (nn.Linear, rule())]
         return zc.LayerMapComposite(layer_map=layer_map, canonizers=canonizers)
 
     return build
 
 
+def _zennit_composite(class_name):
+    def build(zero_params=None, canonizers=None, **_):
+        import zennit.composites as zc
+
+        return getattr(zc, class_name)(zero_params=zero_params, canonizers=canonizers)
+
+    return build
+
+
 def _gamma_box(zero_params=None, canonizers=None, model=None, x=None, low=None, high=None, gamma=0.25, **_):
+    import zennit.composites as zc
+
     lo, hi = input_bounds(model, x.shape[1], low, high, needed_for="lrp:epsilon_gamma_box")
     shape = (1, x.shape[1], 1, 1)
     lo = lo.to(x.device, x.dtype).view(shape).expand_as(x)
@@ -58,34 +73,30 @@ def _gamma_box(zero_params=None, canonizers=None, model=None, x=None, low=None, 
 
 
 COMPOSITES = {
-    "epsilon_plus_flat": lambda zero_params=None, canonizers=None, **_: zc.EpsilonPlusFlat(
-        zero_params=zero_params, canonizers=canonizers
-    ),
+    "epsilon_plus_flat": _zennit_composite("EpsilonPlusFlat"),
     "epsilon_gamma_box": _gamma_box,
-    "epsilon_alpha2_beta1": lambda zero_params=None, canonizers=None, **_: zc.EpsilonAlpha2Beta1(
-        zero_params=zero_params, canonizers=canonizers
-    ),
-    "epsilon_alpha2_beta1_flat": lambda zero_params=None, canonizers=None, **_: zc.EpsilonAlpha2Beta1Flat(
-        zero_params=zero_params, canonizers=canonizers
-    ),
-    "epsilon_0_01": _paper_composite(lambda zp: zr.Epsilon(epsilon=0.01, zero_params=zp)),
-    "epsilon_100": _paper_composite(lambda zp: zr.Epsilon(epsilon=100.0, zero_params=zp)),
-    "alpha2_beta1": _paper_composite(lambda zp: zr.AlphaBeta(alpha=2.0, beta=1.0, zero_params=zp)),
+    "epsilon_alpha2_beta1": _zennit_composite("EpsilonAlpha2Beta1"),
+    "epsilon_alpha2_beta1_flat": _zennit_composite("EpsilonAlpha2Beta1Flat"),
+    "epsilon_0_01": _paper_composite("Epsilon", epsilon=0.01),
+    "epsilon_100": _paper_composite("Epsilon", epsilon=100.0),
+    "alpha2_beta1": _paper_composite("AlphaBeta", alpha=2.0, beta=1.0),
 }
 
 
-def default_canonizers(model: nn.Module) -> list:
+def default_canonizers(model: nn.Module, example: torch.Tensor | None = None) -> list:
     """Canonizers for ``model``: torchvision's VGG and ResNet get zennit's own; any other model gets its
     BatchNorms merged into the convolution or linear layer that feeds them.
 
     The pairs come from the model's traced data flow (torch.fx): a BatchNorm is merged only where its
     input is the output of one convolution/linear layer that feeds nothing else. zennit's
     ``SequentialMergeBatchNorm`` pairs layers by their order of registration instead, which is wrong
-    where that order is not the data flow (DenseNet's concatenations), so it is only the fallback for
-    models fx cannot trace.
+    where that order is not the data flow (DenseNet's concatenations). Where fx cannot trace the model
+    and an ``example`` input is given, the pairs come from running it once with hooks (a BatchNorm whose
+    input is the output of the layer run just before it); without an example, registration order is
+    the fallback.
     """
     import torchvision.models as tvm
-    from zennit.canonizers import NamedMergeBatchNorm
+    from zennit.canonizers import NamedMergeBatchNorm, SequentialMergeBatchNorm
     from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 
     if isinstance(model, tvm.ResNet):
@@ -94,7 +105,10 @@ def default_canonizers(model: nn.Module) -> list:
         return [VGGCanonizer()]
     graph = _traced_graph(model)
     if graph is None:
-        return [SequentialMergeBatchNorm()]
+        if example is None:
+            return [SequentialMergeBatchNorm()]
+        pairs = _probe(model, example).bn_pairs
+        return [NamedMergeBatchNorm(pairs)] if pairs else []
     modules = dict(model.named_modules())
     pairs = []
     for node in graph.nodes:
@@ -103,40 +117,89 @@ def default_canonizers(model: nn.Module) -> list:
         src = node.args[0] if node.args else None
         if (
             isinstance(src, torch.fx.Node) and src.op == "call_module"
-            and isinstance(modules.get(src.target), (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+            and isinstance(modules.get(src.target), _WEIGHTED)
             and len(src.users) == 1
         ):
             pairs.append(((src.target,), node.target))
     return [NamedMergeBatchNorm(pairs)] if pairs else []
 
 
-# Leaf layers whose relevance the composites above handle correctly.
+_WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+# Leaf layers whose relevance the composites above handle correctly (zennit's Sum is added lazily).
 _SUPPORTED_LEAVES = (
-    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear,
+    *_WEIGHTED,
     nn.ReLU, nn.LeakyReLU,
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool2d,
     nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
     nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout, nn.Dropout2d,
-    zennit.layer.Sum,
 )
-_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-# Functions in forward() that mix two activations; their relevance needs a rule zennit's
-# composites do not give (a residual sum needs a canonizer, a product a dedicated rule).
-_MIXING_FUNCTIONS = {
-    operator.add: "addition", operator.iadd: "addition", operator.sub: "subtraction",
-    operator.mul: "multiplication", operator.imul: "multiplication", operator.truediv: "division",
-    operator.matmul: "matrix product", torch.add: "addition", torch.mul: "multiplication",
-    torch.matmul: "matrix product", torch.bmm: "matrix product", torch.einsum: "einsum",
-    torch.sigmoid: "sigmoid gate", torch.softmax: "softmax", torch.tanh: "tanh",
-    nn.functional.silu: "SiLU", nn.functional.gelu: "GELU", nn.functional.hardswish: "Hardswish",
-    nn.functional.layer_norm: "layer norm", nn.functional.softmax: "softmax",
-    nn.functional.scaled_dot_product_attention: "attention",
-}
-_MIXING_METHODS = {"add": "addition", "mul": "multiplication", "matmul": "matrix product",
-                   "sigmoid": "sigmoid gate", "softmax": "softmax", "div": "division"}
 
-_UNARY = {"sigmoid gate", "softmax", "tanh", "SiLU", "GELU", "Hardswish", "layer norm", "attention"}
+_FIX_OUTPUT = ("explain the logits: wrap the model without its final {op} (e.g. a module whose forward "
+               "returns the layer before it)")
+_FIX_ACTIVATION = ("LRP has no rule for {op}; build the model with nn.ReLU modules, or use a gradient method "
+                   "(method='gradient_x_input' or 'sensitivity')")
+_FIX_NORM = ("LRP cannot propagate relevance through {op} in forward(); use an nn.BatchNorm module right after a "
+             "convolution or linear layer (relmon merges it into that layer), or normalise the input before the "
+             "model (relmon.attach_preprocessing)")
+_FIX_MIX = ("{op} of two activations needs a canonizer or a dedicated rule; pass canonizers= that rewrite it, "
+            "or use a gradient method")
+# Functions in forward() relevance cannot pass through correctly: (what, fix template, needs 2 tensors).
+_FUNCTIONS = {
+    operator.add: ("addition", _FIX_MIX, True), operator.iadd: ("addition", _FIX_MIX, True),
+    operator.sub: ("subtraction", _FIX_MIX, True), operator.isub: ("subtraction", _FIX_MIX, True),
+    operator.mul: ("multiplication", _FIX_MIX, True), operator.imul: ("multiplication", _FIX_MIX, True),
+    operator.truediv: ("division", _FIX_MIX, True), operator.itruediv: ("division", _FIX_MIX, True),
+    operator.matmul: ("matrix product", _FIX_MIX, True), torch.add: ("addition", _FIX_MIX, True),
+    torch.sub: ("subtraction", _FIX_MIX, True), torch.mul: ("multiplication", _FIX_MIX, True),
+    torch.div: ("division", _FIX_MIX, True), torch.matmul: ("matrix product", _FIX_MIX, True),
+    torch.bmm: ("matrix product", _FIX_MIX, True), torch.einsum: ("einsum", _FIX_MIX, True),
+    torch.softmax: ("softmax", _FIX_OUTPUT, False), F.softmax: ("softmax", _FIX_OUTPUT, False),
+    torch.log_softmax: ("log_softmax", _FIX_OUTPUT, False), F.log_softmax: ("log_softmax", _FIX_OUTPUT, False),
+    torch.sigmoid: ("sigmoid", _FIX_ACTIVATION, False), F.sigmoid: ("sigmoid", _FIX_ACTIVATION, False),
+    torch.tanh: ("tanh", _FIX_ACTIVATION, False), F.tanh: ("tanh", _FIX_ACTIVATION, False),
+    F.elu: ("elu", _FIX_ACTIVATION, False), F.selu: ("selu", _FIX_ACTIVATION, False),
+    F.celu: ("celu", _FIX_ACTIVATION, False), F.gelu: ("gelu", _FIX_ACTIVATION, False),
+    F.silu: ("silu", _FIX_ACTIVATION, False), F.mish: ("mish", _FIX_ACTIVATION, False),
+    F.softplus: ("softplus", _FIX_ACTIVATION, False), F.hardswish: ("hardswish", _FIX_ACTIVATION, False),
+    torch.exp: ("exp", _FIX_ACTIVATION, False), torch.log: ("log", _FIX_ACTIVATION, False),
+    F.batch_norm: ("functional batch_norm", _FIX_NORM, False),
+    F.layer_norm: ("layer_norm", _FIX_NORM, False), F.group_norm: ("group_norm", _FIX_NORM, False),
+    F.instance_norm: ("instance_norm", _FIX_NORM, False), F.normalize: ("normalize", _FIX_NORM, False),
+    F.local_response_norm: ("local_response_norm", _FIX_NORM, False),
+    F.scaled_dot_product_attention: ("attention", _FIX_MIX, False),
+}
+_METHODS = {
+    "add": ("addition", _FIX_MIX, True), "add_": ("addition", _FIX_MIX, True),
+    "sub": ("subtraction", _FIX_MIX, True), "mul": ("multiplication", _FIX_MIX, True),
+    "mul_": ("multiplication", _FIX_MIX, True), "div": ("division", _FIX_MIX, True),
+    "div_": ("division", _FIX_MIX, True), "matmul": ("matrix product", _FIX_MIX, True),
+    "softmax": ("softmax", _FIX_OUTPUT, False), "log_softmax": ("log_softmax", _FIX_OUTPUT, False),
+    "sigmoid": ("sigmoid", _FIX_ACTIVATION, False), "tanh": ("tanh", _FIX_ACTIVATION, False),
+    "exp": ("exp", _FIX_ACTIVATION, False), "log": ("log", _FIX_ACTIVATION, False),
+}
 _FX_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_PROBE_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_TRACE_ERRORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_WARNED: weakref.WeakSet = weakref.WeakSet()
+_PACKAGE_DIRS = tuple(
+    os.path.dirname(os.path.abspath(m.__file__)) + os.sep
+    for m in (torch, sys.modules[__name__.split(".")[0]]) if getattr(m, "__file__", None)
+)
+
+
+def _warn_at_caller(message: str, category=UserWarning) -> None:
+    """``warnings.warn`` attributed to the first frame outside relmon, torch, contextlib and Lightning, so
+    the warning names the user's line that asked for the explanation."""
+    frame, level = sys._getframe(1), 1
+    skip = (*_PACKAGE_DIRS, os.path.dirname(warnings.__file__) + os.sep + "contextlib.py")
+    while frame is not None:
+        path = os.path.abspath(frame.f_code.co_filename)
+        module = frame.f_globals.get("__name__", "")
+        if not (path.startswith(skip) or module.split(".")[0] in ("lightning", "pytorch_lightning", "contextlib")):
+            break
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level + 1)
 
 
 def _is_merged(bn: nn.Module) -> bool:
@@ -155,54 +218,164 @@ def _traced_graph(model: nn.Module):
         return _FX_CACHE[model]
     try:
         graph = torch.fx.symbolic_trace(model).graph
-    except Exception as err:  # dynamic control flow etc.: cannot check, say so once per model
-        warnings.warn(
-            f"relmon could not trace {type(model).__name__}.forward with torch.fx ({type(err).__name__}: {err}); "
-            "operations in forward() (residual sums, products) are unchecked and BatchNorms are merged by "
-            "registration order — verify relevance with relmon.conservation().",
-            stacklevel=4,
-        )
+    except Exception as err:  # dynamic control flow etc.: the hook probe checks it instead
+        _TRACE_ERRORS[model] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         graph = None
     _FX_CACHE[model] = graph
     return graph
 
 
-def _forward_problems(model: nn.Module) -> list[str]:
-    """Operations in forward() that mix two tensors or gate them, found in the traced graph."""
+def _leaves(model: nn.Module):
+    return [(n, m) for n, m in model.named_modules() if n and len(list(m.children())) == 0]
+
+
+def _execution_order(model: nn.Module, example: torch.Tensor | None) -> list[str] | None:
+    """Names of the leaf modules in the order forward() runs them (fx graph, else a hook probe)."""
     graph = _traced_graph(model)
+    if graph is not None:
+        leaves = {n for n, _ in _leaves(model)}
+        seen: list[str] = []
+        for node in graph.nodes:
+            if node.op == "call_module" and node.target in leaves and node.target not in seen:
+                seen.append(node.target)
+        return seen
+    return None if example is None else _probe(model, example).order
+
+
+class _ProbeResult:
+    def __init__(self, order, problems, bn_pairs):
+        self.order, self.problems, self.bn_pairs = order, problems, bn_pairs
+
+
+def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.numel() == b.numel() and a.dtype == b.dtype and torch.equal(a.reshape(-1), b.reshape(-1))
+
+
+def _probe(model: nn.Module, example: torch.Tensor) -> _ProbeResult:
+    """Run ``model`` once on one example with forward hooks on every leaf module; an operation in forward()
+    that no module performs shows as a leaf whose input is neither the model's input nor (up to a reshape
+    or a ReLU) the output of an earlier leaf, or as a model output that is no leaf's output."""
+    if model in _PROBE_CACHE:
+        return _PROBE_CACHE[model]
+    calls: list[tuple[str, torch.Tensor | None, torch.Tensor]] = []
+
+    def hook(name):
+        def record(_module, inputs, output):
+            first = next((t for t in inputs if isinstance(t, torch.Tensor)), None)
+            if isinstance(output, torch.Tensor):
+                calls.append((name, None if first is None else first.detach(), output.detach()))
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in _leaves(model)]
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(example[:1])
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes:
+            m.training = mode
+    modules = dict(model.named_modules())
+    problems, pairs, order = [], [], []
+    known: list[tuple[str, torch.Tensor]] = [("the input", example[:1].detach())]
+
+    def source(t):
+        for name, value in reversed(known):
+            if _same_values(t, value) or _same_values(t, torch.relu(value)):
+                return name
+        return None
+
+    for name, inp, output in calls:
+        if name not in order:
+            order.append(name)
+        if inp is not None:
+            src = source(inp)
+            if src is None:
+                prev = known[-1][0]
+                problems.append(f"an operation in forward() between {prev if prev == 'the input' else repr(prev)} "
+                                f"and '{name}' that no module performs (fx could not trace forward(), so relmon "
+                                "cannot name it; make it a module or remove it)")
+            elif isinstance(modules.get(name), _BATCHNORM) and src != "the input" \
+                    and isinstance(modules.get(src), _WEIGHTED) and _same_values(inp, dict(known)[src]):
+                pairs.append(((src,), name))
+        known.append((name, output))
+    if isinstance(out, torch.Tensor) and calls and not any(_same_values(out, v) for _, v in known[1:]):
+        problems.append(f"an operation in forward() after the last layer '{calls[-1][0]}' (e.g. a softmax or "
+                        f"log_softmax; explain the logits: return the output of '{calls[-1][0]}')")
+    result = _ProbeResult(order, problems, pairs)
+    _PROBE_CACHE[model] = result
+    return result
+
+
+def _forward_problems(model: nn.Module, example: torch.Tensor | None = None) -> list[str]:
+    """Operations in forward() relevance cannot pass through: from the traced graph, or, where fx cannot
+    trace forward(), from a hook probe on ``example`` (with a warning pointing at the caller)."""
+    graph = _traced_graph(model)
+    if graph is None:
+        reason = _TRACE_ERRORS.get(model, "unknown error")
+        if example is None:
+            if model not in _WARNED:
+                _WARNED.add(model)
+                _warn_at_caller(
+                    f"relmon could not trace {type(model).__name__}.forward with torch.fx ({reason}) and has no "
+                    "example input to probe it: operations in forward() are unchecked and BatchNorms are merged by "
+                    "registration order; verify relevance with relmon.explain.conservation()."
+                )
+            return []
+        if model not in _WARNED:
+            _WARNED.add(model)
+            _warn_at_caller(
+                f"relmon could not trace {type(model).__name__}.forward with torch.fx ({reason}); it checked the "
+                "model by running it once with hooks on every layer instead, which finds operations between "
+                "layers but cannot name them. Verify relevance with relmon.explain.conservation()."
+            )
+        return list(_probe(model, example).problems)
     problems: list[str] = []
-    for node in graph.nodes if graph is not None else ():
-        tensor_args = [a for a in node.args if isinstance(a, torch.fx.Node)]
-        if node.op == "call_function" and node.target in _MIXING_FUNCTIONS:
-            what = _MIXING_FUNCTIONS[node.target]
-        elif node.op == "call_method" and node.target in _MIXING_METHODS:
-            what = _MIXING_METHODS[node.target]
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target in _FUNCTIONS:
+            what, fix, two = _FUNCTIONS[node.target]
+        elif node.op == "call_method" and node.target in _METHODS:
+            what, fix, two = _METHODS[node.target]
         else:
             continue
+        tensors = [a for a in (*node.args, *node.kwargs.values()) if isinstance(a, torch.fx.Node)]
+        if node.target is torch.cat and node.args and isinstance(node.args[0], (list, tuple)):
+            tensors = [a for a in node.args[0] if isinstance(a, torch.fx.Node)]
         # x * 0.5 or x + 1 is a constant scale or shift (a bias); two tensors mixing is the problem.
-        if what in _UNARY or len(tensor_args) >= 2:
-            problems.append(f"{what} '{node.name}' in forward()")
+        if two and len(tensors) < 2:
+            continue
+        at_output = all(u.op == "output" for u in node.users)
+        where = "at the output of forward()" if at_output else "in forward()"
+        problems.append(f"{what} '{node.name}' {where} ({fix.format(op=what)})")
     return problems
 
 
-def check_supported(model: nn.Module, canonizers: list) -> None:
-    """Raise :class:`UnsupportedModelError` naming every layer relmon's LRP would get wrong.
+def _supported_leaves() -> tuple:
+    import zennit.layer
+
+    return (*_SUPPORTED_LEAVES, zennit.layer.Sum)
+
+
+def check_supported(model: nn.Module, canonizers: list, example: torch.Tensor | None = None) -> None:
+    """Raise :class:`UnsupportedModelError` naming every layer and operation relmon's LRP would get wrong.
 
     Call it while the composite (with its canonizers) is registered: merged BatchNorms are the
-    identity then, unmerged ones are reported.
+    identity then, unmerged ones are reported. ``example`` (one input) lets models fx cannot trace be
+    checked by a hook probe.
     """
     problems = []
-    for name, module in model.named_modules():
-        if len(list(module.children())) > 0:
-            continue
+    supported = _supported_leaves()
+    for name, module in _leaves(model):
         if isinstance(module, _BATCHNORM):
             if not _is_merged(module):
                 problems.append(f"'{name}' (BatchNorm not preceded by a convolution or linear layer, cannot be merged)")
-        elif not isinstance(module, _SUPPORTED_LEAVES):
+        elif not isinstance(module, supported):
             problems.append(f"'{name}' ({type(module).__name__})")
     handled_by_canonizer = any(type(c).__name__ == "ResNetCanonizer" for c in canonizers)
     if not handled_by_canonizer:
-        problems.extend(_forward_problems(model))
+        problems.extend(_forward_problems(model, example))
     if problems:
         listed = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
         raise UnsupportedModelError(
@@ -213,12 +386,72 @@ def check_supported(model: nn.Module, canonizers: list) -> None:
         )
 
 
+def _pin_first_layer(composite, first: str | None, first_module: nn.Module | None) -> None:
+    """Give zennit's first-layer rule (Flat, z^B) to the layer named ``first`` — the first weighted layer in
+    execution order — and the ordinary rules to every other layer. zennit itself gives it to the first
+    matching layer in *registration* order, which is another layer where a model registers its head first.
+    Where the first layer is of a type the composite has no first-layer rule for (z^B is defined for
+    convolutions only), no layer gets it, rather than a later one."""
+    first_map, layer_map = composite.first_map, composite.layer_map
+    first_hook = next((hook for types, hook in first_map if isinstance(first_module, types)), None)
+
+    def mapping(ctx, name, module):
+        if first_hook is not None and name == first:
+            return first_hook
+        return next((hook for types, hook in layer_map if isinstance(module, types)), None)
+
+    composite.module_map = mapping
+
+
+def first_layer(model: nn.Module, example: torch.Tensor | None = None) -> str | None:
+    """Name of the first convolution or linear layer forward() runs (execution order, not registration)."""
+    order = _execution_order(model, example)
+    modules = dict(model.named_modules())
+    if order is None:
+        return next((n for n, m in _leaves(model) if isinstance(m, _WEIGHTED)), None)
+    return next((n for n in order if isinstance(modules.get(n), _WEIGHTED)), None)
+
+
 def composite_for(name: str, model: nn.Module, x: torch.Tensor, zero_bias: bool = False,
                   canonizers: list | None = None, **options):
-    """A fresh zennit composite for ``lrp:<name>`` (one instance per call: composites hold state)."""
+    """A fresh zennit composite for ``lrp:<name>`` (one instance per call: composites hold state), its
+    first-layer rule pinned to the first layer in execution order."""
+    from zennit.composites import SpecialFirstLayerMapComposite
+
     if name not in COMPOSITES:
         raise ValueError(f"unknown LRP composite {name!r}; known: {', '.join(sorted(COMPOSITES))}")
-    canonizers = default_canonizers(model) if canonizers is None else list(canonizers)
+    example = x[:1].detach()
+    canonizers = default_canonizers(model, example) if canonizers is None else list(canonizers)
     zero_params = "bias" if zero_bias else None
     composite = COMPOSITES[name](zero_params=zero_params, canonizers=canonizers, model=model, x=x, **options)
+    if isinstance(composite, SpecialFirstLayerMapComposite):
+        first = first_layer(model, example)
+        _pin_first_layer(composite, first, None if first is None else model.get_submodule(first))
     return composite, canonizers
+
+
+def check_lrp_support(model: nn.Module, example_input: torch.Tensor, composite: str = DEFAULT_COMPOSITE,
+                      canonizers: list | None = None) -> None:
+    """Raise :class:`UnsupportedModelError` naming every problem relmon's LRP (composite ``lrp:<composite>``)
+    would have with ``model``; return None if it has none. ``composite`` is a method id (``"lrp"``,
+    ``"lrp:epsilon_gamma_box"``) or a composite name; the gradient methods' ids return None at once.
+
+    Cheap enough to call up front (e.g. when a Lightning callback is set up): it traces ``forward`` once
+    with torch.fx (cached per model) and checks every layer and operation without running the model;
+    only where fx cannot trace ``forward`` does it run the model once on ``example_input[:1]`` with hooks
+    (and warns, naming the caller's line, that such a check cannot name the operations it finds).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(example_input, torch.Tensor) or example_input.dim() < 2:
+        raise TypeError("example_input must be a batched input tensor such as (B, C, H, W)")
+    from relmon.explain._state import evaluation_state
+
+    family, _, name = composite.partition(":")
+    if family in ("sensitivity", "gradient_x_input", "deconvnet", "random") and not name:
+        return None  # gradient methods need no LRP rules: every model is supported
+    composite = (name or DEFAULT_COMPOSITE) if family == "lrp" else composite
+    with evaluation_state(model):
+        comp, canonizers = composite_for(composite, model, example_input[:1].detach(), canonizers=canonizers)
+        with comp.context(model) as modified:
+            check_supported(modified, canonizers, example_input[:1].detach())

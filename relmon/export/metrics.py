@@ -1,4 +1,4 @@
-"""Every Prometheus metric relmon exports, declared once (DESIGN.md §2a "Metrics").
+"""Every Prometheus metric relmon exports, declared once (the README's "Metrics" list is this registry).
 
 Conventions: one ``relmon_`` prefix, base units (seconds, bytes, bits), ratios in ``[0, 1]`` named
 ``_ratio``, counters ``_total``. Every series carries ``model``, ``model_version`` and ``stream``; the
