@@ -10,7 +10,15 @@ from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.types import Convolution
 
 import relmon
-from relmon.explain import COMPOSITES, UnsupportedModelError, conservation, explain_full, to_heatmap
+from relmon.explain import (
+    COMPOSITES,
+    UnsupportedModelError,
+    check_lrp_support,
+    conservation,
+    explain_full,
+    first_layer,
+    to_heatmap,
+)
 from relmon.models import SmallCNN, input_bounds
 
 
@@ -413,7 +421,7 @@ def correlation(a, b):
 def test_first_layer_rule_goes_to_the_first_layer_in_execution_order(composite):
     reference, model = twin(HeadFirst)
     x = torch.rand(4, 1, 28, 28)
-    assert relmon.explain.first_layer(model) == "conv"
+    assert first_layer(model) == "conv"
     with pytest.raises(ValueError, match="expects 1"):  # the input check reads the same first layer
         relmon.explain(model, torch.rand(2, 3, 28, 28), f"lrp:{composite}")
     expected = relmon.explain(reference, x, f"lrp:{composite}")
@@ -490,7 +498,7 @@ def test_functional_ops_without_a_rule_are_refused(model_cls, message):
     with pytest.raises(UnsupportedModelError, match=message):
         relmon.explain(model, x, "lrp")
     with pytest.raises(UnsupportedModelError, match=message):
-        relmon.explain.check_lrp_support(model, x)
+        check_lrp_support(model, x)
     # without the check the heatmap is wrong: relevance is not conserved on this bias-free net
     # (log_softmax: it sums to ~0; elu and the functional BatchNorm: several per cent off).
     e = explain_full(model, x, "lrp", strict=False)
@@ -548,12 +556,12 @@ def test_check_lrp_support_is_cheap_and_names_every_problem():
     calls = []
     _, model = twin(Ordered)
     model.register_forward_pre_hook(lambda *_: calls.append(1))
-    assert relmon.explain.check_lrp_support(model, torch.rand(2, 1, 28, 28)) is None
+    assert check_lrp_support(model, torch.rand(2, 1, 28, 28)) is None
     assert calls == []  # a traceable model is checked from its graph, without running it
     _, elu = twin(EluNet)
-    assert relmon.explain.check_lrp_support(elu, torch.rand(2, 1, 28, 28), composite="sensitivity") is None
+    assert check_lrp_support(elu, torch.rand(2, 1, 28, 28), composite="sensitivity") is None
     with pytest.raises(ValueError, match="unknown LRP composite 'nope'"):
-        relmon.explain.check_lrp_support(model, torch.rand(2, 1, 28, 28), composite="lrp:nope")
+        check_lrp_support(model, torch.rand(2, 1, 28, 28), composite="lrp:nope")
 
     class Both(Ordered):
         def __init__(self):
@@ -564,7 +572,7 @@ def test_check_lrp_support_is_cheap_and_names_every_problem():
             return nn.functional.log_softmax(self.fc(self.act(self.conv2(self.features(x))).flatten(1)), 1)
 
     with pytest.raises(UnsupportedModelError, match=r"'act' \(SiLU\).*log_softmax 'log_softmax' at the output"):
-        relmon.explain.check_lrp_support(Both().eval(), torch.rand(2, 1, 28, 28), composite="lrp:epsilon_0_01")
+        check_lrp_support(Both().eval(), torch.rand(2, 1, 28, 28), composite="lrp:epsilon_0_01")
 
 
 @pytest.mark.gpu

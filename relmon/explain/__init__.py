@@ -1,7 +1,5 @@
 """Heatmap methods behind one function: ``explain(model, x, method=..., target=None)``."""
 
-import sys as _sys
-import types as _types
 
 from relmon.explain.core import (
     Explanation,
@@ -39,14 +37,3 @@ __all__ = [
     "to_heatmap",
 ]
 
-
-class _CallableModule(_types.ModuleType):
-    """Importing the subpackage ``relmon.explain`` makes the attribute ``relmon.explain`` this module,
-    shadowing the function of the same name that ``relmon`` exports; calling the module calls
-    :func:`explain`, so ``relmon.explain(model, x)`` works whatever was imported first."""
-
-    def __call__(self, *args, **kwargs):
-        return explain(*args, **kwargs)
-
-
-_sys.modules[__name__].__class__ = _CallableModule
