@@ -1,6 +1,5 @@
 """Heatmap methods behind one function: ``explain(model, x, method=..., target=None)``."""
 
-
 from relmon.explain.core import (
     Explanation,
     available_methods,
