@@ -112,9 +112,9 @@ def bench_callback(args):
                     sink.append(time.perf_counter() - t0)
             p, c = statistics.median(plain), statistics.median(with_cb)
             steps = callback.steps_used
-            forwards = callback.max_samples * 2 * (math.ceil(steps / callback.step_stride) + 1)
+            forwards = callback.samples_used * 2 * (math.ceil(steps / callback.step_stride) + 1)
             row = {"accelerator": args.accelerator, "model": name, "val_images": val_n, "val_batch": args.val_batch,
-                   "max_samples": callback.max_samples, "region": callback.region_used, "L": steps,
+                   "max_samples": callback.samples_used, "region": callback.region_used, "L": steps,
                    "step_stride": callback.step_stride, "extra_forwards": forwards,
                    "plain_s": round(p, 4), "callback_s": round(c, 4), "ratio": round(c / p, 3),
                    "added_s": round(c - p, 4)}
@@ -162,7 +162,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-predict", action="store_true", help="only the callback benchmark")
     ap.add_argument("--callback-models", nargs="+", default=["fmnist_cnn", "fmnist_vgg"])
-    ap.add_argument("--callback-val-n", nargs="+", type=int, default=[2000, 500],
+    ap.add_argument("--callback-val-n", nargs="+", type=int, default=[2000, 1000, 500],
                     help="validation epoch sizes (images of the shipped sample)")
     ap.add_argument("--val-batch", type=int, default=64)
     ap.add_argument("--error-n", type=int, default=512, help="images for the step-stride error measurement")

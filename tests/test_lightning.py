@@ -417,10 +417,12 @@ def test_callback_refuses_unsupported_model_and_bad_geometry_before_training():
                      ).fit(module, loader, loader)
         assert module.train_steps == 0
 
-    # steps = the number of regions is allowed, and is what runs (never capped silently)
-    callback = HeatmapQualityCallback(region=7, steps=16, max_samples=2, **prep)
+    # steps = the number of regions is allowed, and is what runs (never capped silently); the default
+    # max_samples is 1 % of the validation epoch (16 items here), at least 8
+    callback = HeatmapQualityCallback(region=7, steps=16, **prep)
     _trainer(callbacks=[callback], **fit).fit(_LitCNN("net"), loader, loader)
     assert (callback.region_used, callback.steps_used) == (7, 16)
+    assert callback.samples_used == 8 and callback.last_values["relmon/n"] == 8
 
     with pytest.raises(ValueError, match="not both"):
         HeatmapQualityCallback(steps=4, fraction=0.5)

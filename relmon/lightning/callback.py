@@ -19,9 +19,11 @@ rewrite those characters themselves, so the same keys reach CSV and TensorBoard 
 
 Cost per validated epoch: ``max_samples`` LRP passes (one forward + one backward each) plus
 ``max_samples × 2 × (ceil(L / step_stride) + 1)`` forwards (MoRF and random order, step 0 included),
-batched. The defaults (32 samples, a 7 × 7 region grid, L = a third of the regions = 16,
-step stride 4) are 32 × 2 × 5 = 320 forwards whatever the image size; ``benchmarks/bench_lightning.py``
-measures the ratio to a plain validation epoch (``benchmarks/RESULTS.md``).
+batched. The defaults — ``max_samples`` = 1 % of the validation set, between 8 and 64, a 7 × 7
+region grid, L = a third of the regions = 16, step stride 4 — are ``max_samples × 10`` forwards
+whatever the image size, so the added time is a fixed share of a validation epoch;
+``benchmarks/bench_lightning.py`` measures the ratio to a plain validation epoch
+(``benchmarks/RESULTS.md``).
 
 DDP: the validation sampler pads every rank by repeating samples; the padded items (global positions
 ``>= N``, see :func:`~relmon.lightning.monitor.padding_flags`) are not collected, each rank keeps the
@@ -77,6 +79,10 @@ CLASSIFIER_ATTRIBUTES = ("model", "net", "classifier")
 DEFAULT_FRACTION = 1.0 / 3.0
 #: Default region grid side: ``region = ceil(min(H, W) / GRID)`` when ``region`` is not given.
 DEFAULT_GRID = 7
+#: ``max_samples=None``: this share of the validation set, clipped to [AUTO_MIN_SAMPLES, AUTO_MAX_SAMPLES]
+#: (FALLBACK_SAMPLES when the loader's size is unknown).
+AUTO_SAMPLE_SHARE = 0.01
+AUTO_MIN_SAMPLES, AUTO_MAX_SAMPLES, FALLBACK_SAMPLES = 8, 64, 32
 _TAG_UNSAFE = re.compile(r"[^-/\w.]")
 # Children of a LightningModule that are not layers of the classifier.
 _NOT_LAYERS = (Metric, MetricCollection, nn.modules.loss._Loss)
@@ -110,14 +116,34 @@ def _module_attributes(pl_module: nn.Module) -> list[str]:
     return [name for name, child in pl_module.named_children() if not isinstance(child, _NOT_LAYERS)]
 
 
-def _first_input(trainer: pl.Trainer) -> torch.Tensor | None:
-    """The first item of the first validation dataset (without iterating a loader), or None."""
+def _first_loader(trainer: pl.Trainer) -> Any:
     loaders = trainer.val_dataloaders
     if isinstance(loaders, (list, tuple)):
         loaders = loaders[0] if loaders else None
     elif isinstance(loaders, dict):
         loaders = next(iter(loaders.values()), None)
-    dataset = getattr(loaders, "dataset", None)
+    return loaders
+
+
+def _validation_size(trainer: pl.Trainer) -> int | None:
+    """Items one validation epoch of the first loader sees (all ranks together), or None if unknown."""
+    loader = _first_loader(trainer)
+    try:
+        n = len(loader.dataset)
+    except Exception:  # iterable datasets
+        return None
+    try:
+        batches = trainer.num_val_batches[0]
+        if math.isfinite(batches) and loader.batch_size:
+            n = min(n, int(batches) * int(loader.batch_size) * max(1, trainer.world_size))
+    except Exception:  # no limit known
+        pass
+    return n
+
+
+def _first_input(trainer: pl.Trainer) -> torch.Tensor | None:
+    """The first item of the first validation dataset (without iterating a loader), or None."""
+    dataset = getattr(_first_loader(trainer), "dataset", None)
     try:
         if dataset is None or len(dataset) == 0:
             return None
@@ -141,7 +167,11 @@ class HeatmapQualityCallback(pl.Callback):
     every_n_epochs:
         Run after validation epochs ``n - 1, 2n - 1, ...`` (every epoch for 1).
     max_samples:
-        Inputs scored per run: the first ``max_samples`` of the first validation loader (default 32).
+        Inputs scored per run: the first ``max_samples`` of the first validation loader. ``None``
+        (default): 1 % of the validation epoch's items, at least 8 and at most 64 (32 when the
+        loader has no length), so the cost is a fixed share of the epoch; the number used is in
+        :attr:`samples_used`. Few samples make a noisy mean: set it (e.g. 32) on small validation
+        sets when a steadier signal is worth the time.
     region:
         Side of the square regions in pixels; default ``ceil(min(H, W) / 7)`` (a 7 × 7 grid, 4 px
         on 28 × 28 images). Larger than the images: a ``ValueError`` before training.
@@ -168,14 +198,14 @@ class HeatmapQualityCallback(pl.Callback):
         Log key prefix.
 
     Cost per validated epoch: ``max_samples`` explanations plus
-    ``max_samples × 2 × (ceil(L / step_stride) + 1)`` forwards.
+    ``max_samples × 2 × (ceil(L / step_stride) + 1)`` forwards (``max_samples × 10`` at the defaults).
     """
 
     def __init__(
         self,
         methods: Sequence[str] = ("lrp",),
         every_n_epochs: int = 1,
-        max_samples: int = 32,
+        max_samples: int | None = None,
         region: int | None = None,
         steps: int | None = None,
         fraction: float | None = None,
@@ -202,7 +232,7 @@ class HeatmapQualityCallback(pl.Callback):
                 raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, got {value!r}")
 
         positive_int(every_n_epochs, "every_n_epochs")
-        positive_int(max_samples, "max_samples")
+        positive_int(max_samples, "max_samples", allow_none=True)
         positive_int(region, "region", allow_none=True)
         positive_int(steps, "steps", allow_none=True)
         positive_int(step_stride, "step_stride")
@@ -241,6 +271,7 @@ class HeatmapQualityCallback(pl.Callback):
         self._classifier: nn.Module | None = None
         self._prep: Preprocessing | None = None
         self._geometry: tuple[int, int] | None = None  # (H, W) the region/steps were checked for
+        self.samples_used: int | None = None
         self.region_used: int | None = None
         self.steps_used: int | None = None
         self.last_values: dict[str, float] = {}
@@ -374,9 +405,19 @@ class HeatmapQualityCallback(pl.Callback):
     def _runs_now(self, trainer: pl.Trainer) -> bool:
         return not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
+    def _samples(self, trainer: pl.Trainer) -> int:
+        if self.max_samples is not None:
+            return self.max_samples
+        n = _validation_size(trainer)
+        if n is None:
+            return FALLBACK_SAMPLES
+        return int(min(AUTO_MAX_SAMPLES, max(AUTO_MIN_SAMPLES, round(AUTO_SAMPLE_SHARE * n))))
+
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._active = self._runs_now(trainer)
         self._xs, self._ids, self._position = [], [], 0
+        if self._active:
+            self.samples_used = self._samples(trainer)
 
     def on_validation_batch_end(
         self,
@@ -401,7 +442,7 @@ class HeatmapQualityCallback(pl.Callback):
         keep = keep_mask(padding_flags(sampler, position, n_good + n_bad), n_good)
         glob = global_positions(sampler, position, n_good)
         ids = batch.get("sample_id") if isinstance(batch, dict) else None
-        chosen = [i for i in range(n_good) if keep[i] and glob[i] < self.max_samples]
+        chosen = [i for i in range(n_good) if keep[i] and glob[i] < self.samples_used]
         if not chosen:
             return
         # Copies made outside inference mode are normal tensors that autograd accepts.
