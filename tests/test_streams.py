@@ -500,3 +500,25 @@ def test_bad_files_print_nothing_on_stderr(tmp_path):
     assert proc.stdout.split("\n")[0] == "3 {'decode_error': 3} 3"  # counted, and relmon's own warnings kept
     assert "libpng" not in proc.stderr and "libjpeg" not in proc.stderr and "Corrupt JPEG" not in proc.stderr, \
         proc.stderr
+
+
+def test_job_config_passes_the_stream_limits(tmp_path):
+    """The job's config declares max_pixels and size_policy, and the folder stream it builds uses them."""
+    from relmon.config import ConfigError, config_from_dict, load_config
+    from relmon.jobs.common import build_stream
+    from relmon.models import load_embedded
+
+    example = load_config(os.path.join(os.path.dirname(__file__), "..", "deploy", "relmon.example.yaml"))
+    assert (example.max_pixels, example.size_policy) == (50_000_000, "resize")
+    root = tmp_path / "imgs"
+    root.mkdir()
+    (root / "a.png").write_bytes(encode(IMAGES[0], "PNG"))
+    cfg = config_from_dict({"input": str(root), "max_pixels": 100, "size_policy": "skip"})
+    stream = build_stream(cfg, load_embedded("fmnist_cnn"))
+    assert (stream.max_pixels, stream.size_policy) == (100, "skip")
+    with pytest.warns(BadInputWarning, match="28x28 = 784 pixels, above max_pixels=100"):
+        assert stream[0].reason == TOO_LARGE
+    with pytest.raises(ConfigError, match="size_policy must be 'resize' or 'skip', got 'crop'"):
+        config_from_dict({"input": str(root), "size_policy": "crop"})
+    with pytest.raises(ConfigError, match="max_pixels"):
+        config_from_dict({"max_pixels": 0})

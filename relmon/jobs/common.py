@@ -92,7 +92,8 @@ def build_stream(cfg: MonitorConfig, model):
         x, labels = sample_images(cfg.n, cfg.shift, cfg.severity, cfg.seed)
         return TensorStream(x, labels, preprocessing=prep, stream=cfg.stream)
     return ImageFolderStream(
-        cfg.input, preprocessing=prep, channels=cfg.channels, image_size=cfg.image_size, stream=cfg.stream
+        cfg.input, preprocessing=prep, channels=cfg.channels, image_size=cfg.image_size, stream=cfg.stream,
+        size_policy=cfg.size_policy, max_pixels=cfg.max_pixels,
     )
 
 
