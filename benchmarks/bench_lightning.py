@@ -7,12 +7,17 @@ callback's cost relative to a plain validation epoch. Ratios from one run (inter
 Throughput: images per second through ``trainer.predict(RelevanceMonitor(...))`` on the shipped
 Fashion-MNIST sample with the embedded model (methods lrp + the random order, so (2 L + 2) forwards
 per image plus one explanation), and the same number of plain forwards for scale.
-Callback: wall time of ``trainer.validate`` with ``HeatmapQualityCallback`` / without it.
+Callback: median wall time of ``trainer.validate`` with ``HeatmapQualityCallback()`` at its defaults /
+without it (interleaved repeats, same loader), per embedded model and validation-epoch size:
+
+    .venv/bin/python benchmarks/bench_lightning.py --skip-predict --repeats 5
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import statistics
 import time
 
 import pytorch_lightning as pl
@@ -85,26 +90,64 @@ def bench_predict(args):
 
 
 def bench_callback(args):
-    model = load_embedded(args.model)
+    """Validation epoch with the callback at its defaults / without it, interleaved repeats, per model."""
     images, labels = load_sample()
-    data = TensorDataset(to_tensor(images[: args.val_n]), torch.from_numpy(labels[: args.val_n]))
-    loader = DataLoader(data, batch_size=16)
-    module = Classifier(model)
-    callback = HeatmapQualityCallback(methods=("lrp",), max_samples=args.val_n, region=args.region, steps=args.steps)
-    trainer(args.accelerator).validate(module, loader, verbose=False)  # warm-up
-    plain, with_cb = [], []
-    for _ in range(args.repeats):
-        for sink, callbacks in ((plain, ()), (with_cb, (callback,))):
-            sync(args.accelerator)
-            t0 = time.perf_counter()
-            trainer(args.accelerator, callbacks).validate(module, loader, verbose=False)
-            sync(args.accelerator)
-            sink.append(time.perf_counter() - t0)
-    row = {"accelerator": args.accelerator, "val_images": args.val_n, "max_samples": args.val_n,
-           "region": args.region, "steps": args.steps, "plain_s": min(plain), "callback_s": min(with_cb),
-           "ratio": min(with_cb) / min(plain), "added_s": min(with_cb) - min(plain)}
-    print(f"callback: {row}", flush=True)
-    return row
+    rows = []
+    for name in args.callback_models:
+        model = load_embedded(name)
+        for val_n in args.callback_val_n:
+            data = TensorDataset(to_tensor(images[:val_n]), torch.from_numpy(labels[:val_n]))
+            loader = DataLoader(data, batch_size=args.val_batch)
+            module = Classifier(model)
+            callback = HeatmapQualityCallback()  # the defaults
+            for callbacks in ((), (callback,)):  # warm-up of both
+                trainer(args.accelerator, callbacks).validate(module, loader, verbose=False)
+            plain, with_cb = [], []
+            for _ in range(args.repeats):
+                for sink, callbacks in ((plain, ()), (with_cb, (callback,))):
+                    sync(args.accelerator)
+                    t0 = time.perf_counter()
+                    trainer(args.accelerator, callbacks).validate(module, loader, verbose=False)
+                    sync(args.accelerator)
+                    sink.append(time.perf_counter() - t0)
+            p, c = statistics.median(plain), statistics.median(with_cb)
+            steps = callback.steps_used
+            forwards = callback.samples_used * 2 * (math.ceil(steps / callback.step_stride) + 1)
+            row = {"accelerator": args.accelerator, "model": name, "val_images": val_n, "val_batch": args.val_batch,
+                   "max_samples": callback.samples_used, "region": callback.region_used, "L": steps,
+                   "step_stride": callback.step_stride, "extra_forwards": forwards,
+                   "plain_s": round(p, 4), "callback_s": round(c, 4), "ratio": round(c / p, 3),
+                   "added_s": round(c - p, 4)}
+            print(f"callback: {row}", flush=True)
+            rows.append(row)
+    return rows
+
+
+def bench_stride_error(args):
+    """What the default step stride changes: per-sample AOPC at stride 4 vs every step (L = 16, 7x7 grid),
+    beside the sampling error of a 32-sample mean (the callback's default window)."""
+    from relmon.explain import explain_full, to_heatmap
+    from relmon.perturbation import evaluate_heatmaps
+
+    rows = []
+    x = to_tensor(load_sample()[0][: args.error_n])
+    for name in args.callback_models:
+        model = load_embedded(name)
+        expl = explain_full(model, x, "lrp")
+        heat = to_heatmap(expl.relevance, expl.method)
+        out = {}
+        for stride in (1, 4):
+            ev = evaluate_heatmaps(model, x, heat, orders=("morf", "random"), target=expl.target, region=4,
+                                   steps=16, step_stride=stride, sample_ids=list(range(len(x))))
+            out[stride] = (ev.aopc.double(), ev.aopc_minus_random.double())
+        diff = out[4][1] - out[1][1]
+        row = {"model": name, "n": len(x), "aopc_minus_random_mean_exact": round(float(out[1][1].mean()), 4),
+               "mean_shift_stride4": round(float(diff.mean()), 4),
+               "max_abs_per_sample": round(float(diff.abs().max()), 4),
+               "sampling_se_32": round(float(out[1][1].std() / math.sqrt(32)), 4)}
+        print(f"stride_error: {row}", flush=True)
+        rows.append(row)
+    return rows
 
 
 def main(argv=None):
@@ -117,13 +160,21 @@ def main(argv=None):
     ap.add_argument("--region", type=int, default=4)
     ap.add_argument("--steps", type=int, default=49)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--skip-predict", action="store_true", help="only the callback benchmark")
+    ap.add_argument("--callback-models", nargs="+", default=["fmnist_cnn", "fmnist_vgg"])
+    ap.add_argument("--callback-val-n", nargs="+", type=int, default=[2000, 1000, 500],
+                    help="validation epoch sizes (images of the shipped sample)")
+    ap.add_argument("--val-batch", type=int, default=64)
+    ap.add_argument("--error-n", type=int, default=512, help="images for the step-stride error measurement")
     args = ap.parse_args(argv)
     if args.accelerator == "gpu" and not torch.cuda.is_available():
         print("bench_lightning: no CUDA device; skipping")
         return
     torch.manual_seed(0)
-    bench_predict(args)
+    if not args.skip_predict:
+        bench_predict(args)
     bench_callback(args)
+    bench_stride_error(args)
 
 
 if __name__ == "__main__":

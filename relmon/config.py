@@ -42,6 +42,8 @@ class MonitorConfig:
     n: int | None = 256
     channels: int = 1
     image_size: int | None = None
+    size_policy: str = "resize"
+    max_pixels: int = 50_000_000
     stream: str = "default"
     window: str | None = None
     window_seconds: float = 3600.0
@@ -136,6 +138,11 @@ class MonitorConfig:
                 f"shift applies to input: sample only, got input: {self.input!r}; "
                 "fix: remove shift (flag: --shift none) or set input: sample"
             )
+        if self.size_policy not in ("resize", "skip"):
+            raise ConfigError(
+                f"size_policy must be 'resize' or 'skip', got {self.size_policy!r}; fix: 'resize' brings folder "
+                "images of another size to the first image's size, 'skip' skips and counts them (size_mismatch)"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -183,6 +190,10 @@ FIELDS: dict[str, tuple[str, str]] = {
     "n": ("int+?", "images taken from the shipped sample"),
     "channels": ("channels", "1 (grey) or 3 (RGB): folder images are converted to it"),
     "image_size": ("int+?", "resize folder images to this square side"),
+    "size_policy": ("str", "without image_size, folder images of another size than the first: 'resize' or 'skip' "
+                           "(skipped ones are counted as size_mismatch)"),
+    "max_pixels": ("int+", "folder images with more pixels (width x height, read from the header before "
+                           "decoding) are skipped and counted as too_large"),
     "stream": ("str", "stream name: the 'stream' label and the window id prefix"),
     "window": ("window?", "folder input: null (the whole folder is one window) or mtime (score the newest "
                "window of window_seconds by file modification time)"),

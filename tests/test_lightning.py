@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import pytorch_lightning as pl
 import torch
+import torchmetrics
 from PIL import Image
 from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
@@ -32,12 +33,13 @@ from relmon.lightning import (
     read_records,
     selection_hash,
 )
-from relmon.models import FASHION_MNIST_PREPROCESSING, load_embedded
+from relmon.models import FASHION_MNIST_PREPROCESSING, MissingPreprocessingError, load_embedded
 from relmon.perturbation import region_perturbation
 from relmon.records import RECORD_COLUMNS, RECORD_SCHEMA, make_records, validate_records
 
 SETTINGS = dict(region=7, steps=16)
 LRP = "lrp:epsilon_plus_flat"
+LRP_KEY = "lrp_epsilon_plus_flat"  # the method id as a log key (TensorBoard rewrites ':')
 HERE = Path(__file__).parent
 
 
@@ -222,19 +224,19 @@ def test_callback_logs_functional_values_and_restores_model(tmp_path):
     y = torch.tensor([stream[i]["label"] for i in range(32)])
     loader = DataLoader(TensorDataset(x, y), batch_size=8)
     module = _Classifier(model.train())
-    callback = HeatmapQualityCallback(max_samples=20, seed=2, **SETTINGS)
+    callback = HeatmapQualityCallback(max_samples=20, seed=2, step_stride=1, **SETTINGS)
     trainer = _trainer(max_epochs=1, limit_train_batches=1, num_sanity_val_steps=0, enable_checkpointing=False,
                        logger=CSVLogger(tmp_path, name="run"), callbacks=[callback])
     trainer.fit(module, loader, loader)
 
     metrics = pd.read_csv(Path(trainer.logger.log_dir) / "metrics.csv")
-    row = metrics.dropna(subset=[f"relmon/aopc/{LRP}"]).iloc[-1]
+    row = metrics.dropna(subset=[f"relmon/aopc/{LRP_KEY}"]).iloc[-1]
     _, heat, morf, rnd, comp = _functional(model, x[:20], list(range(20)), seed=2)
     assert row["relmon/n"] == 20
-    assert row[f"relmon/aopc/{LRP}"] == pytest.approx(float(morf.aopc.double().mean()), abs=1e-4)
-    assert row[f"relmon/aopc_minus_random/{LRP}"] == pytest.approx(
+    assert row[f"relmon/aopc/{LRP_KEY}"] == pytest.approx(float(morf.aopc.double().mean()), abs=1e-4)
+    assert row[f"relmon/aopc_minus_random/{LRP_KEY}"] == pytest.approx(
         float((morf.aopc - rnd.aopc).double().mean()), abs=1e-4)
-    assert row[f"relmon/entropy/{LRP}"] == pytest.approx(float(comp["entropy_bits"].double().mean()), abs=1e-4)
+    assert row[f"relmon/entropy/{LRP_KEY}"] == pytest.approx(float(comp["entropy_bits"].double().mean()), abs=1e-4)
 
     (before, after), = module.states
     assert after == before and not any(after[0]) and all(after[1])  # the state Lightning's loop set
@@ -246,6 +248,208 @@ def test_callback_logs_functional_values_and_restores_model(tmp_path):
     (before, after) = module.states[-1]
     assert after == before and after[2]  # inference mode was on
     assert callback.last_values == pytest.approx(expected, abs=1e-6)
+
+
+# -- the callback on ordinary LightningModules (issue: torchmetrics children, preprocessing, loggers) ---
+
+
+class _LitCNN(pl.LightningModule):
+    """An ordinary LightningModule: layers as attributes, torchmetrics children, a loss module."""
+
+    def __init__(self, layout="layers", unsupported=False):
+        super().__init__()
+        torch.manual_seed(0)
+        act = torch.nn.GELU() if unsupported else torch.nn.ReLU()
+        features = torch.nn.Sequential(torch.nn.Conv2d(1, 6, 3, padding=1), torch.nn.BatchNorm2d(6), act,
+                                       torch.nn.MaxPool2d(2))
+        head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6 * 14 * 14, 10))
+        if layout == "net":
+            self.net = torch.nn.Sequential(features, head)
+        elif layout == "custom":
+            self.backbone_and_head = torch.nn.Sequential(features, head)
+        elif layout == "layers":
+            self.features, self.head = features, head
+        self.layout = layout
+        self.loss_fn = torch.nn.CrossEntropyLoss()
+        self.train_acc = torchmetrics.classification.MulticlassAccuracy(num_classes=10)
+        self.val_acc = torchmetrics.classification.MulticlassAccuracy(num_classes=10)
+        self.train_steps = 0
+
+    def forward(self, x):
+        if self.layout == "net":
+            return self.net(x)
+        if self.layout == "custom":
+            return self.backbone_and_head(x)
+        return self.head(self.features(x))
+
+    def classifier(self):  # the same function as a plain nn.Module, for the reference values
+        if self.layout == "net":
+            return self.net
+        if self.layout == "custom":
+            return self.backbone_and_head
+        return torch.nn.Sequential(self.features, self.head)
+
+    def training_step(self, batch, batch_idx):
+        self.train_steps += 1
+        x, y = batch
+        logits = self(x)
+        self.train_acc(logits, y)
+        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
+        return self.loss_fn(logits, y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.val_acc(self(x), y)
+        self.log("val_acc", self.val_acc)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+def _digits_loaders(n=48, size=28):
+    stream = fashion_mnist_stream(use_sample=True, n=n)
+    x = torch.stack([stream[i]["x"] for i in range(n)])
+    if size != 28:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    y = torch.tensor([stream[i]["label"] for i in range(n)])
+    return x, y, DataLoader(TensorDataset(x, y), batch_size=16)
+
+
+def _tensorboard_tags(log_dir: Path) -> set[str]:
+    """Scalar tags in TensorBoard event files, read from the TFRecord framing with the Event proto."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    tags = set()
+    for path in Path(log_dir).rglob("events.out.tfevents.*"):
+        data = path.read_bytes()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+            pos += 12 + length + 4
+            tags.update(v.tag for v in event.summary.value)
+    return tags
+
+
+@pytest.mark.parametrize("layout", ["layers", "net"])
+def test_callback_on_lightning_module_with_torchmetrics_children(tmp_path, layout):
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    x, y, loader = _digits_loaders()
+    module = _LitCNN(layout)
+    callback = HeatmapQualityCallback(max_samples=12, seed=1, preprocessing=FASHION_MNIST_PREPROCESSING)
+    loggers = [CSVLogger(tmp_path, name="csv"), TensorBoardLogger(tmp_path, name="tb")]
+    trainer = _trainer(max_epochs=1, limit_train_batches=2, num_sanity_val_steps=0, enable_checkpointing=False,
+                       logger=loggers, callbacks=[callback])
+    trainer.fit(module, loader, loader)
+
+    keys = set(callback.log_keys())
+    assert keys == {f"relmon/{w}/{LRP_KEY}" for w in ("aopc", "aopc_minus_random", "entropy")} | {"relmon/n"}
+    csv = pd.read_csv(Path(loggers[0].log_dir) / "metrics.csv")
+    assert {c for c in csv.columns if c.startswith("relmon/")} == keys
+    assert {t for t in _tensorboard_tags(loggers[1].log_dir) if t.startswith("relmon/")} == keys
+    assert "train_acc" in csv.columns and "val_acc" in csv.columns  # the module's own metrics still log
+
+    # defaults on 28x28: region 4 (7x7 grid), L = round(49 / 3) = 16, stride 4
+    assert (callback.region_used, callback.steps_used) == (4, 16)
+    plain = relmon.attach_preprocessing(module.classifier().eval(), FASHION_MNIST_PREPROCESSING)
+    expl = relmon.explain_full(plain, x[:12], "lrp")
+    heat = relmon.to_heatmap(expl.relevance, expl.method)
+    kw = dict(region=4, steps=16, step_stride=4, seed=1, sample_ids=list(range(12)), target=expl.target)
+    morf = region_perturbation(plain, x[:12], heat, order="morf", **kw)
+    rnd = region_perturbation(plain, x[:12], heat, order="random", **kw)
+    row = csv.dropna(subset=[f"relmon/aopc/{LRP_KEY}"]).iloc[-1]
+    assert row["relmon/n"] == 12
+    assert row[f"relmon/aopc/{LRP_KEY}"] == pytest.approx(float(morf.aopc.double().mean()), abs=1e-4)
+    assert row[f"relmon/aopc_minus_random/{LRP_KEY}"] == pytest.approx(
+        float((morf.aopc - rnd.aopc).double().mean()), abs=1e-4)
+
+
+def test_callback_reads_preprocessing_from_module_and_names_what_it_accepts(tmp_path):
+    _, _, loader = _digits_loaders(n=16)
+    module = _LitCNN("net")
+    fit = dict(max_epochs=1, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0,
+               enable_checkpointing=False)
+    with pytest.raises(MissingPreprocessingError) as err:
+        _trainer(callbacks=[HeatmapQualityCallback(max_samples=4)], **fit).fit(module, loader, loader)
+    message = str(err.value)
+    assert "HeatmapQualityCallback(preprocessing=relmon.Preprocessing(" in message
+    assert "low=/high=" not in message and "perturbation='blur'" in message
+    assert module.train_steps == 0  # refused at setup, before training
+
+    module.preprocessing = FASHION_MNIST_PREPROCESSING  # declared by the LightningModule: accepted
+    callback = HeatmapQualityCallback(max_samples=4)
+    _trainer(callbacks=[callback], **fit).fit(module, loader, loader)
+    assert callback.last_values["relmon/n"] == 4 and module.train_steps == 1
+
+    # a perturbation that needs no range needs no preprocessing
+    callback = HeatmapQualityCallback(max_samples=4, perturbation="blur")
+    _trainer(callbacks=[callback], **fit).fit(_LitCNN("net"), loader, loader)
+    assert callback.last_values["relmon/n"] == 4
+
+
+def test_callback_refuses_unsupported_model_and_bad_geometry_before_training():
+    _, _, loader = _digits_loaders(n=16)
+    fit = dict(max_epochs=1, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0,
+               enable_checkpointing=False)
+    prep = dict(preprocessing=FASHION_MNIST_PREPROCESSING)
+
+    module = _LitCNN("layers", unsupported=True)
+    with pytest.raises(relmon.UnsupportedModelError, match=r"GELU") as err:
+        _trainer(callbacks=[HeatmapQualityCallback(**prep)], **fit).fit(module, loader, loader)
+    assert "train_acc" not in str(err.value) and "loss_fn" not in str(err.value)
+    assert module.train_steps == 0
+
+    for settings, message in (
+        (dict(region=29), r"region=29 is larger than the validation images \(28x28\); choose region <= 28"),
+        (dict(region=7, steps=17), r"steps=17 exceeds the 16 regions of a 28x28 image at region=7"),
+    ):
+        module = _LitCNN("net")
+        with pytest.raises(ValueError, match=message):
+            _trainer(callbacks=[HeatmapQualityCallback(**settings, **prep)], **fit).fit(module, loader, loader)
+        assert module.train_steps == 0
+        # with a sanity check the first validation batch is checked, still before training
+        module = _LitCNN("net")
+        with pytest.raises(ValueError, match=message):
+            _trainer(callbacks=[HeatmapQualityCallback(**settings, **prep)], **dict(fit, num_sanity_val_steps=1)
+                     ).fit(module, loader, loader)
+        assert module.train_steps == 0
+
+    # steps = the number of regions is allowed, and is what runs (never capped silently); the default
+    # max_samples is 1 % of the validation epoch (16 items here), at least 8
+    callback = HeatmapQualityCallback(region=7, steps=16, **prep)
+    _trainer(callbacks=[callback], **fit).fit(_LitCNN("net"), loader, loader)
+    assert (callback.region_used, callback.steps_used) == (7, 16)
+    assert callback.samples_used == 8 and callback.last_values["relmon/n"] == 8
+
+    with pytest.raises(ValueError, match="not both"):
+        HeatmapQualityCallback(steps=4, fraction=0.5)
+
+
+def test_callback_finds_classifier_or_names_the_attribute_to_set():
+    callback = HeatmapQualityCallback()
+    assert callback.resolve_classifier(_LitCNN("net")) is not None
+    custom = _LitCNN("custom")
+    wrapper = callback.resolve_classifier(custom)  # forward() over the layers, metrics and loss left out
+    names = {name for name, _ in wrapper.named_children()}
+    assert names == {"backbone_and_head"}
+    assert HeatmapQualityCallback(model_attr="backbone_and_head").resolve_classifier(custom) is \
+        custom.backbone_and_head
+    with pytest.raises(AttributeError, match=r"model_attr='head'.*module attributes are \['backbone_and_head'\]"):
+        HeatmapQualityCallback(model_attr="head").resolve_classifier(custom)
+    with pytest.raises(AttributeError, match=r"model_attr='train_acc'"):
+        HeatmapQualityCallback(model_attr="train_acc").resolve_classifier(custom)
+
+    class NoForward(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Linear(4, 2)
+            self.acc = torchmetrics.classification.MulticlassAccuracy(num_classes=2)
+
+    with pytest.raises(AttributeError, match=r"Pass model_attr='<name>'.*\['body'\]"):
+        callback.resolve_classifier(NoForward())
 
 
 def _load_ddp_script():

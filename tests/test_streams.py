@@ -3,6 +3,7 @@
 import io
 import os
 import uuid
+import warnings
 from datetime import datetime, timezone
 
 import fsspec
@@ -17,9 +18,13 @@ from relmon.data import load_sample, to_tensor
 from relmon.data.fashion_mnist import MEAN, STD
 from relmon.data.streams import (
     DECODE_ERROR,
+    NON_FINITE,
+    SIZE_MISMATCH,
+    TOO_LARGE,
     BadInputWarning,
     BadSample,
     ImageFolderStream,
+    ResizedInputWarning,
     StreamDataModule,
     TensorStream,
     _decode,
@@ -284,10 +289,28 @@ def test_datamodule_loaders_and_window_restriction(folder):
         StreamDataModule(ds, batch_size=0)
 
 
-def test_pil_decoder_agrees():
-    data = encode(IMAGES[0], "PNG")
-    assert torch.equal(_decode(data, 1), _decode_pil(data, 1))
-    assert torch.equal(_decode(data, 3), _decode_pil(data, 3))
+def test_decoder_agrees_with_torchvision():
+    """Pillow decodes (no C-library noise); torchvision's libpng/libjpeg decoder is the independent oracle."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    def oracle(data, mode):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 deprecates its codecs
+            return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode)
+
+    rgb = np.random.default_rng(1).integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    for img in (IMAGES[0], rgb):
+        data = encode(img, "PNG")
+        assert torch.equal(_decode(data, 3), oracle(data, ImageReadMode.RGB))
+        grey, expected = _decode(data, 1).int(), oracle(data, ImageReadMode.GRAY).int()
+        # grey stays exact; RGB -> luma (ITU-R 601 both) rounds where libpng truncates: at most 1 apart
+        assert (grey - expected).abs().max() <= (0 if img.ndim == 2 else 1)
+        assert torch.equal(_decode(data, 1), _decode_pil(data, 1))
+    deep = (np.arange(8 * 8).reshape(8, 8) * 1000).astype(np.uint16)  # 16-bit grey PNG keeps its depth
+    data = encode(deep, "PNG")
+    decoded = _decode(data, 1)
+    assert decoded.dtype == torch.uint16 and np.array_equal(decoded[0].numpy(), deep)
+    assert torch.equal(decoded.to(torch.int32), oracle(data, ImageReadMode.GRAY).to(torch.int32))
 
 
 def test_errors_say_what_was_expected(tmp_path):
@@ -320,6 +343,182 @@ def test_errors_say_what_was_expected(tmp_path):
     with pytest.raises(ValueError, match="cannot tell the modification time.*window_size"):
         _mtime({"name": "x", "size": 3}, "s3://b/x.png")
     assert _mtime({"LastModified": "2024-01-01T00:00:00Z"}, "x") == 1704067200.0
-    a, b = TensorStream(torch.zeros(1, 1, 4, 4))[0], TensorStream(torch.zeros(1, 1, 5, 5))[0]
-    with pytest.raises(ValueError, match="image_size"):
-        collate_skip_bad([a, b])
+    with pytest.raises(ValueError, match="size_policy must be 'resize' or 'skip'"):
+        ImageFolderStream(tmp_path / "empty", size_policy="crop")
+    with pytest.raises(ValueError, match="max_pixels must be a positive int"):
+        ImageFolderStream(tmp_path / "empty", max_pixels=0)
+    with pytest.raises(ValueError, match="above Pillow's own limit.*MAX_IMAGE_PIXELS"):
+        ImageFolderStream(tmp_path / "empty", max_pixels=10**12)
+
+
+# -- robustness: odd sizes, non-finite inputs, pixel limit, no C-library noise ------------------------
+
+
+def _tiny_monitor_predict(stream, batch_size):
+    from relmon.lightning import RelevanceMonitor
+    from relmon.models import load_embedded
+
+    monitor = RelevanceMonitor(load_embedded("fmnist_cnn"), region=7, steps=4)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    out = trainer.predict(monitor, datamodule=StreamDataModule(stream, batch_size=batch_size))
+    return out, monitor.window_summary()
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_image_of_another_size_is_resized_or_skipped_never_aborts(tmp_path, batch_size):
+    from relmon.models import FASHION_MNIST_PREPROCESSING
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for i in range(5):
+        (root / f"{i}.png").write_bytes(encode(IMAGES[i], "PNG"))
+    odd = np.asarray(Image.fromarray(IMAGES[5]).resize((24, 20)))  # 20 x 24, another aspect ratio
+    (root / "2b_odd.png").write_bytes(encode(odd, "PNG"))
+    odd_id = str(root / "2b_odd.png")
+
+    stream = ImageFolderStream(root, preprocessing=FASHION_MNIST_PREPROCESSING)
+    assert stream.reference_size() == (28, 28)  # the first file, 0.png
+    with pytest.warns(ResizedInputWarning, match=r"2b_odd.png is 20x24; resized to 28x28.*0.png"):
+        good, bad_ids, n_bad = run_loader(stream, batch_size=batch_size)
+    assert n_bad == 0 and len(good) == 6 and all(x.shape == (1, 28, 28) for x in good.values())
+    raw = torch.from_numpy(odd).float()[None, None] / 255
+    expected = torch.nn.functional.interpolate(raw, size=(28, 28), mode="bilinear", antialias=True)[0]
+    torch.testing.assert_close(good[odd_id], (expected - 0.2860) / 0.3530, atol=2e-3, rtol=0)
+    assert stream.resized == {odd_id: (20, 24)}
+
+    skip = ImageFolderStream(root, preprocessing=FASHION_MNIST_PREPROCESSING, size_policy="skip")
+    with pytest.warns(BadInputWarning, match=r"size_mismatch.*20x24.*reference size is 28x28"):
+        good, bad_ids, n_bad = run_loader(skip, batch_size=batch_size)
+    assert n_bad == 1 and bad_ids == [odd_id] and len(good) == 5 and skip.errors == {SIZE_MISMATCH: 1}
+
+    # the issue's case: a whole window through the monitor, with batch size 1 and larger
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out, summary = _tiny_monitor_predict(skip, batch_size)
+        assert summary["_inputs"] == {"seen": 5, "bad": 1, "padding_skipped": 0}
+        out, summary = _tiny_monitor_predict(stream, batch_size)
+        assert summary["_inputs"]["seen"] == 6 and summary["_inputs"]["bad"] == 0
+
+
+def test_non_finite_input_is_skipped_and_counted_not_fatal():
+    x = torch.rand(8, 1, 28, 28)
+    x[2, 0, 3, 4] = float("nan")
+    x[5, 0, 0, 0] = float("inf")
+    stream = TensorStream(x, labels=list(range(8)))
+    with pytest.warns(BadInputWarning, match=r"skipping 2 \(non_finite\): ValueError: 1 of 784 values"):
+        good, bad_ids, n_bad = run_loader(stream, batch_size=4)
+    assert n_bad == 2 and sorted(bad_ids) == ["2", "5"] and sorted(good, key=int) == ["0", "1", "3", "4", "6", "7"]
+    assert stream.errors == {NON_FINITE: 2}
+    assert isinstance(stream[2], BadSample) and stream[2].reason == NON_FINITE
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from relmon.models import FASHION_MNIST_PREPROCESSING
+
+        prepped = TensorStream(x, preprocessing=FASHION_MNIST_PREPROCESSING)
+        _, summary = _tiny_monitor_predict(prepped, 8)  # one batch holding both: the predict goes on
+    assert summary["_inputs"] == {"seen": 6, "bad": 2, "padding_skipped": 0}
+
+    # collate's own defence for datasets that are not relmon streams
+    items = [{"x": torch.zeros(1, 2, 2), "sample_id": "a", "index": 0, "window_id": "w", "label": -1},
+             {"x": torch.full((1, 2, 2), float("nan")), "sample_id": "b", "index": 1, "window_id": "w", "label": -1},
+             {"x": torch.zeros(1, 3, 3), "sample_id": "c", "index": 2, "window_id": "w", "label": -1}]
+    with pytest.warns(BadInputWarning):
+        batch = collate_skip_bad(items)
+    assert batch["sample_id"] == ["a"] and batch["bad_ids"] == ["b", "c"]
+    assert batch["bad_reasons"] == [NON_FINITE, SIZE_MISMATCH] and batch["n_bad"] == 2
+
+
+def _png_bomb(side: int) -> bytes:
+    """A 1-bit grey PNG of side x side zero pixels, compressed row by row (never held decoded)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    comp = zlib.compressobj(9)
+    row = b"\x00" * (1 + (side + 7) // 8)
+    idat = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_pixel_limit_refuses_large_images_from_the_header(tmp_path):
+    from PIL import Image as PILImage
+
+    limit_before = PILImage.MAX_IMAGE_PIXELS
+    root = tmp_path / "imgs"
+    root.mkdir()
+    (root / "a.png").write_bytes(encode(IMAGES[0], "PNG"))
+    bomb = _png_bomb(20000)
+    assert len(bomb) < 60_000  # a ~48 KB file that decodes to 20000 x 20000 = 400 megapixels
+    (root / "bomb.png").write_bytes(bomb)
+    big = np.zeros((1100, 1000), np.uint8)  # 1.1 megapixels
+    (root / "big.png").write_bytes(encode(big, "PNG"))
+
+    stream = ImageFolderStream(root, image_size=28)
+    with pytest.warns(BadInputWarning, match=r"bomb.png \(too_large\)"):
+        item = stream[stream.sample_ids.index(str(root / "bomb.png"))]
+    assert isinstance(item, BadSample) and item.reason == TOO_LARGE
+    assert not isinstance(stream[stream.sample_ids.index(str(root / "big.png"))], BadSample)  # under 50 MP
+
+    small_limit = ImageFolderStream(root, image_size=28, max_pixels=1_000_000)
+    with pytest.warns(BadInputWarning, match=r"1000x1100 = 1,100,000 pixels, above max_pixels=1,000,000"):
+        good, bad_ids, n_bad = run_loader(small_limit, batch_size=3)
+    assert n_bad == 2 and small_limit.errors == {TOO_LARGE: 2} and list(good) == [str(root / "a.png")]
+    assert PILImage.MAX_IMAGE_PIXELS == limit_before  # no global Pillow state changed
+
+
+def test_bad_files_print_nothing_on_stderr(tmp_path):
+    """libpng writes to the C-level stderr (not always flushed before pytest reads it): check a whole process."""
+    import subprocess
+    import sys
+
+    png = encode(IMAGES[0], "PNG")
+    root = tmp_path / "imgs"
+    root.mkdir()
+    i = png.index(b"IDAT") + 10
+    (root / "flip.png").write_bytes(png[:i] + bytes([png[i] ^ 0xFF]) + png[i + 1:])  # libpng: "IDAT: invalid ..."
+    (root / "half.png").write_bytes(png[: len(png) // 2])
+    (root / "half.jpg").write_bytes(encode(IMAGES[1], "JPEG")[:300])
+    (root / "ok.png").write_bytes(png)
+    script = (
+        "import sys, warnings\n"
+        "from relmon.data.streams import ImageFolderStream, BadSample\n"
+        "stream = ImageFolderStream(sys.argv[1])\n"
+        "with warnings.catch_warnings(record=True) as record:\n"
+        "    warnings.simplefilter('always')\n"
+        "    items = [stream[i] for i in range(len(stream))]\n"
+        "print(sum(isinstance(i, BadSample) for i in items), dict(stream.errors),\n"
+        "      sum('decode_error' in str(w.message) for w in record))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, "-c", script, str(root)], capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[0] == "3 {'decode_error': 3} 3"  # counted, and relmon's own warnings kept
+    assert "libpng" not in proc.stderr and "libjpeg" not in proc.stderr and "Corrupt JPEG" not in proc.stderr, \
+        proc.stderr
+
+
+def test_job_config_passes_the_stream_limits(tmp_path):
+    """The job's config declares max_pixels and size_policy, and the folder stream it builds uses them."""
+    from relmon.config import ConfigError, config_from_dict, load_config
+    from relmon.jobs.common import build_stream
+    from relmon.models import load_embedded
+
+    example = load_config(os.path.join(os.path.dirname(__file__), "..", "deploy", "relmon.example.yaml"))
+    assert (example.max_pixels, example.size_policy) == (50_000_000, "resize")
+    root = tmp_path / "imgs"
+    root.mkdir()
+    (root / "a.png").write_bytes(encode(IMAGES[0], "PNG"))
+    cfg = config_from_dict({"input": str(root), "max_pixels": 100, "size_policy": "skip"})
+    stream = build_stream(cfg, load_embedded("fmnist_cnn"))
+    assert (stream.max_pixels, stream.size_policy) == (100, "skip")
+    with pytest.warns(BadInputWarning, match="28x28 = 784 pixels, above max_pixels=100"):
+        assert stream[0].reason == TOO_LARGE
+    with pytest.raises(ConfigError, match="size_policy must be 'resize' or 'skip', got 'crop'"):
+        config_from_dict({"input": str(root), "size_policy": "crop"})
+    with pytest.raises(ConfigError, match="max_pixels"):
+        config_from_dict({"max_pixels": 0})

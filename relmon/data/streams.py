@@ -6,10 +6,27 @@ Every stream is a map-style :class:`torch.utils.data.Dataset` whose items are di
      "window_id": str, "label": int (-1 when unknown)}
 
 A folder stream lists file paths once and decodes lazily, so nothing holds a whole stream in memory.
-An unreadable or corrupt file never ends a run: its item is a :class:`BadSample` (the dataset warns
-and counts it), and :func:`collate_skip_bad` drops it from the batch while carrying its id in the
-batch itself (``n_bad``, ``bad_ids``, ``bad_reasons``), because DataLoader workers are separate
-processes whose counters the consumer never sees.
+A bad input never ends a run: its item is a :class:`BadSample` (the dataset warns and counts it), and
+:func:`collate_skip_bad` drops it from the batch while carrying its id in the batch itself
+(``n_bad``, ``bad_ids``, ``bad_reasons``), because DataLoader workers are separate processes whose
+counters the consumer never sees. The reasons (:data:`INPUT_ERROR_REASONS`, the ``reason`` label of
+``relmon_input_errors_total``):
+
+- ``read_error``: the file cannot be read; ``decode_error``: it is not a decodable PNG/JPEG (decoded by
+  Pillow, so a corrupt file raises a Python error and prints nothing on stderr);
+- ``too_large``: its header declares more than ``max_pixels`` pixels (default 50 megapixels); the size
+  is read from the header before anything is decoded, so a small file that would decode to a huge
+  image (a "decompression bomb") costs no memory;
+- ``size_mismatch``: with ``size_policy="skip"``, an image whose size differs from the stream's
+  reference size (below);
+- ``non_finite``: the input holds NaN or ±inf (a tensor stream, or a ``transform`` that made them).
+
+Image sizes (folder streams): with ``image_size`` every image is resized to it (bilinear,
+antialiased, aspect ratio not kept) — pass the model's input size. Without it the reference size is
+that of the stream's first image in listing order whose header can be read; an image of another
+size is resized to it (``size_policy="resize"``, the default; a :class:`ResizedInputWarning` names
+the first one) or skipped and counted as ``size_mismatch`` (``size_policy="skip"``). Either way
+every batch has one size and a window is never aborted by one odd image.
 
 Windows (DESIGN §2a): ``window_id`` is ``f"{stream}:{start}"``, where start is the first index of a
 count window (``window_size=N``) or the UTC start time of a modification-time window
@@ -38,6 +55,13 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 # Closed set of reasons, usable as the ``reason`` label of ``relmon_input_errors_total``.
 READ_ERROR = "read_error"
 DECODE_ERROR = "decode_error"
+TOO_LARGE = "too_large"
+SIZE_MISMATCH = "size_mismatch"
+NON_FINITE = "non_finite"
+INPUT_ERROR_REASONS = (READ_ERROR, DECODE_ERROR, TOO_LARGE, SIZE_MISMATCH, NON_FINITE)
+#: Default pixel limit (width × height) of one decoded image.
+DEFAULT_MAX_PIXELS = 50_000_000
+SIZE_POLICIES = ("resize", "skip")
 # fs.info keys that hold a modification (or, failing that, creation) time, most specific first:
 # local and sftp give "mtime", s3fs "LastModified", gcsfs "updated", adlfs "last_modified",
 # memory:// only "created".
@@ -45,7 +69,15 @@ _MTIME_KEYS = ("mtime", "LastModified", "last_modified", "updated", "modified", 
 
 
 class BadInputWarning(UserWarning):
-    """An input file could not be read or decoded; it is skipped and counted."""
+    """An input could not be used (unreadable, undecodable, too large, odd size, non-finite); skipped and counted."""
+
+
+class ResizedInputWarning(UserWarning):
+    """An image of another size than the stream's reference size was resized to it."""
+
+
+class ImageTooLargeError(ValueError):
+    """An image's header declares more pixels than the stream's ``max_pixels``."""
 
 
 class BadSample(NamedTuple):
@@ -54,7 +86,7 @@ class BadSample(NamedTuple):
     sample_id: str
     index: int
     window_id: str
-    reason: str  # READ_ERROR or DECODE_ERROR
+    reason: str  # one of INPUT_ERROR_REASONS
     error: str
 
 
@@ -97,13 +129,38 @@ class _Windows:
 
 
 class _Stream(Dataset):
-    """Base of the streams: ``window_id(index)`` and ``window_key(index)``."""
+    """Base of the streams: ``window_id(index)``, ``window_key(index)`` and the bad-input counters."""
 
     _windows: _Windows
+    errors: Counter
+    bad_files: dict
 
     @property
     def stream(self) -> str:
         return self._windows.stream
+
+    @property
+    def n_bad(self) -> int:
+        """Bad inputs met by this process (with DataLoader workers, count the batches' ``n_bad``)."""
+        return sum(self.errors.values())
+
+    def _sample_id(self, index: int) -> str:
+        raise NotImplementedError
+
+    def _bad(self, index: int, reason: str, exc: BaseException) -> BadSample:
+        sid = self._sample_id(index)
+        error = f"{type(exc).__name__}: {exc}"
+        self.errors[reason] += 1
+        self.bad_files[sid] = f"{reason}: {error}"
+        warnings.warn(f"skipping {sid} ({reason}): {error}", BadInputWarning, stacklevel=3)
+        return BadSample(sid, index, self.window_id(index), reason, error)
+
+    def _check_finite(self, index: int, x: torch.Tensor) -> BadSample | None:
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            n = int((~torch.isfinite(x)).sum())
+            return self._bad(index, NON_FINITE, ValueError(
+                f"{n} of {x.numel()} values are NaN or infinite; the input is left out"))
+        return None
 
     def window_key(self, index: int) -> tuple[float, str]:
         return self._windows.key(index)
@@ -171,28 +228,74 @@ def _to_unit_float(x: torch.Tensor) -> torch.Tensor:
     return x.float()
 
 
-def _decode(data: bytes, channels: int) -> torch.Tensor:
-    """Encoded image bytes → uint8 (or uint16) tensor ``(channels, H, W)``."""
-    try:
-        from torchvision.io import ImageReadMode, decode_image
-    except ImportError:  # torchvision without its image codecs (deprecated since 0.29): PIL decodes
-        return _decode_pil(data, channels)
-    buf = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 deprecates its codecs
-        return decode_image(buf, mode=mode)
+def pixel_ceiling() -> int | None:
+    """Largest image Pillow opens at all (``2 × PIL.Image.MAX_IMAGE_PIXELS``; None when unlimited)."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    return None if limit is None else 2 * int(limit)
 
 
-def _decode_pil(data: bytes, channels: int) -> torch.Tensor:
+def _open_image(data: bytes, max_pixels: int | None):
+    """A lazily decoding PIL image of ``data`` whose header size is checked against ``max_pixels``.
+
+    Pillow reads only the header here. Its own decompression-bomb guard is left as it is (no global
+    state is changed): its warning is silenced (``max_pixels`` decides) and its error, raised above
+    :func:`pixel_ceiling`, is reported as :class:`ImageTooLargeError`.
+    """
     import io
 
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as img:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as exc:
+            raise ImageTooLargeError(f"{exc}; relmon's max_pixels is {max_pixels:,}") from None
+    width, height = img.size
+    if max_pixels is not None and width * height > max_pixels:
+        img.close()
+        raise ImageTooLargeError(
+            f"the image is {width}x{height} = {width * height:,} pixels, above max_pixels={max_pixels:,}; "
+            "it was not decoded (raise max_pixels= to accept such images)"
+        )
+    return img
+
+
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _decode_pil(data: bytes, channels: int, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """Encoded image bytes → uint8 (uint16 for 16-bit grey PNG) tensor ``(channels, H, W)`` via Pillow."""
+    with _open_image(data, max_pixels) as img:
+        if img.mode in _SIXTEEN_BIT:  # 16-bit grey: keep the depth (Pillow's convert("L") would saturate)
+            arr = np.clip(np.asarray(img), 0, 65535).astype(np.uint16)[None]
+            if channels == 3:
+                arr = np.repeat(arr, 3, axis=0)
+            return torch.from_numpy(np.ascontiguousarray(arr))
         arr = np.asarray(img.convert("L" if channels == 1 else "RGB"))
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return torch.from_numpy(np.array(arr, dtype=np.uint8, copy=True))
+
+
+def _decode(data: bytes, channels: int, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """Encoded image bytes → ``(channels, H, W)`` tensor; raises for bad bytes, never prints.
+
+    Pillow decodes (torchvision's ``decode_image`` lets libpng print ``libpng error`` lines on the
+    process's stderr for corrupt files); its header is checked against ``max_pixels`` first.
+    """
+    return _decode_pil(data, channels, max_pixels)
+
+
+def _header_size(data: bytes, max_pixels: int | None) -> tuple[int, int]:
+    """``(height, width)`` from the header only."""
+    img = _open_image(data, max_pixels)
+    try:
+        width, height = img.size
+    finally:
+        img.close()
+    return height, width
 
 
 def _image_size(image_size: int | Sequence[int] | None) -> tuple[int, int] | None:
@@ -243,8 +346,17 @@ class ImageFolderStream(_Stream):
         The model's :class:`~relmon.models.preprocessing.Preprocessing`; images are scaled to
         ``[0, 1]`` and normalised with it. Without it ``x`` is the image in ``[0, 1]``.
     image_size:
-        ``int`` (square) or ``(height, width)``: resize every image (bilinear, antialiased).
-        Needed when the folder mixes image sizes and batches hold more than one image.
+        ``int`` (square) or ``(height, width)``: resize every image (bilinear, antialiased, aspect
+        ratio not kept) — the model's input size. Without it, see ``size_policy``.
+    size_policy:
+        Without ``image_size``, what happens to an image whose size differs from the reference size
+        (that of the stream's first image, in listing order, whose header can be read): ``"resize"``
+        (default) resizes it to the reference size, ``"skip"`` skips it and counts it as
+        ``size_mismatch``.
+    max_pixels:
+        Largest image (width × height, from the header, before decoding) accepted; larger ones are
+        skipped and counted as ``too_large``. Default 50 megapixels; at most :func:`pixel_ceiling`
+        (Pillow's own limit, which relmon does not change); ``None`` means that ceiling.
     channels:
         1 (grey) or 3 (RGB); every image is converted to it.
     window, window_size, window_seconds, stream:
@@ -254,9 +366,11 @@ class ImageFolderStream(_Stream):
     storage_options:
         Passed to the fsspec file system (credentials, endpoints).
 
-    ``sample_id`` is the file's path (local) or URL. A file that cannot be read or decoded yields a
-    :class:`BadSample` (warned with :class:`BadInputWarning`, counted in :attr:`errors` and
-    :attr:`bad_files` of this process); :func:`collate_skip_bad` drops it.
+    ``sample_id`` is the file's path (local) or URL. A file that cannot be used (unreadable,
+    undecodable, too large, skipped for its size, non-finite after ``transform``) yields a
+    :class:`BadSample` (warned with :class:`BadInputWarning`, counted per reason in :attr:`errors`
+    and named in :attr:`bad_files` of this process; resized images are counted in :attr:`resized`);
+    :func:`collate_skip_bad` drops it.
     """
 
     def __init__(
@@ -273,9 +387,24 @@ class ImageFolderStream(_Stream):
         window_size: int | None = None,
         window_seconds: float = 3600.0,
         storage_options: dict[str, Any] | None = None,
+        size_policy: str = "resize",
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ):
         import fsspec
 
+        if size_policy not in SIZE_POLICIES:
+            raise ValueError(f"size_policy must be 'resize' or 'skip', got {size_policy!r}")
+        ceiling = pixel_ceiling()
+        if max_pixels is None:
+            max_pixels = ceiling
+        elif isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+            raise ValueError(f"max_pixels must be a positive int (width x height) or None, got {max_pixels!r}")
+        elif ceiling is not None and max_pixels > ceiling:
+            raise ValueError(
+                f"max_pixels={max_pixels:,} is above Pillow's own limit of {ceiling:,} pixels "
+                "(2 x PIL.Image.MAX_IMAGE_PIXELS), which relmon does not change; raise PIL.Image.MAX_IMAGE_PIXELS "
+                "in your program first if you really need larger images"
+            )
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
         _check_channels(preprocessing, channels, f"ImageFolderStream(channels={channels})")
@@ -291,6 +420,8 @@ class ImageFolderStream(_Stream):
         self.image_size = _image_size(image_size)
         self.channels = channels
         self.extensions = exts
+        self.size_policy = size_policy
+        self.max_pixels = max_pixels
 
         fs, path = fsspec.core.url_to_fs(self.root, **(storage_options or {}))
         if not fs.exists(path):
@@ -318,6 +449,8 @@ class ImageFolderStream(_Stream):
         self._ids = paths if local else [fs.unstrip_protocol(p) for p in paths]
         self.errors: Counter[str] = Counter()  # reason → count, in this process only
         self.bad_files: dict[str, str] = {}  # sample_id → "reason: error", in this process only
+        self.resized: dict[str, tuple[int, int]] = {}  # sample_id → original (H, W), in this process only
+        self._reference: tuple[str, tuple[int, int]] | None = None
 
     def __len__(self) -> int:
         return len(self._paths)
@@ -326,22 +459,30 @@ class ImageFolderStream(_Stream):
     def sample_ids(self) -> list[str]:
         return list(self._ids)
 
-    @property
-    def n_bad(self) -> int:
-        """Bad files met by this process (with DataLoader workers, count the batches' ``n_bad``)."""
-        return sum(self.errors.values())
-
     def window_key(self, index: int) -> tuple[float, str]:
         mtime = None if self._mtimes is None else self._mtimes[index]
         return self._windows.key(index, mtime)
 
-    def _bad(self, index: int, reason: str, exc: BaseException) -> BadSample:
-        sid = self._ids[index]
-        error = f"{type(exc).__name__}: {exc}"
-        self.errors[reason] += 1
-        self.bad_files[sid] = f"{reason}: {error}"
-        warnings.warn(f"skipping {sid} ({reason}): {error}", BadInputWarning, stacklevel=2)
-        return BadSample(sid, index, self.window_id(index), reason, error)
+    def _sample_id(self, index: int) -> str:
+        return self._ids[index]
+
+    def reference_size(self) -> tuple[int, int] | None:
+        """``(H, W)`` the images are brought to: ``image_size``, else the stream's first readable header."""
+        if self.image_size is not None:
+            return self.image_size
+        if self._reference is None:
+            for i, path in enumerate(self._paths):
+                try:
+                    with self._fs.open(path, "rb") as f:
+                        data = f.read()
+                    size = _header_size(data, self.max_pixels)
+                except Exception:  # unreadable, corrupt or too large: not a reference
+                    continue
+                self._reference = (self._ids[i], size)
+                break
+            else:
+                return None
+        return self._reference[1]
 
     def __getitem__(self, index: int) -> dict[str, Any] | BadSample:
         index = int(index)
@@ -353,17 +494,35 @@ class ImageFolderStream(_Stream):
         except Exception as exc:  # a vanished or unreadable file must not end the run
             return self._bad(index, READ_ERROR, exc)
         try:
-            img = _decode(data, self.channels)
-        except Exception as exc:  # the decoders raise RuntimeError/OSError/ValueError for bad bytes
+            img = _decode(data, self.channels, self.max_pixels)
+        except ImageTooLargeError as exc:
+            return self._bad(index, TOO_LARGE, exc)
+        except Exception as exc:  # Pillow raises OSError/ValueError/SyntaxError... for bad bytes
             return self._bad(index, DECODE_ERROR, exc)
         x = _to_unit_float(img)
-        if self.image_size is not None and tuple(x.shape[-2:]) != self.image_size:
+        size = tuple(x.shape[-2:])
+        target = self.reference_size() or size
+        if size != target:
+            if self.image_size is None and self.size_policy == "skip":
+                return self._bad(index, SIZE_MISMATCH, ValueError(
+                    f"the image is {size[0]}x{size[1]}, the stream's reference size is {target[0]}x{target[1]} "
+                    f"(that of {self._reference[0]}); pass image_size= or size_policy='resize' to resize"))
+            if self.image_size is None and not self.resized:
+                warnings.warn(
+                    f"{self._ids[index]} is {size[0]}x{size[1]}; resized to {target[0]}x{target[1]}, the size of "
+                    f"the stream's first image {self._reference[0]} (pass image_size= to choose the size, or "
+                    "size_policy='skip' to skip such images); further resizes are counted in .resized",
+                    ResizedInputWarning, stacklevel=2)
+            self.resized[self._ids[index]] = size
             x = torch.nn.functional.interpolate(
-                x.unsqueeze(0), size=self.image_size, mode="bilinear", align_corners=False, antialias=True
+                x.unsqueeze(0), size=target, mode="bilinear", align_corners=False, antialias=True
             )[0]
         x = _normalize(x, self.preprocessing)
         if self.transform is not None:
             x = self.transform(x)
+        bad = self._check_finite(index, x)
+        if bad is not None:
+            return bad
         return {"x": x, "sample_id": self._ids[index], "index": index,
                 "window_id": self.window_id(index), "label": -1}
 
@@ -375,6 +534,9 @@ class TensorStream(_Stream):
     is given, else as already in the model's input space. ``preprocessing`` then normalises each
     item as it is read (the stored array is never copied). ``labels`` (``N`` ints) default to -1,
     ``ids`` (``N`` strings) to the index as a string. Count windows with ``window_size=N``.
+
+    An image holding NaN or ±inf is a :class:`BadSample` (reason ``non_finite``, warned with
+    :class:`BadInputWarning`, counted in :attr:`errors`), so one bad image never fails a batch.
     """
 
     def __init__(
@@ -417,11 +579,16 @@ class TensorStream(_Stream):
         self.labels = labels
         self.ids = ids
         self.preprocessing = preprocessing
+        self.errors: Counter[str] = Counter()  # reason → count, in this process only
+        self.bad_files: dict[str, str] = {}  # sample_id → "reason: error", in this process only
 
     def __len__(self) -> int:
         return self.x.shape[0]
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def _sample_id(self, index: int) -> str:
+        return self.ids[index] if self.ids is not None else str(index)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | BadSample:
         index = int(index)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for a stream of {len(self)} images")
@@ -431,9 +598,12 @@ class TensorStream(_Stream):
         elif x.dtype != torch.float32:
             x = x.float()
         x = _normalize(x, self.preprocessing)
+        bad = self._check_finite(index, x)
+        if bad is not None:
+            return bad
         return {
             "x": x,
-            "sample_id": self.ids[index] if self.ids is not None else str(index),
+            "sample_id": self._sample_id(index),
             "index": index,
             "window_id": self.window_id(index),
             "label": int(self.labels[index]) if self.labels is not None else -1,
@@ -483,18 +653,35 @@ def collate_skip_bad(items: Sequence[dict[str, Any] | BadSample | None]) -> dict
     "label": LongTensor (B,), "n_bad": int, "bad_ids": [str], "bad_reasons": [str]}``. When every
     item is bad the batch still comes back (so its ``n_bad`` reaches the consumer) with ``x = None``
     and empty ids; check ``batch["x"] is None`` (or :func:`is_empty_batch`).
+
+    A last line of defence for datasets other than relmon's streams (which never produce these): a
+    good item whose ``x`` holds NaN/inf is dropped as ``non_finite``, and one whose ``x`` has another
+    shape than the batch's first good item is dropped as ``size_mismatch`` (both with a
+    :class:`BadInputWarning`); the batch is never refused.
     """
-    good = [it for it in items if it is not None and not isinstance(it, BadSample)]
-    bad = [it for it in items if it is None or isinstance(it, BadSample)]
+    good, bad = [], []
+    for it in items:
+        if it is None or isinstance(it, BadSample):
+            bad.append(it)
+            continue
+        x = it.get("x") if isinstance(it, dict) else None
+        reason = None
+        if isinstance(x, torch.Tensor):
+            if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+                reason, error = NON_FINITE, "ValueError: the input holds NaN or infinite values"
+            elif good and tuple(x.shape) != tuple(good[0]["x"].shape):
+                reason, error = SIZE_MISMATCH, (
+                    f"ValueError: shape {tuple(x.shape)} differs from the batch's {tuple(good[0]['x'].shape)}; "
+                    "pass image_size= to the stream")
+        if reason is None:
+            good.append(it)
+            continue
+        sid = str(it.get("sample_id", "?"))
+        warnings.warn(f"skipping {sid} ({reason}): {error}", BadInputWarning, stacklevel=2)
+        bad.append(BadSample(sid, int(it.get("index", -1)), str(it.get("window_id", "")), reason, error))
     bad_ids = [b.sample_id for b in bad if b is not None]
     bad_reasons = [b.reason for b in bad if b is not None]
     if good:
-        shapes = {tuple(it["x"].shape) for it in good if isinstance(it.get("x"), torch.Tensor)}
-        if len(shapes) > 1:
-            raise ValueError(
-                f"images in one batch differ in shape {sorted(shapes)}; pass image_size= to the stream "
-                "(or use batch_size=1)"
-            )
         batch = default_collate(good)
     else:
         batch = {"x": None, "sample_id": [], "index": torch.zeros(0, dtype=torch.long),

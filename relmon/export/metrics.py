@@ -59,8 +59,9 @@ DRIFT_FEATURE_LABELS: tuple[str, ...] = (
     "softmax_entropy",
     "margin",
 )
-#: ``reason`` label values of relmon_input_errors_total (relmon.data.streams READ_ERROR, DECODE_ERROR).
-INPUT_ERROR_REASONS: tuple[str, ...] = ("read_error", "decode_error")
+#: ``reason`` label values of relmon_input_errors_total (relmon.data.streams INPUT_ERROR_REASONS: READ_ERROR,
+#: DECODE_ERROR, TOO_LARGE, SIZE_MISMATCH, NON_FINITE).
+INPUT_ERROR_REASONS: tuple[str, ...] = ("read_error", "decode_error", "too_large", "size_mismatch", "non_finite")
 
 _CLOSED = {
     "method": METHOD_LABELS,

@@ -194,6 +194,8 @@ def build_stream(cfg: MonitorConfig, model):
         stream=cfg.stream,
         window=cfg.window,
         window_seconds=cfg.window_seconds,
+        size_policy=cfg.size_policy,
+        max_pixels=cfg.max_pixels,
     )
 
 

@@ -1,10 +1,29 @@
 """HeatmapQualityCallback: heatmap quality (AOPC, AOPC − random, entropy) of a model while it trains.
 
+Works on an ordinary LightningModule: the classifier it explains is found at ``setup()`` (before
+training starts) — ``model_attr=`` if given, else the first ``nn.Module`` attribute among
+``model``, ``net``, ``classifier``, else the LightningModule's own ``forward`` run over its layers
+with its torchmetrics children and loss modules left out (they are not layers). LRP support and
+the input range (``preprocessing=``, or the one the classifier or the LightningModule declares)
+are checked there too, and region / steps against the validation images' size as soon as one
+image is known (``example_input_array``, the validation dataset's first item at the start of
+training, or the first validation batch) — all before the first training epoch.
+
 During each validation epoch (every ``every_n_epochs``, never in the sanity check) the callback keeps
 the first ``max_samples`` validation inputs in loader order; at the epoch end it explains them, runs
 region perturbation (MoRF and the random order, same noise) and logs, per method,
 ``relmon/aopc/<method>``, ``relmon/aopc_minus_random/<method>``, ``relmon/entropy/<method>`` and
-``relmon/n``.
+``relmon/n``, where ``<method>`` is the method id with every character outside ``[-/\\w.]``
+replaced by ``_`` (``lrp:epsilon_plus_flat`` → ``lrp_epsilon_plus_flat``): TensorBoard writers
+rewrite those characters themselves, so the same keys reach CSV and TensorBoard loggers.
+
+Cost per validated epoch: ``max_samples`` LRP passes (one forward + one backward each) plus
+``max_samples × 2 × (ceil(L / step_stride) + 1)`` forwards (MoRF and random order, step 0 included),
+batched. The defaults — ``max_samples`` = 1 % of the validation set, between 8 and 64, a 7 × 7
+region grid, L = a third of the regions = 16, step stride 4 — are ``max_samples × 10`` forwards
+whatever the image size, so the added time is a fixed share of a validation epoch;
+``benchmarks/bench_lightning.py`` measures the ratio to a plain validation epoch
+(``benchmarks/RESULTS.md``).
 
 DDP: the validation sampler pads every rank by repeating samples; the padded items (global positions
 ``>= N``, see :func:`~relmon.lightning.monitor.padding_flags`) are not collected, each rank keeps the
@@ -20,6 +39,8 @@ train/eval flags and ``requires_grad`` are restored (checked after every run).
 
 from __future__ import annotations
 
+import math
+import re
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -27,9 +48,13 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.aggregation import SumMetric
 
 from relmon.explain import canonical_method, explain_full, to_heatmap
+from relmon.explain import lrp as _lrp
+from relmon.explain._validate import first_layer_channels
+from relmon.explain.core import parse_method
 from relmon.lightning.monitor import (
     batch_size_of,
     global_positions,
@@ -39,21 +64,101 @@ from relmon.lightning.monitor import (
 )
 from relmon.metrics import AOPC, AOPCMinusRandom, HeatmapEntropy
 from relmon.models.preprocessing import ATTRIBUTE as _PREPROCESSING_ATTRIBUTE
-from relmon.models.preprocessing import input_bounds
-from relmon.perturbation import DEFAULT_MAX_BATCH_BYTES, evaluate_heatmaps
+from relmon.models.preprocessing import MissingPreprocessingError, Preprocessing
+from relmon.perturbation import (
+    DEFAULT_MAX_BATCH_BYTES,
+    PERTURBATIONS,
+    SCORES,
+    evaluate_heatmaps,
+    num_regions,
+)
+
+#: Attributes searched, in this order, for the classifier when ``model_attr`` is not given.
+CLASSIFIER_ATTRIBUTES = ("model", "net", "classifier")
+#: Default share of the regions perturbed (L = round(fraction × regions)) when ``steps`` is not given.
+DEFAULT_FRACTION = 1.0 / 3.0
+#: Default region grid side: ``region = ceil(min(H, W) / GRID)`` when ``region`` is not given.
+DEFAULT_GRID = 7
+#: ``max_samples=None``: this share of the validation set, clipped to [AUTO_MIN_SAMPLES, AUTO_MAX_SAMPLES]
+#: (FALLBACK_SAMPLES when the loader's size is unknown).
+AUTO_SAMPLE_SHARE = 0.01
+AUTO_MIN_SAMPLES, AUTO_MAX_SAMPLES, FALLBACK_SAMPLES = 8, 64, 32
+_TAG_UNSAFE = re.compile(r"[^-/\w.]")
+# Children of a LightningModule that are not layers of the classifier.
+_NOT_LAYERS = (Metric, MetricCollection, nn.modules.loss._Loss)
 
 
-def _input_range(module: nn.Module) -> tuple[Any, Any]:
-    """``(low, high)`` of the first (sub)module declaring its preprocessing, else ``(None, None)``."""
-    for sub in module.modules():
-        prep = getattr(sub, _PREPROCESSING_ATTRIBUTE, None)
-        if prep is not None:
-            return input_bounds(sub, 1 if len(prep.mean) == 1 else len(prep.mean))
-    return None, None
+def log_key(*parts: str) -> str:
+    """A log key whose characters survive every logger unchanged (TensorBoard rewrites others to ``_``)."""
+    return "/".join(_TAG_UNSAFE.sub("_", p) for p in parts)
+
+
+class _ForwardClassifier(nn.Module):
+    """``pl_module.forward`` as a classifier whose modules are the LightningModule's layers only.
+
+    Its children are the LightningModule's children except torchmetrics metrics and loss modules, so
+    LRP composites, the support check and mode switches see layers only; ``forward`` calls the
+    LightningModule's ``forward`` method directly (not through ``__call__``), which ``torch.fx`` can trace.
+    """
+
+    def __init__(self, owner: pl.LightningModule):
+        super().__init__()
+        object.__setattr__(self, "_owner", owner)  # not a submodule: its metrics stay out
+        for name, child in owner.named_children():
+            if not isinstance(child, _NOT_LAYERS):
+                self.add_module(name, child)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._owner.forward(x)
+
+
+def _module_attributes(pl_module: nn.Module) -> list[str]:
+    return [name for name, child in pl_module.named_children() if not isinstance(child, _NOT_LAYERS)]
+
+
+def _first_loader(trainer: pl.Trainer) -> Any:
+    loaders = trainer.val_dataloaders
+    if isinstance(loaders, (list, tuple)):
+        loaders = loaders[0] if loaders else None
+    elif isinstance(loaders, dict):
+        loaders = next(iter(loaders.values()), None)
+    return loaders
+
+
+def _validation_size(trainer: pl.Trainer) -> int | None:
+    """Items one validation epoch of the first loader sees (all ranks together), or None if unknown."""
+    loader = _first_loader(trainer)
+    try:
+        n = len(loader.dataset)
+    except Exception:  # iterable datasets
+        return None
+    try:
+        batches = trainer.num_val_batches[0]
+        if math.isfinite(batches) and loader.batch_size:
+            n = min(n, int(batches) * int(loader.batch_size) * max(1, trainer.world_size))
+    except Exception:  # no limit known
+        pass
+    return n
+
+
+def _first_input(trainer: pl.Trainer) -> torch.Tensor | None:
+    """The first item of the first validation dataset (without iterating a loader), or None."""
+    dataset = getattr(_first_loader(trainer), "dataset", None)
+    try:
+        if dataset is None or len(dataset) == 0:
+            return None
+        item = dataset[0]
+    except Exception:  # iterable datasets, lazy loaders, a bad first file: wait for the first batch
+        return None
+    if isinstance(item, dict):
+        item = item.get("x")
+    elif isinstance(item, (tuple, list)) and item:
+        item = item[0]
+    return item if isinstance(item, torch.Tensor) and item.dim() >= 2 else None
 
 
 class HeatmapQualityCallback(pl.Callback):
-    """Log heatmap quality of ``pl_module`` (or ``getattr(pl_module, model_attr)``) on validation data.
+    """Log heatmap quality of the LightningModule's classifier on validation data.
 
     Parameters
     ----------
@@ -62,29 +167,55 @@ class HeatmapQualityCallback(pl.Callback):
     every_n_epochs:
         Run after validation epochs ``n - 1, 2n - 1, ...`` (every epoch for 1).
     max_samples:
-        Inputs scored per run: the first ``max_samples`` of the first validation loader.
-    region, steps, perturbation, score, seed, max_batch_bytes:
+        Inputs scored per run: the first ``max_samples`` of the first validation loader. ``None``
+        (default): 1 % of the validation epoch's items, at least 8 and at most 64 (32 when the
+        loader has no length), so the cost is a fixed share of the epoch; the number used is in
+        :attr:`samples_used`. Few samples make a noisy mean: set it (e.g. 32) on small validation
+        sets when a steadier signal is worth the time.
+    region:
+        Side of the square regions in pixels; default ``ceil(min(H, W) / 7)`` (a 7 × 7 grid, 4 px
+        on 28 × 28 images). Larger than the images: a ``ValueError`` before training.
+    steps, fraction:
+        ``L``, the perturbation steps, given directly (``steps``) or as the share of the regions
+        perturbed (``fraction`` in ``(0, 1]``, L = max(1, round(fraction × regions))); give at most
+        one; default ``fraction = 1/3``. ``steps`` above the number of regions is a ``ValueError``
+        before training (never silently capped).
+    step_stride:
+        Evaluate every ``step_stride``-th step and interpolate the rest (trapezoid rule, see
+        :func:`relmon.perturbation.region_perturbation`); default 4. 1 is exact.
+    perturbation, score, seed, max_batch_bytes:
         Region perturbation settings (see :func:`relmon.perturbation.region_perturbation`).
     model_attr:
-        Name of the attribute of the LightningModule holding the classifier to explain; ``None``
-        explains the LightningModule itself. The input range for the ``uniform`` perturbation comes
-        from the first submodule that declares its preprocessing.
+        Name of the LightningModule attribute holding the classifier. ``None``: the first
+        ``nn.Module`` among ``model``, ``net``, ``classifier``, else the LightningModule's ``forward``
+        over its layers (torchmetrics children and loss modules excluded).
+    preprocessing:
+        The classifier's :class:`relmon.Preprocessing` (normalisation and valid input range), needed
+        by the ``uniform`` perturbation and ``lrp:epsilon_gamma_box``. ``None``: the one declared by
+        the classifier or the LightningModule (``relmon.attach_preprocessing``), or a
+        ``Preprocessing`` held in the LightningModule's ``preprocessing`` attribute.
     prefix:
         Log key prefix.
+
+    Cost per validated epoch: ``max_samples`` explanations plus
+    ``max_samples × 2 × (ceil(L / step_stride) + 1)`` forwards (``max_samples × 10`` at the defaults).
     """
 
     def __init__(
         self,
         methods: Sequence[str] = ("lrp",),
         every_n_epochs: int = 1,
-        max_samples: int = 64,
-        region: int = 9,
-        steps: int = 100,
+        max_samples: int | None = None,
+        region: int | None = None,
+        steps: int | None = None,
+        fraction: float | None = None,
+        step_stride: int = 4,
         perturbation: str = "uniform",
         score: str = "logit",
         seed: int = 0,
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
         model_attr: str | None = None,
+        preprocessing: Preprocessing | None = None,
         prefix: str = "relmon",
     ):
         super().__init__()
@@ -93,15 +224,41 @@ class HeatmapQualityCallback(pl.Callback):
         self.methods = tuple(canonical_method(m) for m in methods)
         if not self.methods:
             raise ValueError("methods must name at least one heatmap method")
-        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be a positive int, got {every_n_epochs!r}")
-        if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
-            raise ValueError(f"max_samples must be a positive int, got {max_samples!r}")
+
+        def positive_int(value, name, allow_none=False):
+            if value is None and allow_none:
+                return
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, got {value!r}")
+
+        positive_int(every_n_epochs, "every_n_epochs")
+        positive_int(max_samples, "max_samples", allow_none=True)
+        positive_int(region, "region", allow_none=True)
+        positive_int(steps, "steps", allow_none=True)
+        positive_int(step_stride, "step_stride")
+        if steps is not None and fraction is not None:
+            raise ValueError("give steps= or fraction= (share of the regions perturbed), not both")
+        if fraction is not None and not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
+                                         and 0.0 < fraction <= 1.0):
+            raise ValueError(f"fraction must be in (0, 1] (share of the regions perturbed), got {fraction!r}")
+        if perturbation not in PERTURBATIONS:
+            raise ValueError(f"perturbation must be one of {', '.join(PERTURBATIONS)}, got {perturbation!r}")
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+        if preprocessing is not None and not isinstance(preprocessing, Preprocessing):
+            raise TypeError(f"preprocessing must be a relmon.Preprocessing, got {type(preprocessing).__name__}")
+        if model_attr is not None and not (isinstance(model_attr, str) and model_attr):
+            raise ValueError(f"model_attr must be an attribute name, got {model_attr!r}")
         self.every_n_epochs = every_n_epochs
         self.max_samples = max_samples
-        self.opts = dict(region=region, steps=steps, perturbation=perturbation, score=score, seed=seed,
-                         max_batch_bytes=max_batch_bytes)
+        self.region = region
+        self.steps = steps
+        self.fraction = None if steps is not None else float(DEFAULT_FRACTION if fraction is None else fraction)
+        self.step_stride = step_stride
+        self.opts = dict(perturbation=perturbation, score=score, seed=seed, max_batch_bytes=max_batch_bytes,
+                         step_stride=step_stride)
         self.model_attr = model_attr
+        self.preprocessing = preprocessing
         self.prefix = prefix
         self._aopc = {m: AOPC() for m in self.methods}
         self._minus_random = {m: AOPCMinusRandom() for m in self.methods}
@@ -111,16 +268,156 @@ class HeatmapQualityCallback(pl.Callback):
         self._xs: list[torch.Tensor] = []
         self._ids: list = []
         self._position = 0
+        self._classifier: nn.Module | None = None
+        self._prep: Preprocessing | None = None
+        self._geometry: tuple[int, int] | None = None  # (H, W) the region/steps were checked for
+        self.samples_used: int | None = None
+        self.region_used: int | None = None
+        self.steps_used: int | None = None
         self.last_values: dict[str, float] = {}
+
+    # -- set-up checks (before training) -----------------------------------------------------------
+
+    def _needs_range(self) -> bool:
+        return self.opts["perturbation"] == "uniform" or "lrp:epsilon_gamma_box" in self.methods
+
+    def resolve_classifier(self, pl_module: pl.LightningModule) -> nn.Module:
+        """The module this callback explains (see ``model_attr``); a clear error when there is none."""
+        cls = type(pl_module).__name__
+        if self.model_attr is not None:
+            model = getattr(pl_module, self.model_attr, None)
+            if not isinstance(model, nn.Module) or isinstance(model, _NOT_LAYERS):
+                raise AttributeError(
+                    f"HeatmapQualityCallback(model_attr={self.model_attr!r}): {cls} has no classifier module "
+                    f"in attribute {self.model_attr!r}; its module attributes are {_module_attributes(pl_module)}"
+                )
+            return model
+        for name in CLASSIFIER_ATTRIBUTES:
+            model = getattr(pl_module, name, None)
+            if isinstance(model, nn.Module) and not isinstance(model, _NOT_LAYERS):
+                return model
+        if type(pl_module).forward is pl.LightningModule.forward:
+            raise AttributeError(
+                f"HeatmapQualityCallback cannot find the classifier of {cls}: it has no attribute "
+                f"{' / '.join(CLASSIFIER_ATTRIBUTES)} and no forward(). Pass model_attr='<name>' naming the "
+                f"attribute that holds it (module attributes: {_module_attributes(pl_module)})"
+            )
+        return _ForwardClassifier(pl_module)
+
+    def _resolve_preprocessing(self, pl_module: pl.LightningModule, model: nn.Module) -> Preprocessing | None:
+        if self.preprocessing is not None:
+            return self.preprocessing
+        for owner in (model, pl_module):
+            for sub in owner.modules():
+                if isinstance(sub, Metric):
+                    continue
+                prep = getattr(sub, _PREPROCESSING_ATTRIBUTE, None)
+                if isinstance(prep, Preprocessing):
+                    return prep
+        prep = getattr(pl_module, "preprocessing", None)
+        if isinstance(prep, Preprocessing):
+            return prep
+        if self._needs_range():
+            what = ("the 'uniform' perturbation" if self.opts["perturbation"] == "uniform"
+                    else "lrp:epsilon_gamma_box")
+            raise MissingPreprocessingError(
+                f"HeatmapQualityCallback needs the valid input range of the classifier for {what}, but neither "
+                f"the callback nor {type(pl_module).__name__} declares one. Pass "
+                "HeatmapQualityCallback(preprocessing=relmon.Preprocessing(mean=..., std=..., low=0.0, high=1.0)) "
+                "with the normalisation your validation data gets, or declare it on the model with "
+                "relmon.attach_preprocessing(<classifier>, relmon.Preprocessing(...)), or set "
+                "self.preprocessing = relmon.Preprocessing(...) in the LightningModule; perturbation='blur', "
+                "'mean', 'black' or 'constant' need no range."
+            )
+        return None
+
+    def _bounds(self, channels: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self._prep is None:
+            return None, None
+        return self._prep.bounds(channels)
+
+    def _check_lrp(self, model: nn.Module) -> None:
+        """Raise UnsupportedModelError now for a classifier relmon's LRP cannot explain (no forward needed)."""
+        channels = first_layer_channels(model) or (len(self._prep.mean) if self._prep is not None else 1)
+        probe = torch.zeros(1, channels, 1, 1)
+        low, high = self._bounds(channels)
+        for method in self.methods:
+            family, name = parse_method(method)
+            if family != "lrp":
+                continue
+            options = {} if low is None else dict(low=low, high=high)
+            composite, canonizers = _lrp.composite_for(name, model, probe, **options)
+            with torch.inference_mode(False), composite.context(model) as modified:
+                _lrp.check_supported(modified, canonizers)
+
+    def check_geometry(self, height: int, width: int) -> tuple[int, int]:
+        """``(region, L)`` for ``height × width`` inputs; a ValueError naming the fix when they do not fit."""
+        side = min(height, width)
+        region = self.region if self.region is not None else max(1, math.ceil(side / DEFAULT_GRID))
+        if region > side:
+            raise ValueError(
+                f"HeatmapQualityCallback: region={region} is larger than the validation images ({height}x{width}); "
+                f"choose region <= {side} (or leave it unset for a {DEFAULT_GRID}x{DEFAULT_GRID} grid)"
+            )
+        n_regions = num_regions(height, width, region)
+        if self.steps is not None:
+            if self.steps > n_regions:
+                raise ValueError(
+                    f"HeatmapQualityCallback: steps={self.steps} exceeds the {n_regions} regions of a "
+                    f"{height}x{width} image at region={region}; choose steps <= {n_regions}, a smaller region, "
+                    "or fraction= (the share of the regions perturbed)"
+                )
+            steps = self.steps
+        else:
+            steps = max(1, round(self.fraction * n_regions))
+        self._geometry = (height, width)
+        self.region_used, self.steps_used = region, steps
+        return region, steps
+
+    def _check_input(self, x: torch.Tensor | None) -> None:
+        if x is None or x.dim() < 2:
+            return
+        if self._geometry != tuple(x.shape[-2:]):
+            self.check_geometry(int(x.shape[-2]), int(x.shape[-1]))
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage not in ("fit", "validate"):
+            return
+        model = self.resolve_classifier(pl_module)
+        self._prep = self._resolve_preprocessing(pl_module, model)
+        self._check_lrp(model)
+        self._classifier = model
+        self._geometry = None
+        example = getattr(pl_module, "example_input_array", None)
+        if isinstance(example, torch.Tensor):
+            self._check_input(example)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._geometry is None:
+            self._check_input(_first_input(trainer))
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._geometry is None:
+            self._check_input(_first_input(trainer))
 
     # -- collection --------------------------------------------------------------------------------
 
     def _runs_now(self, trainer: pl.Trainer) -> bool:
         return not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
+    def _samples(self, trainer: pl.Trainer) -> int:
+        if self.max_samples is not None:
+            return self.max_samples
+        n = _validation_size(trainer)
+        if n is None:
+            return FALLBACK_SAMPLES
+        return int(min(AUTO_MAX_SAMPLES, max(AUTO_MIN_SAMPLES, round(AUTO_SAMPLE_SHARE * n))))
+
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._active = self._runs_now(trainer)
         self._xs, self._ids, self._position = [], [], 0
+        if self._active:
+            self.samples_used = self._samples(trainer)
 
     def on_validation_batch_end(
         self,
@@ -131,9 +428,12 @@ class HeatmapQualityCallback(pl.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if not self._active or dataloader_idx != 0:
+        if dataloader_idx != 0:
             return
         x, n_good, n_bad = batch_size_of(batch)
+        self._check_input(x)  # also in the sanity check: a bad region/steps is reported before training
+        if not self._active:
+            return
         position = self._position
         self._position += n_good + n_bad
         if x is None or n_good == 0:
@@ -142,7 +442,7 @@ class HeatmapQualityCallback(pl.Callback):
         keep = keep_mask(padding_flags(sampler, position, n_good + n_bad), n_good)
         glob = global_positions(sampler, position, n_good)
         ids = batch.get("sample_id") if isinstance(batch, dict) else None
-        chosen = [i for i in range(n_good) if keep[i] and glob[i] < self.max_samples]
+        chosen = [i for i in range(n_good) if keep[i] and glob[i] < self.samples_used]
         if not chosen:
             return
         # Copies made outside inference mode are normal tensors that autograd accepts.
@@ -154,7 +454,10 @@ class HeatmapQualityCallback(pl.Callback):
     # -- scoring -----------------------------------------------------------------------------------
 
     def _model(self, pl_module: pl.LightningModule) -> nn.Module:
-        return pl_module if self.model_attr is None else getattr(pl_module, self.model_attr)
+        if self._classifier is None:  # hooks driven without setup(): resolve now
+            self._classifier = self.resolve_classifier(pl_module)
+            self._prep = self._resolve_preprocessing(pl_module, self._classifier)
+        return self._classifier
 
     def _metrics(self) -> list:
         return [*self._aopc.values(), *self._minus_random.values(), *self._entropy.values(), self._count]
@@ -183,11 +486,13 @@ class HeatmapQualityCallback(pl.Callback):
         self._log(pl_module)
 
     def _score(self, model: nn.Module, x: torch.Tensor) -> None:
-        low, high = _input_range(model) if self.opts["perturbation"] == "uniform" else (None, None)
-        kwargs = dict(self.opts, sample_ids=list(self._ids), low=low, high=high)
+        region, steps = self.check_geometry(int(x.shape[-2]), int(x.shape[-1]))
+        low, high = self._bounds(x.shape[1])
+        kwargs = dict(self.opts, region=region, steps=steps, sample_ids=list(self._ids), low=low, high=high)
         target = None
         for method in self.methods:
-            expl = explain_full(model, x, method, target=target)
+            options = dict(low=low, high=high) if low is not None and method.startswith("lrp") else {}
+            expl = explain_full(model, x, method, target=target, **options)
             target = expl.target if target is None else target
             heat = to_heatmap(expl.relevance, expl.method)
             ev = evaluate_heatmaps(model, x, heat, orders=("morf", "random"), target=target, **kwargs)
@@ -198,22 +503,29 @@ class HeatmapQualityCallback(pl.Callback):
         with torch.inference_mode(False):
             self._count.update(float(x.shape[0]))
 
+    def log_keys(self) -> list[str]:
+        """The keys this callback logs (identical in every logger)."""
+        keys = []
+        for method in self.methods:
+            keys += [log_key(self.prefix, what, method) for what in ("aopc", "aopc_minus_random", "entropy")]
+        return [*keys, log_key(self.prefix, "n")]
+
     def _log(self, pl_module: pl.LightningModule) -> None:
         # compute() sums the states over ranks (a collective: every rank gets here, with or without data).
         values: dict[str, float] = {}
         with warnings.catch_warnings(), torch.inference_mode(False):
             warnings.filterwarnings("ignore", message=".*compute.*before.*update.*")
             for method in self.methods:
-                values[f"{self.prefix}/aopc/{method}"] = float(self._aopc[method].compute())
-                values[f"{self.prefix}/aopc_minus_random/{method}"] = float(self._minus_random[method].compute())
-                values[f"{self.prefix}/entropy/{method}"] = float(self._entropy[method].compute())
+                values[log_key(self.prefix, "aopc", method)] = float(self._aopc[method].compute())
+                values[log_key(self.prefix, "aopc_minus_random", method)] = float(
+                    self._minus_random[method].compute())
+                values[log_key(self.prefix, "entropy", method)] = float(self._entropy[method].compute())
             n = int(self._count.compute())
-        values[f"{self.prefix}/n"] = float(n)
+        values[log_key(self.prefix, "n")] = float(n)
         self.last_values = values
         if n == 0:
             return
-        for key, value in values.items():
-            pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False)
+        pl_module.log_dict(values, on_step=False, on_epoch=True, sync_dist=False)
 
 
-__all__ = ["HeatmapQualityCallback"]
+__all__ = ["CLASSIFIER_ATTRIBUTES", "DEFAULT_FRACTION", "HeatmapQualityCallback", "log_key"]
