@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -76,6 +77,9 @@ class MonitorConfig:
     interval_seconds: float = 60.0
     watch: bool = False
     max_iterations: int | None = None
+    # reliability (B)
+    run_timeout_seconds: float | None = None
+    only_new: bool = False
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> MonitorConfig:
         """A copy with ``overrides`` (None values ignored) applied and validated."""
@@ -95,6 +99,17 @@ class MonitorConfig:
             raise ConfigError(
                 f"shift applies to input: sample only, got input: {self.input!r}; "
                 "fix: remove shift (flag: --shift none) or set input: sample"
+            )
+        # reliability (B)
+        if self.only_new and _is_sample(self.input):
+            raise ConfigError(
+                "only_new: true needs input to be a folder or fsspec URL of image files, got input: sample; "
+                "fix: set input to a folder or set only_new: false"
+            )
+        if self.only_new and not self.records:
+            raise ConfigError(
+                "only_new: true keeps its state (the files already scored) in the records folder, but "
+                "records is not set; fix: set records: FOLDER (flag --records)"
             )
         return self
 
@@ -141,7 +156,10 @@ FIELDS: dict[str, tuple[str, str]] = {
     "textfile": ("str?", "write the metrics to this file (atomically), e.g. for node-exporter"),
     "pushgateway": ("str?", "Pushgateway address host:port to push the metrics to"),
     "job": ("str", "Pushgateway job name"),
-    "push_timeout": ("float+", "seconds per push attempt"),
+    "push_timeout": (
+        "float+",
+        "seconds per push attempt, a deadline for the whole attempt (a gateway that trickles bytes is cut off)",
+    ),
     "push_retries": ("int>=0", "push retries after the first attempt (exponential backoff)"),
     "push_backoff": ("float+", "seconds before the first retry (doubles each retry)"),
     "http_addr": ("str", "address of the /metrics endpoint of 'relmon serve'"),
@@ -149,6 +167,25 @@ FIELDS: dict[str, tuple[str, str]] = {
     "interval_seconds": ("float+", "seconds between runs (serve) or between folder checks (watch)"),
     "watch": ("bool", "serve: re-run when the input folder changes instead of on every interval"),
     "max_iterations": ("int+?", "serve: stop after this many runs (default: run until stopped)"),
+    # reliability (B)
+    "run_timeout_seconds": (
+        "float+?",
+        "stop scoring after this many seconds (checked between batches); the finished batches' records "
+        "are written and the run exits 5",
+    ),
+    "only_new": (
+        "bool",
+        "score only files new or changed since the last successful run (state kept in the records folder)",
+    ),
+}
+
+# Largest accepted value per numeric field (a bigger one is a typo or overflows a timer / backoff).
+_MAXIMA: dict[str, float] = {
+    "push_retries": 100,
+    "push_timeout": 86400.0,
+    "push_backoff": 3600.0,
+    "interval_seconds": 366 * 86400.0,
+    "run_timeout_seconds": 366 * 86400.0,
 }
 
 _EXAMPLES = {
@@ -217,6 +254,7 @@ def _coerce(name: str, value: Any) -> Any:
         }[base]
         if not ok:
             raise _bad(name, kind, value)
+        _check_maximum(name, kind, value)
         return value
     if base in ("float01", "float+"):
         if isinstance(value, str):
@@ -226,10 +264,17 @@ def _coerce(name: str, value: Any) -> Any:
                 raise _bad(name, kind, value) from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _bad(name, kind, value)
+        try:
+            value = float(value)
+        except OverflowError:  # an int too large for a float
+            raise _bad(name, kind, value, " (not a finite number)") from None
+        if not math.isfinite(value):
+            raise _bad(name, kind, value, " (not a finite number)")
         ok = 0.0 < value <= 1.0 if base == "float01" else value > 0.0
         if not ok:
             raise _bad(name, kind, value)
-        return float(value)
+        _check_maximum(name, kind, value)
+        return value
     if base in ("list[str]", "list[int]"):
         if isinstance(value, (str, int)) and not isinstance(value, bool):
             value = [value]
@@ -247,6 +292,12 @@ def _coerce(name: str, value: Any) -> Any:
             raise _bad(name, kind, value)
         return out
     raise AssertionError(kind)  # pragma: no cover
+
+
+def _check_maximum(name: str, kind: str, value: float) -> None:
+    top = _MAXIMA.get(name)
+    if top is not None and value > top:
+        raise _bad(name, kind, value, f" (at most {top:g})")
 
 
 def _check_names(values: Mapping[str, Any], where: str) -> None:
