@@ -109,6 +109,7 @@ def score_stream(cfg: MonitorConfig, model, stream, progress: bool = False):
     import pytorch_lightning as pl
 
     from relmon.data.streams import StreamDataModule
+    from relmon.jobs.signals import stop_callback
     from relmon.lightning import RelevanceMonitor
     from relmon.records import empty_records
 
@@ -129,6 +130,7 @@ def score_stream(cfg: MonitorConfig, model, stream, progress: bool = False):
         enable_checkpointing=False,
         enable_model_summary=False,
         enable_progress_bar=progress,
+        callbacks=[stop_callback()],  # SIGTERM/SIGINT and run_timeout_seconds stop between batches
     )
     frames = trainer.predict(monitor, datamodule=StreamDataModule(stream, batch_size=cfg.batch_size)) or []
     frames = [f for f in frames if f is not None and len(f)]
