@@ -215,6 +215,7 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         write(tmp)
         os.replace(tmp, path)  # readers never see a half-written file
     except BaseException:
@@ -224,6 +225,17 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
             pass
         raise
     return path
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
 
 
 def is_temporary(path: str | os.PathLike) -> bool:
@@ -267,7 +279,8 @@ def read_record_files(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
     """
     frames = []
     for p in paths:
-        table = pq.read_table(p)
+        with open(p, "rb") as f:  # one open: a file replaced meanwhile is read whole (old or new)
+            table = pq.ParquetFile(f).read()
         names = [n for n in RECORD_COLUMNS if n not in _ADDED_COLUMNS or n in table.schema.names]
         expected = pa.schema([RECORD_SCHEMA.field(n) for n in names])
         if not table.schema.equals(expected, check_metadata=False):

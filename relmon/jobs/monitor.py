@@ -286,6 +286,7 @@ class MonitorJob:
         )
         with lock:
             seen = self._seen_files()
+            log.info("run %s: scoring %s (stream %s)", run_id, cfg.input, cfg.stream)
             try:
                 with run_deadline(cfg.run_timeout_seconds):
                     summary, records = self.compute()
