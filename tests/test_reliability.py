@@ -561,3 +561,55 @@ def test_sigterm_stops_monitor_within_seconds_and_keeps_finished_batches(tmp_pat
     n = frame["sample_id"].nunique()
     assert 0 < n < 2000 and n % 8 == 0  # whole batches only
     assert not (tmp_path / "m.prom").exists()  # an interrupted run exports nothing
+
+
+def test_concurrent_only_new_runs_score_each_file_once(tmp_path):
+    """The records folder's lock: two runs at once on the same folder; each file is scored by one."""
+    from relmon.jobs import MonitorJob
+    from relmon.jobs.monitor import EmptyWindowError
+
+    imgs = tmp_path / "in"
+    write_pngs(imgs, 8)
+    cfg = MonitorConfig(**{**FAST, "n": None}, input=str(imgs), records=str(tmp_path / "rec"), only_new=True)
+    jobs = [MonitorJob(cfg, registry=CollectorRegistry()) for _ in range(2)]
+    results: list = []
+
+    def go(job):
+        try:
+            results.append(job.run().scored)
+        except EmptyWindowError:
+            results.append(0)
+
+    threads = [threading.Thread(target=go, args=(j,)) for j in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [0, 8]  # the second waited for the lock, then found nothing new
+    assert len(read_records(tmp_path / "rec").drop_duplicates("sample_id")) == 8
+
+
+def test_sigint_stops_serve_while_it_waits(tmp_path):
+    proc = subprocess.Popen(
+        relmon_cmd("serve", "--n", "16", "--region", "7", "--steps", "8", "--batch-size", "16",
+                   "--http-addr", "127.0.0.1", "--http-port", "0", "--interval-seconds", "600"),
+        env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if line.startswith("relmon monitor:") or not line:
+                break
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        stopped_after = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-2000:]
+    assert "served 1 run(s), 0 failed" in out
+    assert stopped_after < 10  # not the 600 s interval
