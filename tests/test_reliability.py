@@ -613,3 +613,16 @@ def test_sigint_stops_serve_while_it_waits(tmp_path):
     assert proc.returncode == 0, err[-2000:]
     assert "served 1 run(s), 0 failed" in out
     assert stopped_after < 10  # not the 600 s interval
+
+
+def test_soak_memory_stays_flat_over_a_sampled_stream():
+    """5,000 images with 2 % sampling through the job's scoring pass (benchmarks/bench_soak.py runs
+    100,000): RSS growth after the first thousand stays under 100 MiB."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_soak", ROOT / "benchmarks" / "bench_soak.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.soak(images=5000, sample_rate=0.02)
+    assert out["scored"] > 50 and len(out["trace"]) == 6
+    assert out["rss_growth_mib"] < 100, out["trace"]
