@@ -626,3 +626,17 @@ def test_soak_memory_stays_flat_over_a_sampled_stream():
     out = bench.soak(images=5000, sample_rate=0.02)
     assert out["scored"] > 50 and len(out["trace"]) == 6
     assert out["rss_growth_mib"] < 100, out["trace"]
+
+
+def test_run_timeout_stops_between_batches_keeps_finished_records_and_exits_7(tmp_path, capsys):
+    from relmon.cli import main
+
+    rec = tmp_path / "rec"
+    rc = main(["monitor", "--n", "64", "--steps", "49", "--batch-size", "8", "--records", str(rec),
+               "--textfile", str(tmp_path / "m.prom"), "--run-timeout-seconds", "0.5"])
+    err = capsys.readouterr().err
+    assert rc == 7, err
+    assert "run_timeout_seconds (0.5 s) passed" in err and "records of the finished batches" in err
+    n = read_records(rec)["sample_id"].nunique()
+    assert 0 < n < 64 and n % 8 == 0
+    assert not (tmp_path / "m.prom").exists()
