@@ -2,10 +2,13 @@
 
 Lightning installs its own SIGTERM handler during ``Trainer.predict`` (it only notes the signal and goes
 on scoring; a KeyboardInterrupt makes it call ``sys.exit(1)``). :func:`stop_on_signals` installs
-handlers that only *request* a stop; Lightning chains them. :class:`StopCallback`, added to every
-scoring trainer, checks the request and the deadline before each batch and raises
-:class:`RunInterrupted` carrying the records of the batches already finished, so the job writes them
-and exits with :data:`EXIT_INTERRUPTED` (signal) or :data:`EXIT_TIMEOUT` (deadline).
+handlers that request a stop; Lightning chains them. While a scoring trainer runs (between its
+``on_predict_start`` and ``on_predict_end``) the handler raises :class:`RunInterrupted` at once, in the
+middle of the batch (whose records are dropped); elsewhere (outputs, ``serve`` waiting) it only sets the
+request. :class:`StopCallback`, added to every scoring trainer, keeps each finished batch's records,
+checks the request and the run deadline before each batch, and hands the finished records to the
+exception, so the job writes them and exits with :data:`EXIT_INTERRUPTED` (signal) or
+:data:`EXIT_TIMEOUT` (deadline).
 
 A second SIGINT/SIGTERM while a stop is already pending raises ``KeyboardInterrupt`` at once.
 """
@@ -52,6 +55,7 @@ class _StopState:
         self.deadline: float | None = None  # time.monotonic() value
         self.timeout: float | None = None
         self.events: list[threading.Event] = []
+        self.in_predict = False  # a scoring trainer is running: a signal raises at once
 
     def request(self, signum: int) -> None:
         self.signum = signum
@@ -90,6 +94,9 @@ def _handler(signum, frame) -> None:
     if STOP.signum is not None:  # second signal: stop now
         raise KeyboardInterrupt
     STOP.request(signum)
+    if STOP.in_predict:
+        STOP.in_predict = False  # raise once; StopCallback.on_exception adds the finished records
+        check()
 
 
 @contextmanager
@@ -143,6 +150,17 @@ def _make_callback():
         def records(self) -> pd.DataFrame | None:
             frames = [f for f in self.frames if isinstance(f, pd.DataFrame) and len(f)]
             return pd.concat(frames, ignore_index=True) if frames else None
+
+        def on_predict_start(self, trainer, pl_module) -> None:
+            STOP.in_predict = True
+
+        def on_predict_end(self, trainer, pl_module) -> None:
+            STOP.in_predict = False
+
+        def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+            STOP.in_predict = False
+            if isinstance(exception, RunInterrupted) and exception.records is None:
+                exception.records = self.records()
 
         def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
             if should_stop():
