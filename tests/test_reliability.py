@@ -640,3 +640,31 @@ def test_run_timeout_stops_between_batches_keeps_finished_records_and_exits_7(tm
     n = read_records(rec)["sample_id"].nunique()
     assert 0 < n < 64 and n % 8 == 0
     assert not (tmp_path / "m.prom").exists()
+
+
+def test_sigterm_stops_serve_during_a_run_and_exits_5(tmp_path):
+    rec = tmp_path / "rec"
+    proc = subprocess.Popen(
+        relmon_cmd("serve", "--n", "2000", "--steps", "49", "--batch-size", "8", "--records", str(rec),
+                   "--http-addr", "127.0.0.1", "--http-port", "0"),
+        env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if "scoring sample" in line or not line:
+                break
+        time.sleep(4)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        stopped_after = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 5, err[-2000:]
+    assert "run stopped: stopped by SIGTERM" in err and "served 1 run(s)" in out
+    assert stopped_after < 15
+    assert 0 < read_records(rec)["sample_id"].nunique() < 2000
