@@ -668,3 +668,16 @@ def test_sigterm_stops_serve_during_a_run_and_exits_5(tmp_path):
     assert "run stopped: stopped by SIGTERM" in err and "served 1 run(s)" in out
     assert stopped_after < 15
     assert 0 < read_records(rec)["sample_id"].nunique() < 2000
+
+
+def test_stale_textfile_temporaries_of_killed_writes_are_removed(tmp_path):
+    from relmon.jobs.monitor import _remove_stale_textfile_temporaries
+
+    prom = tmp_path / "m.prom"
+    old, young, other = tmp_path / "m.prom.123.456", tmp_path / "m.prom.7.8", tmp_path / "m.prom.bak"
+    for p in (old, young, other):
+        p.write_text("x")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    os.utime(other, (time.time() - 7200, time.time() - 7200))
+    assert _remove_stale_textfile_temporaries(str(prom)) == [str(old)]
+    assert young.exists() and other.exists()

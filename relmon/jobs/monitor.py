@@ -11,6 +11,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -315,6 +316,7 @@ class MonitorJob:
             if outputs:
                 if cfg.textfile:
                     try:
+                        _remove_stale_textfile_temporaries(cfg.textfile)
                         summary.outputs["textfile"] = str(write_textfile(self.registry, cfg.textfile))
                     except OSError as err:
                         failures.append(_output_error("textfile", cfg.textfile, err, "textfile: PATH"))
@@ -386,6 +388,27 @@ class MonitorJob:
 
 class EmptyWindowError(JobError):
     """The window held nothing to score; ``summary`` holds the (empty) results. CLI exit code 6."""
+
+
+def _remove_stale_textfile_temporaries(textfile: str, older_than: float = 3600.0) -> list[str]:
+    """Delete ``<textfile>.<pid>.<thread>`` files (prometheus-client's temporary name) of writes killed
+    more than ``older_than`` seconds ago."""
+    import re
+
+    path = Path(textfile)
+    removed: list[str] = []
+    if not path.parent.is_dir():
+        return removed
+    pattern = re.compile(re.escape(path.name) + r"\.\d+\.\d+$")
+    now = time.time()
+    for p in path.parent.iterdir():
+        try:
+            if pattern.match(p.name) and p.is_file() and now - p.stat().st_mtime > older_than:
+                p.unlink()
+                removed.append(str(p))
+        except OSError:
+            continue
+    return removed
 
 
 def _output_error(what: str, path: str | None, err: OSError, field_hint: str) -> str:
