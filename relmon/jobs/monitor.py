@@ -324,7 +324,7 @@ class MonitorJob:
                 if cfg.pushgateway:
                     try:
                         attempts = self._push()
-                        summary.outputs["push"] = f"{cfg.pushgateway} (job {cfg.job}, {attempts} attempt(s))"
+                        summary.outputs["push"] = f"{_redacted(cfg.pushgateway)} (job {cfg.job}, {attempts} attempt(s))"
                     except PushError as err:
                         failures.append(str(err))
                         summary.outputs["push"] = f"FAILED: {err}"
@@ -355,6 +355,9 @@ class MonitorJob:
 
         cfg = self.cfg
         key = {"model": self.model_name, "stream": cfg.stream}
+        # the exporter-security layer (if present) resolves the URL and credentials up front
+        url = getattr(self, "push_url", cfg.pushgateway)
+        extra = {"security": self.push_security} if getattr(self, "push_security", None) is not None else {}
         deadline = (cfg.push_retries + 1) * cfg.push_timeout + cfg.push_backoff * (2**cfg.push_retries - 1)
         box: dict[str, Any] = {}
 
@@ -362,12 +365,13 @@ class MonitorJob:
             try:
                 box["attempts"] = push(
                     self.registry,
-                    cfg.pushgateway,
+                    url,
                     job=cfg.job,
                     grouping_key=key,
                     timeout=cfg.push_timeout,
                     retries=cfg.push_retries,
                     backoff=cfg.push_backoff,
+                    **extra,
                 )
             except BaseException as err:  # handed to the caller's thread
                 box["error"] = err
@@ -377,7 +381,7 @@ class MonitorJob:
         thread.join(deadline)
         if thread.is_alive():
             raise PushError(
-                f"could not push to the Pushgateway at {cfg.pushgateway!r} (job={cfg.job!r}): no answer "
+                f"could not push to the Pushgateway at {_redacted(cfg.pushgateway)!r} (job={cfg.job!r}): no answer "
                 f"within the push deadline of {deadline:g} s ((push_retries + 1) x push_timeout + backoffs); "
                 "check that the gateway is up and answers"
             )
@@ -409,6 +413,13 @@ def _remove_stale_textfile_temporaries(textfile: str, older_than: float = 3600.0
         except OSError:
             continue
     return removed
+
+
+def _redacted(url: str) -> str:
+    """``url`` without the password of ``user:password@`` credentials."""
+    import re
+
+    return re.sub(r"//([^/@:]*):[^/@]*@", r"//\1:***@", url)
 
 
 def _output_error(what: str, path: str | None, err: OSError, field_hint: str) -> str:
