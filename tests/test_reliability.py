@@ -681,3 +681,20 @@ def test_stale_textfile_temporaries_of_killed_writes_are_removed(tmp_path):
     os.utime(other, (time.time() - 7200, time.time() - 7200))
     assert _remove_stale_textfile_temporaries(str(prom)) == [str(old)]
     assert young.exists() and other.exists()
+
+
+def test_waiting_for_the_lock_is_bounded_and_stoppable(tmp_path):
+    from relmon.jobs.signals import RunInterrupted, run_deadline
+    from relmon.jobs.state import StateError, folder_lock
+
+    with folder_lock(tmp_path):
+        with pytest.raises(StateError, match=r"another relmon run holds .*\.relmon\.lock"):
+            with folder_lock(tmp_path, timeout=0.3):
+                pass
+        t0 = time.monotonic()
+        with pytest.raises(RunInterrupted, match="run_timeout_seconds"):
+            with run_deadline(0.3), folder_lock(tmp_path):
+                pass
+        assert time.monotonic() - t0 < 5
+    with folder_lock(tmp_path):  # released
+        pass

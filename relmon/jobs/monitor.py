@@ -285,12 +285,11 @@ class MonitorJob:
             if cfg.records and (cfg.only_new or getattr(self, "serve_only_new", False))
             else nullcontext()
         )
-        with lock:
+        with run_deadline(cfg.run_timeout_seconds), lock:  # the deadline also bounds the wait for the lock
             seen = self._seen_files()
             log.info("run %s: scoring %s (stream %s)", run_id, cfg.input, cfg.stream)
             try:
-                with run_deadline(cfg.run_timeout_seconds):
-                    summary, records = self.compute()
+                summary, records = self.compute()
             except RunInterrupted as err:
                 if seen is not None:
                     seen.discard()

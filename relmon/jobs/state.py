@@ -148,13 +148,33 @@ class SeenFiles:
 
 
 @contextmanager
-def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
-    """An exclusive ``fcntl`` lock on ``folder/.relmon.lock`` (waits for another holder)."""
+def folder_lock(folder: str | os.PathLike, timeout: float | None = None) -> Iterator[Path]:
+    """An exclusive ``fcntl`` lock on ``folder/.relmon.lock``; waits while another run holds it.
+
+    The wait polls, so SIGTERM/SIGINT (:mod:`relmon.jobs.signals`) stop it; with ``timeout`` seconds it
+    gives up with a :class:`StateError` naming the lock file.
+    """
+    import time
+
+    from relmon.jobs.signals import check
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
+    start = time.monotonic()
     with open(path, "a+") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        while True:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                check()  # a stop request or the run deadline ends the wait
+                if timeout is not None and time.monotonic() - start > timeout:
+                    raise StateError(
+                        f"another relmon run holds {str(path)!r} (only_new on the same records folder and "
+                        f"stream) for more than {timeout:g} s; fix: wait for it, or stop it"
+                    ) from None
+                time.sleep(0.1)
         try:
             yield path
         finally:
