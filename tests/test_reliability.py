@@ -443,6 +443,14 @@ def test_only_new_scores_each_file_once_and_keeps_every_run(tmp_path):
     assert recs["run_id"].nunique() == 2
     assert recs.drop_duplicates("sample_id")["sample_id"].nunique() == 8
     assert len(list((tmp_path / "rec" / "default").glob("*.parquet"))) == 2
+    # a deleted file leaves the state (it does not grow forever); a changed file is scored again
+    state = tmp_path / "rec" / "default" / ".relmon-state.json"
+    (imgs / "img0000.png").unlink()
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(imgs / "img0001.png")
+    os.utime(imgs / "img0001.png", (time.time() + 5, time.time() + 5))
+    fourth = MonitorJob(cfg, registry=CollectorRegistry()).run()
+    assert fourth.scored == 1
+    assert not any(k.endswith("img0000.png") for k in json.loads(state.read_text())["files"])
 
 
 def test_serve_counts_unchanged_inputs_once(tmp_path):

@@ -129,15 +129,18 @@ class SeenFiles:
                 indices.append(i)
                 pending[ids[i]] = sig
         self.pending = pending
+        self._present = set(ids)
         return NewFiles(stream, indices)
 
     def commit(self) -> None:
         """Mark the pending files as handled and write the state atomically (after a successful run)."""
         from relmon.records import atomic_write
 
-        if not self.pending:
+        present = getattr(self, "_present", None)
+        if not self.pending and (present is None or set(self.files) <= present):
             return
-        files = {**self.files, **self.pending}
+        kept = self.files if present is None else {k: v for k, v in self.files.items() if k in present}
+        files = {**kept, **self.pending}  # files gone from the input are forgotten (the state stays small)
         if self.path is not None:
             text = json.dumps({"format": STATE_FORMAT, "files": files}, indent=0, sort_keys=True)
             atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
