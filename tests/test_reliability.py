@@ -730,3 +730,17 @@ def test_a_records_write_that_runs_out_of_space_leaves_no_partial_file(tmp_path)
     assert info.value.summary.scored == 32
     assert list((tmp_path / "rec").rglob("*")) == [tmp_path / "rec" / "default"]  # no partial, no temporary
     assert metric_value((tmp_path / "m.prom").read_text(), "relmon_samples_processed_total") == 32
+
+
+def test_atomic_write_removes_its_temporary_when_the_writer_fails(tmp_path):
+    from relmon.records import atomic_write
+
+    def half(tmp):
+        Path(tmp).write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    (tmp_path / "r.parquet").write_bytes(b"previous")
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write(tmp_path / "r.parquet", half)
+    assert [p.name for p in tmp_path.iterdir()] == ["r.parquet"]
+    assert (tmp_path / "r.parquet").read_bytes() == b"previous"  # the old file is untouched
