@@ -103,6 +103,9 @@ class MonitorConfig:
     push_tls_ca_file: str | None = None
     push_tls_cert_file: str | None = None
     push_tls_key_file: str | None = None
+    # reliability (B)
+    run_timeout_seconds: float | None = None
+    only_new: bool = False
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> MonitorConfig:
         """A copy with ``overrides`` (None values ignored) applied and validated."""
@@ -142,6 +145,17 @@ class MonitorConfig:
             raise ConfigError(
                 f"size_policy must be 'resize' or 'skip', got {self.size_policy!r}; fix: 'resize' brings folder "
                 "images of another size to the first image's size, 'skip' skips and counts them (size_mismatch)"
+            )
+        # reliability (B)
+        if self.only_new and _is_sample(self.input):
+            raise ConfigError(
+                "only_new: true needs input to be a folder or fsspec URL of image files, got input: sample; "
+                "fix: set input to a folder or set only_new: false"
+            )
+        if self.only_new and not self.records:
+            raise ConfigError(
+                "only_new: true keeps its state (the files already scored) in the records folder, but "
+                "records is not set; fix: set records: FOLDER (flag --records)"
             )
         return self
 
@@ -221,7 +235,10 @@ FIELDS: dict[str, tuple[str, str]] = {
     "textfile": ("str?", "write the metrics to this file (atomically), e.g. for node-exporter"),
     "pushgateway": ("str?", "Pushgateway address host:port to push the metrics to"),
     "job": ("str", "Pushgateway job name"),
-    "push_timeout": ("float+", "seconds per push attempt"),
+    "push_timeout": (
+        "float+",
+        "seconds per push attempt, a deadline for the whole attempt (a gateway that trickles bytes is cut off)",
+    ),
     "push_retries": ("int>=0", "push retries after the first attempt (exponential backoff)"),
     "push_backoff": ("float+", "seconds before the first retry (doubles each retry)"),
     "http_addr": (
@@ -245,6 +262,25 @@ FIELDS: dict[str, tuple[str, str]] = {
     "push_tls_ca_file": ("str?", "PEM CA bundle that verifies an https Pushgateway (default: system CAs)"),
     "push_tls_cert_file": ("str?", "PEM client certificate for pushes (with push_tls_key_file)"),
     "push_tls_key_file": ("str?", "PEM private key of push_tls_cert_file"),
+    # reliability (B)
+    "run_timeout_seconds": (
+        "float+?",
+        "stop scoring after this many seconds (checked between batches); the finished batches' records "
+        "are written and the run exits 5",
+    ),
+    "only_new": (
+        "bool",
+        "score only files new or changed since the last successful run (state kept in the records folder)",
+    ),
+}
+
+# Largest accepted value per numeric field (a bigger one is a typo or overflows a timer / backoff).
+_MAXIMA: dict[str, float] = {
+    "push_retries": 100,
+    "push_timeout": 86400.0,
+    "push_backoff": 3600.0,
+    "interval_seconds": 366 * 86400.0,
+    "run_timeout_seconds": 366 * 86400.0,
 }
 
 _EXAMPLES = {
@@ -343,6 +379,7 @@ def _coerce(name: str, value: Any) -> Any:
         }[base]
         if not ok:
             raise _bad(name, kind, value)
+        _check_maximum(name, kind, value)
         return value
     if base in ("float01", "float+"):
         if isinstance(value, str):
@@ -352,10 +389,17 @@ def _coerce(name: str, value: Any) -> Any:
                 raise _bad(name, kind, value) from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _bad(name, kind, value)
+        try:
+            value = float(value)
+        except OverflowError:  # an int too large for a float
+            raise _bad(name, kind, value, " (not a finite number)") from None
+        if not math.isfinite(value):
+            raise _bad(name, kind, value, " (not a finite number)")
         ok = 0.0 < value <= 1.0 if base == "float01" else value > 0.0
         if not ok:
             raise _bad(name, kind, value)
-        return float(value)
+        _check_maximum(name, kind, value)
+        return value
     if base in ("list[str]", "list[int]"):
         if isinstance(value, (str, int)) and not isinstance(value, bool):
             value = [value]
@@ -399,6 +443,12 @@ def _coerce_preprocessing(name: str, kind: str, value: Any) -> dict[str, Any]:
     if out.get("low", 0.0) >= out.get("high", 1.0):
         raise _bad(name, kind, value, " (low must be below high)")
     return out
+
+
+def _check_maximum(name: str, kind: str, value: float) -> None:
+    top = _MAXIMA.get(name)
+    if top is not None and value > top:
+        raise _bad(name, kind, value, f" (at most {top:g})")
 
 
 def _check_names(values: Mapping[str, Any], where: str) -> None:

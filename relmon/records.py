@@ -19,12 +19,24 @@ Columns (:data:`RECORD_COLUMNS`, typed by :data:`RECORD_SCHEMA`):
 - ``aopc_lerf``, ``abpc`` (nullable float64): null unless LeRF was asked for.
 - ``entropy_bits``, ``png_bytes``, ``jpeg_bytes``, ``gini`` (nullable float64 / int64): heatmap
   complexity (null on the ``random`` row).
+- ``run_id`` (str), ``run_time`` (float64, UTC seconds since the epoch) — nullable: which run of the
+  job wrote the row (:func:`new_run_id`); null in records made outside a job and in files written
+  before these columns existed (such files are still read: the columns are added as null).
+
+Writes are atomic (a uniquely named temporary file in the target folder, then ``os.replace``), so
+concurrent writers and readers never see a half-written file; temporary files left by killed writers
+start with ``.`` and end with ``.tmp`` — readers skip them and :func:`remove_stale_temporaries`
+deletes them.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
+import tempfile
+import time
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +69,8 @@ RECORD_SCHEMA = pa.schema(
         pa.field("png_bytes", pa.int64(), nullable=True),
         pa.field("jpeg_bytes", pa.int64(), nullable=True),
         pa.field("gini", pa.float64(), nullable=True),
+        pa.field("run_id", pa.string(), nullable=True),
+        pa.field("run_time", pa.float64(), nullable=True),
     ]
 )
 RECORD_COLUMNS: tuple[str, ...] = tuple(RECORD_SCHEMA.names)
@@ -67,8 +81,11 @@ _PANDAS_DTYPES = {
     "pred": "int64", "confidence": "float64", "softmax_entropy": "float64", "margin": "float64",
     "label": "Int64", "correct": "boolean", "method": "string", "score0": "float64", "aopc": "float64",
     "aopc_rel": "float64", "aopc_lerf": "Float64", "abpc": "Float64", "entropy_bits": "Float64",
-    "png_bytes": "Int64", "jpeg_bytes": "Int64", "gini": "Float64",
+    "png_bytes": "Int64", "jpeg_bytes": "Int64", "gini": "Float64", "run_id": "string", "run_time": "Float64",
 }
+# Columns added after the first schema: files without them are read with the column null.
+_ADDED_COLUMNS = ("run_id", "run_time")
+TMP_SUFFIX = ".tmp"
 
 
 class RecordSchemaError(ValueError):
@@ -150,6 +167,8 @@ def validate_records(frame: pd.DataFrame) -> pd.DataFrame:
     """
     if not isinstance(frame, pd.DataFrame):
         raise RecordSchemaError(f"records must be a pandas DataFrame, got {type(frame).__name__}")
+    if any(c not in frame.columns for c in _ADDED_COLUMNS):
+        frame = frame.assign(**{c: None for c in _ADDED_COLUMNS if c not in frame.columns})
     missing = [c for c in RECORD_COLUMNS if c not in frame.columns]
     extra = [c for c in frame.columns if c not in RECORD_COLUMNS]
     if missing or extra:
@@ -176,23 +195,95 @@ def to_arrow(frame: pd.DataFrame) -> pa.Table:
     return pa.Table.from_pandas(frame[list(RECORD_COLUMNS)], schema=RECORD_SCHEMA, preserve_index=False)
 
 
-def write_records(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Validate ``frame`` and write it to the Parquet file ``path`` (parent folders created)."""
+def new_run_id() -> tuple[str, float]:
+    """``(run_id, run_time)`` of a new run: a random 12-hex-digit id and the UTC time in seconds."""
+    return secrets.token_hex(6), time.time()
+
+
+def run_file_name(run_id: str, run_time: float, suffix: str = ".parquet") -> str:
+    """``<UTC time>_<run_id><suffix>``, e.g. ``20250101T120000.123456Z_1a2b3c4d5e6f.parquet``: unique per run
+    and sorted by time."""
+    stamp = datetime.fromtimestamp(run_time, tz=timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    return f"{stamp}_{run_id}{suffix}"
+
+
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call ``write(tmp_path)`` on a uniquely named temporary file beside ``path``, then ``os.replace`` it
+    onto ``path``; the temporary file is removed when ``write`` fails. Parent folders are created."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = to_arrow(validate_records(frame))
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)  # readers never see a half-written file
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        write(tmp)
+        os.replace(tmp, path)  # readers never see a half-written file
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     return path
 
 
+def _umask() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def is_temporary(path: str | os.PathLike) -> bool:
+    """True for the temporary files of :func:`atomic_write` (``.<name>.<random>.tmp``)."""
+    name = Path(path).name
+    return name.startswith(".") and name.endswith(TMP_SUFFIX)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, older_than: float = 3600.0) -> list[Path]:
+    """Delete temporary files of killed writes under ``folder`` last modified more than ``older_than``
+    seconds ago (younger ones may belong to a writer still running); returns the removed paths."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    now = time.time()
+    for p in folder.rglob(f".*{TMP_SUFFIX}"):
+        try:
+            if p.is_file() and now - p.stat().st_mtime > older_than:
+                p.unlink()
+                removed.append(p)
+        except OSError:
+            continue
+    return removed
+
+
+def write_records(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Validate ``frame`` and write it to the Parquet file ``path`` atomically (parent folders created).
+
+    The temporary file has a unique name, so concurrent writers (even of the same ``path``) never clash;
+    the last ``os.replace`` wins.
+    """
+    table = to_arrow(validate_records(frame))
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
 def read_record_files(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
-    """Concatenate the Parquet record files ``paths`` (each checked against the schema)."""
+    """Concatenate the Parquet record files ``paths`` (each checked against the schema).
+
+    Files written before the ``run_id``/``run_time`` columns existed are read with them null.
+    """
     frames = []
     for p in paths:
-        table = pq.read_table(p)
-        if not table.schema.equals(RECORD_SCHEMA, check_metadata=False):
+        with open(p, "rb") as f:  # one open: a file replaced meanwhile is read whole (old or new)
+            table = pq.ParquetFile(f).read()
+        names = [n for n in RECORD_COLUMNS if n not in _ADDED_COLUMNS or n in table.schema.names]
+        expected = pa.schema([RECORD_SCHEMA.field(n) for n in names])
+        if not table.schema.equals(expected, check_metadata=False):
             raise RecordSchemaError(f"{p} does not hold the record schema: {table.schema}")
         frames.append(validate_records(table.to_pandas(types_mapper=_arrow_to_pandas_dtype)))
     if not frames:
@@ -211,7 +302,12 @@ __all__ = [
     "RECORD_COLUMNS",
     "RECORD_SCHEMA",
     "RecordSchemaError",
+    "atomic_write",
     "confidence_signals",
+    "is_temporary",
+    "new_run_id",
+    "remove_stale_temporaries",
+    "run_file_name",
     "empty_records",
     "make_records",
     "read_record_files",

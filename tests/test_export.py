@@ -383,13 +383,12 @@ def test_monitor_with_calibration_fills_every_metric(calibration, tmp_path):
 
 
 def test_calibration_for_another_model_version_is_refused_or_flagged(calibration, tmp_path):
-    from relmon.jobs import CalibrationMismatchError, MonitorJob
+    from relmon.jobs import CalibrationMismatchError, MonitorJob, load_calibration
 
     other = tmp_path / "cal"
-    shutil.copytree(calibration.path, other)
-    meta = json.loads((other / "calibration.json").read_text())
-    meta["model_version"] = "0ld"
-    (other / "calibration.json").write_text(json.dumps(meta))
+    cal = load_calibration(calibration.path)  # a hand edit would break the manifest: save a changed copy
+    cal.meta["model_version"] = "0ld"
+    cal.save(other)
     cfg = MonitorConfig(**FAST, calibration=str(other))
     with pytest.raises(CalibrationMismatchError, match=r"version '0ld'.*allow_version_mismatch"):
         MonitorJob(cfg)

@@ -257,13 +257,14 @@ def test_a_prometheus_scrapes_relmon_serve(stack):
     assert result[0]["metric"]["model"] == "fmnist_cnn" and float(result[0]["value"][1]) == 16
     errors = query(base, 'relmon_input_errors_total{stream="served", reason="decode_error"}')
     assert float(errors[0]["value"][1]) == 1  # the corrupt file was counted, not fatal
-    # A second iteration: a new file in the watched folder makes serve re-run the window.
+    # A second iteration: a new file in the watched folder makes serve run again, scoring only the new
+    # file (each input is counted once: 16 + 1, not 16 + 17).
     write_images(stack["inputs"], 16, 1)
     poll(
         lambda: [
             r
             for r in query(base, 'relmon_samples_processed_total{stream="served"}')
-            if float(r["value"][1]) == 16 + 17
+            if float(r["value"][1]) == 16 + 1
         ],
         40,
         "the second served run in Prometheus",

@@ -3,8 +3,12 @@ the ``relmon`` command's sub-parsers (``relmon monitor --help``).
 
 Exit codes: 0 success; 2 usage error (unknown flag, missing argument); 3 bad input or configuration
 (the message names the field or file and the fix), including a calibration made for another model;
-4 output failure: the Pushgateway push failed after its retries (the summary is still printed and the
-textfile still written) or the /metrics endpoint could not be started.
+4 output failure: the Pushgateway push failed after its retries or within its deadline, or the records
+folder or textfile could not be written (the summary is still printed and the other outputs still
+happen) or the /metrics endpoint could not be started; 5 interrupted by SIGTERM or SIGINT (the
+finished batches' records are written, nothing is pushed); 6 empty window: nothing was scored
+(sampling selected nothing, no readable input, or with only_new no new file) — the outputs are written
+but the last-success time is not advanced; 7 run_timeout_seconds passed (like 5).
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import argparse
 import contextlib
 import json
 import logging
-import signal
 import sys
 import threading
 import warnings
@@ -21,9 +24,12 @@ import warnings
 from relmon.config import ConfigError, add_config_flags, config_from_args
 
 EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_OUTPUT = 0, 2, 3, 4
+EXIT_INTERRUPTED, EXIT_EMPTY, EXIT_TIMEOUT = 5, 6, 7  # = relmon.jobs.signals.EXIT_*
 EXIT_CODES_HELP = (
     "Exit codes: 0 success, 2 usage error, 3 bad input or configuration (incl. a calibration "
-    "for another model), 4 push or serve failure (the computed summary is still printed)."
+    "for another model), 4 output failure (push, records, textfile, endpoint; the computed summary is "
+    "still printed and the other outputs written), 5 stopped by SIGTERM/SIGINT, 6 empty window "
+    "(nothing scored), 7 run_timeout_seconds passed."
 )
 
 _CALIBRATE_FIELDS = [
@@ -211,11 +217,21 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_monitor(args: argparse.Namespace) -> int:
     _setup()
     from relmon.jobs import JobError, run_monitor
+    from relmon.jobs.monitor import EmptyWindowError
+    from relmon.jobs.signals import RunInterrupted, stop_on_signals
 
     try:
         cfg = config_from_args(args)
-        with _job_output():
+        with stop_on_signals(), _job_output():
             summary = run_monitor(cfg, progress=_progress(args))
+    except RunInterrupted as err:
+        where = f"; records of the finished batches: {err.written}" if err.written else ""
+        print(f"relmon monitor: {err}{where}", file=sys.stderr)
+        return err.exit_code
+    except EmptyWindowError as err:
+        _print(err.summary, args.json)
+        print(f"relmon monitor: error: {err}", file=sys.stderr)
+        return EXIT_EMPTY
     except JobError as err:
         _print(err.summary, args.json)
         print(f"relmon monitor: error: {err}", file=sys.stderr)
@@ -230,15 +246,14 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     _setup()
     from relmon.jobs import ServeError, serve
+    from relmon.jobs.signals import stop_on_signals
 
     stop = threading.Event()
-    if threading.current_thread() is threading.main_thread():  # docker stop / kubectl delete send SIGTERM
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
     out = sys.stdout  # with --json: one JSON object per line (each run's summary, then the totals)
     ready = sys.stderr if args.json else out
     try:
         cfg = config_from_args(args)
-        with _job_output():
+        with stop_on_signals(stop), _job_output():  # docker stop / kubectl delete send SIGTERM
             result = serve(
                 cfg,
                 stop=stop,
@@ -255,7 +270,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"relmon serve: error: {err}", file=sys.stderr)
         return EXIT_INPUT
     if args.json:
-        print(json.dumps({"runs": result.runs, "failures": result.failures}))
+        print(json.dumps({"runs": result.runs, "failures": result.failures, "empty": result.empty,
+                          "interrupted": result.interrupted}))
     else:
-        print(f"served {result.runs} run(s), {result.failures} failed")
-    return EXIT_OK
+        print(f"served {result.runs} run(s), {result.failures} failed, {result.empty} found nothing new")
+    return EXIT_INTERRUPTED if result.interrupted else EXIT_OK

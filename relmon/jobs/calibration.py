@@ -8,9 +8,13 @@ summary's ``calibration_version_mismatch`` is True.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,22 +53,57 @@ class Calibration:
         return float(self.meta["created"])
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the calibration folder ``path``; returns it. ``calibration.json`` is written last."""
+        """Write the calibration folder ``path`` as a unit; returns it.
+
+        Everything is written to a temporary sibling folder, with ``manifest.json`` holding the sha256 of
+        every file, then renamed into place (an existing calibration at ``path`` is renamed aside first
+        and deleted after): a reader sees the old calibration or the new one, never a mix, and a write
+        killed halfway leaves ``path`` as it was (plus a ``.<name>.tmp-*`` folder that the next save
+        removes). ``path`` must not be a non-empty folder that is not a calibration.
+        """
         from relmon.records import write_records
 
         out = Path(path)
-        (out / "estimators").mkdir(parents=True, exist_ok=True)
-        files = {}
-        for name, est in self.estimators.items():
-            est.save(out / "estimators" / f"{name}.json")
-            files[name] = f"estimators/{name}.json"
-        write_records(self.reference, out / REFERENCE_FILE)
-        if self.records is not None:
-            write_records(self.records, out / RECORDS_FILE)
-        meta = {**self.meta, "estimators": files, "reference": REFERENCE_FILE}
-        tmp = out / (CALIBRATION_FILE + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, out / CALIBRATION_FILE)
+        parent = out.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        if out.exists() and not out.is_dir():
+            raise CalibrationError(
+                f"calibration path {str(out)!r} is a file; fix: pass a folder path for the calibration"
+            )
+        if out.is_dir() and any(out.iterdir()) and not (out / CALIBRATION_FILE).exists():
+            raise CalibrationError(
+                f"{str(out)!r} is a non-empty folder that is not a calibration; refusing to replace it; "
+                "fix: pass a new or empty folder (or an existing calibration folder to replace it)"
+            )
+        _remove_leftovers(out)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+        try:
+            (tmp / "estimators").mkdir()
+            files = {}
+            for name, est in self.estimators.items():
+                est.save(tmp / "estimators" / f"{name}.json")
+                files[name] = f"estimators/{name}.json"
+            write_records(self.reference, tmp / REFERENCE_FILE)
+            if self.records is not None:
+                write_records(self.records, tmp / RECORDS_FILE)
+            meta = {**self.meta, "estimators": files, "reference": REFERENCE_FILE}
+            (tmp / CALIBRATION_FILE).write_text(json.dumps(meta, indent=2))
+            manifest = {
+                "format": MANIFEST_FORMAT,
+                "files": {rel: _sha256(tmp / rel) for rel in _files_of(tmp)},
+            }
+            (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+            _fsync_tree(tmp)
+            old = None
+            if out.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
+                os.replace(out, old / "calibration")
+            os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
         self.path, self.meta = out, meta
         return out
 
@@ -74,26 +113,165 @@ class Calibration:
         return load_calibration(path)
 
 
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = "relmon-calibration-manifest"
+_FIX = "fix: re-run 'relmon calibrate --out FOLDER' and pass that folder"
+
+
+class CalibrationError(ValueError):
+    """A calibration folder is incomplete, altered or malformed (the message names the file and fix)."""
+
+
+def _files_of(folder: Path) -> list[str]:
+    return sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and p.name != MANIFEST_FILE
+    )
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_tree(folder: Path) -> None:
+    for p in folder.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Delete ``.<name>.tmp-*`` / ``.<name>.old-*`` siblings left by saves that were killed."""
+    for p in out.parent.glob(f".{out.name}.tmp-*"):
+        shutil.rmtree(p, ignore_errors=True)
+    if out.is_dir():  # an old-* folder is only garbage once the new calibration is in place
+        for p in out.parent.glob(f".{out.name}.old-*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _verify_manifest(path: Path) -> None:
+    mpath = path / MANIFEST_FILE
+    if not mpath.is_file():
+        raise CalibrationError(
+            f"calibration {str(path)!r} has no {MANIFEST_FILE} (written by an older relmon, or copied "
+            f"file by file), so its files cannot be checked to belong together; {_FIX}"
+        )
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CalibrationError(f"{mpath} cannot be read as JSON ({err}); {_FIX}") from None
+    listed = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(listed, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise CalibrationError(f"{mpath} is not a relmon calibration manifest; {_FIX}")
+    present = set(_files_of(path))
+    missing = sorted(set(listed) - present)
+    if missing:
+        raise CalibrationError(f"calibration {str(path)!r} is incomplete: {missing} missing; {_FIX}")
+    extra = sorted(present - set(listed))
+    if extra:
+        raise CalibrationError(
+            f"calibration {str(path)!r} holds files its manifest does not list: {extra} (a mix of two "
+            f"calibrations?); {_FIX}"
+        )
+    changed = sorted(rel for rel, digest in listed.items() if _sha256(path / rel) != digest)
+    if changed:
+        raise CalibrationError(
+            f"calibration {str(path)!r}: {changed} do not match the sha256 in {MANIFEST_FILE} (a mix of two "
+            f"calibrations, or edited by hand); {_FIX}"
+        )
+
+
+_REQUIRED = {
+    "format": str,
+    "format_version": int,
+    "created": (int, float),
+    "model": str,
+    "model_version": str,
+    "methods": list,
+    "region": int,
+    "steps": int,
+    "estimators": dict,
+    "reference": str,
+}
+
+
+def _check_meta(meta: Any, meta_path: Path) -> dict[str, Any]:
+    if not isinstance(meta, dict):
+        raise CalibrationError(
+            f"{meta_path} must hold a JSON object (the calibration's metadata), got a "
+            f"{type(meta).__name__}; {_FIX}"
+        )
+    if meta.get("format") != CALIBRATION_FORMAT or meta.get("format_version") != CALIBRATION_VERSION:
+        raise CalibrationError(
+            f"{meta_path} is not a relmon calibration of format version {CALIBRATION_VERSION}; {_FIX}"
+        )
+    for key, kind in _REQUIRED.items():
+        if key not in meta:
+            raise CalibrationError(f"{meta_path} lacks the field {key!r}; {_FIX}")
+        value = meta[key]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise CalibrationError(
+                f"{meta_path}: field {key!r} must be of type "
+                f"{getattr(kind, '__name__', 'number')}, got {value!r}; {_FIX}"
+            )
+    if not math.isfinite(float(meta["created"])):
+        raise CalibrationError(f"{meta_path}: field 'created' must be a finite time, got {meta['created']!r}; {_FIX}")
+    if not all(isinstance(m, str) for m in meta["methods"]):
+        raise CalibrationError(f"{meta_path}: field 'methods' must be a list of strings; {_FIX}")
+    for name, rel in meta["estimators"].items():
+        if not isinstance(rel, str) or rel.startswith("/") or ".." in Path(rel).parts:
+            raise CalibrationError(
+                f"{meta_path}: estimator {name!r} must name a file inside the folder, got {rel!r}; {_FIX}"
+            )
+    return meta
+
+
 def load_calibration(path: str | os.PathLike) -> Calibration:
-    """Read a calibration folder written by :func:`calibrate` (``ValueError`` naming what is wrong)."""
+    """Read a calibration folder written by :meth:`Calibration.save` (:class:`CalibrationError` — a
+    ``ValueError`` — naming the file, the problem and the fix; ``FileNotFoundError`` without one).
+
+    The manifest's sha256 of every file is checked first, so a folder mixing two calibrations (a save
+    killed halfway by an older relmon, a hand copy) is refused.
+    """
     from relmon.analysis import load_estimator
     from relmon.records import read_record_files
 
     path = Path(path)
     meta_path = path / CALIBRATION_FILE
     if not meta_path.is_file():
-        raise FileNotFoundError(
-            f"{str(path)!r} is not a calibration folder (no {CALIBRATION_FILE}); "
-            "fix: run 'relmon calibrate --out FOLDER' and pass that folder"
+        aside = sorted(path.parent.glob(f".{path.name}.old-*/calibration")) if path.name else []
+        hint = (
+            f" (a save was interrupted while replacing it: the previous calibration is in {str(aside[-1])!r})"
+            if aside
+            else ""
         )
+        raise FileNotFoundError(
+            f"{str(path)!r} is not a calibration folder (no {CALIBRATION_FILE}){hint}; {_FIX}"
+        )
+    _verify_manifest(path)
     try:
         meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{meta_path} is not valid JSON: {err}") from err
-    if meta.get("format") != CALIBRATION_FORMAT or meta.get("format_version") != CALIBRATION_VERSION:
-        raise ValueError(f"{meta_path} is not a relmon calibration of format version {CALIBRATION_VERSION}")
-    estimators = {name: load_estimator(path / rel) for name, rel in meta["estimators"].items()}
-    reference = read_record_files([path / meta["reference"]])
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CalibrationError(f"{meta_path} is not valid JSON: {err}; {_FIX}") from None
+    meta = _check_meta(meta, meta_path)
+    estimators = {}
+    for name, rel in meta["estimators"].items():
+        try:
+            estimators[name] = load_estimator(path / rel)
+        except (KeyError, TypeError) as err:
+            raise CalibrationError(f"estimator file {str(path / rel)!r} is malformed ({type(err).__name__}: "
+                                   f"{err}); {_FIX}") from None
+    try:
+        reference = read_record_files([path / meta["reference"]])
+    except (OSError, ValueError) as err:
+        raise CalibrationError(
+            f"the drift reference {str(path / meta['reference'])!r} cannot be read ({err}); {_FIX}"
+        ) from None
     return Calibration(path, meta, estimators, reference)
 
 

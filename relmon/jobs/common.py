@@ -224,6 +224,7 @@ def score_stream(cfg: MonitorConfig, model, stream, progress: bool = False, wind
     import pytorch_lightning as pl
 
     from relmon.data.streams import StreamDataModule
+    from relmon.jobs.signals import stop_callback
     from relmon.lightning import RelevanceMonitor
     from relmon.records import empty_records
 
@@ -252,6 +253,7 @@ def score_stream(cfg: MonitorConfig, model, stream, progress: bool = False, wind
         enable_checkpointing=False,
         enable_model_summary=False,
         enable_progress_bar=progress,
+        callbacks=[stop_callback()],  # SIGTERM/SIGINT and run_timeout_seconds stop between batches
     )
     data = StreamDataModule(stream, batch_size=cfg.batch_size, window_id=window_id)
     frames = trainer.predict(monitor, datamodule=data) or []

@@ -84,6 +84,8 @@ class MonitorSummary:
         if self.drift_p_values is not None:
             ps = ", ".join(f"{k} {v:.2g}" for k, v in self.drift_p_values.items())
             lines.append(f"drift: {'ALARM' if self.drift_alarm else 'no alarm'} (KS p-values: {ps})")
+        elif self.calibration and self.scored == 0:
+            lines.append("drift: not tested (empty window: nothing scored)")
         else:
             lines.append("drift: not tested (no calibration)")
         if self.calibration:
@@ -169,6 +171,7 @@ class MonitorJob:
         cfg = self.cfg
         t0 = time.perf_counter()
         stream = self.stream if self.stream is not None else build_stream(cfg, self.model)
+        stream = self._prepare_stream(stream)  # only-new scoring: the new or changed files only
         if cfg.classes is not None:
             check_stream_classes(self.model, cfg.classes, stream)
         records, summary, _ = score_stream(
@@ -230,7 +233,7 @@ class MonitorJob:
         m.set_run_inputs(len(samples), errors)
         duration = time.perf_counter() - t0
         finished = time.time()
-        m.set_run(duration, finished)
+        m.set_run(duration, finished if len(samples) else None)  # an empty window is no success
         result = MonitorSummary(
             model=self.model_name,
             model_version=self.model_version,
@@ -253,42 +256,206 @@ class MonitorJob:
         )
         return result, records
 
+    # -- outputs (reliability) ---------------------------------------------------------------------
+
+    def _prepare_stream(self, stream):
+        """The stream to score: with only-new scoring, its new or changed files only."""
+        seen = getattr(self, "_seen", None)
+        return stream if seen is None else seen.select(stream)
+
+    def _seen_files(self):
+        """The only-new state of this job (None without only-new scoring)."""
+        from relmon.jobs.state import STATE_FILE, SeenFiles, stream_folder
+
+        if not (self.cfg.only_new or getattr(self, "serve_only_new", False)):
+            return None
+        if getattr(self, "_seen", None) is None:
+            path = stream_folder(self.cfg.records, self.cfg.stream) / STATE_FILE if self.cfg.records else None
+            self._seen = SeenFiles(path)
+        elif self._seen.path is not None:
+            self._seen.reload()  # another process may have advanced it
+        return self._seen
+
+    def _write_run_records(self, records: pd.DataFrame, run_id: str, run_time: float) -> str | None:
+        from relmon.jobs.state import stream_folder
+        from relmon.records import remove_stale_temporaries, run_file_name, write_records
+
+        if not self.cfg.records or not len(records):
+            return None
+        folder = stream_folder(self.cfg.records, self.cfg.stream)
+        path = write_records(
+            records.assign(run_id=run_id, run_time=run_time), folder / run_file_name(run_id, run_time)
+        )
+        remove_stale_temporaries(folder)
+        return str(path)
+
     def run(self, outputs: bool = True) -> MonitorSummary:
-        """:meth:`compute`, then write the records and textfile and push (``JobError`` keeps the summary).
+        """:meth:`compute`, then write the records and textfile and push; every output is tried even
+        when another fails.
 
-        The push uses ``pushadd_to_gateway`` with job ``cfg.job`` and grouping key ``{model, stream}``. A
-        scheduled job is a fresh process each time, so its pushed counters hold that run's counts;
-        Prometheus' ``increase``/``rate`` treat the drop between runs as a counter reset.
+        - Records go to ``<records>/<stream>/<UTC time>_<run id>.parquet`` (one file per run, never
+          overwritten; columns ``run_id`` and ``run_time``), written atomically.
+        - A failed output (unwritable records folder or textfile, failed push) raises :class:`JobError`
+          after the others were done; its ``summary`` holds the results and ``outputs`` says what failed.
+        - An empty window (nothing scored) raises :class:`EmptyWindowError` after the outputs (the
+          last-success timestamp is not advanced).
+        - A SIGTERM/SIGINT (under :func:`relmon.jobs.signals.stop_on_signals`) or ``run_timeout_seconds``
+          raises :class:`~relmon.jobs.signals.RunInterrupted` after writing the finished batches'
+          records; nothing is pushed.
+        - With ``only_new`` the run scores only new or changed files, holds the records folder's lock,
+          and saves the state only after every output succeeded.
+
+        The push uses ``pushadd_to_gateway`` with job ``cfg.job`` and grouping key ``{model, stream}``,
+        bounded by a deadline of ``(push_retries + 1) * push_timeout`` plus the backoffs. A scheduled job
+        is a fresh process each time, so its pushed counters hold that run's counts; Prometheus'
+        ``increase``/``rate`` treat the drop between runs as a counter reset.
         """
-        from relmon.records import write_records
+        from contextlib import nullcontext
 
-        summary, records = self.compute()
+        from relmon.jobs.signals import RunInterrupted, run_deadline
+        from relmon.jobs.state import folder_lock, stream_folder
+        from relmon.records import new_run_id
+
         cfg = self.cfg
-        if cfg.records and len(records):
-            name = summary.window_ids[0].replace("/", "_").replace(":", "_")
-            summary.outputs["records"] = str(write_records(records, Path(cfg.records) / f"{name}.parquet"))
-        if not outputs:
-            return summary
-        if cfg.textfile:
-            summary.outputs["textfile"] = str(write_textfile(self.registry, cfg.textfile))
-        if cfg.pushgateway:
-            key = {"model": self.model_name, "stream": cfg.stream}
+        run_id, run_time = new_run_id()
+        lock = (
+            folder_lock(stream_folder(cfg.records, cfg.stream))
+            if cfg.records and (cfg.only_new or getattr(self, "serve_only_new", False))
+            else nullcontext()
+        )
+        with run_deadline(cfg.run_timeout_seconds), lock:  # the deadline also bounds the wait for the lock
+            seen = self._seen_files()
+            log.info("run %s: scoring %s (stream %s)", run_id, cfg.input, cfg.stream)
             try:
-                attempts = push(
+                summary, records = self.compute()
+            except RunInterrupted as err:
+                if seen is not None:
+                    seen.discard()
+                if err.records is not None and len(err.records):
+                    try:
+                        err.written = self._write_run_records(err.records, run_id, run_time)
+                    except OSError as werr:
+                        log.error("could not write the finished batches' records: %s", werr)
+                raise
+            except BaseException:
+                if seen is not None:
+                    seen.discard()
+                raise
+            summary.outputs["run_id"] = run_id
+            failures: list[str] = []
+            try:
+                written = self._write_run_records(records, run_id, run_time)
+                if written:
+                    summary.outputs["records"] = written
+            except OSError as err:
+                failures.append(_output_error("records", cfg.records, err, "records: FOLDER"))
+                summary.outputs["records"] = f"FAILED: {err}"
+            if outputs:
+                if cfg.textfile:
+                    try:
+                        _remove_stale_textfile_temporaries(cfg.textfile)
+                        summary.outputs["textfile"] = str(write_textfile(self.registry, cfg.textfile))
+                    except OSError as err:
+                        failures.append(_output_error("textfile", cfg.textfile, err, "textfile: PATH"))
+                        summary.outputs["textfile"] = f"FAILED: {err}"
+                if cfg.pushgateway:
+                    try:
+                        attempts = self._push()
+                        summary.outputs["push"] = f"{redact_url(cfg.pushgateway)} (job {cfg.job}, {attempts} attempt(s))"
+                    except PushError as err:
+                        failures.append(str(err))
+                        summary.outputs["push"] = f"FAILED: {err}"
+            if failures:
+                if seen is not None:
+                    seen.discard()
+                raise JobError("; ".join(failures), summary)
+            if seen is not None:
+                seen.commit()
+            if summary.scored == 0:
+                why = (
+                    "no new or changed input since the last successful run (only_new)"
+                    if seen is not None and summary.seen == 0 and not summary.input_errors
+                    else f"{summary.seen} input(s) read, {sum(summary.input_errors.values())} bad, none "
+                    "selected for scoring (sample_rate / max_samples) or readable"
+                )
+                summary.outputs["status"] = f"empty window: {why}"
+                raise EmptyWindowError(
+                    f"empty window, nothing scored: {why}; the last-success time was not advanced; "
+                    "fix: check input, sample_rate and max_samples",
+                    summary,
+                )
+        return summary
+
+    def _push(self) -> int:
+        """:func:`push` with an overall deadline (a gateway that trickles bytes cannot hold the run)."""
+        import threading
+
+        cfg = self.cfg
+        key = {"model": self.model_name, "stream": cfg.stream}
+        url, security = self.push_url, self.push_security  # resolved (and checked) in __init__
+        deadline = (cfg.push_retries + 1) * cfg.push_timeout + cfg.push_backoff * (2**cfg.push_retries - 1)
+        box: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                box["attempts"] = push(
                     self.registry,
-                    self.push_url,
+                    url,
                     job=cfg.job,
                     grouping_key=key,
                     timeout=cfg.push_timeout,
                     retries=cfg.push_retries,
                     backoff=cfg.push_backoff,
-                    security=self.push_security,
+                    security=security,
                 )
-            except PushError as err:
-                summary.outputs["push"] = f"FAILED: {err}"
-                raise JobError(str(err), summary) from err
-            summary.outputs["push"] = f"{redact_url(cfg.pushgateway)} (job {cfg.job}, {attempts} attempt(s))"
-        return summary
+            except BaseException as err:  # handed to the caller's thread
+                box["error"] = err
+
+        thread = threading.Thread(target=target, name="relmon-push", daemon=True)
+        thread.start()
+        thread.join(deadline)
+        if thread.is_alive():
+            raise PushError(
+                f"could not push to the Pushgateway at {redact_url(cfg.pushgateway)!r} (job={cfg.job!r}): no answer "
+                f"within the push deadline of {deadline:g} s ((push_retries + 1) x push_timeout + backoffs); "
+                "check that the gateway is up and answers"
+            )
+        if "error" in box:
+            raise box["error"]
+        return int(box["attempts"])
+
+
+class EmptyWindowError(JobError):
+    """The window held nothing to score; ``summary`` holds the (empty) results. CLI exit code 6."""
+
+
+def _remove_stale_textfile_temporaries(textfile: str, older_than: float = 3600.0) -> list[str]:
+    """Delete ``<textfile>.<pid>.<thread>`` files (prometheus-client's temporary name) of writes killed
+    more than ``older_than`` seconds ago."""
+    import re
+
+    path = Path(textfile)
+    removed: list[str] = []
+    if not path.parent.is_dir():
+        return removed
+    pattern = re.compile(re.escape(path.name) + r"\.\d+\.\d+$")
+    now = time.time()
+    for p in path.parent.iterdir():
+        try:
+            if pattern.match(p.name) and p.is_file() and now - p.stat().st_mtime > older_than:
+                p.unlink()
+                removed.append(str(p))
+        except OSError:
+            continue
+    return removed
+
+
+def _output_error(what: str, path: str | None, err: OSError, field_hint: str) -> str:
+    return (
+        f"could not write the {what} to {str(path)!r}: {type(err).__name__}: {err}; fix: make the "
+        f"location writable and with free space, or set {field_hint} elsewhere (the other outputs were "
+        "still written)"
+    )
 
 
 def run_monitor(cfg: MonitorConfig, registry=None, progress: bool = False) -> MonitorSummary:

@@ -1,11 +1,16 @@
 """``relmon serve``: start the /metrics endpoint and re-run the job every ``interval_seconds`` (or when
 the watched input folder changes); bounded by ``max_iterations`` and stoppable with an Event.
+
+On a folder (or fsspec URL) input, serve always scores **only new or changed files** (the only-new
+state is kept in the records folder when ``records`` is set, in memory otherwise), so the counters
+``relmon_samples_processed_total`` and ``relmon_input_errors_total`` count each input once; a run that
+finds nothing new changes no metric and is not a failure. ``watch`` polls the listing (size and
+modification time of every file, through fsspec) every ``interval_seconds`` and runs when it changed.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -15,23 +20,22 @@ from relmon.config import MonitorConfig
 from relmon.export.outputs import HttpEndpoint, serve_http
 from relmon.export.security import endpoint_security
 from relmon.jobs.common import JobError, ServeError
-from relmon.jobs.monitor import MonitorJob, MonitorSummary
+from relmon.jobs.monitor import EmptyWindowError, MonitorJob, MonitorSummary
+from relmon.jobs.signals import RunInterrupted, stop_requested
 
 log = logging.getLogger("relmon.jobs")
 
 
 def folder_signature(root: str) -> tuple:
-    """(path, size, mtime) of every file under the local folder ``root``: changes when inputs change."""
-    out = []
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            p = os.path.join(dirpath, name)
-            try:
-                st = os.stat(p)
-            except OSError:
-                continue
-            out.append((p, st.st_size, st.st_mtime_ns))
-    return tuple(sorted(out))
+    """(path, size, mtime) of every file under the local folder or fsspec URL ``root`` (an fsspec
+    listing): changes when inputs change. A listing that fails gives ``()`` (logged)."""
+    from relmon.jobs.state import listing
+
+    try:
+        return tuple(sorted((p, size, mtime) for p, (size, mtime) in listing(root).items()))
+    except (OSError, ValueError) as err:
+        log.warning("cannot list %s: %s", root, err)
+        return ()
 
 
 @dataclass
@@ -39,6 +43,8 @@ class ServeResult:
     runs: int
     failures: int
     summaries: list[MonitorSummary]
+    empty: int = 0  # runs that found nothing (new) to score
+    interrupted: bool = False  # stopped by SIGTERM/SIGINT or run_timeout_seconds during a run
 
 
 def serve(
@@ -59,6 +65,7 @@ def serve(
     stop = stop or threading.Event()
     security = endpoint_security(cfg)  # TLS / basic auth settings checked before the model loads
     job = MonitorJob(cfg, registry=registry, progress=progress)
+    job.serve_only_new = cfg.input != "sample"  # count every input once (see the module docstring)
     try:
         endpoint = serve_http(job.registry, port=cfg.http_port, addr=cfg.http_addr, security=security)
     except OSError as err:
@@ -82,6 +89,14 @@ def serve(
                     result.summaries.append(summary)
                     if on_run is not None:
                         on_run(summary)
+                except EmptyWindowError as err:
+                    result.empty += 1
+                    log.info("%s", err)
+                except RunInterrupted as err:
+                    result.interrupted = True
+                    result.runs += 1
+                    log.warning("run stopped: %s (records of finished batches: %s)", err, err.written)
+                    break
                 except JobError as err:
                     result.failures += 1
                     result.summaries.append(err.summary)
@@ -93,6 +108,8 @@ def serve(
                 result.runs += 1
                 if cfg.max_iterations is not None and result.runs >= cfg.max_iterations:
                     break
+            if stop_requested():
+                break
             stop.wait(cfg.interval_seconds)
     finally:
         endpoint.stop()

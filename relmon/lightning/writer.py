@@ -64,18 +64,29 @@ class RecordWriter(BasePredictionWriter):
 
 
 def read_records(folder: str | os.PathLike, deduplicate: bool = True) -> pd.DataFrame:
-    """All ``records-*.parquet`` files under ``folder`` as one validated frame.
+    """Every records Parquet file under ``folder`` (recursively) as one validated frame.
 
-    With ``deduplicate`` (default), rows repeating a ``(sample_id, window_id, method)`` are dropped
-    (the first kept): a second line of defence against samples processed twice (reruns of a window,
-    DDP padding from a user-supplied sampler).
+    Reads what :class:`RecordWriter` writes (``records-*.parquet``) and what ``relmon monitor`` writes
+    (``<stream>/<UTC time>_<run id>.parquet``); temporary files of unfinished writes (``.*.tmp``) and
+    hidden files are skipped. With ``deduplicate`` (default), rows repeating a ``(sample_id, window_id,
+    method, run_id)`` are dropped (the first kept): a second line of defence against samples processed
+    twice within one run (DDP padding from a user-supplied sampler). Rows of *different* runs are all
+    kept (a scheduled job that scores a file again in a later run keeps both rows).
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise NotADirectoryError(f"{folder} is not a folder of record files")
-    frame = read_record_files(sorted(folder.rglob("records-*.parquet")))
+        raise NotADirectoryError(
+            f"{folder} is not a folder of record files; fix: pass the folder given as 'records' "
+            "(relmon monitor) or to RecordWriter"
+        )
+    files = sorted(
+        p for p in folder.rglob("*.parquet")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+    frame = read_record_files(files)
     if deduplicate:
-        frame = frame.drop_duplicates(subset=["sample_id", "window_id", "method"], keep="first")
+        keys = ["sample_id", "window_id", "method", "run_id"]
+        frame = frame.drop_duplicates(subset=keys, keep="first")
     return frame.reset_index(drop=True)
 
 
