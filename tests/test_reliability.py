@@ -709,27 +709,27 @@ def test_waiting_for_the_lock_is_bounded_and_stoppable(tmp_path):
 
 
 def test_a_records_write_that_runs_out_of_space_leaves_no_partial_file(tmp_path):
-    """A real failing write: RLIMIT_FSIZE (12 KiB) makes the kernel refuse the records file midway
-    (EFBIG, as a full disk refuses with ENOSPC); the textfile (~11 KiB) is still written."""
+    """A real failing write: RLIMIT_FSIZE (16 KiB) makes the kernel refuse the records file midway
+    (EFBIG, as a full disk refuses with ENOSPC); the textfile (~14 KiB; the records ~26 KiB) is still written."""
     import resource
 
     from relmon.jobs import JobError, MonitorJob
 
-    cfg = MonitorConfig(n=32, region=7, steps=8, batch_size=32, records=str(tmp_path / "rec"),
+    cfg = MonitorConfig(n=64, region=7, steps=8, batch_size=64, records=str(tmp_path / "rec"),
                         textfile=str(tmp_path / "m.prom"))
     job = MonitorJob(cfg, registry=CollectorRegistry())
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (12 * 1024, hard))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, hard))
     try:
         with pytest.raises(JobError, match=r"could not write the records to .*File too large") as info:
             job.run()
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, old_handler)
-    assert info.value.summary.scored == 32
+    assert info.value.summary.scored == 64
     assert list((tmp_path / "rec").rglob("*")) == [tmp_path / "rec" / "default"]  # no partial, no temporary
-    assert metric_value((tmp_path / "m.prom").read_text(), "relmon_samples_processed_total") == 32
+    assert metric_value((tmp_path / "m.prom").read_text(), "relmon_samples_processed_total") == 64
 
 
 def test_atomic_write_removes_its_temporary_when_the_writer_fails(tmp_path):
