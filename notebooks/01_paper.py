@@ -36,6 +36,8 @@ STEPS = 49  # the whole image
 SEED = 0
 
 # %%
+import tempfile
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -67,7 +69,8 @@ methods
 # %%
 heatmaps = {m: to_heatmap(explain(model, x, m, target=pred), m) for m in methods}
 shown = torch.from_numpy(images[:4]).float().div(255).unsqueeze(1)  # inputs in [0, 1] for display
-grid_path = heatmap_grid(shown, {m: h[:4] for m, h in heatmaps.items()}, "out/notebooks/01_heatmaps.png")
+grid_path = heatmap_grid(shown, {m: h[:4] for m, h in heatmaps.items()},
+                         os.path.join(tempfile.mkdtemp(prefix="relmon-nb01-"), "heatmaps.png"))
 plt.figure(figsize=(14, 5))
 plt.imshow(plt.imread(grid_path))
 plt.axis("off");
