@@ -313,7 +313,7 @@ pd.DataFrame(summaries).round(3)
 
 # %%
 fig, axes = plt.subplots((len(panels) + 1) // 2, 2, figsize=(13, 2.8 * ((len(panels) + 1) // 2)), squeeze=False)
-for ax, (title, series) in zip(axes.flat, panels):
+for ax, (title, series) in zip(axes.flat, panels, strict=False):
     for legend, metric, values in series:
         t = np.array([float(v[0]) for v in values]) - start
         y = np.array([float(v[1]) for v in values])
