@@ -97,12 +97,16 @@ def compute_examples(model, images, methods: Sequence[str], region: int = 4, ste
 # pieces
 
 
-def _png(fig, dpi: int = 90) -> str:
-    import matplotlib.pyplot as plt
+def _figure(**kw):
+    from matplotlib.figure import Figure  # no pyplot: works headless and leaves the user's backend alone
 
+    fig = Figure(**kw)
+    return fig, fig.subplots()
+
+
+def _png(fig, dpi: int = 90) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -139,9 +143,7 @@ def _grid_png(ex: Examples, max_images: int = 8) -> str:
 
 
 def _curves_png(ex: Examples) -> str:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    fig, ax = _figure(figsize=(6.5, 3.6))
     for i, (m, c) in enumerate(ex.curves.items()):
         c = np.asarray(c, dtype=float)
         rel = c / c[:, :1]  # f(x^(k)) / f(x^(0)): scale-free, comparable across inputs
@@ -160,9 +162,7 @@ def _curves_png(ex: Examples) -> str:
 
 
 def _aopc_hist_png(records: pd.DataFrame) -> str:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    fig, ax = _figure(figsize=(6.5, 3.2))
     vals = records["aopc_rel"].astype(float)
     finite = vals[np.isfinite(vals)]
     lo, hi = (np.nanpercentile(finite, [1, 99]) if len(finite) else (0.0, 1.0))

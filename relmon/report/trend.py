@@ -198,16 +198,13 @@ def trend_figure(
     (realised where labelled; estimated with its interval when ``estimates`` — columns ``window``,
     ``estimate``, ``lower``, ``upper`` — is given) and, with ``drift`` (``window``, ``min_p_value``,
     ``alarm``), the drift p-values. Windows are placed in table order (time order), labelled by their
-    time. Saves a PNG to ``path`` (returns it) or returns the figure when ``path`` is None."""
-    import matplotlib
-
-    if path is not None:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    time. Saves a PNG to ``path`` (returns it) or returns the (pyplot-free) ``Figure`` when ``path`` is None."""
+    from matplotlib.figure import Figure  # no pyplot: works headless and leaves the user's backend alone
 
     x = np.arange(len(table))
     panels = 4 if drift is not None and len(drift) else 3
-    fig, axes = plt.subplots(panels, 1, figsize=(7.5, 2.0 * panels + 0.6), sharex=True, squeeze=False)
+    fig = Figure(figsize=(7.5, 2.0 * panels + 0.6))
+    axes = fig.subplots(panels, 1, sharex=True, squeeze=False)
     axes = axes[:, 0]
     method = table["method"].iloc[0] if len(table) else ""
 
@@ -262,7 +259,6 @@ def trend_figure(
         return fig
     os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
     fig.savefig(path, dpi=dpi)
-    plt.close(fig)
     return os.fspath(path)
 
 
