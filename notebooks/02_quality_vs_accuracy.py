@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -32,9 +34,9 @@
 import os
 
 SMALL = os.environ.get("RELMON_NB_SMALL", "0") == "1"
-N = 32 if SMALL else 200  # inputs per window
-STEPS_SHOWN = [0, 8, 40, 200, 938] if SMALL else None  # checkpoint steps (None: all)
-SHIFTS = ["gaussian_noise", "blur", "contrast", "occlusion"] if SMALL else None  # None: all
+N = 24 if SMALL else 200  # inputs per window
+STEPS_SHOWN = [0, 8, 40, 938] if SMALL else None  # checkpoint steps (None: all)
+SHIFTS = ["gaussian_noise", "contrast", "occlusion"] if SMALL else None  # None: all
 SEVERITIES = [1, 3, 5] if SMALL else [1, 2, 3, 4, 5]
 FIT_SHIFTS = ["gaussian_noise", "blur", "contrast", "brightness"]
 TEST_SHIFTS = ["rotation", "occlusion", "pixelation", "jpeg"]
