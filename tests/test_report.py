@@ -207,6 +207,18 @@ def test_report_no_images_leaves_out_inputs_and_heatmaps(monitored, tmp_path):
     assert "No calibration given" in page
 
 
+def test_report_on_one_window_file(monitored, tmp_path):
+    from relmon.cli import main
+
+    one = sorted((monitored / "records").rglob("*.parquet"))[-1]
+    out = tmp_path / "one.html"
+    assert main(["report", str(one), "--out", str(out)]) == 0
+    page = out.read_text()
+    _assert_self_contained(page)
+    assert "<td>w2:0</td>" in page and "<td>w0:0</td>" not in page
+    assert len(_embedded_images(page)) == 2
+
+
 # --------------------------------------------------------------------------------------------------
 # headless Chromium
 
