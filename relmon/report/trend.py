@@ -138,6 +138,7 @@ def trend_table(records: pd.DataFrame, method: str | None = None) -> pd.DataFram
     over the labelled ones, NaN if none); ``aopc``, ``aopc_rel``, ``entropy_bits`` are means over the
     ``method`` rows (``aopc_rel`` over finite values: it is NaN where ``score0 <= 0``);
     ``aopc_minus_random`` is the mean per-input gap to the ``random`` row (NaN without random rows).
+    Records that carry an ``aopc_early`` column (AOPC over the first ≈16 % of the image) add its mean.
     """
     if not len(records):
         raise ValueError("no records to summarise")
@@ -175,6 +176,9 @@ def trend_table(records: pd.DataFrame, method: str | None = None) -> pd.DataFram
             "entropy_bits": float(h["entropy_bits"].astype("Float64").astype(float).mean()),
         })
     table = pd.DataFrame(rows, columns=list(TREND_COLUMNS))
+    if "aopc_early" in heat.columns:  # early AOPC (~16 % of the image), where the records carry it
+        early = heat.assign(_v=heat["aopc_early"].astype("Float64").astype(float)).groupby("_window")["_v"].mean()
+        table["aopc_early"] = table["window"].map(early)
     return table.sort_values(["time", "window"], na_position="last", kind="stable", ignore_index=True)
 
 
