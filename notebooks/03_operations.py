@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -42,6 +44,7 @@ REGION, STEPS = 2, 16  # 2x2-pixel regions: all 16 regions of an 8x8 image
 import dataclasses
 import json
 import logging
+import re
 import shutil
 import socket
 import subprocess
@@ -296,12 +299,26 @@ try:
     end = time.time()
     repo = Path.cwd() if (Path.cwd() / "deploy").is_dir() else Path.cwd().parent  # run from notebooks/ or the root
     dashboard = json.loads((repo / "deploy/grafana/dashboards/relmon.json").read_text())
+    builtins = {"__rate_interval": "5s", "__interval": "1s", "__range": f"{int(end - start) + 1}s"}
+
+    def substitute(expr):
+        """Grafana's template variables: the built-in intervals, and every other variable = all values."""
+        return re.sub(r"\$\{?(\w+)\}?", lambda m: builtins.get(m.group(1), ".*"), expr)
+
+    def all_panels(items):  # rows may hold panels of their own
+        for p in items:
+            yield p
+            yield from all_panels(p.get("panels", []))
+
     panels = []
-    for panel in dashboard["panels"]:
+    for panel in all_panels(dashboard["panels"]):
+        if not panel.get("targets"):
+            continue
         series = []
         for target in panel.get("targets", []):
-            expr = (target["expr"].replace("$model", ".*").replace("$stream", ".*").replace("$estimator", ".*")
-                    .replace("$__rate_interval", "5s").replace("$__range", f"{int(end - start) + 1}s"))
+            if not target.get("expr"):
+                continue
+            expr = substitute(target["expr"])
             for s in api("query_range", query=expr, start=start, end=end, step=1)["result"]:
                 series.append((target.get("legendFormat") or expr.split("{")[0], s["metric"], s["values"]))
         panels.append((panel.get("title", ""), series))
