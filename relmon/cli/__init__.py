@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from relmon.cli.jobs import EXIT_CODES_HELP, EXIT_INPUT, EXIT_OK, EXIT_USAGE, add_commands
+from relmon.cli.report import add_commands as add_report_commands
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     methods = sub.add_parser("methods", help="list the heatmap method ids")
     methods.set_defaults(func=_methods)
     add_commands(sub)  # calibrate, monitor, serve
+    add_report_commands(sub)  # report, trend (relmon/cli/report.py)
     return parser
 
 

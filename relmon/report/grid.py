@@ -25,14 +25,12 @@ def heatmap_grid(
     ``images`` are ``(B, C, H, W)`` in ``[0, 1]`` (grey or RGB). Each heatmap is scaled per image
     to its own largest absolute value, so colours compare within a cell, not across cells.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: works headless and leaves the user's backend alone
 
     n = images.shape[0]
     cols = 1 + len(heatmaps)
-    fig, axes = plt.subplots(n, cols, figsize=(1.6 * cols, 1.6 * n), squeeze=False)
+    fig = Figure(figsize=(1.6 * cols, 1.6 * n))
+    axes = fig.subplots(n, cols, squeeze=False)
     for i in range(n):
         img = images[i].detach().cpu().float()
         ax = axes[i, 0]
@@ -59,5 +57,4 @@ def heatmap_grid(
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
     fig.savefig(path, dpi=dpi)
-    plt.close(fig)
     return os.fspath(path)

@@ -1,0 +1,269 @@
+"""``relmon report`` / ``relmon trend``: the trend table's numbers on constructed records, the HTML page
+on records and a calibration made by the real jobs (self-contained, images decode and are not blank,
+estimates and drift shown), and one headless-Chromium check of the page."""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from relmon.records import make_records, write_records
+from relmon.report.trend import RecordsFolderError, load_records, trend_table
+
+# --------------------------------------------------------------------------------------------------
+# constructed records: exact values
+
+
+def _window(window_id, aopc, aopc_random, score0, labels, preds, entropy, confidence):
+    """Records of one window: one lrp row and one random row per input."""
+    n = len(aopc)
+    ids = [f"{window_id}-{i}" for i in range(n)]
+    common = dict(sample_id=ids * 2, window_id=window_id, model="m", model_version="v1",
+                  pred=list(preds) * 2, confidence=list(confidence) * 2, softmax_entropy=0.1, margin=0.2,
+                  label=list(labels) * 2, score0=list(score0) * 2)
+    return make_records(
+        **common,
+        method=["lrp:epsilon_plus_flat"] * n + ["random"] * n,
+        aopc=list(aopc) + list(aopc_random),
+        aopc_rel=[a / s for a, s in zip(aopc, score0, strict=True)]
+        + [a / s for a, s in zip(aopc_random, score0, strict=True)],
+        entropy_bits=list(entropy) + [None] * n,
+    )
+
+
+@pytest.fixture()
+def constructed(tmp_path):
+    folder = tmp_path / "records"
+    # window "b" is written first (older file), "a" second: the table must follow time, not names
+    b = _window("b", aopc=[2.0, 4.0], aopc_random=[1.0, 1.0], score0=[4.0, 8.0], labels=[-1, -1],
+                preds=[0, 1], entropy=[5.0, 7.0], confidence=[0.5, 0.7])
+    a = _window("a", aopc=[1.0, 2.0, 3.0], aopc_random=[0.5, 0.5, 2.0], score0=[2.0, 2.0, 2.0],
+                labels=[0, 1, 2], preds=[0, 1, 0], entropy=[3.0, 4.0, 5.0], confidence=[0.9, 0.8, 0.7])
+    pb = write_records(b, folder / "day1" / "b.parquet")
+    pa_ = write_records(a, folder / "day2" / "a.parquet")
+    os.utime(pb, (1_700_000_000, 1_700_000_000))
+    os.utime(pa_, (1_700_003_600, 1_700_003_600))
+    return folder
+
+
+def test_trend_table_exact_values_and_time_order(constructed):
+    table = trend_table(load_records(constructed))
+    assert table["window"].tolist() == ["b", "a"]  # time order (file times), not name order
+    b, a = table.iloc[0], table.iloc[1]
+    assert (b["n"], a["n"]) == (2, 3)
+    assert b["time"] == pd.Timestamp(1_700_000_000, unit="s", tz="UTC")
+    assert a["aopc"] == pytest.approx(2.0)
+    assert a["aopc_rel"] == pytest.approx(1.0)  # mean of 0.5, 1.0, 1.5
+    assert a["aopc_minus_random"] == pytest.approx(np.mean([0.5, 1.5, 1.0]))
+    assert b["aopc_minus_random"] == pytest.approx(2.0)  # (1 + 3) / 2
+    assert a["entropy_bits"] == pytest.approx(4.0)
+    assert a["confidence"] == pytest.approx(0.8)
+    assert a["accuracy"] == pytest.approx(2 / 3)  # preds 0,1,0 vs labels 0,1,2
+    assert math.isnan(b["accuracy"]) and b["n_labelled"] == 0  # unlabelled: no accuracy, not 0
+    # 90 % interval of a's aopc_rel: mean ± 1.645 * sd / sqrt(n)
+    half = 1.6448536269514722 * np.std([0.5, 1.0, 1.5], ddof=1) / math.sqrt(3)
+    assert a["aopc_rel_lower"] == pytest.approx(1.0 - half)
+    assert a["aopc_rel_upper"] == pytest.approx(1.0 + half)
+
+
+def test_load_records_skips_foreign_parquet_and_names_the_fix(constructed, tmp_path):
+    pd.DataFrame({"x": [1, 2]}).to_parquet(constructed / "not_records.parquet")
+    with pytest.warns(UserWarning, match="not_records.parquet: not a records file"):
+        records = load_records(constructed)
+    assert sorted(records["window_id"].unique()) == ["a", "b"]  # the real records are all kept
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(RecordsFolderError, match="no record files under .*fix: pass the folder"):
+        load_records(empty)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_records(tmp_path / "missing")
+
+
+def test_trend_cli_writes_csv_and_png(constructed, tmp_path, capsys):
+    from relmon.cli import main
+
+    csv, png = tmp_path / "t.csv", tmp_path / "t.png"
+    assert main(["trend", str(constructed), "--csv", str(csv), "--figure", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"\bb\b.*\n.*\ba\b", out)  # b's row printed before a's
+    table = pd.read_csv(csv)
+    assert table["window"].tolist() == ["b", "a"]
+    assert table["aopc"].tolist() == pytest.approx([3.0, 2.0])
+    _check_png(png.read_bytes())
+
+
+def test_cli_errors_exit_3_with_the_problem(tmp_path, capsys):
+    from relmon.cli import main
+
+    assert main(["report", str(tmp_path / "nope"), "--out", str(tmp_path / "r.html")]) == 3
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["trend", str(tmp_path)]) == 3
+    assert "no record files" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# the HTML page on real records and a real calibration
+
+
+def _check_png(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    arr = np.asarray(img.convert("L"), dtype=float)
+    assert arr.std() > 5.0, "image is blank"
+    return img
+
+
+def _embedded_images(page: str) -> list[Image.Image]:
+    return [_check_png(base64.b64decode(b)) for b in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
+
+
+def _assert_self_contained(page: str) -> None:
+    for attr, value in re.findall(r'\b(src|href)\s*=\s*["\']([^"\']*)["\']', page, flags=re.I):
+        assert value.startswith("data:"), f"{attr}={value[:60]!r} is not embedded"
+        assert "//" not in value.split(",")[0]
+    assert "http://" not in page and "https://" not in page
+    assert not re.search(r"<script|@import|url\(", page, flags=re.I)
+
+
+@pytest.fixture(scope="module")
+def monitored(tmp_path_factory):
+    """A calibration and three monitored windows (clean, noise, strong contrast) from the real jobs."""
+    from relmon.config import MonitorConfig
+    from relmon.jobs import calibrate, run_monitor
+
+    root = tmp_path_factory.mktemp("monitored")
+    small = dict(methods=("lrp",), batch_size=64)
+    calibrate(MonitorConfig(calibration_n=32, calibration_shifts=("gaussian_noise", "contrast"),
+                            calibration_severities=(2, 5), **small), root / "cal")
+    for i, (shift, sev) in enumerate([(None, 3), ("gaussian_noise", 2), ("contrast", 5)]):
+        run_monitor(MonitorConfig(n=32, shift=shift, severity=sev, stream=f"w{i}", records=str(root / "records"),
+                                  calibration=str(root / "cal"), **small))
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(monitored):
+    from relmon.cli import main
+
+    out = monitored / "report.html"
+    assert main(["report", str(monitored / "records"), "--calibration", str(monitored / "cal"),
+                 "--model", "fmnist_cnn", "--examples", "4", "--out", str(out)]) == 0
+    return out
+
+
+def test_report_is_self_contained_with_every_section(report, monitored):
+    page = report.read_text()
+    _assert_self_contained(page)
+    for section in ("summary", "heatmaps", "curves", "trend", "drift", "validation"):
+        assert f'<section id="{section}">' in page
+    images = _embedded_images(page)
+    assert len(images) == 4  # heatmap grid, curves, AOPC distributions, trend
+    assert "recomputed for 4 example inputs" in page
+    from relmon.jobs import load_calibration
+
+    for name in load_calibration(monitored / "cal").estimators:
+        assert f"<th>{name}</th>" in page
+    for window in ("w0:0", "w1:0", "w2:0"):
+        assert f"<td>{window}</td>" in page
+
+
+def test_report_drift_alarm_on_the_strong_shift_only(report):
+    page = report.read_text()
+    drift = page.split('<section id="drift">')[1].split("</section>")[0]
+    rows = {}
+    for tr in re.findall(r"<tr[^>]*>(.*?)</tr>", drift, flags=re.S):
+        cells = [c.strip() for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", tr, flags=re.S)]
+        rows[cells[0]] = cells
+    assert rows["window"][2] == "alarm"
+    # the clean window holds the very images of the calibration's reference window: no alarm
+    assert rows["w0:0"][2] == "no"
+    assert rows["w2:0"][2] == "ALARM"  # contrast at severity 5 halves the accuracy
+
+
+def test_report_no_images_leaves_out_inputs_and_heatmaps(monitored, tmp_path):
+    from relmon.cli import main
+
+    out = tmp_path / "private.html"
+    assert main(["report", str(monitored / "records"), "--model", "fmnist_cnn", "--no-images",
+                 "--out", str(out)]) == 0
+    page = out.read_text()
+    _assert_self_contained(page)
+    assert 'alt="inputs and heatmaps"' not in page
+    assert "Left out on request (--no-images)" in page
+    assert len(_embedded_images(page)) == 2  # AOPC distributions and trend only
+    assert "No calibration given" in page
+
+
+def test_report_on_one_window_file(monitored, tmp_path):
+    from relmon.cli import main
+
+    one = sorted((monitored / "records").rglob("*.parquet"))[-1]
+    out = tmp_path / "one.html"
+    assert main(["report", str(one), "--out", str(out)]) == 0
+    page = out.read_text()
+    _assert_self_contained(page)
+    assert "<td>w2:0</td>" in page and "<td>w0:0</td>" not in page
+    assert len(_embedded_images(page)) == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# headless Chromium
+
+
+def _chrome():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if binary is None or driver is None:
+        pytest.skip("Debian chromium and chromium-driver are not installed (scripts/setup.sh installs them)")
+    opts = webdriver.ChromeOptions()
+    profile = tempfile.mkdtemp(prefix="relmon-chromium-")
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+              "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1200,1000",
+              f"--user-data-dir={profile}"):
+        opts.add_argument(a)
+    opts.binary_location = binary
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver), options=opts), profile
+
+
+@pytest.mark.integration
+def test_report_in_headless_chromium(report, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    browser, profile = _chrome()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            browser.get(Path(report).resolve().as_uri())
+        errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+        assert errors == []
+        for section in ("summary", "heatmaps", "curves", "trend", "drift", "validation"):
+            assert browser.find_element(By.ID, section).is_displayed()
+        # every image decoded by the browser; nothing fetched but data: URLs
+        assert browser.execute_script(
+            "return Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+        assert browser.execute_script("return document.images.length") == 4
+        fetched = browser.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name)")
+        assert all(u.startswith("data:") for u in fetched), fetched
+        shot = tmp_path / "shot.png"
+        assert browser.save_screenshot(str(shot))
+        _check_png(shot.read_bytes())
+    finally:
+        browser.quit()
+        shutil.rmtree(profile, ignore_errors=True)
