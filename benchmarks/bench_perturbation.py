@@ -2,6 +2,9 @@
 
 CPU (default):
   overhead     AOPC wall time / wall time of the same number of plain forwards at the same batch size
+  packing      the same ratio at relmon's default chunk on the embedded models (28x28) and on
+               ResNet-18/ResNet-50 (weights=None) at 224x224 with N=4, L=16 (chunks smaller than a
+               curve and not dividing N*(L+1)); also the sizes of the forwards relmon ran
   quantus      Quantus RegionPerturbation wall time / relmon wall time on the same work
   memory       peak RSS growth for N=1024, L=100 (region 2 on 28x28) under a 1 GiB budget (subprocess)
   subsampling  error of step subsampling s=2,5,10 against the full curve, per window of 256 images
@@ -43,7 +46,7 @@ from relmon.perturbation import (
     region_perturbation,
 )
 
-CPU_BENCHES = ("overhead", "quantus", "memory", "subsampling")
+CPU_BENCHES = ("overhead", "packing", "quantus", "memory", "subsampling")
 GiB = 2**30
 MiB = 2**20
 
@@ -167,6 +170,65 @@ def bench_overhead(args) -> dict:
     imgs, _ = load_sample()
     x = to_tensor(imgs[:n])
     return {"rows": [_overhead_one(name, x, args) for name in ("fmnist_cnn", "fmnist_vgg")]}
+
+
+def _packing_model(name: str):
+    """(model, input shape) of a packing configuration; torchvision models get ImageNet preprocessing."""
+    if name.startswith("fmnist"):
+        return load_embedded(name), (1, 28, 28)
+    import torchvision
+
+    model = getattr(torchvision.models, name)(weights=None).eval()
+    attach_preprocessing(model, Preprocessing(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))
+    return model, (3, 224, 224)
+
+
+def _packing_one(name: str, n: int, region: int, steps: int, args) -> dict:
+    cpu = torch.device("cpu")
+    model, shape = _packing_model(name)
+    lo, hi = input_bounds(model, shape[0])
+    g = torch.Generator().manual_seed(0)
+    x = lo.view(1, -1, 1, 1) + (hi - lo).view(1, -1, 1, 1) * torch.rand(n, *shape, generator=g)
+    heat = torch.randn(n, *shape[1:], generator=g)  # the cost does not depend on the heatmap
+    kwargs = dict(region=region, steps=steps, order="morf", perturbation="uniform")
+    items = n * (steps + 1)
+    with torch.inference_mode():
+        chunk = min(items_per_chunk(model, x[:1]), CPU_MAX_ITEMS)  # relmon's default chunk on CPU
+    sizes: list[int] = []
+    handle = model.register_forward_pre_hook(lambda _m, a: sizes.append(a[0].shape[0]))
+    region_perturbation(model, x[:1], heat[:1], **kwargs)  # warm-up
+    handle.remove()
+    plain_forwards(model, x, min(items, 2 * chunk), chunk, cpu)
+    t_plain, t_aopc, t_inside, forwards = [], [], [], []
+    for _ in range(args.repeats):  # interleaved
+        t_plain.append(plain_forwards(model, x, items, chunk, cpu))
+        sizes.clear()
+        handle = model.register_forward_pre_hook(lambda _m, a: sizes.append(a[0].shape[0]))
+        timer = ForwardTimer(model, cpu)
+        t_aopc.append(timed(lambda: region_perturbation(model, x, heat, **kwargs), cpu))
+        timer.remove()
+        handle.remove()
+        t_inside.append(timer.total)
+        forwards = [s for s in sizes if s != 1 or chunk == 1]  # drop the one-item memory probe
+    outside = [a - i for a, i in zip(t_aopc, t_inside, strict=True)]
+    row = {
+        "model": name, "input": "x".join(map(str, shape)), "n": n, "steps": steps, "region": region,
+        "items": items, "chunk": chunk, "forward_sizes": forwards,
+        "plain_s": statistics.median(t_plain), "aopc_s": statistics.median(t_aopc),
+        "ratio_median": statistics.median(a / p for a, p in zip(t_aopc, t_plain, strict=True)),
+        "ratio_min": min(t_aopc) / min(t_plain),
+        "engine_share": statistics.median(o / i for o, i in zip(outside, t_inside, strict=True)),
+    }
+    log(f"packing {name}: {row}")
+    return row
+
+
+def bench_packing(args) -> dict:
+    configs = [("fmnist_cnn", 64, 4, 49), ("fmnist_vgg", 64, 4, 49), ("fmnist_cnn", 16, 9, 16),
+               ("resnet18", 4, 9, 16), ("resnet50", 4, 9, 16)]
+    if args.quick:
+        configs = [("fmnist_cnn", 16, 4, 49), ("resnet18", 2, 9, 16)]
+    return {"rows": [_packing_one(*c, args) for c in configs]}
 
 
 def _quantus_one(quantus, name: str, x: torch.Tensor, args) -> dict:
@@ -436,6 +498,17 @@ def markdown(results: dict, argv: list[str]) -> str:
             lines.append(f"| {r['model']} | {r['n']} | {r['steps']} | {r['region']} | {r['items']} | {r['batch']} | "
                          f"{r['plain_s']:.2f} | {r['aopc_s']:.2f} | {r['ratio']:.3f} | {r['ratio_median']:.3f} | "
                          f"{r['engine_share']:.3f} |")
+        lines.append("")
+    if "packing" in results:
+        lines += ["### Packing: AOPC vs the same items in full batches", "",
+                  "| model | input | N | L | region | items | items/forward | forwards relmon ran | plain s |"
+                  " AOPC s | ratio (median) | ratio (min/min) | outside / inside model.forward |", "|" + "---|" * 13]
+        for r in results["packing"]["rows"]:
+            sizes = r["forward_sizes"]
+            shown = f"{len(sizes)}: {sizes[0]} x {len(sizes) - 1} + {sizes[-1]}" if len(sizes) > 1 else str(sizes)
+            lines.append(f"| {r['model']} | {r['input']} | {r['n']} | {r['steps']} | {r['region']} | {r['items']} | "
+                         f"{r['chunk']} | {shown} | {r['plain_s']:.2f} | {r['aopc_s']:.2f} | {r['ratio_median']:.3f} | "
+                         f"{r['ratio_min']:.3f} | {r['engine_share']:.3f} |")
         lines.append("")
     if "quantus" in results:
         q = results["quantus"]
