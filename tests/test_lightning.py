@@ -309,7 +309,7 @@ def test_auto_accelerator_uses_cuda_and_matches_cpu():
 # RelevanceMonitor cost options: step_stride, random_fraction, threads, reuse of the clean logits
 
 
-def test_monitor_random_fraction_subset_and_unpaired_difference(model):
+def test_monitor_random_fraction_subset_and_paired_difference(model):
     stream = fashion_mnist_stream(use_sample=True, n=24)
     ids = [str(i) for i in range(24)]
     full = RelevanceMonitor(model, **SETTINGS)
@@ -328,7 +328,8 @@ def test_monitor_random_fraction_subset_and_unpaired_difference(model):
     np.testing.assert_allclose(lrp_sub["aopc"], lrp_full["aopc"], rtol=1e-6, atol=1e-6)
     summary = part.window_summary()
     assert summary["random"]["n"] == len(chosen) and summary[LRP]["n"] == 24
-    expected = lrp_full["aopc"].astype(float).mean() - rand_full.loc[chosen, "aopc"].astype(float).mean()
+    # paired differences over the subset (not the window's mean minus the subset's)
+    expected = (lrp_full.loc[chosen, "aopc"] - rand_full.loc[chosen, "aopc"]).astype(float).mean()
     assert summary[LRP]["aopc_minus_random"] == pytest.approx(expected, rel=1e-5, abs=1e-6)
     paired = full.window_summary()[LRP]["aopc_minus_random"]
     assert paired == pytest.approx((lrp_full["aopc"] - rand_full.loc[ids, "aopc"]).astype(float).mean(), rel=1e-5)

@@ -249,8 +249,9 @@ class RelevanceMonitor(pl.LightningModule):
         Share of the monitored samples that also get the random-order baseline (a ``random`` row),
         chosen by :func:`random_subset_hash` (seeded, the same on every rank and rerun). 1.0 (default)
         runs it on every sample; below 1 the baseline costs that share of its forwards, and a
-        window's ``aopc_minus_random`` is the method's mean AOPC minus the subset's mean random-order
-        AOPC (an unpaired difference; its extra error is measured in ``benchmarks/RESULTS.md``).
+        window's ``aopc_minus_random`` is the mean of the paired differences over the subset, so its
+        sampling error is that of the subset's size (measured in ``benchmarks/RESULTS.md``: the
+        unpaired difference of the window's and the subset's means is 2.8x worse).
     threads:
         ``torch.set_num_threads(threads)`` while a batch is scored (restored afterwards); None leaves
         torch's setting alone.
@@ -482,9 +483,9 @@ class RelevanceMonitor(pl.LightningModule):
             key = _metric_key(RANDOM_METHOD)
             self.aopc_metrics[key].update(rnd.aopc)
             self.aopc_rel_metrics[key].update(rnd.aopc_rel)
-            if self.random_fraction >= 1.0:
-                for method, _, ev, _ in frames:
-                    self.minus_random_metrics[_metric_key(method)].update(ev.aopc, rnd.aopc)
+            for method, _, ev, _ in frames:  # paired on the samples that have the baseline
+                aopc = ev.aopc if full else _take(ev.aopc, subset)
+                self.minus_random_metrics[_metric_key(method)].update(aopc, rnd.aopc)
 
         common = dict(
             sample_id=list(sample_ids), window_id=list(window_ids), model=self.model_name,
@@ -528,11 +529,7 @@ class RelevanceMonitor(pl.LightningModule):
                          "aopc_std": stats["std"], "n": stats["n"],
                          "aopc_rel": self.aopc_rel_metrics[key].compute()["mean"]}
                 if method != RANDOM_METHOD:
-                    if self.random_fraction >= 1.0:
-                        entry["aopc_minus_random"] = float(self.minus_random_metrics[key].compute())
-                    else:  # unpaired: the method's window mean minus the random subset's mean
-                        rstats = self.aopc_metrics[_metric_key(RANDOM_METHOD)].compute()
-                        entry["aopc_minus_random"] = stats["mean"] - rstats["mean"]
+                    entry["aopc_minus_random"] = float(self.minus_random_metrics[key].compute())
                     entry["entropy_bits"] = float(self.entropy_metrics[key].compute())
                 out[method] = entry
             out["_inputs"] = {"seen": int(self.seen_inputs.compute()), "bad": int(self.bad_inputs.compute()),
