@@ -345,14 +345,17 @@ def test_monitor_step_stride_threads_and_one_clean_forward(model):
         sizes.append(inputs[0].shape[0])
         threads.append(torch.get_num_threads())
 
-    before = torch.get_num_threads()
+    original = torch.get_num_threads()
+    torch.set_num_threads(2)
     monitor = RelevanceMonitor(model, step_stride=4, threads=1, **SETTINGS)
     handle = model.register_forward_hook(hook)
     try:
         frame = monitor.score_batch(x, ids, ["w"] * 6)
+        after = torch.get_num_threads()
     finally:
         handle.remove()
-    assert torch.get_num_threads() == before and set(threads) == {1}
+        torch.set_num_threads(original)
+    assert after == 2 and set(threads) == {1}
     # the explanation pass (6 items) gives f(x^(0)); MoRF and random evaluate steps 4, 8, 12, 16 only
     # (probe forwards of one item aside)
     assert [s for s in sizes if s != 1] == [6, 6 * 4, 6 * 4]
