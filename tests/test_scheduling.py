@@ -138,3 +138,25 @@ def test_evaluate_heatmaps_evaluates_the_clean_input_once_for_all_orders():
     for order in ("morf", "random", "lerf"):
         alone = region_perturbation(model, x, heat, order=order, **kwargs)
         torch.testing.assert_close(ev.results[order].curves, alone.curves, rtol=1e-6, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# start-up: what the light entry points import (benchmarks/bench_startup.py measures the time)
+
+
+@pytest.mark.parametrize(("code", "absent"), [
+    ("import relmon.export.metrics", ("torch", "torchmetrics", "scipy")),
+    ("import relmon.cli; relmon.cli.main(['--help'])", ("torch", "torchmetrics", "zennit", "pytorch_lightning")),
+])
+def test_light_entry_points_import_no_torch(code, absent):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    probe = (f"import sys\ntry:\n    {code}\nexcept SystemExit:\n    pass\n"
+             f"print('IMPORTED:' + ','.join(m for m in {absent!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "IMPORTED:", out.stdout[-300:]
