@@ -733,7 +733,7 @@ def region_perturbation(
                 raise ValueError(f"clean_logits must be (B, classes) = ({b}, classes) scores of x, got shape "
                                  f"{tuple(logits.shape)}; pass the logits of the same inputs or leave it None")
             if fixed_target is None:
-                tgt = logits.argmax(dim=1)
+                tgt.copy_(logits.argmax(dim=1))  # in place: tgt stays a normal (non-inference) tensor
             values[:, 0] = _pick(logits, tgt, score, check=fixed_target is not None)
             first = 1
         else:

@@ -136,6 +136,9 @@ def test_evaluate_heatmaps_evaluates_the_clean_input_once_for_all_orders():
     items = [s for s in counted.sizes if s != 1]
     assert sum(items) == 5 + 3 * 5 * 9
     for order in ("morf", "random", "lerf"):
+        res = ev.results[order]
+        # usable in autograd afterwards: nothing returned is an inference-mode tensor
+        assert not any(t.is_inference() for t in (res.curves, res.target, res.score0, res.aopc))
         alone = region_perturbation(model, x, heat, order=order, **kwargs)
         torch.testing.assert_close(ev.results[order].curves, alone.curves, rtol=1e-6, atol=1e-6)
 
