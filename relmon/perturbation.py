@@ -12,9 +12,12 @@ Pure functions, tensors in and out, no global state. The pipeline, for a batch o
 4. :func:`replacement_images` — the values perturbed pixels take, drawn once per sample.
 5. :func:`region_perturbation` — evaluates ``f(x^(k))`` for ``k = 0..L`` where
    ``x^(k) = where(rank_map < k, replacement, x)`` (the first ``k`` regions replaced, cumulatively),
-   batched over (sample, step) pairs in chunks sized to a memory budget, and returns the curves and
-   AOPC = ``1/(L+1) * sum_{k=0..L} (f(x^(0)) - f(x^(k)))``.
-6. :func:`evaluate_heatmaps` — MoRF, random and LeRF orders together: AOPC, AOPC minus random, ABPC.
+   with the (sample, step) items packed into forwards of exactly the chunk size (sized to a memory
+   budget; only the last forward is smaller), and returns the curves and
+   AOPC = ``1/(L+1) * sum_{k=0..L} (f(x^(0)) - f(x^(k)))``. ``f(x^(0))`` may come from the caller
+   (``clean_logits``, e.g. the explanation pass's logits).
+6. :func:`evaluate_heatmaps` — MoRF, random and LeRF orders together (one clean pass shared by all
+   orders): AOPC, AOPC minus random, ABPC.
 
 Reproducibility: every random draw of a sample (its uniform noise image, its random order) comes from
 a CPU ``torch.Generator`` seeded by ``(seed, sample id, purpose)``, so a sample's curve does not depend
