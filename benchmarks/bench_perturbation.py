@@ -2,9 +2,14 @@
 
 CPU (default):
   overhead     AOPC wall time / wall time of the same number of plain forwards at the same batch size
+  packing      the same ratio at relmon's default chunk on the embedded models (28x28) and on
+               ResNet-18/ResNet-50 (weights=None) at 224x224 with N=4, L=16 (chunks smaller than a
+               curve and not dividing N*(L+1)); also the sizes of the forwards relmon ran
   quantus      Quantus RegionPerturbation wall time / relmon wall time on the same work
   memory       peak RSS growth for N=1024, L=100 (region 2 on 28x28) under a 1 GiB budget (subprocess)
   subsampling  error of step subsampling s=2,5,10 against the full curve, per window of 256 images
+  random_subset  error that a random-order baseline on a seeded subset of each window (the monitor's
+               random_fraction) adds to the window's AOPC - random, against the full computation
 
 CUDA (``--device cuda``): ResNet-50 (weights=None) at 224x224, L=100, region 9, bf16 autocast and
 channels-last: overhead vs plain forwards, and peak allocated memory under budgets.
@@ -43,7 +48,7 @@ from relmon.perturbation import (
     region_perturbation,
 )
 
-CPU_BENCHES = ("overhead", "quantus", "memory", "subsampling")
+CPU_BENCHES = ("overhead", "packing", "quantus", "memory", "subsampling", "random_subset")
 GiB = 2**30
 MiB = 2**20
 
@@ -167,6 +172,65 @@ def bench_overhead(args) -> dict:
     imgs, _ = load_sample()
     x = to_tensor(imgs[:n])
     return {"rows": [_overhead_one(name, x, args) for name in ("fmnist_cnn", "fmnist_vgg")]}
+
+
+def _packing_model(name: str):
+    """(model, input shape) of a packing configuration; torchvision models get ImageNet preprocessing."""
+    if name.startswith("fmnist"):
+        return load_embedded(name), (1, 28, 28)
+    import torchvision
+
+    model = getattr(torchvision.models, name)(weights=None).eval()
+    attach_preprocessing(model, Preprocessing(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))
+    return model, (3, 224, 224)
+
+
+def _packing_one(name: str, n: int, region: int, steps: int, args) -> dict:
+    cpu = torch.device("cpu")
+    model, shape = _packing_model(name)
+    lo, hi = input_bounds(model, shape[0])
+    g = torch.Generator().manual_seed(0)
+    x = lo.view(1, -1, 1, 1) + (hi - lo).view(1, -1, 1, 1) * torch.rand(n, *shape, generator=g)
+    heat = torch.randn(n, *shape[1:], generator=g)  # the cost does not depend on the heatmap
+    kwargs = dict(region=region, steps=steps, order="morf", perturbation="uniform")
+    items = n * (steps + 1)
+    with torch.inference_mode():
+        chunk = min(items_per_chunk(model, x[:1]), CPU_MAX_ITEMS)  # relmon's default chunk on CPU
+    sizes: list[int] = []
+    handle = model.register_forward_pre_hook(lambda _m, a: sizes.append(a[0].shape[0]))
+    region_perturbation(model, x[:1], heat[:1], **kwargs)  # warm-up
+    handle.remove()
+    plain_forwards(model, x, min(items, 2 * chunk), chunk, cpu)
+    t_plain, t_aopc, t_inside, forwards = [], [], [], []
+    for _ in range(args.repeats):  # interleaved
+        t_plain.append(plain_forwards(model, x, items, chunk, cpu))
+        sizes.clear()
+        handle = model.register_forward_pre_hook(lambda _m, a: sizes.append(a[0].shape[0]))
+        timer = ForwardTimer(model, cpu)
+        t_aopc.append(timed(lambda: region_perturbation(model, x, heat, **kwargs), cpu))
+        timer.remove()
+        handle.remove()
+        t_inside.append(timer.total)
+        forwards = [s for s in sizes if s != 1 or chunk == 1]  # drop the one-item memory probe
+    outside = [a - i for a, i in zip(t_aopc, t_inside, strict=True)]
+    row = {
+        "model": name, "input": "x".join(map(str, shape)), "n": n, "steps": steps, "region": region,
+        "items": items, "chunk": chunk, "forward_sizes": forwards,
+        "plain_s": statistics.median(t_plain), "aopc_s": statistics.median(t_aopc),
+        "ratio_median": statistics.median(a / p for a, p in zip(t_aopc, t_plain, strict=True)),
+        "ratio_min": min(t_aopc) / min(t_plain),
+        "engine_share": statistics.median(o / i for o, i in zip(outside, t_inside, strict=True)),
+    }
+    log(f"packing {name}: {row}")
+    return row
+
+
+def bench_packing(args) -> dict:
+    configs = [("fmnist_cnn", 64, 4, 49), ("fmnist_vgg", 64, 4, 49), ("fmnist_cnn", 16, 9, 16),
+               ("resnet18", 4, 9, 16), ("resnet50", 4, 9, 16)]
+    if args.quick:
+        configs = [("fmnist_cnn", 16, 4, 49), ("resnet18", 2, 9, 16)]
+    return {"rows": [_packing_one(*c, args) for c in configs]}
 
 
 def _quantus_one(quantus, name: str, x: torch.Tensor, args) -> dict:
@@ -329,23 +393,99 @@ def bench_subsampling(args) -> dict:
 # CUDA benchmark
 
 
+def regression_mean(y: torch.Tensor, z: torch.Tensor, keep: torch.Tensor) -> float:
+    """Regression estimate of ``mean(y)`` over all samples from ``y`` seen on ``keep`` only, with the
+    auxiliaries ``z`` ``(N, p)`` known for all: fit ``y ~ 1 + z`` on the subset, average the fit."""
+    design = torch.cat([torch.ones(len(y), 1, dtype=z.dtype), z], 1)
+    beta = torch.linalg.lstsq(design[keep], y[keep, None]).solution
+    return float((design.mean(0) @ beta).squeeze())
+
+
+def bench_random_subset(args) -> dict:
+    """Error of ``RelevanceMonitor(random_fraction=f)``'s window ``aopc_minus_random`` against the full one.
+
+    A sample's random-order AOPC depends only on ``(seed, sample id)`` (tested), so the monitor's
+    subset estimate is exactly ``mean_window(AOPC_lrp) - mean_subset(AOPC_random)`` of the full run's
+    per-sample values; the subsets are drawn here as the monitor draws them
+    (``random_subset_hash(subset_seed, id) < f``) for several subset seeds.
+    """
+    from relmon.explain import explain_full, to_heatmap
+    from relmon.lightning.monitor import random_subset_hash
+    from relmon.perturbation import evaluate_heatmaps
+
+    window, windows = 256, (2 if args.quick else 7)
+    region, steps, seeds = 4, 49, range(8 if args.quick else 20)
+    imgs, _ = load_sample()
+    x = to_tensor(imgs[: window * windows])
+    ids = [str(i) for i in range(x.shape[0])]
+    model = load_embedded("fmnist_cnn")
+    t0 = time.perf_counter()
+    morf, rnd, score0 = [], [], []
+    for b0 in range(0, x.shape[0], window):
+        xb = x[b0:b0 + window]
+        expl = explain_full(model, xb, "lrp")
+        ev = evaluate_heatmaps(model, xb, to_heatmap(expl.relevance, expl.method), orders=("morf", "random"),
+                               region=region, steps=steps, target=expl.target, clean_logits=expl.logits,
+                               sample_ids=ids[b0:b0 + window])
+        morf.append(ev.aopc.double())
+        rnd.append(ev.aopc_random.double())
+        score0.append(ev.results["morf"].score0.double())
+    seconds = time.perf_counter() - t0
+    m, r = torch.cat(morf).view(windows, window), torch.cat(rnd).view(windows, window)
+    s0 = torch.cat(score0).view(windows, window)
+    full = (m - r).mean(dim=1)  # the full computation's window AOPC - random (paired)
+    sem_diff = float(((m - r).std(dim=1) / window**0.5).mean())
+    sem_morf = float((m.std(dim=1) / window**0.5).mean())
+    rows = []
+    for fraction in (0.1, 0.25, 0.5):
+        errs, errs_paired, errs_reg, sizes = [], [], [], []
+        for seed in seeds:
+            for w in range(windows):
+                keep = torch.tensor([random_subset_hash(seed, ids[w * window + i]) < fraction for i in range(window)])
+                sizes.append(int(keep.sum()))
+                unpaired = m[w].mean() - r[w][keep].mean()
+                paired = (m[w][keep] - r[w][keep]).mean()
+                errs.append(float(unpaired - full[w]))
+                errs_paired.append(float(paired - full[w]))
+                errs_reg.append(float(m[w].mean() - regression_mean(r[w], torch.stack([m[w], s0[w]], 1), keep)
+                                      - full[w]))
+        e, ep = np.abs(errs), np.abs(errs_paired)
+        rows.append({"fraction": fraction, "subset_mean_size": float(np.mean(sizes)),
+                     "forwards_share": (1 + fraction) / 2,
+                     "abs_err_mean": float(e.mean()), "abs_err_p95": float(np.quantile(e, 0.95)),
+                     "abs_err_max": float(e.max()), "rmse": float(np.sqrt(np.mean(np.square(errs)))),
+                     "paired_abs_err_mean": float(ep.mean()), "paired_rmse": float(np.sqrt(np.mean(np.square(errs_paired)))),
+                     "regression_abs_err_mean": float(np.abs(errs_reg).mean()),
+                     "regression_rmse": float(np.sqrt(np.mean(np.square(errs_reg))))})
+        log(f"random_subset: {rows[-1]}")
+    return {"window": window, "windows": windows, "region": region, "steps": steps, "subset_seeds": len(seeds),
+            "mean_window_aopc_minus_random": float(full.mean()), "window_sem_aopc_minus_random": sem_diff,
+            "window_sem_aopc": sem_morf, "random_aopc_std": float(r.std(dim=1).mean()),
+            "seconds_full": seconds, "rows": rows}
+
+
 def bench_cuda(args) -> dict:
-    if not torch.cuda.is_available():
+    """ResNet-50 at 224x224 on CUDA; with ``--dry-run`` the same code on the CPU at tiny sizes (to know
+    that it runs before a GPU machine is spent on it)."""
+    dry = args.dry_run
+    if not dry and not torch.cuda.is_available():
         msg = "CUDA is not available on this machine; skipping the ResNet-50 benchmark"
         log(msg)
         return {"skipped": msg}
     import torchvision
 
-    device = torch.device("cuda")
+    device = torch.device("cpu" if dry else "cuda")
     torch.backends.cudnn.benchmark = True
-    n = 16 if args.quick else 64
-    steps, region, batch = 100, 9, args.cuda_batch
-    model = torchvision.models.resnet50(weights=None).eval().to(device).to(memory_format=torch.channels_last)
+    n = 2 if dry else 16 if args.quick else 64
+    # bf16 convolutions are slow on CPUs without bf16 units: the dry run takes ResNet-18 at 32x32.
+    steps, region, batch, size = (2, 16, 4, 32) if dry else (100, 9, args.cuda_batch, 224)
+    arch = torchvision.models.resnet18 if dry else torchvision.models.resnet50
+    model = arch(weights=None).eval().to(device).to(memory_format=torch.channels_last)
     attach_preprocessing(model, Preprocessing(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))
     lo, hi = input_bounds(model, 3)
     g = torch.Generator().manual_seed(0)
-    x = (lo.view(1, 3, 1, 1) + (hi - lo).view(1, 3, 1, 1) * torch.rand(n, 3, 224, 224, generator=g)).to(device)
-    heat = torch.randn(n, 224, 224, generator=g).to(device)  # cost does not depend on the heatmap
+    x = (lo.view(1, 3, 1, 1) + (hi - lo).view(1, 3, 1, 1) * torch.rand(n, 3, size, size, generator=g)).to(device)
+    heat = torch.randn(n, size, size, generator=g).to(device)  # cost does not depend on the heatmap
     items = n * (steps + 1)
     common = dict(region=region, steps=steps, autocast_dtype=torch.bfloat16, channels_last=True)
     fixed = dict(common, batch_size=batch, max_batch_bytes=64 * GiB)
@@ -356,13 +496,13 @@ def bench_cuda(args) -> dict:
         t_plain.append(plain_forwards(model, x, items, batch, device, torch.bfloat16, True))
         t_aopc.append(timed(lambda: region_perturbation(model, x, heat, **fixed), device))
     rows = {"overhead": {
-        "gpu": torch.cuda.get_device_name(device), "n": n, "steps": steps, "region": region, "batch": batch,
+        "gpu": "dry run on CPU" if dry else torch.cuda.get_device_name(device), "size": size, "n": n, "steps": steps, "region": region, "batch": batch,
         "items": items, "plain_s": min(t_plain), "aopc_s": min(t_aopc), "ratio": min(t_aopc) / min(t_plain),
         "forwards_per_s": items / min(t_aopc), "plain_forwards_per_s": items / min(t_plain),
     }}
     log(f"cuda overhead: {rows['overhead']}")
     mem = []
-    for budget in (GiB, 4 * GiB):
+    for budget in (() if dry else (GiB, 4 * GiB)):
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         base = torch.cuda.memory_allocated(device)
@@ -393,7 +533,7 @@ def _cuda_quantus(model, x, heat, steps, region, batch, args) -> dict:
         log(msg)
         return {"skipped": msg}
     device = x.device
-    n = 8 if args.quick else 16
+    n = 2 if args.dry_run else 8 if args.quick else 16
     xq, hq = x[:n].float().contiguous(), heat[:n]
     kwargs = dict(region=region, steps=steps, order="morf", perturbation="black", score="softmax",
                   batch_size=batch, max_batch_bytes=64 * GiB)
@@ -409,14 +549,20 @@ def _cuda_quantus(model, x, heat, steps, region, batch, args) -> dict:
             return metric(model=model, x_batch=xn, y_batch=yn, a_batch=an, softmax=True, device=str(device),
                           batch_size=batch)
 
-    run_quantus()  # warm-up
+    drops = np.asarray(run_quantus())  # warm-up, and the agreement check at float32
+    max_diff = float(np.abs(drops - res.drops[:, 1:].cpu().numpy()).max())
+    bf16 = region_perturbation(model, xq, hq, autocast_dtype=torch.bfloat16, channels_last=True, **kwargs)
+    max_diff_bf16 = float(np.abs(drops - bf16.drops[:, 1:].float().cpu().numpy()).max())
     t_q = min(timed(run_quantus, device) for _ in range(max(1, args.repeats - 1)))
+    if args.dry_run:
+        args.repeats = 1
     t_32 = min(timed(lambda: region_perturbation(model, xq, hq, **kwargs), device) for _ in range(args.repeats))
     t_bf = min(timed(lambda: region_perturbation(model, xq, hq, autocast_dtype=torch.bfloat16,
                                                  channels_last=True, **kwargs), device)
                for _ in range(args.repeats))
     row = {"n": n, "steps": steps, "region": region, "quantus_s": t_q, "relmon_fp32_s": t_32,
            "relmon_bf16_s": t_bf, "speedup_fp32": t_q / t_32, "speedup_bf16": t_q / t_bf,
+           "max_abs_curve_diff_fp32": max_diff, "max_abs_curve_diff_bf16": max_diff_bf16,
            "quantus_version": getattr(quantus, "__version__", "?")}
     log(f"cuda quantus: {row}")
     return row
@@ -436,6 +582,17 @@ def markdown(results: dict, argv: list[str]) -> str:
             lines.append(f"| {r['model']} | {r['n']} | {r['steps']} | {r['region']} | {r['items']} | {r['batch']} | "
                          f"{r['plain_s']:.2f} | {r['aopc_s']:.2f} | {r['ratio']:.3f} | {r['ratio_median']:.3f} | "
                          f"{r['engine_share']:.3f} |")
+        lines.append("")
+    if "packing" in results:
+        lines += ["### Packing: AOPC vs the same items in full batches", "",
+                  "| model | input | N | L | region | items | items/forward | forwards relmon ran | plain s |"
+                  " AOPC s | ratio (median) | ratio (min/min) | outside / inside model.forward |", "|" + "---|" * 13]
+        for r in results["packing"]["rows"]:
+            sizes = r["forward_sizes"]
+            shown = f"{len(sizes)}: {sizes[0]} x {len(sizes) - 1} + {sizes[-1]}" if len(sizes) > 1 else str(sizes)
+            lines.append(f"| {r['model']} | {r['input']} | {r['n']} | {r['steps']} | {r['region']} | {r['items']} | "
+                         f"{r['chunk']} | {shown} | {r['plain_s']:.2f} | {r['aopc_s']:.2f} | {r['ratio_median']:.3f} | "
+                         f"{r['ratio_min']:.3f} | {r['engine_share']:.3f} |")
         lines.append("")
     if "quantus" in results:
         q = results["quantus"]
@@ -473,9 +630,27 @@ def markdown(results: dict, argv: list[str]) -> str:
                          f"{r['window_max_abs_err']:.4f} | {r['sample_mean_abs_err']:.4f} / "
                          f"{r['sample_p95_abs_err']:.4f} | {r['seconds_window0']:.1f} |")
         lines.append("")
+    if "random_subset" in results:
+        s = results["random_subset"]
+        lines += ["### Random-order baseline on a subset (`random_fraction`)", "",
+                  f"{s['windows']} windows of {s['window']} images, fmnist_cnn, LRP, region {s['region']}, L={s['steps']}, "
+                  f"{s['subset_seeds']} subset seeds; mean window AOPC - random {s['mean_window_aopc_minus_random']:.3f}; "
+                  f"sampling standard error of a window mean: AOPC - random {s['window_sem_aopc_minus_random']:.3f}, "
+                  f"AOPC {s['window_sem_aopc']:.3f}; per-sample random-order AOPC std {s['random_aopc_std']:.3f}.", "",
+                  "| fraction | subset size (mean) | forwards (share of full, 1 method) | abs err mean / p95 / max |"
+                  " RMSE | paired-on-subset: abs err mean / RMSE | regression on (AOPC, f(x0)): abs err mean / RMSE |",
+                  "|" + "---|" * 7]
+        for r in s["rows"]:
+            lines.append(f"| {r['fraction']} | {r['subset_mean_size']:.0f} | {r['forwards_share']:.3f} | "
+                         f"{r['abs_err_mean']:.4f} / {r['abs_err_p95']:.4f} / {r['abs_err_max']:.4f} | {r['rmse']:.4f} | "
+                         f"{r['paired_abs_err_mean']:.4f} / {r['paired_rmse']:.4f} | "
+                         f"{r['regression_abs_err_mean']:.4f} / {r['regression_rmse']:.4f} |")
+        lines.append("")
     if "cuda" in results:
         c = results["cuda"]
-        lines += ["### CUDA: ResNet-50, 224x224, L=100, region 9, bf16 + channels-last", ""]
+        lines += ["### CUDA: ResNet-50, 224x224, L=100, region 9, bf16 + channels-last"
+                  + (" (DRY RUN on the CPU at tiny sizes: no figure to keep)" if c.get("overhead", {}).get("gpu")
+                     == "dry run on CPU" else ""), ""]
         if "skipped" in c:
             lines.append(c["skipped"])
         else:
@@ -495,6 +670,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=None,
                     help="items per forward for the CPU overhead benchmark (default: relmon's default)")
     ap.add_argument("--cuda-batch", type=int, default=256, help="items per forward for the CUDA benchmark")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="with --device cuda: run the CUDA benchmark's code on the CPU at tiny sizes")
     ap.add_argument("--heatmap", choices=("gradient_x_input", "lrp"), default="gradient_x_input")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     ap.add_argument("--markdown", type=Path, help="also write the markdown section here")

@@ -18,13 +18,8 @@ import torch
 from torchmetrics import Metric
 
 from relmon import complexity
+from relmon.constants import AOPC_RELATIVE_BUCKETS
 from relmon.perturbation import HeatmapEvaluation, PerturbationResult
-
-# Upper bounds ("le") of the per-sample relative AOPC histogram; +Inf is implicit. Shared with the
-# Prometheus histogram relmon_sample_aopc_relative so both count the same buckets.
-AOPC_RELATIVE_BUCKETS: tuple[float, ...] = (
-    -0.5, -0.25, -0.1, 0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0,
-)
 
 
 def _field(source, name: str) -> torch.Tensor:

@@ -12,9 +12,12 @@ Pure functions, tensors in and out, no global state. The pipeline, for a batch o
 4. :func:`replacement_images` — the values perturbed pixels take, drawn once per sample.
 5. :func:`region_perturbation` — evaluates ``f(x^(k))`` for ``k = 0..L`` where
    ``x^(k) = where(rank_map < k, replacement, x)`` (the first ``k`` regions replaced, cumulatively),
-   batched over (sample, step) pairs in chunks sized to a memory budget, and returns the curves and
-   AOPC = ``1/(L+1) * sum_{k=0..L} (f(x^(0)) - f(x^(k)))``.
-6. :func:`evaluate_heatmaps` — MoRF, random and LeRF orders together: AOPC, AOPC minus random, ABPC.
+   with the (sample, step) items packed into forwards of exactly the chunk size (sized to a memory
+   budget; only the last forward is smaller), and returns the curves and
+   AOPC = ``1/(L+1) * sum_{k=0..L} (f(x^(0)) - f(x^(k)))``. ``f(x^(0))`` may come from the caller
+   (``clean_logits``, e.g. the explanation pass's logits).
+6. :func:`evaluate_heatmaps` — MoRF, random and LeRF orders together (one clean pass shared by all
+   orders): AOPC, AOPC minus random, ABPC.
 
 Reproducibility: every random draw of a sample (its uniform noise image, its random order) comes from
 a CPU ``torch.Generator`` seeded by ``(seed, sample id, purpose)``, so a sample's curve does not depend
@@ -533,20 +536,99 @@ def items_per_chunk(
     return max(1, max_batch_bytes // max(1, build + act))
 
 
-def _blocks(batch: int, n_steps: int, chunk: int) -> Iterator[tuple[int, int, int, int]]:
-    """(b0, b1, k0, k1) blocks of at most ``chunk`` items, in sample-major order.
+def _chunk_size(model: nn.Module, example: torch.Tensor, max_batch_bytes: int, batch_size: int | None,
+                probe: bool, device: torch.device) -> int:
+    """Items per forward: the memory budget's, capped by ``batch_size`` (or ``CPU_MAX_ITEMS`` on CPU)."""
+    chunk = items_per_chunk(model, example, max_batch_bytes, probe=probe)
+    if batch_size is not None:
+        return min(chunk, batch_size)
+    if device.type == "cpu":
+        return min(chunk, CPU_MAX_ITEMS)
+    return chunk
 
-    With ``chunk >= n_steps`` a block holds the whole curves of ``chunk // n_steps`` samples (so a
-    forward holds a multiple of ``n_steps`` items); otherwise it holds ``chunk`` steps of one sample.
-    """
-    if chunk >= n_steps:
-        per = chunk // n_steps
-        for b0 in range(0, batch, per):
-            yield b0, min(b0 + per, batch), 0, n_steps
-    else:
-        for b0 in range(batch):
-            for k0 in range(0, n_steps, chunk):
-                yield b0, b0 + 1, k0, min(k0 + chunk, n_steps)
+
+def _runs(i0: int, i1: int, per: int) -> list[tuple[int, int, int, int]]:
+    """Split the flat items ``i0 .. i1-1`` (item ``i`` = sample ``i // per``, slot ``i % per``) into at
+    most three ``(b0, b1, j0, j1)`` runs: the tail of a sample begun in an earlier forward, whole
+    samples, the head of a sample continued in a later forward. Each run is one broadcast ``where``."""
+    out = []
+    b, j = divmod(i0, per)
+    if j:
+        j1 = min(per, j + (i1 - i0))
+        out.append((b, b + 1, j, j1))
+        i0 += j1 - j
+        b += 1
+    whole = (i1 - i0) // per
+    if whole:
+        out.append((b, b + whole, 0, per))
+        i0 += whole * per
+        b += whole
+    if i1 > i0:
+        out.append((b, b + 1, 0, i1 - i0))
+    return out
+
+
+class _Prepared:
+    """Per-sample inputs of the engine, built for a group of consecutive samples at a time: the clean
+    images, their replacement images and rank maps (the region order gathered to pixels once per
+    sample, never per forward). A group holds about one forward's worth of samples, so memory beyond
+    the caller's ``x`` stays within the budget whatever ``B``."""
+
+    def __init__(self, build, group: int):
+        self._build, self._group = build, max(1, group)
+        self._g0 = self._g1 = 0
+        self._data: tuple = ()
+
+    def get(self, b0: int, b1: int, total: int) -> tuple:
+        if not (self._g0 <= b0 and b1 <= self._g1):
+            self._g0, self._g1 = b0, max(b1, min(total, b0 + self._group))
+            self._data = self._build(self._g0, self._g1)
+        s = slice(b0 - self._g0, b1 - self._g0)
+        return tuple(t[s] for t in self._data)
+
+
+def _check_output(out, n: int) -> None:
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != n:
+        raise ValueError(
+            "the model must return class scores of shape (N, classes), got "
+            f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}"
+        )
+
+
+def _pick(out: torch.Tensor, target: torch.Tensor, score: str, check: bool = False) -> torch.Tensor:
+    """The ``target`` class's logit (or softmax probability) of ``(..., classes)`` scores; ``target``
+    is ``(N,)`` for ``(N, classes)`` or ``(N, S, classes)`` scores (one class per row ``N``)."""
+    if check and int(target.max()) >= out.shape[-1]:
+        raise ValueError(f"target {int(target.max())} is out of range for {out.shape[-1]} classes")
+    index = target.view(-1, *([1] * (out.dim() - 1))).expand(*out.shape[:-1], 1)
+    picked = out.gather(-1, index).squeeze(-1)
+    if score == "softmax":
+        picked = torch.exp(picked - torch.logsumexp(out, dim=-1))
+    return picked
+
+
+_CLEAN_OPTIONS = ("max_batch_bytes", "batch_size", "autocast_dtype", "channels_last", "probe")
+
+
+def _clean_logits(model: nn.Module, x: torch.Tensor, *, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+                  batch_size: int | None = None, autocast_dtype: torch.dtype | None = None,
+                  channels_last: bool = False, probe: bool = True) -> torch.Tensor:
+    """``(B, classes)`` ``f(x)`` in chunks of the engine's size (float32, float64 for float64 ``x``)."""
+    device = _model_device(model, x.device)
+    value_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    autocast = (torch.autocast(device_type=device.type, dtype=autocast_dtype)
+                if autocast_dtype is not None else contextlib.nullcontext())
+    outs = []
+    with eval_mode(model), torch.inference_mode(), autocast:
+        example = x[:1].to(device).contiguous(memory_format=memory_format)
+        chunk = _chunk_size(model, example, max_batch_bytes, batch_size, probe, device)
+        for b0 in range(0, x.shape[0], chunk):
+            xb = x[b0:b0 + chunk].to(device).contiguous(memory_format=memory_format)
+            out = model(xb)
+            _check_output(out, xb.shape[0])
+            outs.append(out.to(value_dtype))
+    return torch.cat(outs)
 
 
 def region_perturbation(
@@ -574,6 +656,7 @@ def region_perturbation(
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     probe: bool = True,
+    clean_logits: torch.Tensor | None = None,
 ) -> PerturbationResult:
     """Region perturbation curves and AOPC of ``heatmap`` for ``model`` on ``x``.
 
@@ -624,6 +707,14 @@ def region_perturbation(
         Run forwards under ``torch.autocast(dtype=autocast_dtype)`` (e.g. ``torch.bfloat16`` on CUDA)
         and/or feed channels-last inputs (convert the model itself with
         ``model.to(memory_format=torch.channels_last)``; relmon does not modify the model).
+    clean_logits:
+        Optional ``(B, classes)`` scores ``f(x)`` already computed (e.g. the logits of the explanation
+        pass, :attr:`relmon.explain.ExplainResult.logits`): step 0 is then taken from them instead of
+        being evaluated again, and ``target=None`` means their argmax.
+
+    Scheduling: the ``(sample, step)`` items are packed into forwards of exactly the chunk size
+    (except the last), across sample boundaries; each forward's inputs are built by at most three
+    broadcast ``where`` calls from per-sample rank maps gathered once per sample.
 
     Returns
     -------
@@ -647,8 +738,8 @@ def region_perturbation(
         lo, hi = input_bounds(model, c, low, high, needed_for="the 'uniform' perturbation of region_perturbation")
 
     device = _model_device(model, x.device)
-    # (B, R) scores are small; the (H, W) rank maps are built per block so that memory beyond the
-    # caller's own x and heatmap stays within the budget whatever B.
+    # (B, R) scores are small; the (H, W) rank maps are built per group of about one forward's
+    # samples (see _Prepared) so that memory beyond the caller's x and heatmap stays within the budget.
     scores = region_scores(h, region)
 
     fixed_target = None
@@ -673,46 +764,60 @@ def region_perturbation(
     values = torch.empty(b, n_k, device=device, dtype=value_dtype)
     tgt = fixed_target.clone() if fixed_target is not None else torch.zeros(b, dtype=torch.int64, device=device)
 
+    def build(g0: int, g1: int) -> tuple:
+        xs = x[g0:g1].to(device)
+        noise = replacement_images(xs, perturbation, low=lo, high=hi, value=value, sigma=sigma,
+                                   seed=seed, sample_ids=ids[g0:g1])
+        perm = region_order(scores[g0:g1], order, seed=seed, sample_ids=ids[g0:g1])
+        return xs, noise, rank_map(perm.to(device), height, width, region)
+
     with eval_mode(model), torch.inference_mode(), autocast:
+        if clean_logits is not None:
+            # Step 0 from the caller's f(x): only steps 1.. are evaluated.
+            logits = torch.as_tensor(clean_logits).to(device=device, dtype=value_dtype)
+            if logits.dim() != 2 or logits.shape[0] != b:
+                raise ValueError(f"clean_logits must be (B, classes) = ({b}, classes) scores of x, got shape "
+                                 f"{tuple(logits.shape)}; pass the logits of the same inputs or leave it None")
+            if fixed_target is None:
+                tgt.copy_(logits.argmax(dim=1))  # in place: tgt stays a normal (non-inference) tensor
+            values[:, 0] = _pick(logits, tgt, score, check=fixed_target is not None)
+            first = 1
+        else:
+            first = 0
+        per = n_k - first  # evaluated items per sample
         example = x[:1].to(device).contiguous(memory_format=memory_format)
-        chunk = items_per_chunk(model, example, max_batch_bytes, probe=probe)
-        if batch_size is not None:
-            chunk = min(chunk, batch_size)
-        elif device.type == "cpu":
-            chunk = min(chunk, CPU_MAX_ITEMS)
-        cached: tuple = (None, None)
-        for b0, b1, k0, k1 in _blocks(b, n_k, chunk):
-            # A block is whole curves of samples b0..b1-1, or steps k0..k1-1 of one sample; either way
-            # the perturbed inputs are one broadcast `where`, with no gathers.
-            if cached[0] != (b0, b1):
-                xs = x[b0:b1].to(device)
-                noise = replacement_images(xs, perturbation, low=lo, high=hi, value=value, sigma=sigma,
-                                           seed=seed, sample_ids=ids[b0:b1])
-                perm = region_order(scores[b0:b1], order, seed=seed, sample_ids=ids[b0:b1])
-                cached = ((b0, b1), (xs, noise, rank_map(perm.to(device), height, width, region)))
-            xs, noise, rs = cached[1]
-            nb, nk = b1 - b0, k1 - k0
-            mask = rs.unsqueeze(1) < ks_dev[k0:k1].view(1, nk, 1, 1)
-            xk = torch.where(mask.unsqueeze(2), noise.unsqueeze(1), xs.unsqueeze(1))
-            xk = xk.reshape(nb * nk, c, height, width).contiguous(memory_format=memory_format)
+        chunk = _chunk_size(model, example, max_batch_bytes, batch_size, probe, device)
+        prepared = _Prepared(build, math.ceil(chunk / max(1, per)) + 1)
+        total = b * per
+        buf = None
+        for i0 in range(0, total, chunk):
+            i1 = min(total, i0 + chunk)
+            n = i1 - i0
+            if buf is None or buf.shape[0] < n:
+                buf = torch.empty((n, c, height, width), device=device, dtype=x.dtype, memory_format=memory_format)
+            xk = buf[:n]
+            runs = _runs(i0, i1, per)
+            pos = 0
+            for b0, b1, j0, j1 in runs:
+                xs, noise, rs = prepared.get(b0, b1, b)
+                nb, nj = b1 - b0, j1 - j0
+                mask = rs.unsqueeze(1) < ks_dev[first + j0:first + j1].view(1, nj, 1, 1)
+                torch.where(mask.unsqueeze(2), noise.unsqueeze(1), xs.unsqueeze(1),
+                            out=xk[pos:pos + nb * nj].view(nb, nj, c, height, width))
+                pos += nb * nj
             out = model(xk)
-            if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != nb * nk:
-                raise ValueError(
-                    "the model must return class scores of shape (N, classes), got "
-                    f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}"
-                )
-            out = out.to(value_dtype).view(nb, nk, -1)
-            if k0 == 0:
-                # Step 0 (the clean input) opens every sample's first block.
-                if fixed_target is None:
-                    tgt[b0:b1] = out[:, 0].argmax(dim=1)
-                elif b0 == 0 and int(fixed_target.max()) >= out.shape[2]:
-                    raise ValueError(f"target {int(fixed_target.max())} is out of range for {out.shape[2]} classes")
-            index = tgt[b0:b1].view(nb, 1, 1).expand(nb, nk, 1)
-            picked = out.gather(2, index).squeeze(2)
-            if score == "softmax":
-                picked = torch.exp(picked - torch.logsumexp(out, dim=2))
-            values[b0:b1, k0:k1] = picked
+            _check_output(out, n)
+            out = out.to(value_dtype)
+            pos = 0
+            for b0, b1, j0, j1 in runs:
+                nb, nj = b1 - b0, j1 - j0
+                rows = out[pos:pos + nb * nj].view(nb, nj, -1)
+                if first + j0 == 0 and fixed_target is None:
+                    # Step 0 (the clean input) opens every sample's first run: it fixes the target.
+                    tgt[b0:b1] = rows[:, 0].argmax(dim=1)
+                check = i0 == 0 and pos == 0 and fixed_target is not None
+                values[b0:b1, first + j0:first + j1] = _pick(rows, tgt[b0:b1], score, check=check)
+                pos += nb * nj
 
     curves = interpolate_curves(values, ks, num_steps)
     score0 = curves[:, 0].clone()
@@ -731,6 +836,7 @@ def evaluate_heatmaps(
     *,
     orders: Sequence[str] = ("morf", "random", "lerf"),
     target: int | torch.Tensor | None = None,
+    clean_logits: torch.Tensor | None = None,
     **kwargs,
 ) -> HeatmapEvaluation:
     """Run :func:`region_perturbation` for each of ``orders`` on the same samples.
@@ -741,6 +847,9 @@ def evaluate_heatmaps(
     ``aopc_minus_random``, ``aopc_lerf`` and ``abpc`` (those whose orders were run; else None).
     ``kwargs`` go to :func:`region_perturbation` (``region``, ``steps`` or ``fraction``,
     ``perturbation``, ...); without ``steps`` and ``fraction`` the paper's ``fraction = 0.16`` is used.
+
+    ``f(x^(0))`` is evaluated once for all orders: from ``clean_logits`` when given (e.g. the
+    explanation pass's logits), else by one chunked forward of ``x`` before the orders run.
     """
     if isinstance(orders, str):
         orders = (orders,)
@@ -749,9 +858,13 @@ def evaluate_heatmaps(
         raise ValueError(f"orders must name at least one of {', '.join(ORDERS)}")
     if len(set(orders)) != len(orders):
         raise ValueError(f"orders must not repeat, got {orders}")
+    if clean_logits is None:
+        _check_inputs(x, heatmap)
+        clean_logits = _clean_logits(model, x, **{k: kwargs[k] for k in _CLEAN_OPTIONS if k in kwargs})
     results: dict[str, PerturbationResult] = {}
     for order in orders:
-        res = region_perturbation(model, x, heatmap, order=order, target=target, **kwargs)
+        res = region_perturbation(model, x, heatmap, order=order, target=target, clean_logits=clean_logits,
+                                  **kwargs)
         target = res.target if target is None else target
         results[order] = res
     return HeatmapEvaluation(results)

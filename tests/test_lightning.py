@@ -33,6 +33,7 @@ from relmon.lightning import (
     read_records,
     selection_hash,
 )
+from relmon.lightning.monitor import random_subset_hash
 from relmon.models import FASHION_MNIST_PREPROCESSING, MissingPreprocessingError, load_embedded
 from relmon.perturbation import region_perturbation
 from relmon.records import RECORD_COLUMNS, RECORD_SCHEMA, make_records, validate_records
@@ -506,3 +507,75 @@ def test_auto_accelerator_uses_cuda_and_matches_cpu():
     cpu, gpu = results["cpu"], results["auto"]
     assert (cpu["pred"] == gpu["pred"]).all()
     np.testing.assert_allclose(gpu["aopc"], cpu["aopc"], rtol=1e-3, atol=1e-3)
+
+
+# --------------------------------------------------------------------------------------------------
+# RelevanceMonitor cost options: step_stride, random_fraction, threads, reuse of the clean logits
+
+
+def test_monitor_random_fraction_subset_and_paired_difference(model):
+    stream = fashion_mnist_stream(use_sample=True, n=24)
+    ids = [str(i) for i in range(24)]
+    full = RelevanceMonitor(model, **SETTINGS)
+    records = pd.concat(_trainer().predict(full, datamodule=StreamDataModule(stream, batch_size=8)))
+    part = RelevanceMonitor(model, random_fraction=0.5, **SETTINGS)
+    sub = pd.concat(_trainer().predict(part, datamodule=StreamDataModule(stream, batch_size=8)))
+    chosen = [i for i in ids if random_subset_hash(0, i) < 0.5]
+    assert 4 <= len(chosen) <= 20
+    rand_full = records[records["method"] == "random"].set_index("sample_id")
+    rand_sub = sub[sub["method"] == "random"].set_index("sample_id")
+    assert sorted(rand_sub.index, key=int) == chosen
+    # the subset's random rows are those of the full computation; the method rows are untouched
+    np.testing.assert_allclose(rand_sub.loc[chosen, "aopc"], rand_full.loc[chosen, "aopc"], rtol=1e-6, atol=1e-6)
+    lrp_full = records[records["method"] == LRP].set_index("sample_id").loc[ids]
+    lrp_sub = sub[sub["method"] == LRP].set_index("sample_id").loc[ids]
+    np.testing.assert_allclose(lrp_sub["aopc"], lrp_full["aopc"], rtol=1e-6, atol=1e-6)
+    summary = part.window_summary()
+    assert summary["random"]["n"] == len(chosen) and summary[LRP]["n"] == 24
+    # paired differences over the subset (not the window's mean minus the subset's)
+    expected = (lrp_full.loc[chosen, "aopc"] - rand_full.loc[chosen, "aopc"]).astype(float).mean()
+    assert summary[LRP]["aopc_minus_random"] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    paired = full.window_summary()[LRP]["aopc_minus_random"]
+    assert paired == pytest.approx((lrp_full["aopc"] - rand_full.loc[ids, "aopc"]).astype(float).mean(), rel=1e-5)
+
+
+def test_monitor_step_stride_threads_and_one_clean_forward(model):
+    stream = fashion_mnist_stream(use_sample=True, n=6)
+    x = torch.stack([stream[i]["x"] for i in range(6)])
+    ids = [str(i) for i in range(6)]
+    sizes, threads = [], []
+
+    def hook(_module, inputs, _output):
+        sizes.append(inputs[0].shape[0])
+        threads.append(torch.get_num_threads())
+
+    original = torch.get_num_threads()
+    torch.set_num_threads(2)
+    monitor = RelevanceMonitor(model, step_stride=4, threads=1, **SETTINGS)
+    handle = model.register_forward_hook(hook)
+    try:
+        frame = monitor.score_batch(x, ids, ["w"] * 6)
+        after = torch.get_num_threads()
+    finally:
+        handle.remove()
+        torch.set_num_threads(original)
+    assert after == 2 and set(threads) == {1}
+    # the explanation pass (6 items) gives f(x^(0)); MoRF and random evaluate steps 4, 8, 12, 16 only
+    # (probe forwards of one item aside)
+    assert [s for s in sizes if s != 1] == [6, 6 * 4, 6 * 4]
+    _, heat, _, _, _ = _functional(model, x, ids)
+    strided = region_perturbation(model, x, heat, order="morf", step_stride=4, seed=0, sample_ids=ids, **SETTINGS)
+    lrp = frame[frame["method"] == LRP].set_index("sample_id").loc[ids]
+    np.testing.assert_allclose(lrp["aopc"], strided.aopc.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(step_stride=0), r"step_stride must be an int >= 1 \(1 evaluates every step\), got 0"),
+    (dict(random_fraction=0.0), r"random_fraction must be in \(0, 1\]"),
+    (dict(random_fraction=1.5), r"random_fraction must be in \(0, 1\]"),
+    (dict(threads=0), r"threads must be None or a positive int \(torch threads\), got 0"),
+    (dict(max_batch_bytes=-1), r"max_batch_bytes must be a positive int \(bytes per forward\), got -1"),
+])
+def test_monitor_cost_options_are_checked(model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        RelevanceMonitor(model, **kwargs)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from relmon.metrics import AOPC_RELATIVE_BUCKETS
+from relmon.constants import AOPC_RELATIVE_BUCKETS
 
 BASE_LABELS: tuple[str, ...] = ("model", "model_version", "stream")
 
@@ -141,7 +141,7 @@ METRIC_SPECS: tuple[MetricSpec, ...] = (
         "relmon_sample_aopc_relative",
         "histogram",
         "method",
-        "Per-sample relative AOPC (buckets shared with relmon.metrics.AOPC_RELATIVE_BUCKETS).",
+        "Per-sample relative AOPC (buckets shared with relmon.constants.AOPC_RELATIVE_BUCKETS).",
     ),
     MetricSpec("relmon_samples_processed_total", "counter", None, "Samples whose explanations were scored."),
     MetricSpec("relmon_input_errors_total", "counter", "reason", "Inputs that could not be read or decoded."),

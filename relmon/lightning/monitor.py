@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
@@ -59,6 +60,13 @@ _Z95 = 1.959963984540054
 def selection_hash(seed: int, sample_id) -> float:
     """A uniform number in ``[0, 1)`` from ``(seed, sample_id)``: the same on every rank and run."""
     digest = hashlib.blake2b(f"{int(seed)}|select|{sample_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2.0**64
+
+
+def random_subset_hash(seed: int, sample_id) -> float:
+    """A uniform number in ``[0, 1)`` from ``(seed, sample_id)``, independent of :func:`selection_hash`:
+    a sample gets the random-order baseline iff it is ``< random_fraction``."""
+    digest = hashlib.blake2b(f"{int(seed)}|random-order|{sample_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") / 2.0**64
 
 
@@ -183,6 +191,17 @@ def _quantile(confidence: float, dof: int) -> float:
     return float(t.ppf(0.5 + confidence / 2.0, dof))
 
 
+def _take(value, index: list[int]):
+    """``value`` (a per-sample list/tensor, or a scalar shared by all samples) at ``index``."""
+    if isinstance(value, torch.Tensor):
+        return value.index_select(0, torch.tensor(index, dtype=torch.long, device=value.device))
+    if isinstance(value, np.ndarray):
+        return value[index]
+    if isinstance(value, (list, tuple)):
+        return [value[i] for i in index]
+    return value
+
+
 def _metric_key(method: str) -> str:
     # ModuleDict keys cannot hold "."; method ids may (e.g. lrp:epsilon_0.01 spelled by a user).
     return method.replace(".", "_")
@@ -203,8 +222,9 @@ class RelevanceMonitor(pl.LightningModule):
         Heatmap methods (ids of :func:`relmon.available_methods`; bare ``lrp`` = default composite).
         ``random`` is not a method here: every selected sample gets a ``random`` row, the random
         region order's AOPC with the same target and noise image.
-    region, steps, perturbation, score, max_batch_bytes:
-        Passed to :func:`relmon.perturbation.region_perturbation`.
+    region, steps, perturbation, score, step_stride, max_batch_bytes:
+        Passed to :func:`relmon.perturbation.region_perturbation` (``step_stride`` ``s`` evaluates
+        steps ``0, s, 2s, ..., L`` and interpolates the rest: about ``1/s`` of the forwards).
     sample_rate:
         A sample is monitored iff ``selection_hash(seed, sample_id) < sample_rate``: deterministic, the
         same on every rank and rerun.
@@ -223,6 +243,21 @@ class RelevanceMonitor(pl.LightningModule):
         :class:`~relmon.lightning.RecordWriter` saves them next to the records.
     explain_options:
         ``{method: {option: value}}`` passed to :func:`relmon.explain_full`.
+    step_stride:
+        See above; 1 (default) evaluates every step.
+    random_fraction:
+        Share of the monitored samples that also get the random-order baseline (a ``random`` row),
+        chosen by :func:`random_subset_hash` (seeded, the same on every rank and rerun). 1.0 (default)
+        runs it on every sample; below 1 the baseline costs that share of its forwards, and a
+        window's ``aopc_minus_random`` is the mean of the paired differences over the subset, so its
+        sampling error is that of the subset's size (measured in ``benchmarks/RESULTS.md``: the
+        unpaired difference of the window's and the subset's means is 2.8x worse).
+    threads:
+        ``torch.set_num_threads(threads)`` while a batch is scored (restored afterwards); None leaves
+        torch's setting alone.
+
+    The clean scores ``f(x^(0))`` are taken from the first explanation pass's logits, so no order
+    evaluates the clean input again.
 
     ``predict_step`` returns a records frame (:mod:`relmon.records`); :meth:`window_summary` the
     aggregates of everything predicted since the last ``Trainer.predict`` started (also kept in
@@ -244,6 +279,9 @@ class RelevanceMonitor(pl.LightningModule):
         keep_heatmaps: bool = False,
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
         explain_options: dict[str, dict] | None = None,
+        step_stride: int = 1,
+        random_fraction: float = 1.0,
+        threads: int | None = None,
     ):
         super().__init__()
         if isinstance(methods, str):
@@ -260,6 +298,19 @@ class RelevanceMonitor(pl.LightningModule):
         if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int)
                                         or max_samples < 1):
             raise ValueError(f"max_samples must be None or a positive int, got {max_samples!r}")
+        if isinstance(step_stride, bool) or not isinstance(step_stride, int) or step_stride < 1:
+            raise ValueError(f"step_stride must be an int >= 1 (1 evaluates every step), got {step_stride!r}")
+        if isinstance(max_batch_bytes, bool) or not isinstance(max_batch_bytes, int) or max_batch_bytes < 1:
+            raise ValueError(f"max_batch_bytes must be a positive int (bytes per forward), got {max_batch_bytes!r}")
+        if isinstance(random_fraction, bool) or not (isinstance(random_fraction, (int, float))
+                                                     and 0.0 < random_fraction <= 1.0):
+            raise ValueError(f"random_fraction must be in (0, 1] (1 = random baseline on every sample), "
+                             f"got {random_fraction!r}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be None or a positive int (torch threads), got {threads!r}")
+        self.step_stride = step_stride
+        self.random_fraction = float(random_fraction)
+        self.threads = threads
         self.model = model
         self.methods = canon
         self.region = region
@@ -380,21 +431,33 @@ class RelevanceMonitor(pl.LightningModule):
         labels: torch.Tensor | None = None,
     ) -> pd.DataFrame:
         """Records of ``x`` (all of it, no selection) and the metric updates; usable outside a Trainer."""
+        if self.threads is None:
+            return self._score_batch(x, sample_ids, window_ids, labels)
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            return self._score_batch(x, sample_ids, window_ids, labels)
+        finally:
+            torch.set_num_threads(before)
+
+    def _score_batch(self, x, sample_ids, window_ids, labels) -> pd.DataFrame:
         opts = dict(perturbation=self.perturbation, score=self.score, region=self.region, steps=self.steps,
-                    seed=self.seed, sample_ids=list(sample_ids), max_batch_bytes=self.max_batch_bytes)
+                    seed=self.seed, sample_ids=list(sample_ids), max_batch_bytes=self.max_batch_bytes,
+                    step_stride=self.step_stride)
         orders = ("morf", "lerf") if self.lerf else ("morf",)
         frames, heatmaps = [], {}
         target = None
         signals = None
         first_heatmap = None
+        logits = None
         for method in self.methods:
             expl = explain_full(self.model, x, method, target=target, **self.explain_options.get(method, {}))
             if target is None:
-                target = expl.target
+                target, logits = expl.target, expl.logits
                 signals = confidence_signals(expl.logits)
             heat = to_heatmap(expl.relevance, expl.method)
             first_heatmap = heat if first_heatmap is None else first_heatmap
-            ev = evaluate_heatmaps(self.model, x, heat, orders=orders, target=target, **opts)
+            ev = evaluate_heatmaps(self.model, x, heat, orders=orders, target=target, clean_logits=logits, **opts)
             comp = heatmap_complexity(heat)
             key = _metric_key(method)
             self.aopc_metrics[key].update(ev.aopc)
@@ -403,12 +466,26 @@ class RelevanceMonitor(pl.LightningModule):
             if self.keep_heatmaps:
                 heatmaps[method] = heat.detach().cpu()
             frames.append((method, ev.results["morf"], ev, comp))
-        rnd = region_perturbation(self.model, x, first_heatmap, order="random", target=target, **opts)
-        key = _metric_key(RANDOM_METHOD)
-        self.aopc_metrics[key].update(rnd.aopc)
-        self.aopc_rel_metrics[key].update(rnd.aopc_rel)
-        for method, _, ev, _ in frames:
-            self.minus_random_metrics[_metric_key(method)].update(ev.aopc, rnd.aopc)
+        if self.random_fraction < 1.0:
+            subset = [i for i, sid in enumerate(sample_ids)
+                      if random_subset_hash(self.seed, sid) < self.random_fraction]
+        else:
+            subset = list(range(x.shape[0]))
+        rnd = None
+        if subset:
+            full = len(subset) == x.shape[0]
+            rnd = region_perturbation(
+                self.model, x if full else _take(x, subset), first_heatmap if full else _take(first_heatmap, subset),
+                order="random", target=target if full else _take(target, subset),
+                clean_logits=logits if full else _take(logits, subset),
+                **{**opts, "sample_ids": _take(list(sample_ids), subset)},
+            )
+            key = _metric_key(RANDOM_METHOD)
+            self.aopc_metrics[key].update(rnd.aopc)
+            self.aopc_rel_metrics[key].update(rnd.aopc_rel)
+            for method, _, ev, _ in frames:  # paired on the samples that have the baseline
+                aopc = ev.aopc if full else _take(ev.aopc, subset)
+                self.minus_random_metrics[_metric_key(method)].update(aopc, rnd.aopc)
 
         common = dict(
             sample_id=list(sample_ids), window_id=list(window_ids), model=self.model_name,
@@ -424,8 +501,10 @@ class RelevanceMonitor(pl.LightningModule):
                 entropy_bits=comp["entropy_bits"], png_bytes=comp["png_bytes"],
                 jpeg_bytes=comp["jpeg_bytes"], gini=comp["gini"],
             ))
-        parts.append(make_records(**common, method=RANDOM_METHOD, score0=rnd.score0, aopc=rnd.aopc,
-                                  aopc_rel=rnd.aopc_rel))
+        if rnd is not None:
+            sub = {k: _take(v, subset) for k, v in common.items()}
+            parts.append(make_records(**sub, method=RANDOM_METHOD, score0=rnd.score0, aopc=rnd.aopc,
+                                      aopc_rel=rnd.aopc_rel))
         frame = pd.concat(parts, ignore_index=True)
         if self.keep_heatmaps:
             frame.attrs["heatmaps"] = heatmaps
@@ -458,4 +537,4 @@ class RelevanceMonitor(pl.LightningModule):
         return out
 
 
-__all__ = ["MeanCI", "RelevanceMonitor", "padding_flags", "selection_hash"]
+__all__ = ["MeanCI", "RelevanceMonitor", "padding_flags", "random_subset_hash", "selection_hash"]
