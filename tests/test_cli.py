@@ -59,5 +59,5 @@ def test_serve_json_prints_one_json_document_per_line(capsys):
     assert rc == 0
     captured = capsys.readouterr()
     docs = [json.loads(line) for line in captured.out.splitlines()]
-    assert docs[0]["scored"] == 8 and docs[-1] == {"runs": 1, "failures": 0}
+    assert docs[0]["scored"] == 8 and docs[-1] == {"runs": 1, "failures": 0, "empty": 0, "interrupted": False}
     assert "serving metrics at http://127.0.0.1:" in captured.err

@@ -170,9 +170,10 @@ def test_per_run_gauges_hold_the_last_run_and_the_default_estimator_is_unique():
     m.set_run_inputs(10, {"decode_error": 2})
     m.add_input_errors({"decode_error": 2})
     m.set_run_inputs(12, {"decode_error": 2})  # the same bad file again: the gauge stays 2
+    from relmon.export.metrics import INPUT_ERROR_REASONS
+
     assert _values(m, "relmon_run_input_errors") == {
-        (("reason", "decode_error"),): 2.0,
-        (("reason", "read_error"),): 0.0,
+        (("reason", r),): (2.0 if r == "decode_error" else 0.0) for r in INPUT_ERROR_REASONS
     }
     assert _values(m, "relmon_run_samples") == {(): 12.0}
     assert _values(m, "relmon_input_errors")[(("reason", "decode_error"),)] == 4.0  # the counter adds up
