@@ -58,6 +58,8 @@ class MonitorConfig:
     accelerator: str = "cpu"
     step_stride: int = 1
     max_batch_bytes: int = 256 * 2**20
+    random_fraction: float = 1.0
+    threads: int | None = None
     # calibration and analysis
     calibration: str | None = None
     calibration_data: str | None = None
@@ -222,6 +224,12 @@ FIELDS: dict[str, tuple[str, str]] = {
     "accelerator": ("accelerator", "Lightning accelerator: cpu, gpu (cuda), mps or auto"),
     "step_stride": ("int+", "evaluate every s-th perturbation step and interpolate (1: every step)"),
     "max_batch_bytes": ("int+", "memory budget in bytes of one batch of perturbed images"),
+    "random_fraction": (
+        "float01",
+        "share of the scored samples whose random-order baseline is evaluated (1: all; less is cheaper, "
+        "its error is in benchmarks/RESULTS.md)",
+    ),
+    "threads": ("int+?", "CPU threads of the job's forwards (null: torch's default)"),
     "calibration": ("str?", "calibration folder written by 'relmon calibrate'"),
     "calibration_data": ("str?", "labelled data for 'relmon calibrate': a folder with one sub-folder "
                          "per class, or a CSV/Parquet manifest with columns path and label"),

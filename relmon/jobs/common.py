@@ -219,8 +219,6 @@ def _quiet_lightning() -> None:
 def score_stream(cfg: MonitorConfig, model, stream, progress: bool = False, window_id: str | None = None):
     """Run :class:`RelevanceMonitor` over ``stream`` (only window ``window_id`` if given) in
     ``pl.Trainer.predict``: (records, window summary, monitor)."""
-    import inspect
-
     import pytorch_lightning as pl
 
     from relmon.data.streams import StreamDataModule
@@ -229,13 +227,6 @@ def score_stream(cfg: MonitorConfig, model, stream, progress: bool = False, wind
     from relmon.records import empty_records
 
     _quiet_lightning()
-    options = {"step_stride": cfg.step_stride, "max_batch_bytes": cfg.max_batch_bytes}
-    accepted = inspect.signature(RelevanceMonitor).parameters
-    for key, value in options.items():
-        if key not in accepted:
-            if key == "step_stride" and value != 1:
-                raise ValueError("step_stride needs a relmon whose RelevanceMonitor supports it; fix: step_stride: 1")
-            continue
     monitor = RelevanceMonitor(
         model,
         methods=cfg.methods,
@@ -244,7 +235,10 @@ def score_stream(cfg: MonitorConfig, model, stream, progress: bool = False, wind
         sample_rate=cfg.sample_rate,
         max_samples=cfg.max_samples,
         seed=cfg.seed,
-        **{k: v for k, v in options.items() if k in accepted},
+        step_stride=cfg.step_stride,
+        max_batch_bytes=cfg.max_batch_bytes,
+        random_fraction=cfg.random_fraction,
+        threads=cfg.threads,
     )
     trainer = pl.Trainer(
         accelerator=cfg.accelerator,
