@@ -17,6 +17,10 @@ Columns (:data:`RECORD_COLUMNS`, typed by :data:`RECORD_SCHEMA`):
 - ``aopc`` (float64): MoRF AOPC (random order's for ``method = "random"``); ``aopc_rel`` =
   ``aopc / score0`` (NaN where ``score0 <= 0``).
 - ``aopc_lerf``, ``abpc`` (nullable float64): null unless LeRF was asked for.
+- ``aopc_early`` (nullable float64): AOPC of the first part of the row's order curve only (MoRF
+  for heatmap rows, the random order on the ``random`` row): ``1/(k+1) * sum_{j=0..k} (f(x^(0)) -
+  f(x^(j)))`` with ``k`` the steps that perturb about 16 % of the image (the paper's protocol), at
+  most ``L``. Null in records written before this column existed or by code that does not fill it.
 - ``entropy_bits``, ``png_bytes``, ``jpeg_bytes``, ``gini`` (nullable float64 / int64): heatmap
   complexity (null on the ``random`` row).
 """
@@ -53,6 +57,7 @@ RECORD_SCHEMA = pa.schema(
         pa.field("aopc_rel", pa.float64(), nullable=True),
         pa.field("aopc_lerf", pa.float64(), nullable=True),
         pa.field("abpc", pa.float64(), nullable=True),
+        pa.field("aopc_early", pa.float64(), nullable=True),
         pa.field("entropy_bits", pa.float64(), nullable=True),
         pa.field("png_bytes", pa.int64(), nullable=True),
         pa.field("jpeg_bytes", pa.int64(), nullable=True),
@@ -66,7 +71,7 @@ _PANDAS_DTYPES = {
     "sample_id": "string", "window_id": "string", "model": "string", "model_version": "string",
     "pred": "int64", "confidence": "float64", "softmax_entropy": "float64", "margin": "float64",
     "label": "Int64", "correct": "boolean", "method": "string", "score0": "float64", "aopc": "float64",
-    "aopc_rel": "float64", "aopc_lerf": "Float64", "abpc": "Float64", "entropy_bits": "Float64",
+    "aopc_rel": "float64", "aopc_lerf": "Float64", "abpc": "Float64", "aopc_early": "Float64", "entropy_bits": "Float64",
     "png_bytes": "Int64", "jpeg_bytes": "Int64", "gini": "Float64",
 }
 
@@ -192,6 +197,11 @@ def read_record_files(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
     frames = []
     for p in paths:
         table = pq.read_table(p)
+        for name in RECORD_COLUMNS:  # files written before a nullable column was added
+            if name not in table.schema.names and RECORD_SCHEMA.field(name).nullable:
+                table = table.append_column(RECORD_SCHEMA.field(name), pa.nulls(len(table), RECORD_SCHEMA.field(name).type))
+        table = table.select([n for n in RECORD_COLUMNS if n in table.schema.names] +
+                             [n for n in table.schema.names if n not in RECORD_COLUMNS])
         if not table.schema.equals(RECORD_SCHEMA, check_metadata=False):
             raise RecordSchemaError(f"{p} does not hold the record schema: {table.schema}")
         frames.append(validate_records(table.to_pandas(types_mapper=_arrow_to_pandas_dtype)))
