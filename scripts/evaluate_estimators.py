@@ -67,6 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--region", type=int, default=shipped.region)
     p.add_argument("--steps", type=int, default=shipped.steps)
     p.add_argument("--no-lerf", action="store_true", help="skip the LeRF order (no LeRF/MoRF contrast feature)")
+    p.add_argument("--no-lerf-for", nargs="*", default=["fmnist_vgg"], metavar="MODEL",
+                   help="models scored without LeRF (compute budget; their lerf_contrast feature is NaN)")
     p.add_argument("--window", type=int, default=100, help="images per window")
     p.add_argument("--clean", type=int, default=600, help="clean images per pool")
     p.add_argument("--per-condition", type=int, default=100, help="images per shifted condition")
@@ -107,11 +109,15 @@ def conditions(args) -> list[tuple[str, str, tuple[tuple[str, int], ...], int]]:
     return out
 
 
-def _monitor(model, args):
+def _lerf(model_name: str, args) -> bool:
+    return not args.no_lerf and model_name not in args.no_lerf_for
+
+
+def _monitor(model, model_name, args):
     from relmon.lightning.monitor import RelevanceMonitor
 
     return RelevanceMonitor(model, methods=("lrp",), region=args.region, steps=args.steps, seed=args.seed,
-                            lerf=not args.no_lerf)
+                            lerf=_lerf(model_name, args))
 
 
 def score_condition(monitor, images: np.ndarray, labels: np.ndarray, index: np.ndarray, shifts, name: str,
@@ -136,8 +142,8 @@ def model_records(model_name: str, args, log=print) -> dict[str, pd.DataFrame]:
 
     images, labels = load_fashion_mnist("test")
     model = load_embedded(model_name)
-    monitor = _monitor(model, args)
-    cache = Path(args.cache) / (f"{model_name}_r{args.region}_s{args.steps}_lerf{int(not args.no_lerf)}"
+    monitor = _monitor(model, model_name, args)
+    cache = Path(args.cache) / (f"{model_name}_r{args.region}_s{args.steps}_lerf{int(_lerf(model_name, args))}"
                                 f"_w{args.window}_seed{args.seed}")
     out: dict[str, list[pd.DataFrame]] = {"fit": [], "test": []}
     for pool, name, shifts, n in conditions(args):

@@ -4,6 +4,11 @@ from relmon.analysis.correlation import correlation_table, grouped_bootstrap_cor
 from relmon.analysis.drift import DRIFT_FEATURES, DriftResult, adjust_p_values, false_alarm_rate, ks_drift
 from relmon.analysis.estimators import (
     ATC,
+    COT,
+    CorrectnessEstimator,
+    MedianOf,
+    NuclearNorm,
+    shift_type,
     DEFAULT_ESTIMATOR,
     ESTIMATORS,
     AverageConfidence,
@@ -13,10 +18,18 @@ from relmon.analysis.estimators import (
     load_estimator,
     make_estimator,
 )
+from relmon.analysis.selection import SelectionResult, select_estimator
 from relmon.analysis.features import feature_columns, sample_features, window_features
 
 __all__ = [
     "ATC",
+    "COT",
+    "CorrectnessEstimator",
+    "MedianOf",
+    "NuclearNorm",
+    "SelectionResult",
+    "select_estimator",
+    "shift_type",
     "DEFAULT_ESTIMATOR",
     "DRIFT_FEATURES",
     "ESTIMATORS",
