@@ -78,7 +78,7 @@ from relmon.analysis.features import (
     heatmap_methods,
     sample_feature_columns,
     sample_features,
-    window_features,
+    window_features_from_samples,
 )
 
 FORMAT = "relmon-estimator"
@@ -122,10 +122,6 @@ def sampling_variance(estimate: np.ndarray, n: np.ndarray, level: float = 0.9) -
     return p * (1.0 - p) / (n + z2)
 
 
-def _window_sizes(records: pd.DataFrame) -> pd.Series:
-    return records.drop_duplicates(["window_id", "sample_id"]).groupby("window_id").size()
-
-
 def _result(window_id, estimate, lower, upper) -> pd.DataFrame:
     est = np.clip(np.asarray(estimate, dtype=float), 0.0, 1.0)
     return pd.DataFrame({
@@ -136,8 +132,36 @@ def _result(window_id, estimate, lower, upper) -> pd.DataFrame:
     })
 
 
-def _samples(records: pd.DataFrame) -> pd.DataFrame:
-    return sample_features(records)
+class _Data:
+    """Per-sample features of some records (computed once), their window features on demand."""
+
+    def __init__(self, samples: pd.DataFrame):
+        self.samples = samples.reset_index(drop=True)
+        self._windows = None
+
+    @classmethod
+    def of(cls, records) -> _Data:
+        return records if isinstance(records, _Data) else cls(sample_features(records))
+
+    @property
+    def windows(self) -> pd.DataFrame:
+        if self._windows is None:
+            self._windows = window_features_from_samples(self.samples)
+        return self._windows
+
+    @property
+    def groups(self) -> pd.Series:
+        return self.samples["window_id"].map(shift_type)
+
+    def subset(self, mask) -> _Data:
+        out = _Data(self.samples[np.asarray(mask, dtype=bool)])
+        if self._windows is not None:  # window rows are per window: slice instead of recomputing
+            keep = self._windows["window_id"].isin(set(out.samples["window_id"]))
+            out._windows = self._windows[keep].reset_index(drop=True)
+        return out
+
+    def sizes(self) -> pd.Series:
+        return self.samples.groupby("window_id").size()
 
 
 def _check_finite(value, where: str) -> None:
@@ -180,14 +204,14 @@ class _WindowEstimator(BaseEstimator):
 
     # -- fitting ------------------------------------------------------------------------------------
 
-    def _training_records(self, records: pd.DataFrame) -> pd.DataFrame:
-        """The records a point fit uses: all, or the clean windows for ``source='clean'``."""
+    def _training_records(self, data: _Data) -> _Data:
+        """The samples a point fit uses: all, or the clean windows for ``source='clean'``."""
         if getattr(self, "source", "all") == "all":
-            return records
+            return data
         if self.source != CLEAN:
             raise ValueError(f"source must be 'all' or 'clean', got {self.source!r}")
-        clean = records[records["window_id"].map(shift_type) == CLEAN]
-        if clean.empty:
+        clean = data.subset(data.groups == CLEAN)
+        if clean.samples.empty:
             raise ValueError(f"{type(self).__name__}(source='clean') needs clean source windows (window ids "
                              "'clean' or 'clean/...'); got none. Fix: include clean windows or use source='all'")
         return clean
@@ -199,24 +223,30 @@ class _WindowEstimator(BaseEstimator):
             raise ValueError("fit needs labelled records: the 'correct' column is all null")
         if not (0.0 < float(self.interval) < 1.0):
             raise ValueError(f"interval must be in (0, 1), got {self.interval!r}")
-        records = records[records["correct"].notna()]
-        self._fit(self._training_records(records))
-        self.features_ = self._features()
-        self._fit_interval(records)
+        data = _Data.of(records)
+        data = data.subset(data.samples["correct"].notna())
+        self._fit_point(data)
+        self._fit_interval(data)
         return self
 
-    def loso_predictions(self, records: pd.DataFrame) -> pd.DataFrame:
+    def _fit_point(self, data: _Data) -> None:
+        self._fit(self._training_records(data))
+        self.features_ = self._features()
+
+    def loso_predictions(self, records) -> pd.DataFrame:
         """Leave-one-shift-type-out predictions on labelled ``records``: for each shift type but
         ``clean``, a copy (without conformal pass) fitted on the other windows predicts that type's
         windows. Columns ``window_id, shift_type, estimate, accuracy, n``."""
-        groups = records["window_id"].map(shift_type)
-        truth = window_features(records).set_index("window_id")["accuracy"]
-        sizes = _window_sizes(records)
+        data = _Data.of(records)
+        groups = data.groups
+        truth = data.windows.set_index("window_id")["accuracy"]
+        sizes = data.sizes()
         rows = []
         for g in sorted(set(groups) - {CLEAN}):
-            train, test = records[groups != g], records[groups == g]
+            train, test = data.subset(groups != g), data.subset(groups == g)
             try:
-                est = clone(self).set_params(conformal=False).fit(train)
+                est = clone(self).set_params(conformal=False)
+                est._fit_point(train)
             except ValueError:
                 continue  # e.g. too few windows left for a regression: no residual from this type
             pred = est._point(test)
@@ -226,7 +256,7 @@ class _WindowEstimator(BaseEstimator):
         cols = ["window_id", "shift_type", "estimate", "accuracy", "n"]
         return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=cols)
 
-    def _fit_interval(self, records: pd.DataFrame) -> None:
+    def _fit_interval(self, records) -> None:
         self.tau_, self.q_, self.n_residuals_, self.interval_kind_ = 0.0, _z(float(self.interval)), 0, "sampling"
         if not getattr(self, "conformal", False):
             return
@@ -268,16 +298,18 @@ class _WindowEstimator(BaseEstimator):
             raise EstimatorMismatchError(
                 f"{type(self).__name__} was fitted for model {self.model_!r} (version {self.model_version_}) "
                 f"but got records of model {model!r}; fit or load an estimator for {model!r}")
-        point = self._point(records).clip(0.0, 1.0)
-        n = _window_sizes(records).reindex(point.index).to_numpy(dtype=float)
+        data = _Data.of(records)
+        point = self._point(data).clip(0.0, 1.0)
+        n = data.sizes().reindex(point.index).to_numpy(dtype=float)
         est = point.to_numpy(dtype=float)
         half = self.q_ * np.sqrt(sampling_variance(est, n, float(self.interval)) + self.tau_ ** 2)
         return _result(point.index, est, est - half, est + half).sort_values("window_id", ignore_index=True)
 
     def score(self, records: pd.DataFrame, y=None) -> float:
         """Minus the mean absolute error of the estimates against the windows' true accuracy."""
+        data = _Data.of(records)
         pred = self.predict(records).set_index("window_id")
-        truth = window_features(records).set_index("window_id")["accuracy"].reindex(pred.index)
+        truth = data.windows.set_index("window_id")["accuracy"].reindex(pred.index)
         if truth.isna().all():
             raise ValueError("score needs labelled records: no window has a known accuracy")
         return -float((pred["estimate"] - truth).abs().mean())
@@ -345,7 +377,7 @@ class AverageConfidence(_WindowEstimator):
         self.conformal = conformal
 
     def _fit(self, records):
-        s = _samples(records).dropna(subset=["correct"])
+        s = records.samples.dropna(subset=["correct"])
         if self.calibrate:
             iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
             iso.fit(s["confidence"].to_numpy(), s["correct"].to_numpy())
@@ -360,7 +392,7 @@ class AverageConfidence(_WindowEstimator):
         return np.interp(conf, np.asarray(self.x_thresholds_), np.asarray(self.y_thresholds_))
 
     def _point(self, records):
-        s = _samples(records)
+        s = records.samples
         return pd.Series(self._calibrated(s["confidence"].to_numpy()), index=s["window_id"]).groupby(level=0).mean()
 
     def _state(self):
@@ -405,7 +437,7 @@ class ATC(_WindowEstimator):
         return ["confidence"] if self.signal == "confidence" else ["softmax_entropy"]
 
     def _fit(self, records):
-        s = _samples(records).dropna(subset=["correct"])
+        s = records.samples.dropna(subset=["correct"])
         scores = np.sort(self._scores(s))
         acc = float(s["correct"].mean())
         k = round((1.0 - acc) * len(scores))  # samples at or below t
@@ -414,7 +446,7 @@ class ATC(_WindowEstimator):
         self.threshold_ = float(scores[k - 1]) if k > 0 else float(scores[0] - 1.0)
 
     def _point(self, records):
-        s = _samples(records)
+        s = records.samples
         above = (self._scores(s) > self.threshold_).astype(float)
         return pd.Series(above, index=s["window_id"]).groupby(level=0).mean()
 
@@ -436,12 +468,12 @@ class DoC(_WindowEstimator):
         self.conformal = conformal
 
     def _fit(self, records):
-        s = _samples(records).dropna(subset=["correct"])
+        s = records.samples.dropna(subset=["correct"])
         self.source_accuracy_ = float(s["correct"].mean())
         self.source_confidence_ = float(s["confidence"].mean())
 
     def _point(self, records):
-        g = _samples(records).groupby("window_id")["confidence"].mean()
+        g = records.samples.groupby("window_id")["confidence"].mean()
         return self.source_accuracy_ + g - self.source_confidence_
 
     def _state(self):
@@ -467,10 +499,6 @@ def _probability_matrix(samples: pd.DataFrame, preds: np.ndarray, k: int) -> np.
     return p
 
 
-def _preds(records: pd.DataFrame) -> pd.Series:
-    return records.drop_duplicates(["window_id", "sample_id"]).set_index(["window_id", "sample_id"])["pred"]
-
-
 class COT(_WindowEstimator):
     """Confidence optimal transport (Lu et al., NeurIPS 2023).
 
@@ -488,8 +516,8 @@ class COT(_WindowEstimator):
         self.conformal = conformal
 
     def _fit(self, records):
-        labels = records.drop_duplicates(["window_id", "sample_id"])["label"].dropna().astype(int).to_numpy()
-        k = _n_classes(records)
+        labels = records.samples["label"].dropna().astype(int).to_numpy()
+        k = _n_classes(records.samples)
         self.label_distribution_ = (np.bincount(labels, minlength=k) / len(labels)).tolist()
 
     def _point(self, records):
@@ -497,8 +525,8 @@ class COT(_WindowEstimator):
 
         pi = np.asarray(self.label_distribution_, dtype=float)
         k = len(pi)
-        s = _samples(records)
-        preds = _preds(records).reindex(pd.MultiIndex.from_frame(s[["window_id", "sample_id"]])).to_numpy()
+        s = records.samples
+        preds = s["pred"].to_numpy(dtype=int)
         if preds.max() >= k:
             raise ValueError(f"records predict class {int(preds.max())} but COT was fitted on {k} classes")
         out = {}
@@ -532,8 +560,8 @@ class NuclearNorm(_WindowEstimator):
         self.conformal = conformal
 
     def _norms(self, records, k):
-        s = _samples(records)
-        preds = _preds(records).reindex(pd.MultiIndex.from_frame(s[["window_id", "sample_id"]])).to_numpy()
+        s = records.samples
+        preds = s["pred"].to_numpy(dtype=int)
         out = {}
         for wid, idx in s.groupby("window_id").indices.items():
             p = _probability_matrix(s.iloc[idx], np.minimum(preds[idx], k - 1), k)
@@ -541,9 +569,9 @@ class NuclearNorm(_WindowEstimator):
         return pd.Series(out).sort_index()
 
     def _fit(self, records):
-        k = _n_classes(records)
+        k = _n_classes(records.samples)
         x = self._norms(records, k)
-        y = window_features(records).set_index("window_id")["accuracy"].reindex(x.index)
+        y = records.windows.set_index("window_id")["accuracy"].reindex(x.index)
         if len(x) < 3 or float(np.ptp(y)) == 0.0:
             raise ValueError(f"NuclearNorm needs at least 3 labelled windows of different accuracy, got {len(x)}")
         reg = LinearRegression().fit(x.to_numpy()[:, None], y.to_numpy())
@@ -567,7 +595,7 @@ class NuclearNorm(_WindowEstimator):
 def _method_of(records: pd.DataFrame, method: str | None, needed: bool) -> str:
     if method is not None:
         return method
-    methods = heatmap_methods(records)
+    methods = heatmap_methods_from_features(records.samples)
     if not methods and needed:
         raise ValueError("records hold no heatmap method rows; relevance features need e.g. 'lrp' rows")
     return methods[0] if methods else "none"
@@ -619,7 +647,7 @@ class CorrectnessEstimator(_WindowEstimator):
     def _fit(self, records):
         self.method_ = _method_of(records, self.method, needed=self.feature_set != "confidence")
         self.columns_ = sample_feature_columns(self.feature_set, self.method_)
-        s = _samples(records).dropna(subset=["correct"])
+        s = records.samples.dropna(subset=["correct"])
         x, y = self._matrix(s), s["correct"].to_numpy(dtype=int)
         if len(np.unique(y)) < 2:
             raise ValueError("CorrectnessEstimator needs both correct and wrong samples in the labelled records")
@@ -641,7 +669,7 @@ class CorrectnessEstimator(_WindowEstimator):
 
     def predict_proba_correct(self, records: pd.DataFrame) -> pd.DataFrame:
         """Per sample: ``window_id, sample_id, p_correct`` (calibrated)."""
-        s = _samples(records)
+        s = records.samples
         x = self._matrix(s)
         x = np.where(np.isfinite(x), x, np.asarray(self.impute_)[None, :])
         z = ((x - np.asarray(self.mean_)) / np.asarray(self.scale_)) @ np.asarray(self.coef_) + self.intercept_
@@ -709,7 +737,7 @@ class RelevanceEstimator(_WindowEstimator):
     def _fit(self, records):
         self.method_ = _method_of(records, self.method, needed=self.feature_set != "confidence")
         self.columns_ = feature_columns(self.feature_set, self.method_)
-        feats = window_features(records).dropna(subset=["accuracy"])
+        feats = records.windows.dropna(subset=["accuracy"])
         if len(feats) < 3:
             raise ValueError(f"RelevanceEstimator needs at least 3 labelled windows, got {len(feats)}")
         missing = [c for c in self.columns_ if c not in feats.columns]
@@ -731,7 +759,7 @@ class RelevanceEstimator(_WindowEstimator):
         self.n_windows_ = len(y)
 
     def _point(self, records):
-        feats = window_features(records)
+        feats = records.windows
         est = self.intercept_ + self._matrix(feats) @ np.asarray(self.coef_)
         return pd.Series(est, index=feats["window_id"].to_numpy())
 
@@ -770,7 +798,14 @@ class MedianOf(_WindowEstimator):
         names = list(self.members)
         if not names:
             raise ValueError("MedianOf needs at least one member estimator name")
-        self.members_ = [make_estimator(n).set_params(conformal=False).fit(records) for n in names]
+        self.members_ = []
+        for n in names:
+            member = make_estimator(n).set_params(conformal=False)
+            member.model_ = getattr(self, "model_", "")
+            member.model_version_ = getattr(self, "model_version_", "")
+            member._fit_point(records)
+            member.n_residuals_, member.tau_, member.q_, member.interval_kind_ = 0, 0.0, _z(member.interval), "sampling"
+            self.members_.append(member)
 
     def _features(self):
         return sorted({f for m in self.members_ for f in m.features_})

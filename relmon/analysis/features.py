@@ -66,11 +66,14 @@ def sample_features(records: pd.DataFrame) -> pd.DataFrame:
     _require(records, [*_KEYS, "method", "aopc", "aopc_rel", "entropy_bits", "png_bytes", "correct",
                        *CONFIDENCE_FEATURES])
     optional = [c for c in ("aopc_early", "abpc", "gini") if c in records.columns]
-    base_cols = [*_KEYS, *CONFIDENCE_FEATURES, "correct"] + (["score0"] if "score0" in records.columns else [])
+    base_cols = [*_KEYS, *CONFIDENCE_FEATURES, "correct"] + [c for c in ("score0", "pred", "label")
+                                                             if c in records.columns]
     base = records.drop_duplicates(_KEYS)[base_cols].copy()
     base["correct"] = base["correct"].astype("Float64").astype("float64")
     for c in CONFIDENCE_FEATURES:
         base[c] = base[c].astype("float64")
+    if "label" in base.columns:
+        base["label"] = base["label"].astype("Float64").astype("float64")
     if "score0" in base.columns:
         with np.errstate(divide="ignore"):
             base["energy"] = np.log(base["confidence"].to_numpy(dtype=float)) - base["score0"].astype("float64")
@@ -119,8 +122,12 @@ def window_features(records: pd.DataFrame) -> pd.DataFrame:
     ``records`` is a records frame (:mod:`relmon.records`), any number of windows and methods. Rows are
     sorted by ``window_id``.
     """
-    samples = sample_features(records)
-    value_cols = [c for c in samples.columns if c not in (*_KEYS, "correct")]
+    return window_features_from_samples(sample_features(records))
+
+
+def window_features_from_samples(samples: pd.DataFrame) -> pd.DataFrame:
+    """:func:`window_features` from a :func:`sample_features` frame (saves recomputing it)."""
+    value_cols = [c for c in samples.columns if c not in (*_KEYS, "correct", "pred", "label")]
     g = samples.groupby("window_id", sort=True)
     parts = [
         g.size().rename("n"),
@@ -176,6 +183,7 @@ __all__ = [
     "SAMPLE_CONFIDENCE_FEATURES",
     "SCALE_FREE_FEATURES",
     "sample_feature_columns",
+    "window_features_from_samples",
     "RANDOM_FEATURES",
     "STATS",
     "feature_columns",
