@@ -468,3 +468,55 @@ def test_per_sample_features_are_scale_free():
     for f in ("gap_rel", "early_rel", "early_gap_rel"):
         np.testing.assert_allclose(a[f"{f}@{LRP}"], b[f"{f}@{LRP}"])
     assert not np.allclose(a[f"aopc@{LRP}"], b[f"aopc@{LRP}"])
+
+
+def _checkpoint_gap_rel(ckpt, x, heatmap_method: str) -> np.ndarray:
+    """Per image: (MoRF AOPC − random-order AOPC) / score0 — the scale-free heatmap-quality signal."""
+    from relmon.explain import explain, to_heatmap
+    from relmon.perturbation import region_perturbation
+
+    model = ckpt.load()
+    heat = to_heatmap(explain(model, x, heatmap_method), heatmap_method)
+    opts = dict(region=4, steps=49, seed=0, sample_ids=[str(i) for i in range(len(x))])
+    morf = region_perturbation(model, x, heat, order="morf", **opts)
+    rnd = region_perturbation(model, x, heat, order="random", **opts)
+    return ((morf.aopc - rnd.aopc) / morf.score0).double().numpy()
+
+
+@pytest.mark.integration
+def test_checkpoint_series_scale_free_relevance_signal():
+    """Across training, LRP's most-relevant-first order beats the random order by a margin measured
+    relative to the starting score (not in logits, whose scale grows with training). With the whole image
+    perturbed (49 regions of 4 px, the shipped setting) the trained checkpoint's mean gap is > 0 with a
+    95 % bootstrap interval above a noise heatmap's gap (paired over images), and larger than the
+    untrained checkpoint's. Measured: LRP +0.199 (s.e. 0.031) vs noise +0.056 (0.027) at step 938;
+    LRP +0.062 at step 0. (At ≈16 % of the image,
+    8 of 49 regions, the gap is weaker: +0.056, 95 % CI [-0.008, +0.117] on these 128 images.)
+
+    Mutation caught: replacing LRP by a random heatmap (``heatmap_method = "random"``) → the difference
+    to the noise control spans 0. (The second assertion alone would NOT catch it: the noise heatmap's
+    gap also grows with training, −0.033 → +0.056.) The raw-AOPC Spearman of the test above still passes under that mutation."""
+    from scipy.stats import bootstrap
+
+    from relmon.data import load_sample, to_tensor
+    from relmon.models import checkpoint_series
+
+    heatmap_method = "lrp"
+    series = checkpoint_series("fmnist_cnn")
+    images, _ = load_sample()
+    x = to_tensor(images[:128])
+    first, last = series[0], series[-1]
+    gap_last = _checkpoint_gap_rel(last, x, heatmap_method)
+    gap_first = _checkpoint_gap_rel(first, x, heatmap_method)
+    control = _checkpoint_gap_rel(last, x, "random")  # a noise heatmap on the same images and model
+
+    def paired_ci(a, b, seed):
+        return bootstrap((a, b), lambda u, v: np.mean(u) - np.mean(v), paired=True, vectorized=False,
+                         n_resamples=1000, method="percentile", random_state=np.random.default_rng(seed)
+                         ).confidence_interval
+
+    vs_noise = paired_ci(gap_last, control, 0)
+    assert vs_noise.low > 0, (f"trained checkpoint: {heatmap_method} gap {gap_last.mean():+.3f} vs noise heatmap "
+                              f"{control.mean():+.3f}, 95 % CI of the difference [{vs_noise.low:+.3f}, {vs_noise.high:+.3f}]")
+    vs_untrained = paired_ci(gap_last, gap_first, 1)
+    assert vs_untrained.low > 0, f"gap trained − untrained CI [{vs_untrained.low:+.3f}, {vs_untrained.high:+.3f}]"
