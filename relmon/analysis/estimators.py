@@ -659,8 +659,10 @@ class CorrectnessEstimator(_WindowEstimator):
             pair = cal.calibrated_classifiers_[0]
             fitted, iso = pair.estimator, pair.calibrators[0]
             xt, yt = iso.X_thresholds_.tolist(), iso.y_thresholds_.tolist()
-        else:
-            fitted, xt, yt = base.fit(x, y), [0.0, 1.0], [0.0, 1.0]
+        else:  # too few wrong (or right) samples to cross-validate: the logistic model's own probabilities
+            fitted = base.fit(x, y)
+            grid = np.linspace(-30.0, 30.0, 601)
+            xt, yt = grid.tolist(), expit(grid).tolist()
         imp, scaler, lr = fitted[0], fitted[1], fitted[2]
         stats = np.where(np.isfinite(imp.statistics_), imp.statistics_, 0.0)
         self.impute_, self.mean_, self.scale_ = stats.tolist(), scaler.mean_.tolist(), scaler.scale_.tolist()
@@ -673,7 +675,8 @@ class CorrectnessEstimator(_WindowEstimator):
         x = self._matrix(s)
         x = np.where(np.isfinite(x), x, np.asarray(self.impute_)[None, :])
         z = ((x - np.asarray(self.mean_)) / np.asarray(self.scale_)) @ np.asarray(self.coef_) + self.intercept_
-        p = np.interp(expit(z), np.asarray(self.x_thresholds_), np.asarray(self.y_thresholds_))
+        # CalibratedClassifierCV calibrates the decision function (the logit z), not expit(z).
+        p = np.interp(z, np.asarray(self.x_thresholds_), np.asarray(self.y_thresholds_))
         return pd.DataFrame({"window_id": s["window_id"], "sample_id": s["sample_id"], "p_correct": p})
 
     def _point(self, records):
