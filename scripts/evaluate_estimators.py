@@ -28,7 +28,6 @@ Records are cached as Parquet under ``--cache``; ``--tiny`` is the CI version (<
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import zlib
@@ -232,7 +231,7 @@ def evaluate_model(model: str, fit: pd.DataFrame, test: pd.DataFrame, args, log=
         excluded = set(g.split("+"))
         train = fit[~fit_types.isin(excluded)]
         part = test[test_types == g]
-        for name, est in sel.fitted.items():
+        for name in sel.fitted:
             try:
                 refit = clone(make_estimator(name)).fit(train)
             except ValueError as err:

@@ -3,7 +3,6 @@
 import importlib.util
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np

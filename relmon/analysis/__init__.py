@@ -5,21 +5,21 @@ from relmon.analysis.drift import DRIFT_FEATURES, DriftResult, adjust_p_values, 
 from relmon.analysis.estimators import (
     ATC,
     COT,
-    CorrectnessEstimator,
-    MedianOf,
-    NuclearNorm,
-    shift_type,
     DEFAULT_ESTIMATOR,
     ESTIMATORS,
     AverageConfidence,
+    CorrectnessEstimator,
     DoC,
     EstimatorMismatchError,
+    MedianOf,
+    NuclearNorm,
     RelevanceEstimator,
     load_estimator,
     make_estimator,
+    shift_type,
 )
-from relmon.analysis.selection import SelectionResult, select_estimator
 from relmon.analysis.features import feature_columns, sample_features, window_features
+from relmon.analysis.selection import SelectionResult, select_estimator
 
 __all__ = [
     "ATC",

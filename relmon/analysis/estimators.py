@@ -75,7 +75,6 @@ from sklearn.preprocessing import StandardScaler
 
 from relmon.analysis.features import (
     feature_columns,
-    heatmap_methods,
     sample_feature_columns,
     sample_features,
     window_features_from_samples,
