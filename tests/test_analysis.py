@@ -519,3 +519,24 @@ def test_checkpoint_series_scale_free_relevance_signal():
                               f"{control.mean():+.3f}, 95 % CI of the difference [{vs_noise.low:+.3f}, {vs_noise.high:+.3f}]")
     vs_untrained = paired_ci(gap_last, gap_first, 1)
     assert vs_untrained.low > 0, f"gap trained − untrained CI [{vs_untrained.low:+.3f}, {vs_untrained.high:+.3f}]"
+
+
+def test_monitor_records_early_aopc_of_the_first_16_percent():
+    """``aopc_early`` = AOPC over the steps that perturb ≈16 % of the image (8 of 49 regions of 4 px),
+    for the MoRF row and the random row, equal to an independent computation from the full curves."""
+    from relmon.explain import explain, to_heatmap
+    from relmon.lightning.monitor import RelevanceMonitor, early_steps
+    from relmon.models import load_embedded
+    from relmon.perturbation import region_perturbation
+
+    model = load_embedded("fmnist_cnn")
+    x = torch.rand(3, 1, 28, 28) * 2 - 0.5
+    ids = ["a", "b", "c"]
+    recs = RelevanceMonitor(model, methods=("lrp",), region=4, steps=20, seed=3).score_batch(x, ids, ["w"] * 3)
+    assert early_steps((28, 28), 4, 20) == 8 and early_steps((28, 28), 4, 5) == 5
+    heat = to_heatmap(explain(model, x, "lrp"), "lrp")
+    for order, method in (("morf", LRP), ("random", "random")):
+        res = region_perturbation(model, x, heat, order=order, region=4, steps=20, seed=3, sample_ids=ids)
+        expected = (res.score0[:, None] - res.curves[:, :9]).mean(dim=1).double().numpy()
+        got = recs[recs["method"] == method]["aopc_early"].to_numpy(dtype=float)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
