@@ -860,8 +860,9 @@ ESTIMATORS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 #: Used where no calibration chose one (``relmon.analysis.selection.select_estimator`` picks per
-#: calibration): the estimator with the lowest held-out MAE in docs/estimators.md.
-DEFAULT_ESTIMATOR = "correctness_confidence"
+#: calibration): the single estimator with the lowest leave-one-shift-type-out MAE on the CALIBRATION
+#: windows of both embedded models (validation, never the test windows) in docs/estimators.md.
+DEFAULT_ESTIMATOR = "nuclear_norm"
 
 MEDIAN_PREFIX = "median:"
 
