@@ -862,7 +862,7 @@ ESTIMATORS: dict[str, tuple[str, dict[str, Any]]] = {
 #: Used where no calibration chose one (``relmon.analysis.selection.select_estimator`` picks per
 #: calibration): the single estimator with the lowest leave-one-shift-type-out MAE on the CALIBRATION
 #: windows of both embedded models (validation, never the test windows) in docs/estimators.md.
-DEFAULT_ESTIMATOR = "nuclear_norm"
+DEFAULT_ESTIMATOR = "atc"
 
 MEDIAN_PREFIX = "median:"
 
