@@ -281,8 +281,8 @@ def feature_relations(test: pd.DataFrame, model: str, n_boot: int, seed: int) ->
         ci = bootstrap((np.arange(len(windows)),), auroc, vectorized=False, n_resamples=max(n_boot // 4, 50),
                        method="percentile", random_state=rng).confidence_interval
         wm = s.groupby("window_id").agg(f=(f, "mean"), acc=("correct", "mean")).dropna()
-        rho = spearmanr(wm["f"], wm["acc"]).statistic
-        rci = bootstrap((wm["f"].to_numpy(), wm["acc"].to_numpy()), lambda a, b: spearmanr(a, b).statistic,
+        rho = spearmanr(wm["f"], wm["acc"])[0]
+        rci = bootstrap((wm["f"].to_numpy(), wm["acc"].to_numpy()), lambda a, b: spearmanr(a, b)[0],
                         paired=True, vectorized=False, n_resamples=n_boot, method="percentile",
                         random_state=rng).confidence_interval
         rows.append({"model": model, "feature": f, "auroc": auroc(np.arange(len(windows))), "auroc_lo": ci.low,

@@ -79,7 +79,7 @@ def correlation_table(
             def stat(a, b, fn=fn):
                 if np.ptp(a) == 0 or np.ptp(b) == 0:
                     return np.nan
-                return fn(a, b).statistic
+                return fn(a, b)[0]
 
             row[name] = float(stat(x, y))
             if len(d) >= 3 and np.isfinite(row[name]):
