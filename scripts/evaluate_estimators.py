@@ -378,6 +378,34 @@ def summarise(preds: pd.DataFrame, chosen: dict[str, str], args) -> dict[str, pd
             "per_model": per_model, "preds": preds}
 
 
+def plot_estimates(path: Path, tables) -> None:
+    """Estimate vs true accuracy on the test windows (held-out protocol), one panel per estimator."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    preds = tables["preds"]
+    names = ["selected", tables["best_baseline"], "correctness_relevance", "regression_relevance"]
+    main = preds[((preds["protocol"] == "held_out_type") & (preds["group"] != "clean"))
+                 | ((preds["protocol"] == "all_calibration") & (preds["group"] == "clean"))]
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 4), sharex=True, sharey=True)
+    for ax, name in zip(axes, names, strict=True):
+        part = main[main["estimator"] == name]
+        for model, marker in zip(sorted(part["model"].unique()), "os", strict=False):
+            m = part[part["model"] == model]
+            ax.errorbar(m["accuracy"], m["estimate"], yerr=[m["estimate"] - m["lower"], m["upper"] - m["estimate"]],
+                        fmt=marker, ms=4, alpha=0.6, elinewidth=0.5, label=model)
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+        ax.set_title(f"{name}\nMAE {part['err'].mean():.3f}" if "err" in part else name)
+        ax.set_xlabel("true window accuracy")
+    axes[0].set_ylabel("estimate (90 % interval)")
+    axes[0].legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def write_docs(path: Path, args, tables, selections, relations, runtime: float, validation: pd.Series) -> None:
     from relmon.analysis.estimators import DEFAULT_ESTIMATOR
 
@@ -449,6 +477,10 @@ def write_docs(path: Path, args, tables, selections, relations, runtime: float, 
         "",
         markdown_table(tables["comparison"], "+.3f", index=False),
         "",
+        "![estimate vs true accuracy](estimators_test_windows.png)",
+        "",
+        "`estimators_test_windows.png`: estimate and 90 % interval vs the true accuracy of every test window.",
+        "",
         "## Per model",
         "",
         markdown_table(tables["per_model"].pivot(index="estimator", columns="model", values="mae")
@@ -494,6 +526,7 @@ def main(argv=None) -> dict:
     validation = pd.concat([s.summary["mae"].rename(m) for m, s in selections.items()], axis=1)
     validation = validation[~validation.index.str.startswith("median:")].mean(axis=1).sort_values()
     runtime = time.perf_counter() - t0
+    plot_estimates(docs / "estimators_test_windows.png", tables)
     write_docs(docs / "estimators.md", args, tables, selections, pd.concat(relations, ignore_index=True), runtime,
                validation)
     Path(args.cache).mkdir(parents=True, exist_ok=True)

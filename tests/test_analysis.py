@@ -540,3 +540,16 @@ def test_monitor_records_early_aopc_of_the_first_16_percent():
         expected = (res.score0[:, None] - res.curves[:, :9]).mean(dim=1).double().numpy()
         got = recs[recs["method"] == method]["aopc_early"].to_numpy(dtype=float)
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_format_1_files_still_load(tmp_path):
+    """Calibrations written before issue 10 (format 1: ATC's ``score`` parameter) keep working."""
+    recs = synth_records(shifted_windows(["a", "b"], 2, seed=12), seed=12)
+    data = ATC(conformal=False).fit(recs).to_dict()
+    data["format_version"] = 1
+    data["params"]["score"] = data["params"].pop("signal")
+    del data["interval"]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    old = load_estimator(tmp_path / "old.json")
+    assert old.signal == "confidence" and old.interval_kind_ == "sampling"
+    pd.testing.assert_frame_equal(old.predict(recs), ATC(conformal=False).fit(recs).predict(recs))

@@ -904,10 +904,17 @@ def _from_dict(data: Any, where: str) -> _WindowEstimator:
         raise ValueError(f"{where} lacks {missing}; fix: re-run 'relmon calibrate' to rewrite it")
     _check_finite(data.get("state"), f"{where}: state")
     _check_finite(data.get("interval", {}), f"{where}: interval")
+    params = dict(data["params"]) if isinstance(data["params"], dict) else data["params"]
+    if version == 1 and isinstance(params, dict):  # format 1: ATC's `score` is now `signal`; no CV params
+        if kind == "ATC" and "score" in params:
+            params["signal"] = params.pop("score")
+        if kind == "RelevanceEstimator":
+            params.pop("cv", None)
+            params.pop("seed", None)
     try:
-        est = cls(**data["params"])
+        est = cls(**params)
     except TypeError as err:
-        raise ValueError(f"{where}: parameters {data['params']} do not fit {kind}: {err}") from err
+        raise ValueError(f"{where}: parameters {params} do not fit {kind}: {err}") from err
     est.model_, est.model_version_ = data["model"], data["model_version"]
     est.features_ = list(data["features"])
     interval = data.get("interval") or {}
