@@ -17,6 +17,10 @@ Columns (:data:`RECORD_COLUMNS`, typed by :data:`RECORD_SCHEMA`):
 - ``aopc`` (float64): MoRF AOPC (random order's for ``method = "random"``); ``aopc_rel`` =
   ``aopc / score0`` (NaN where ``score0 <= 0``).
 - ``aopc_lerf``, ``abpc`` (nullable float64): null unless LeRF was asked for.
+- ``aopc_early`` (nullable float64): AOPC of the first part of the row's order curve only (MoRF
+  for heatmap rows, the random order on the ``random`` row): ``1/(k+1) * sum_{j=0..k} (f(x^(0)) -
+  f(x^(j)))`` with ``k`` the steps that perturb about 16 % of the image (the paper's protocol), at
+  most ``L``. Null in records written before this column existed or by code that does not fill it.
 - ``entropy_bits``, ``png_bytes``, ``jpeg_bytes``, ``gini`` (nullable float64 / int64): heatmap
   complexity (null on the ``random`` row).
 - ``run_id`` (str), ``run_time`` (float64, UTC seconds since the epoch) — nullable: which run of the
@@ -65,6 +69,7 @@ RECORD_SCHEMA = pa.schema(
         pa.field("aopc_rel", pa.float64(), nullable=True),
         pa.field("aopc_lerf", pa.float64(), nullable=True),
         pa.field("abpc", pa.float64(), nullable=True),
+        pa.field("aopc_early", pa.float64(), nullable=True),
         pa.field("entropy_bits", pa.float64(), nullable=True),
         pa.field("png_bytes", pa.int64(), nullable=True),
         pa.field("jpeg_bytes", pa.int64(), nullable=True),
@@ -80,8 +85,9 @@ _PANDAS_DTYPES = {
     "sample_id": "string", "window_id": "string", "model": "string", "model_version": "string",
     "pred": "int64", "confidence": "float64", "softmax_entropy": "float64", "margin": "float64",
     "label": "Int64", "correct": "boolean", "method": "string", "score0": "float64", "aopc": "float64",
-    "aopc_rel": "float64", "aopc_lerf": "Float64", "abpc": "Float64", "entropy_bits": "Float64",
-    "png_bytes": "Int64", "jpeg_bytes": "Int64", "gini": "Float64", "run_id": "string", "run_time": "Float64",
+    "aopc_rel": "float64", "aopc_lerf": "Float64", "abpc": "Float64", "aopc_early": "Float64",
+    "entropy_bits": "Float64", "png_bytes": "Int64", "jpeg_bytes": "Int64", "gini": "Float64",
+    "run_id": "string", "run_time": "Float64",
 }
 # Columns added after the first schema: files without them are read with the column null.
 _ADDED_COLUMNS = ("run_id", "run_time")
@@ -281,9 +287,13 @@ def read_record_files(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
     for p in paths:
         with open(p, "rb") as f:  # one open: a file replaced meanwhile is read whole (old or new)
             table = pq.ParquetFile(f).read()
-        names = [n for n in RECORD_COLUMNS if n not in _ADDED_COLUMNS or n in table.schema.names]
-        expected = pa.schema([RECORD_SCHEMA.field(n) for n in names])
-        if not table.schema.equals(expected, check_metadata=False):
+        for name in RECORD_COLUMNS:  # files written before a nullable column was added
+            field = RECORD_SCHEMA.field(name)
+            if name not in table.schema.names and field.nullable:
+                table = table.append_column(field, pa.nulls(len(table), field.type))
+        table = table.select([n for n in RECORD_COLUMNS if n in table.schema.names]
+                             + [n for n in table.schema.names if n not in RECORD_COLUMNS])
+        if not table.schema.equals(RECORD_SCHEMA, check_metadata=False):
             raise RecordSchemaError(f"{p} does not hold the record schema: {table.schema}")
         frames.append(validate_records(table.to_pandas(types_mapper=_arrow_to_pandas_dtype)))
     if not frames:

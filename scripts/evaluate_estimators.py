@@ -1,33 +1,40 @@
-"""Evaluate relmon's label-free accuracy estimators against confidence baselines (issue 5).
+"""Independent evaluation of relmon's label-free accuracy estimators (issue 10).
 
-Protocol (DESIGN §4, "Label-free accuracy"):
+Protocol (docs/estimators.md states the figures; DESIGN §4a):
 
-1. Records (one row per sample and method: LRP plus the random order) are computed ONCE per shift
-   condition with the embedded ``fmnist_cnn``: ``clean`` on a pool of ``--pool`` shipped test images,
-   every shift of :mod:`relmon.data.shifts` at every severity on a seeded subset of ``--shift-pool`` of
-   them. They are cached as Parquet under ``--out`` (``out/`` is gitignored), keyed by the settings.
-2. Windows of ``--window`` images are built by resampling those records (seeded, with replacement):
-   clean windows, and windows that mix clean and shifted samples in proportions 0.25 .. 1.
-3. Leave-one-shift-type-out: every estimator is fitted on the clean windows plus the windows of all
-   other shift types (the confidence baselines on the clean reference windows only: their standard
-   use) and scored on the windows of the held-out type. MAE, and the coverage of the 90 % interval.
-4. The checkpoint series (the paper's experiment): records of ``--checkpoint-images`` images per
-   checkpoint, Spearman of window features with the checkpoints' accuracy, bootstrap CI over images.
+1. **Disjoint image pools.** The Fashion-MNIST test set (10,000 images, read from the Debian
+   ``fashion-mnist`` dataset) is split: the **fit pool** (images 2000-5999) makes the calibration
+   records, the **test pool** (images 6000-9999) the test windows. No image of the test pool is ever
+   seen by a fitted estimator; nothing is resampled with replacement.
+2. **Calibration (fit pool)** as ``relmon calibrate`` makes it: ``clean`` plus every shift type of
+   :mod:`relmon.data.shifts` at severities 1, 3, 5, ``--per-condition`` images each, windows of
+   ``--window`` images (window ids ``clean/0``, ``gaussian_noise/3/0``, ...). Scoring uses the settings
+   given by ``--region`` / ``--steps`` (default: what ``relmon calibrate`` ships, relmon/config.py).
+3. **Selection on validation only.** :func:`relmon.analysis.selection.select_estimator` runs a
+   leave-one-shift-type-out evaluation on the calibration records and picks the default; it never sees
+   a test window.
+4. **Test (test pool)**: clean windows; every shift type at the **unseen severities** 2 and 4; four
+   **compositions** (two shifts at once, severity 3); **label-prior shift** (clean windows whose class
+   frequencies are skewed towards the hardest or the easiest classes). The calibration also holds
+   label-prior windows built the same way from the fit pool's clean images (``--no-calibration-label-prior``
+   drops them). Every shifted test window is scored **held-out**: each estimator is refitted on the
+   calibration without the windows of the test window's shift type (for compositions, without both of
+   its types); clean test windows by the estimators fitted on all calibration windows.
+5. MAE per test group with paired bootstrap intervals (scipy.stats.bootstrap over the test windows)
+   of the difference to the best baseline, 90 % interval coverage and mean width; per-sample AUROC of
+   every feature for correctness and the window Spearman with accuracy (bootstrap over windows).
 
-Writes ``<docs>/estimators.md`` (the table) and PNG plots to ``<docs>``. ``--tiny`` runs everything
-at toy settings (CI, < 1 min).
-
-Runtime at the defaults on 2 shared CPU cores (torch 2 threads): about 5 min from scratch (the 53
-record files take ~4.5 min: 22,000 shifted/clean images + 2,400 checkpoint images at L = 16), about
-30 s when the records are cached.
+Runtime on the shared 2-core machine (1 thread): records about 35 min from scratch (5,600 images per
+model at L = 49; LeRF only for ``fmnist_cnn``), the evaluation about 8 min with cached records.
+Records are cached as Parquet under ``--cache``; ``--tiny`` is the CI version (< 1 min).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -38,215 +45,253 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a file from a checkout
     sys.path.insert(0, str(ROOT))
 
-from relmon.data import load_sample, to_tensor  # noqa: E402
 from relmon.data.fashion_mnist import MEAN, STD  # noqa: E402
-from relmon.data.shifts import SEVERITIES, SHIFTS, apply_shift  # noqa: E402
-from relmon.records import RANDOM_METHOD, read_record_files, write_records  # noqa: E402
+from relmon.data.shifts import SHIFTS, apply_shift  # noqa: E402
+from relmon.records import read_record_files, write_records  # noqa: E402
 
-PROPORTIONS = (0.25, 0.5, 0.75, 1.0)
+FIT_POOL = (2000, 6000)
+TEST_POOL = (6000, 10000)
+FIT_SEVERITIES = (1, 3, 5)
+TEST_SEVERITIES = (2, 4)
+COMPOSITIONS = (("blur", "gaussian_noise"), ("contrast", "rotation"), ("jpeg", "occlusion"),
+                ("brightness", "pixelation"))
+HARD_CLASSES = (0, 2, 4, 6)   # t-shirt, pullover, coat, shirt: the classes the models confuse most
+EASY_CLASSES = (1, 5, 8, 9)   # trouser, sandal, bag, ankle boot
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from relmon.config import MonitorConfig
+
+    shipped = MonitorConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=str(ROOT / "out" / "estimators"), help="cache folder for records")
+    p.add_argument("--cache", default="/tmp/relmon-g-cache", help="Parquet cache of scored records")
     p.add_argument("--docs", default=str(ROOT / "docs"), help="where estimators.md and the plots go")
-    p.add_argument("--model", default="fmnist_cnn")
-    p.add_argument("--pool", type=int, default=2000, help="clean pool size (shipped sample: 2000)")
-    p.add_argument("--shift-pool", type=int, default=500, help="images per shifted condition")
-    p.add_argument("--window", type=int, default=256, help="images per window")
-    p.add_argument("--windows-per-condition", type=int, default=2)
-    p.add_argument("--clean-windows", type=int, default=40)
-    p.add_argument("--region", type=int, default=7)
-    p.add_argument("--steps", type=int, default=16)
-    p.add_argument("--checkpoint-images", type=int, default=200)
-    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--models", nargs="+", default=["fmnist_cnn", "fmnist_vgg"])
+    p.add_argument("--region", type=int, default=shipped.region)
+    p.add_argument("--steps", type=int, default=shipped.steps)
+    p.add_argument("--no-lerf", action="store_true", help="skip the LeRF order (no LeRF/MoRF contrast feature)")
+    p.add_argument("--no-lerf-for", nargs="*", default=["fmnist_vgg"], metavar="MODEL",
+                   help="models scored without LeRF (compute budget; their lerf_contrast feature is NaN)")
+    p.add_argument("--window", type=int, default=100, help="images per window")
+    p.add_argument("--clean", type=int, default=600, help="clean images per pool")
+    p.add_argument("--per-condition", type=int, default=100, help="images per shifted condition")
+    p.add_argument("--n-boot", type=int, default=2000)
+    p.add_argument("--no-calibration-label-prior", action="store_true",
+                   help="do not add label-prior windows (from the fit pool's clean images) to the calibration")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tiny", action="store_true", help="toy settings for CI (< 1 min)")
     p.add_argument("--records-only", action="store_true", help="compute and cache records, then stop")
     args = p.parse_args(argv)
-    args.severities = list(SEVERITIES)
     args.shifts = list(SHIFTS)
-    args.proportions = list(PROPORTIONS)
+    args.compositions = list(COMPOSITIONS)
     if args.tiny:
-        args.pool, args.shift_pool, args.window = 64, 32, 32
-        args.windows_per_condition, args.clean_windows = 1, 12
-        args.steps, args.checkpoint_images, args.n_boot = 4, 16, 200
-        args.severities = [2, 5]
-        args.proportions = [0.5, 1.0]
+        args.models = args.models[:1]
+        args.window, args.clean, args.per_condition, args.n_boot = 20, 40, 20, 200
+        args.steps = min(args.steps, 8)
+        args.shifts = ["gaussian_noise", "contrast", "rotation", "blur"]
+        args.compositions = [("blur", "gaussian_noise")]
     return args
 
 
 # --------------------------------------------------------------------------------------------------
-# records, once per condition
+# records: one Parquet file per (model, pool, condition)
 
 
-def _monitor(model, args):
+def _stable_seed(*parts) -> int:
+    return zlib.crc32("/".join(map(str, parts)).encode()) % (2 ** 31)
+
+
+def conditions(args) -> list[tuple[str, str, tuple[tuple[str, int], ...], int]]:
+    """``(pool, condition name, shifts applied, n images)`` for every condition scored."""
+    out = [("fit", "clean", (), args.clean), ("test", "clean", (), args.clean)]
+    for shift in args.shifts:
+        out += [("fit", f"{shift}/{sev}", ((shift, sev),), args.per_condition) for sev in FIT_SEVERITIES]
+        out += [("test", f"{shift}/{sev}", ((shift, sev),), args.per_condition) for sev in TEST_SEVERITIES]
+    for a, b in args.compositions:
+        if a in args.shifts and b in args.shifts:
+            out.append(("test", f"{a}+{b}/3", ((a, 3), (b, 3)), args.per_condition))
+    return out
+
+
+def _lerf(model_name: str, args) -> bool:
+    return not args.no_lerf and model_name not in args.no_lerf_for
+
+
+def _monitor(model, model_name, args):
     from relmon.lightning.monitor import RelevanceMonitor
 
-    return RelevanceMonitor(model, methods=("lrp",), region=args.region, steps=args.steps, seed=args.seed)
+    return RelevanceMonitor(model, methods=("lrp",), region=args.region, steps=args.steps, seed=args.seed,
+                            lerf=_lerf(model_name, args))
 
 
-def _score(monitor, x_raw: torch.Tensor, labels: np.ndarray, ids: list[str], window_id: str,
-           chunk: int = 500) -> pd.DataFrame:
+def score_condition(monitor, images: np.ndarray, labels: np.ndarray, index: np.ndarray, shifts, name: str,
+                    pool: str, window: int, chunk: int = 200) -> pd.DataFrame:
+    """Records of ``images[index]`` under ``shifts``; window ``k`` holds images ``k*window ..``."""
+    x = torch.as_tensor(images[index], dtype=torch.float32)[:, None] / 255.0
+    for shift, sev in shifts:
+        x = apply_shift(x, shift, sev, seed=_stable_seed(pool, name, shift, sev))
     frames = []
-    for start in range(0, x_raw.shape[0], chunk):
-        xb = (x_raw[start:start + chunk] - MEAN) / STD
-        frames.append(monitor.score_batch(xb, ids[start:start + chunk], [window_id] * xb.shape[0],
-                                          torch.as_tensor(labels[start:start + chunk])))
+    for start in range(0, len(index), chunk):
+        sl = slice(start, start + chunk)
+        ids = [f"{pool}:{i}" for i in index[sl]]
+        wids = [f"{name}/{k // window}" for k in range(start, min(start + chunk, len(index)))]
+        frames.append(monitor.score_batch((x[sl] - MEAN) / STD, ids, wids, torch.as_tensor(labels[index[sl]])))
     return pd.concat(frames, ignore_index=True)
 
 
-CACHE_STATS = {"computed": 0, "cached": 0}
-
-
-def _cached(path: Path, compute) -> pd.DataFrame:
-    if path.exists():
-        CACHE_STATS["cached"] += 1
-        return read_record_files([path])
-    frame = compute()
-    write_records(frame, path)
-    CACHE_STATS["computed"] += 1
-    return frame
-
-
-def condition_records(args) -> dict[str, pd.DataFrame]:
-    """``{condition: records}`` for ``clean`` and every ``shift@severity``, cached as Parquet."""
+def model_records(model_name: str, args, log=print) -> dict[str, pd.DataFrame]:
+    """``{"fit": records, "test": records}`` of one model (cached per condition)."""
+    from relmon.data.fashion_mnist import load_fashion_mnist
     from relmon.models import load_embedded
 
-    images, labels = load_sample()
-    images, labels = images[: args.pool], labels[: args.pool]
-    x = to_tensor(images, normalize=False)
-    rng = np.random.default_rng(args.seed)
-    sub = np.sort(rng.choice(len(images), size=min(args.shift_pool, len(images)), replace=False))
-    model = load_embedded(args.model)
-    monitor = _monitor(model, args)
-    cache = Path(args.out) / f"records_{args.model}_r{args.region}_s{args.steps}_seed{args.seed}"
-    out = {}
-    ids = [str(i) for i in range(len(images))]
-    out["clean"] = _cached(cache / f"clean_n{len(images)}.parquet",
-                           lambda: _score(monitor, x, labels, ids, "clean"))
-    xs, ls, sub_ids = x[sub], labels[sub], [ids[i] for i in sub]
-    for shift in args.shifts:
-        for sev in args.severities:
-            cond = f"{shift}@{sev}"
-            shifted = apply_shift(xs, shift, sev, seed=args.seed + sev)
-            out[cond] = _cached(cache / f"{cond}_n{len(sub)}.parquet",
-                                lambda shifted=shifted, cond=cond: _score(monitor, shifted, ls, sub_ids, cond))
-    return out
-
-
-def checkpoint_records(args) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Records of the first ``--checkpoint-images`` images under every checkpoint (window = step)."""
-    from relmon.models import checkpoint_series
-
-    images, labels = load_sample()
-    n = args.checkpoint_images
-    x = to_tensor(images[:n], normalize=False)
-    ids = [str(i) for i in range(n)]
-    series = checkpoint_series(args.model)
-    if args.tiny:
-        series = [series[i] for i in np.linspace(0, len(series) - 1, 4).round().astype(int)]
-    cache = Path(args.out) / f"checkpoints_{args.model}_r{args.region}_s{args.steps}_seed{args.seed}"
-    frames, acc = [], {}
-    for ckpt in series:
-        wid = f"step{ckpt.step:05d}"
-        acc[wid] = float(ckpt.test_accuracy)
-        frames.append(_cached(cache / f"{wid}_n{n}.parquet",
-                              lambda ckpt=ckpt, wid=wid: _score(_monitor(ckpt.load(), args), x, labels[:n], ids,
-                                                                wid)))
-    return pd.concat(frames, ignore_index=True), acc
+    images, labels = load_fashion_mnist("test")
+    model = load_embedded(model_name)
+    monitor = _monitor(model, model_name, args)
+    cache = Path(args.cache) / (f"{model_name}_r{args.region}_s{args.steps}_lerf{int(_lerf(model_name, args))}"
+                                f"_w{args.window}_seed{args.seed}")
+    out: dict[str, list[pd.DataFrame]] = {"fit": [], "test": []}
+    for pool, name, shifts, n in conditions(args):
+        lo, hi = FIT_POOL if pool == "fit" else TEST_POOL
+        n = n - n % args.window
+        rng = np.random.default_rng(_stable_seed(args.seed, pool, name))
+        index = np.sort(rng.choice(np.arange(lo, hi), size=n, replace=False))
+        path = cache / f"{pool}_{name.replace('/', '@')}_n{n}.parquet"
+        if path.exists():
+            frame = read_record_files([path])
+        else:
+            t0 = time.perf_counter()
+            frame = score_condition(monitor, images, labels, index, shifts, name, pool, args.window)
+            write_records(frame, path)
+            log(f"{model_name} {pool} {name}: {n} images in {time.perf_counter() - t0:.1f} s")
+        out[pool].append(frame)
+    return {k: pd.concat(v, ignore_index=True) for k, v in out.items()}
 
 
 # --------------------------------------------------------------------------------------------------
-# windows by resampling records
+# test windows
 
 
-def _per_sample_blocks(records: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """Records sorted so that sample ``i`` owns rows ``i*M .. i*M+M-1`` (M methods per sample)."""
-    methods = sorted(records["method"].unique())
-    rec = records.assign(_m=pd.Categorical(records["method"], categories=methods))
-    rec = rec.sort_values(["sample_id", "_m"], kind="stable").drop(columns="_m").reset_index(drop=True)
-    m = len(methods)
-    if len(rec) % m:
-        raise ValueError("every sample needs one row per method")
-    return rec, m
+def label_prior_windows(test: pd.DataFrame, args, seed_offset: int = 7) -> pd.DataFrame:
+    """Windows of clean records of one pool with skewed class frequencies (80 % hard or 80 % easy classes)."""
+    clean = test[test["window_id"].str.startswith("clean/")]
+    per = clean.drop_duplicates("sample_id")[["sample_id", "label"]]
+    rng = np.random.default_rng(args.seed + seed_offset)
+    frames = []
+    for kind, classes in (("hard", HARD_CLASSES), ("easy", EASY_CLASSES)):
+        inside = per[per["label"].isin(classes)]["sample_id"].to_numpy()
+        outside = per[~per["label"].isin(classes)]["sample_id"].to_numpy()
+        k_in = round(0.8 * args.window)
+        n_windows = min(len(inside) // k_in, len(outside) // (args.window - k_in), 3)
+        chosen_in = rng.permutation(inside)[: n_windows * k_in]
+        chosen_out = rng.permutation(outside)[: n_windows * (args.window - k_in)]
+        for w in range(n_windows):
+            ids = set(chosen_in[w * k_in:(w + 1) * k_in]) | set(chosen_out[w * (args.window - k_in):
+                                                                        (w + 1) * (args.window - k_in)])
+            part = clean[clean["sample_id"].isin(ids)].copy()
+            part["window_id"] = f"label_prior_{kind}/{w}"
+            frames.append(part)
+    return pd.concat(frames, ignore_index=True) if frames else clean.iloc[:0]
 
 
-def resample_window(blocks: list[tuple[pd.DataFrame, int]], counts: list[int], window_id: str,
-                    rng: np.random.Generator) -> pd.DataFrame:
-    """A window of ``sum(counts)`` samples drawn with replacement, ``counts[j]`` from ``blocks[j]``."""
-    parts, k0 = [], 0
-    for (rec, m), k in zip(blocks, counts, strict=True):
-        if k == 0:
-            continue
-        chosen = rng.integers(0, len(rec) // m, size=k)
-        rows = (chosen[:, None] * m + np.arange(m)[None, :]).ravel()
-        part = rec.iloc[rows].copy()
-        part["sample_id"] = (np.repeat(np.arange(k0, k0 + k), m)).astype(str)
-        parts.append(part)
-        k0 += k
-    out = pd.concat(parts, ignore_index=True)
-    out["window_id"] = window_id
+def test_group(window_id: str) -> str:
+    head = window_id.split("/", 1)[0]
+    return head
+
+
+BASELINE_PREFIXES = ("average_confidence", "cbpe", "atc", "doc", "cot", "nuclear_norm")
+
+
+def is_baseline(name: str) -> bool:
+    return name.startswith(BASELINE_PREFIXES)
+
+
+def _rows(model: str, name: str, protocol: str, pred: pd.DataFrame, truth: pd.Series) -> list[dict]:
+    out = []
+    for r in pred.itertuples(index=False):
+        out.append({"model": model, "estimator": name, "protocol": protocol, "window_id": r.window_id,
+                    "group": test_group(r.window_id), "estimate": r.estimate, "lower": r.lower, "upper": r.upper,
+                    "accuracy": float(truth[r.window_id])})
     return out
 
 
-def build_windows(cond: dict[str, pd.DataFrame], args) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(records of all windows, window table: window_id, shift, severity, proportion)."""
-    rng = np.random.default_rng(args.seed + 1)
-    blocks = {c: _per_sample_blocks(r) for c, r in cond.items()}
-    frames, meta = [], []
-    for i in range(args.clean_windows):
-        wid = f"clean/{i}"
-        frames.append(resample_window([blocks["clean"]], [args.window], wid, rng))
-        meta.append((wid, "clean", 0, 0.0))
-    for shift in args.shifts:
-        for sev in args.severities:
-            for prop in args.proportions:
-                for rep in range(args.windows_per_condition):
-                    wid = f"{shift}@{sev}/p{prop:.2f}/{rep}"
-                    k = round(prop * args.window)
-                    frames.append(resample_window([blocks["clean"], blocks[f"{shift}@{sev}"]],
-                                                  [args.window - k, k], wid, rng))
-                    meta.append((wid, shift, sev, prop))
-    windows = pd.DataFrame(meta, columns=["window_id", "shift", "severity", "proportion"])
-    return pd.concat(frames, ignore_index=True), windows
-
-
-# --------------------------------------------------------------------------------------------------
-# evaluation
-
-
-def _estimators():
-    """``{name: (estimator, training data)}``: the confidence baselines fit on the clean source windows
-    (their standard use), the regressions on clean + shifted training windows."""
-    from relmon.analysis.estimators import ESTIMATORS, make_estimator
-
-    return {name: (make_estimator(name), "all" if kind == "RelevanceEstimator" else "clean")
-            for name, (kind, _) in ESTIMATORS.items()}
-
-
-def leave_one_shift_out(records: pd.DataFrame, windows: pd.DataFrame, features: pd.DataFrame):
-    """Per held-out shift type and estimator: MAE and 90 %-interval coverage on its windows."""
+def evaluate_model(model: str, fit: pd.DataFrame, test: pd.DataFrame, args, log=print):
+    """Selection on ``fit``; predictions on ``test`` (a) fitted on all calibration windows, (b) refitted
+    without the test window's shift type(s). Returns (selection, long prediction frame)."""
     from sklearn.base import clone
 
-    shift_of = windows.set_index("window_id")["shift"]
-    wshift = records["window_id"].map(shift_of)
-    truth = features.set_index("window_id")["accuracy"]
+    from relmon.analysis.estimators import make_estimator, shift_type
+    from relmon.analysis.features import window_features
+    from relmon.analysis.selection import select_estimator
+
+    t0 = time.perf_counter()
+    sel = select_estimator(fit, level=0.9)
+    log(f"{model}: selection in {time.perf_counter() - t0:.0f} s, chosen {sel.chosen}")
+    truth = window_features(test).set_index("window_id")["accuracy"]
     rows = []
-    for held in [s for s in windows["shift"].unique() if s != "clean"]:
-        test = records[wshift == held]
-        train_all = records[wshift != held]
-        train_clean = records[wshift == "clean"]
-        for name, (est, source) in _estimators().items():
-            est = clone(est).fit(train_clean if source == "clean" else train_all)
-            pred = est.predict(test).set_index("window_id")
-            y = truth.loc[pred.index]
-            err = (pred["estimate"] - y).abs()
-            cover = ((pred["lower"] <= y) & (y <= pred["upper"])).mean()
-            rows.append({"held_out": held, "estimator": name, "mae": err.mean(), "coverage90": cover,
-                         "n_windows": len(pred)})
+    for name, est in sel.fitted.items():
+        rows += _rows(model, name, "all_calibration", est.predict(test), truth)
+    fit_types = fit["window_id"].map(shift_type)
+    test_types = test["window_id"].map(shift_type)
+    for g in sorted(set(test_types) - {"clean"}):
+        excluded = set(g.split("+"))
+        train = fit[~fit_types.isin(excluded)]
+        part = test[test_types == g]
+        for name in sel.fitted:
+            try:
+                refit = clone(make_estimator(name)).fit(train)
+            except ValueError as err:
+                log(f"  {name} without {sorted(excluded)}: {err}")
+                continue
+            rows += _rows(model, name, "held_out_type", refit.predict(part), truth)
+    log(f"{model}: evaluation in {time.perf_counter() - t0:.0f} s")
+    return sel, pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# feature relations
+
+
+def feature_relations(test: pd.DataFrame, model: str, n_boot: int, seed: int) -> pd.DataFrame:
+    """Per-sample AUROC (feature vs correct) and window Spearman (window mean vs accuracy), with 95 %
+    bootstrap intervals over test windows (scipy.stats.bootstrap)."""
+    from scipy.stats import bootstrap, spearmanr
+    from sklearn.metrics import roc_auc_score
+
+    from relmon.analysis.features import SAMPLE_CONFIDENCE_FEATURES, SCALE_FREE_FEATURES, sample_features
+
+    s = sample_features(test)
+    method = next(c.split("@")[1] for c in s.columns if c.startswith("aopc_rel@") and not c.endswith("@random"))
+    feats = list(SAMPLE_CONFIDENCE_FEATURES) + [f"{f}@{method}" for f in SCALE_FREE_FEATURES] + [
+        f"aopc@{method}", "aopc@random"]
+    windows = s["window_id"].unique()
+    idx_of = s.groupby("window_id").indices
+    rows = []
+    rng = np.random.default_rng(seed)
+    for f in feats:
+        if f not in s.columns or s[f].notna().sum() < 10:
+            continue
+        x, y = s[f].to_numpy(dtype=float), s["correct"].to_numpy(dtype=float)
+
+        def auroc(w_idx, x=x, y=y):
+            rows_ = np.concatenate([idx_of[windows[int(i)]] for i in w_idx])
+            ok = np.isfinite(x[rows_])
+            return roc_auc_score(y[rows_][ok], x[rows_][ok])
+
+        ci = bootstrap((np.arange(len(windows)),), auroc, vectorized=False, n_resamples=max(n_boot // 4, 50),
+                       method="percentile", random_state=rng).confidence_interval
+        wm = s.groupby("window_id").agg(f=(f, "mean"), acc=("correct", "mean")).dropna()
+        rho = spearmanr(wm["f"], wm["acc"])[0]
+        rci = bootstrap((wm["f"].to_numpy(), wm["acc"].to_numpy()), lambda a, b: spearmanr(a, b)[0],
+                        paired=True, vectorized=False, n_resamples=n_boot, method="percentile",
+                        random_state=rng).confidence_interval
+        rows.append({"model": model, "feature": f, "auroc": auroc(np.arange(len(windows))), "auroc_lo": ci.low,
+                     "auroc_hi": ci.high, "spearman": rho, "spearman_lo": rci.low, "spearman_hi": rci.high})
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# tables
 
 
 def markdown_table(frame: pd.DataFrame, floatfmt: str = ".3f", index: bool = True) -> str:
@@ -264,86 +309,193 @@ def markdown_table(frame: pd.DataFrame, floatfmt: str = ".3f", index: bool = Tru
     return "\n".join(lines)
 
 
-def make_verdict(loso: pd.DataFrame) -> str:
-    """Plain statement whether relevance features beat the confidence-only estimators."""
-    mae = loso.pivot(index="held_out", columns="estimator", values="mae")
-    rel_cols = [c for c in mae.columns if "relevance" in c]
-    conf_cols = [c for c in mae.columns if "relevance" not in c]
-    mean = mae.mean()
-    best_rel, best_conf = mean[rel_cols].idxmin(), mean[conf_cols].idxmin()
-    wins = int((mae[best_rel] < mae[conf_cols].min(axis=1)).sum())
-    head = (f"best relevance-based estimator `{best_rel}` mean MAE {mean[best_rel]:.3f} vs best confidence-only "
-            f"`{best_conf}` {mean[best_conf]:.3f}; `{best_rel}` beats every confidence-only estimator on "
-            f"{wins} of {len(mae)} held-out shift types.")
-    if mean[best_rel] < mean[best_conf]:
-        margin = mean[best_conf] - mean[best_rel]
-        size = "a small margin, within the spread across shift types" if margin < 0.01 else "a clear margin"
-        return f"relevance features beat confidence on mean MAE, by {size}: " + head
-    return "relevance features do NOT beat confidence here: " + head
+def paired_difference(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, float]:
+    """Mean of ``a − b`` (paired) with a 95 % percentile bootstrap interval (NaN with < 2 pairs)."""
+    from scipy.stats import bootstrap
+
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if len(d) < 2 or np.allclose(d, d[0]):
+        return float(d.mean()) if len(d) else np.nan, np.nan, np.nan
+    ci = bootstrap((d,), np.mean, n_resamples=n_boot, method="percentile",
+                   random_state=np.random.default_rng(seed)).confidence_interval
+    return float(d.mean()), float(ci.low), float(ci.high)
 
 
-def write_table(path: Path, args, loso: pd.DataFrame, shift_corr: pd.DataFrame, ckpt_corr: pd.DataFrame,
-                ckpt_features: pd.DataFrame, drift: dict, runtime: float, default: str, verdict: str,
-                plots: list[str]) -> None:
+def summarise(preds: pd.DataFrame, chosen: dict[str, str], args) -> dict[str, pd.DataFrame]:
+    """Tables: MAE per (protocol, group, estimator); the default vs the best baseline; targets."""
+    preds = preds.assign(err=(preds["estimate"] - preds["accuracy"]).abs(),
+                         covered=(preds["lower"] <= preds["accuracy"]) & (preds["accuracy"] <= preds["upper"]),
+                         width=preds["upper"] - preds["lower"])
+    # the evaluation uses the per-model selection as "selected"
+    sel_rows = []
+    for model, name in chosen.items():
+        part = preds[(preds["model"] == model) & (preds["estimator"] == name)].copy()
+        part["estimator"] = "selected"
+        sel_rows.append(part)
+    preds = pd.concat([preds, *sel_rows], ignore_index=True)
+    # held-out protocol for shift types and compositions; the all-calibration fit for clean and label prior
+    main = preds[((preds["protocol"] == "held_out_type") & (preds["group"] != "clean"))
+                 | ((preds["protocol"] == "all_calibration") & (preds["group"] == "clean"))]
+    mae = main.pivot_table(index="group", columns="estimator", values="err", aggfunc="mean")
+    overall = main.groupby("estimator").agg(mae=("err", "mean"), coverage=("covered", "mean"),
+                                            mean_width=("width", "mean"), n_windows=("err", "size"))
+    worst = mae.max().rename("worst_group_mae")
+    overall = overall.join(worst).sort_values("mae")
+    baselines = [n for n in overall.index if is_baseline(n)]
+    best_base = baselines[0]
+    comp_rows = []
+    for g, part in main.groupby("group"):
+        a = part[part["estimator"] == "selected"].set_index(["model", "window_id"])["err"]
+        b = part[part["estimator"] == best_base].set_index(["model", "window_id"])["err"].reindex(a.index)
+        mean, lo, hi = paired_difference(a.to_numpy(), b.to_numpy(), args.n_boot, args.seed)
+        comp_rows.append({"group": g, "n_windows": len(a), "selected_mae": float(a.mean()),
+                          f"{best_base}_mae": float(b.mean()), "difference": mean, "diff_lo": lo, "diff_hi": hi})
+    a = main[main["estimator"] == "selected"].set_index(["model", "window_id"])["err"]
+    b = main[main["estimator"] == best_base].set_index(["model", "window_id"])["err"].reindex(a.index)
+    mean, lo, hi = paired_difference(a.to_numpy(), b.to_numpy(), args.n_boot, args.seed)
+    comp_rows.append({"group": "**all**", "n_windows": len(a), "selected_mae": float(a.mean()),
+                      f"{best_base}_mae": float(b.mean()), "difference": mean, "diff_lo": lo, "diff_hi": hi})
+    comparison = pd.DataFrame(comp_rows)
+    shifted = main[~main["group"].isin(["clean"]) & ~main["group"].str.startswith("label_prior")]
+    sel = shifted[shifted["estimator"] == "selected"]
+    sel_all = main[main["estimator"] == "selected"]
+    per_group = sel.groupby("group")["err"].mean()
+    targets = pd.DataFrame([
+        {"target": "MAE over held-out shift types and compositions <= 0.03", "measured": sel["err"].mean(),
+         "met": sel["err"].mean() <= 0.03},
+        {"target": "no held-out shift type / composition MAE above 0.06", "measured": per_group.max(),
+         "met": per_group.max() <= 0.06},
+        {"target": f"never > 0.02 worse than the best baseline ({best_base}) on any group",
+         "measured": comparison["difference"].max(), "met": comparison["difference"].max() <= 0.02},
+        {"target": "90 % interval coverage in 0.85-0.95 (all test windows)", "measured": sel_all["covered"].mean(),
+         "met": 0.85 <= sel_all["covered"].mean() <= 0.95},
+        {"target": "mean interval width <= 0.20", "measured": sel_all["width"].mean(),
+         "met": sel_all["width"].mean() <= 0.20},
+    ])
+    per_model = main.groupby(["model", "estimator"]).agg(mae=("err", "mean"), coverage=("covered", "mean"),
+                                                         mean_width=("width", "mean")).reset_index()
+    return {"mae": mae, "overall": overall, "comparison": comparison, "targets": targets, "best_baseline": best_base,
+            "per_model": per_model, "preds": preds}
+
+
+def plot_estimates(path: Path, tables) -> None:
+    """Estimate vs true accuracy on the test windows (held-out protocol), one panel per estimator."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    preds = tables["preds"]
+    names = ["selected", tables["best_baseline"], "correctness_relevance", "regression_relevance"]
+    main = preds[((preds["protocol"] == "held_out_type") & (preds["group"] != "clean"))
+                 | ((preds["protocol"] == "all_calibration") & (preds["group"] == "clean"))]
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 4), sharex=True, sharey=True)
+    for ax, name in zip(axes, names, strict=True):
+        part = main[main["estimator"] == name]
+        for model, marker in zip(sorted(part["model"].unique()), "os", strict=False):
+            m = part[part["model"] == model]
+            ax.errorbar(m["accuracy"], m["estimate"], yerr=[m["estimate"] - m["lower"], m["upper"] - m["estimate"]],
+                        fmt=marker, ms=4, alpha=0.6, elinewidth=0.5, label=model)
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+        ax.set_title(f"{name}\nMAE {part['err'].mean():.3f}" if "err" in part else name)
+        ax.set_xlabel("true window accuracy")
+    axes[0].set_ylabel("estimate (90 % interval)")
+    axes[0].legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_docs(path: Path, args, tables, selections, relations, runtime: float, validation: pd.Series) -> None:
     from relmon.analysis.estimators import DEFAULT_ESTIMATOR
 
-    mae = loso.pivot(index="held_out", columns="estimator", values="mae")
-    order = list(_estimators())
-    mae = mae[order]
-    mean = mae.mean().rename("**mean**")
-    cov = loso.groupby("estimator")["coverage90"].mean()[order].rename("90 % interval coverage")
-    table = pd.concat([mae, mean.to_frame().T, cov.to_frame().T])
+    overall = tables["overall"]
+    mae = tables["mae"][list(overall.index)]
+    sel_lines = []
+    for model, sel in selections.items():
+        sel_lines += [f"**{model}** — chosen on the calibration's own LOSO validation: `{sel.chosen}`", "",
+                      markdown_table(sel.summary.head(8).rename_axis("estimator")), ""]
+    rel_names = [n for n in overall.index if "relevance" in n]
+    conf_names = [n for n in overall.index if n not in rel_names and n != "selected"]
+    best_rel, best_conf = rel_names[0], conf_names[0]
+    verdict = (f"best relevance-based estimator `{best_rel}` MAE {overall.loc[best_rel, 'mae']:.3f} vs best "
+               f"confidence-only `{best_conf}` {overall.loc[best_conf, 'mae']:.3f} (all test windows, both models).")
+    if overall.loc[best_rel, "mae"] < overall.loc[best_conf, "mae"] - 0.005:
+        verdict = "relevance features help here: " + verdict
+    else:
+        verdict = "relevance features do NOT measurably help here: " + verdict
     lines = [
-        "# Label-free accuracy estimators: evaluation",
+        "# Label-free accuracy estimators: independent evaluation",
         "",
-        "Generated by `scripts/evaluate_estimators.py" + (" --tiny" if args.tiny else "") + "` "
-        f"(runtime {runtime:.0f} s on {args.threads} CPU threads, of which {args.records_s:.0f} s for the records: "
-        f"{CACHE_STATS['computed']} record files computed, {CACHE_STATS['cached']} read from the Parquet cache). "
-        f"Model `{args.model}`, LRP "
-        f"(`lrp:epsilon_plus_flat`) plus the random order, region {args.region} x {args.region} px, "
-        f"L = {args.steps} steps, uniform perturbation, logit score. Pool: {args.pool} shipped test images "
-        f"(clean), {args.shift_pool} per shifted condition ({len(args.shifts)} shifts x severities "
-        f"{args.severities}). Windows of {args.window} images resampled (seeded, with replacement) from the "
-        f"records: {args.clean_windows} clean, and per shift/severity {len(args.proportions)} shifted proportions "
-        f"{list(args.proportions)} x {args.windows_per_condition}.",
+        "Generated by `python scripts/evaluate_estimators.py" + (" --tiny" if args.tiny else "") + "` "
+        f"(runtime {runtime:.0f} s on {args.threads} CPU thread(s), records {args.records_s:.0f} s of it; records "
+        f"cached under `{args.cache}`). Models {', '.join(f'`{m}`' for m in args.models)}; LRP "
+        f"(`lrp:epsilon_plus_flat`) plus the random order, **region {args.region} px, L = {args.steps} steps** "
+        f"(the settings `relmon calibrate` ships), uniform perturbation, logit score; LeRF run for "
+        f"{[m for m in args.models if m not in args.no_lerf_for and not args.no_lerf]} only.",
         "",
-        "## Leave-one-shift-type-out: mean absolute error of the accuracy estimate",
+        f"Data: Fashion-MNIST test set, **fit pool images {FIT_POOL[0]}-{FIT_POOL[1] - 1}, test pool "
+        f"{TEST_POOL[0]}-{TEST_POOL[1] - 1}** (disjoint). Windows of {args.window} distinct images. Calibration "
+        f"(fit pool): clean ({args.clean} images) + {len(args.shifts)} shift types x severities {list(FIT_SEVERITIES)} "
+        f"({args.per_condition} images each). Test (test pool): clean ({args.clean}), the same shift types at the "
+        f"**unseen severities {list(TEST_SEVERITIES)}**, compositions {['+'.join(c) for c in args.compositions]} "
+        "(severity 3 each), and label-prior windows (80 % of the images from the hard classes "
+        f"{list(HARD_CLASSES)} or the easy classes {list(EASY_CLASSES)}). Images are not resampled; an image of a "
+        "pool may appear under several conditions (different windows). **Natural shift: none found** — the "
+        "package registries hold no second source of Fashion-MNIST classes (sklearn's digits is another task).",
         "",
-        "Rows: held-out shift type (estimators fitted on clean + all other shift types; the confidence "
-        "baselines use the clean windows as their labelled source). Values: MAE in accuracy points (0..1).",
+        "Protocol: every shifted test window (shift types, compositions, label prior) is scored **held-out**: "
+        "every estimator is refitted on the calibration without the test window's shift type(s) (for a "
+        "composition both types; for label prior the calibration's label-prior windows of that kind, built "
+        "from the fit pool's clean images); clean windows by the estimators fitted on all calibration windows. `selected` = per model, the estimator that "
+        "`relmon.analysis.selection.select_estimator` chose on the calibration alone (never on test windows). "
+        "Intervals: 90 %, conformal from leave-one-shift-type-out residuals of the calibration plus the "
+        "window's sampling variance.",
         "",
-        markdown_table(table.rename_axis("held out")),
+        "## Targets (the selected estimator)",
         "",
-        f"**Verdict:** {verdict}",
+        markdown_table(tables["targets"], index=False),
         "",
-        f"Default estimator (`relmon.analysis.estimators.DEFAULT_ESTIMATOR`): `{DEFAULT_ESTIMATOR}`; "
-        f"best mean MAE in this run: `{default}`.",
+        f"**Verdict on relevance:** {verdict}",
         "",
-        "## Correlation with accuracy across shifted windows",
+        f"`DEFAULT_ESTIMATOR` (used where no calibration selected one): `{DEFAULT_ESTIMATOR}`. Validation ranking "
+        "of the single estimators (mean leave-one-shift-type-out MAE on the CALIBRATION windows of both models, "
+        "never the test windows): " + ", ".join(f"`{k}` {v:.3f}" for k, v in validation.head(6).items()) + ".",
         "",
-        "Pearson and Spearman over all windows, 95 % bootstrap CI (windows resampled). Read the raw AOPC "
-        "rows next to the random order's AOPC (`aopc_mean@random`): raw AOPC is in logit units and "
-        "carries the logit scale, which itself moves with accuracy; the scale-free `aopc_rel` and the gap "
-        "to random are the heatmap-quality part of the signal.",
+        "## Overall (test windows, both models)",
         "",
-        markdown_table(shift_corr, "+.3f", index=False),
+        markdown_table(overall.rename_axis("estimator")),
         "",
-        "## Checkpoint series (the paper's experiment)",
+        "## MAE per test group (rows) and estimator (columns)",
         "",
-        f"{ckpt_features.shape[0]} checkpoints of `{args.model}`, {args.checkpoint_images} images each; "
-        "accuracy = the checkpoint's test accuracy. 95 % bootstrap CI over images (resampled within "
-        "every checkpoint).",
+        markdown_table(mae.rename_axis("group")),
         "",
-        markdown_table(ckpt_corr, "+.3f", index=False),
+        f"## Selected vs the best baseline (`{tables['best_baseline']}`): paired difference of absolute errors",
         "",
-        markdown_table(ckpt_features, ".3f", index=False),
+        "Negative = the selected estimator is better. 95 % percentile bootstrap over the group's test windows "
+        "(both models); with 2-4 windows a group's interval is weak evidence.",
         "",
-        "## Drift alarm (KS per feature, Holm-corrected, alpha = 0.01)",
+        markdown_table(tables["comparison"], "+.3f", index=False),
         "",
-        f"False-alarm rate on {drift['n_clean']} clean windows: {drift['false_alarm_rate']:.3f}; "
-        f"alarm rate on shifted windows (proportion 1): {drift['detection_rate']:.3f}.",
+        "![estimate vs true accuracy](estimators_test_windows.png)",
         "",
-        "Plots: " + ", ".join(f"`{p}`" for p in plots),
+        "`estimators_test_windows.png`: estimate and 90 % interval vs the true accuracy of every test window.",
+        "",
+        "## Per model",
+        "",
+        markdown_table(tables["per_model"].pivot(index="estimator", columns="model", values="mae")
+                       .sort_values(args.models[0]).rename_axis("MAE")),
+        "",
+        "## Selection on the calibration (leave-one-shift-type-out, fit pool only)",
+        "",
+        *sel_lines,
+        "## Features vs correctness and window accuracy (test pool)",
+        "",
+        "AUROC of the per-sample feature for `correct` (0.5 = no relation; < 0.5 = inverse), 95 % bootstrap "
+        "over test windows; Spearman of the window mean with window accuracy over the test windows, 95 % "
+        "bootstrap over windows.",
+        "",
+        markdown_table(relations, "+.3f", index=False),
         "",
     ]
     path.write_text("\n".join(lines))
@@ -353,73 +505,38 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    CACHE_STATS.update(computed=0, cached=0)
-    cond = condition_records(args)
-    ckpt_records, ckpt_acc = checkpoint_records(args)
+    records = {m: model_records(m, args) for m in args.models}
     args.records_s = time.perf_counter() - t0
     if args.records_only:
-        return {"runtime_s": time.perf_counter() - t0}
-    from relmon.analysis.correlation import correlation_table, grouped_bootstrap_correlation, plot_correlation
-    from relmon.analysis.drift import false_alarm_rate, ks_drift
-    from relmon.analysis.features import sample_features, window_features
-
-    records, windows = build_windows(cond, args)
-    features = window_features(records)
-    loso = leave_one_shift_out(records, windows, features)
-
-    method = next(m for m in cond["clean"]["method"].unique() if m != RANDOM_METHOD)
-    corr_cols = [f"aopc_mean@{method}", f"aopc_rel_mean@{method}", f"aopc_minus_random_mean@{method}",
-                 f"entropy_bits_mean@{method}", f"png_bytes_mean@{method}", f"aopc_mean@{RANDOM_METHOD}",
-                 "confidence_mean", "softmax_entropy_mean", "margin_mean"]
-    shift_corr = correlation_table(features, corr_cols, n_boot=args.n_boot, seed=args.seed)
+        print(f"records in {args.records_s:.0f} s")
+        return {"runtime_s": args.records_s}
+    selections, frames, relations = {}, [], []
+    for m, rec in records.items():
+        test = pd.concat([rec["test"], label_prior_windows(rec["test"], args)], ignore_index=True)
+        fit = rec["fit"]
+        if not args.no_calibration_label_prior:  # the calibration sees label-prior shift too (fit pool)
+            fit = pd.concat([fit, label_prior_windows(fit, args, seed_offset=11)], ignore_index=True)
+        sel, preds = evaluate_model(m, fit, test, args)
+        selections[m] = sel
+        frames.append(preds)
+        relations.append(feature_relations(rec["test"], m, args.n_boot, args.seed))
+    tables = summarise(pd.concat(frames, ignore_index=True), {m: s.chosen for m, s in selections.items()}, args)
     docs = Path(args.docs)
     docs.mkdir(parents=True, exist_ok=True)
-    plots = []
-    plot_correlation(features, [*corr_cols[:4], f"aopc_mean@{RANDOM_METHOD}", "confidence_mean"],
-                     docs / "estimators_shift_correlation.png",
-                     title="Shifted windows: window features vs accuracy", hue=windows.set_index(
-                         "window_id")["shift"].reindex(features["window_id"]).to_numpy())
-    plots.append("estimators_shift_correlation.png")
-
-    ckpt_feat = window_features(ckpt_records)
-    ckpt_feat["accuracy"] = ckpt_feat["window_id"].map(ckpt_acc)
-    ckpt_corr = grouped_bootstrap_correlation(
-        ckpt_records, ckpt_acc,
-        ["aopc", "aopc_rel", "aopc_minus_random", "entropy_bits", f"aopc@{RANDOM_METHOD}", "confidence"],
-        method=method, n_boot=args.n_boot, seed=args.seed)
-    plot_correlation(ckpt_feat, [*corr_cols[:4], f"aopc_mean@{RANDOM_METHOD}", "confidence_mean"],
-                     docs / "estimators_checkpoint_correlation.png",
-                     title=f"Checkpoint series of {args.model}: window features vs test accuracy")
-    plots.append("estimators_checkpoint_correlation.png")
-
-    # drift alarm: reference = one clean window, clean windows = the other clean windows
-    wshift = records["window_id"].map(windows.set_index("window_id")["shift"])
-    clean = records[wshift == "clean"]
-    ref_id = clean["window_id"].iloc[0]
-    reference = clean[clean["window_id"] == ref_id]
-    far = false_alarm_rate(reference, clean[clean["window_id"] != ref_id])
-    full = windows[(windows["proportion"] == 1.0)]["window_id"]
-    shifted = records[records["window_id"].isin(set(full))]
-    ref_samples = sample_features(reference)
-    det = float(np.mean([ks_drift(ref_samples, w, method=method).alarm
-                         for _, w in sample_features(shifted).groupby("window_id")]))
-    drift = {"n_clean": clean["window_id"].nunique() - 1, "false_alarm_rate": far, "detection_rate": det}
-
-    mean_mae = loso.groupby("estimator")["mae"].mean()
-    best = str(mean_mae.idxmin())
-    verdict = make_verdict(loso)
+    validation = pd.concat([s.summary["mae"].rename(m) for m, s in selections.items()], axis=1)
+    validation = validation[~validation.index.str.startswith("median:")].mean(axis=1).sort_values()
     runtime = time.perf_counter() - t0
-    out = docs / "estimators.md"
-    write_table(out, args, loso, shift_corr, ckpt_corr, ckpt_feat[["window_id", "accuracy",
-                f"aopc_mean@{method}", f"aopc_mean@{RANDOM_METHOD}", f"aopc_minus_random_mean@{method}",
-                f"aopc_rel_mean@{method}", f"entropy_bits_mean@{method}", "confidence_mean"]],
-                drift, runtime, best, verdict, plots)
-    summary = {"table": str(out), "runtime_s": runtime, "records_s": args.records_s,
-               "record_files": dict(CACHE_STATS), "mean_mae": mean_mae.to_dict(), "best": best, "verdict": verdict, "checkpoint_correlation": ckpt_corr.to_dict("records"), "drift": drift}
-    (Path(args.out)).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / ("summary_tiny.json" if args.tiny else "summary.json")).write_text(
-        json.dumps(summary, indent=2, default=float))
-    print(out.read_text())
+    plot_estimates(docs / "estimators_test_windows.png", tables)
+    write_docs(docs / "estimators.md", args, tables, selections, pd.concat(relations, ignore_index=True), runtime,
+               validation)
+    Path(args.cache).mkdir(parents=True, exist_ok=True)
+    tables["preds"].to_csv(Path(args.cache) / ("predictions_tiny.csv" if args.tiny else "predictions.csv"), index=False)
+    print("mean LOSO validation MAE (calibration only), single estimators:", validation.round(3).to_dict())
+    summary = {"runtime_s": runtime, "chosen": {m: s.chosen for m, s in selections.items()},
+               "validation_mae": validation.to_dict(),
+               "overall_mae": tables["overall"]["mae"].to_dict(),
+               "targets": tables["targets"].to_dict("records"), "best_baseline": tables["best_baseline"]}
+    print((docs / "estimators.md").read_text())
     print(f"runtime {runtime:.1f} s")
     return summary
 

@@ -4,19 +4,32 @@ from relmon.analysis.correlation import correlation_table, grouped_bootstrap_cor
 from relmon.analysis.drift import DRIFT_FEATURES, DriftResult, adjust_p_values, false_alarm_rate, ks_drift
 from relmon.analysis.estimators import (
     ATC,
+    COT,
     DEFAULT_ESTIMATOR,
     ESTIMATORS,
     AverageConfidence,
+    CorrectnessEstimator,
     DoC,
     EstimatorMismatchError,
+    MedianOf,
+    NuclearNorm,
     RelevanceEstimator,
     load_estimator,
     make_estimator,
+    shift_type,
 )
 from relmon.analysis.features import feature_columns, sample_features, window_features
+from relmon.analysis.selection import SelectionResult, select_estimator
 
 __all__ = [
     "ATC",
+    "COT",
+    "CorrectnessEstimator",
+    "MedianOf",
+    "NuclearNorm",
+    "SelectionResult",
+    "select_estimator",
+    "shift_type",
     "DEFAULT_ESTIMATOR",
     "DRIFT_FEATURES",
     "ESTIMATORS",

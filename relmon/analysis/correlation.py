@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
+from scipy.stats import bootstrap, pearsonr, rankdata, spearmanr
 
 from relmon.analysis.features import CONFIDENCE_FEATURES, heatmap_methods, sample_features
 
@@ -63,7 +63,8 @@ def correlation_table(
     """Pearson/Spearman of every column of ``features`` with ``target`` across rows (windows).
 
     Returns one row per feature: ``feature, n, pearson, pearson_lo, pearson_hi, spearman, spearman_lo,
-    spearman_hi`` (percentile bootstrap over rows, ``n_boot`` resamples, seeded).
+    spearman_hi`` (``scipy.stats.pearsonr`` / ``spearmanr``; ``scipy.stats.bootstrap`` percentile interval,
+    paired resampling of rows, ``n_boot`` resamples, seeded).
     """
     missing = [c for c in (*columns, target) if c not in features.columns]
     if missing:
@@ -73,9 +74,23 @@ def correlation_table(
     for col in columns:
         d = features[[col, target]].astype(float).dropna()
         x, y = d[col].to_numpy(), d[target].to_numpy()
-        idx = rng.integers(0, len(d), size=(n_boot, len(d)))
-        rows.append(_row(col, len(d), x, y, x[idx], y[idx], level))
-    return pd.DataFrame(rows)
+        row = {"feature": col, "n": len(d)}
+        for name, fn in (("pearson", pearsonr), ("spearman", spearmanr)):
+            def stat(a, b, fn=fn):
+                if np.ptp(a) == 0 or np.ptp(b) == 0:
+                    return np.nan
+                return fn(a, b)[0]
+
+            row[name] = float(stat(x, y))
+            if len(d) >= 3 and np.isfinite(row[name]):
+                ci = bootstrap((x, y), stat, paired=True, vectorized=False, n_resamples=n_boot,
+                               confidence_level=level, method="percentile", random_state=rng).confidence_interval
+                row[f"{name}_lo"], row[f"{name}_hi"] = float(ci.low), float(ci.high)
+            else:
+                row[f"{name}_lo"] = row[f"{name}_hi"] = float("nan")
+        rows.append(row)
+    cols = ["feature", "n", "pearson", "pearson_lo", "pearson_hi", "spearman", "spearman_lo", "spearman_hi"]
+    return pd.DataFrame(rows, columns=cols)
 
 
 def _sample_column(feature: str, method: str) -> str:

@@ -6,51 +6,92 @@ Every estimator is fitted on **labelled** per-sample records (:mod:`relmon.recor
 - ``fit(records)`` → self;
 - ``predict(records)`` → DataFrame ``[window_id, estimate, lower, upper]`` (accuracy in ``[0, 1]``,
   ``lower``/``upper`` a two-sided interval at level ``interval``, 90 % by default);
-- ``score(records)`` → minus the mean absolute error against the windows' true accuracy.
+- ``score(records)`` → minus the mean absolute error against the windows' true accuracy (so
+  ``sklearn.model_selection.cross_val_score(est, records)`` works).
 
-Baselines (label-free accuracy estimators from the literature):
+**Shift types.** A window's shift type is the part of its ``window_id`` before the first ``/``
+(``clean``, ``gaussian_noise/3`` → ``gaussian_noise``; :func:`shift_type`).
 
-- :class:`AverageConfidence` — mean max-softmax confidence; with ``calibrate=True`` after isotonic
-  calibration of the confidence on the reference data (what NannyML's CBPE reduces to for multiclass
-  accuracy; one calibration map for the max-softmax, not one per class).
-- :class:`ATC` — average thresholded confidence (Garg et al. 2022).
+**Intervals** (``conformal=True``, the default): ``fit`` runs a leave-one-shift-type-out (LOSO) pass
+— for every shift type other than ``clean``, a copy is fitted without that type's windows and predicts
+them — and keeps the held-out residuals ``r_j = accuracy_j − estimate_j``. A window's interval is
+``estimate ± q · sqrt(v_w + τ²)``: ``v_w`` the window's sampling variance (Agresti–Coull: the
+binomial variance at ``(n·p + z²/2) / (n + z²)`` over ``n + z²``, never zero, so two images never give
+``[1.0, 1.0]``), ``τ²`` the between-shift bias variance (``mean(r²) − mean(v_j)``, at least 0) and ``q``
+the split-conformal quantile (rank ``⌈(m+1)·level⌉`` of ``m``) of ``|r_j| / sqrt(v_j + τ²)``. With
+fewer than two shift types (or ``conformal=False``) the interval is the sampling part alone
+(``q = z``, ``τ = 0``) and ``interval_kind_`` says ``"sampling"``.
+
+Estimators (named configurations in :data:`ESTIMATORS`):
+
+- :class:`AverageConfidence` — mean max-softmax; ``calibrate=True``: isotonic confidence → P(correct)
+  (what NannyML's CBPE reduces to for multiclass accuracy with one map for the max-softmax).
+- :class:`ATC` — average thresholded confidence (Garg et al., ICLR 2022).
 - :class:`DoC` — difference of confidences (Guillory et al. 2021).
+- :class:`COT` — confidence optimal transport (Lu et al., NeurIPS 2023), POT's exact solver.
+- :class:`NuclearNorm` — normalised nuclear norm of the prediction matrix (Deng et al. 2023), linear
+  in accuracy, fitted on the calibration windows.
+- :class:`CorrectnessEstimator` — a calibrated per-sample classifier of P(correct | features)
+  (logistic regression on standardised features + isotonic calibration, scikit-learn); window
+  estimate = mean P(correct). Feature sets ``confidence`` and ``confidence+relevance``.
+- :class:`RelevanceEstimator` — ridge regression of window accuracy on window features.
+- :class:`MedianOf` — median of the estimates of named member configurations (``median:a+b+c``).
 
-relmon's :class:`RelevanceEstimator` regresses window accuracy on window features
-(:func:`relmon.analysis.features.window_features`): feature sets ``relevance`` (AOPC / heatmap
-complexity only), ``confidence`` (confidence only, the like-for-like control) and
-``relevance+confidence``. Its interval comes from cross-validated residual quantiles on the
-calibration windows; the baselines' from the binomial (Poisson-binomial) variance of a window's
-accuracy given the estimate.
+The baselines take ``source="clean"`` ("as published": fitted on the clean source windows only) or
+``source="all"`` (pooled over every calibration window, the same labelled data as relmon's own).
 
-Estimators are saved as versioned JSON (:meth:`save` / :func:`load_estimator`), never pickle: the
-file names the estimator kind, its parameters, the model (name and version) it was fitted for and
-its feature list; loading it for another model, kind or feature set raises
+**Records carry the top-1 probability only** (``confidence``, ``margin``), not the softmax vector:
+:class:`COT` and :class:`NuclearNorm` rebuild each sample's probability vector as ``confidence`` on
+the predicted class and the rest spread evenly over the other classes. Their pseudo-label-shift
+term (predicted class frequencies vs the source label frequencies) is exact; the dispersion of the
+non-top classes is not seen.
+
+Estimators are saved as versioned JSON (:meth:`save` / :func:`load_estimator`), never pickle. Loading
+checks the format, the kind, the state's keys and that every number is finite, and raises
+``ValueError`` naming the file and the bad entry; a file for another model or feature set raises
 :class:`EstimatorMismatchError` naming both.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.special import expit
 from scipy.stats import norm
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, clone
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.impute import SimpleImputer
 from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
-from relmon.analysis.features import feature_columns, heatmap_methods, sample_features, window_features
+from relmon.analysis.features import (
+    feature_columns,
+    sample_feature_columns,
+    sample_features,
+    window_features_from_samples,
+)
 
 FORMAT = "relmon-estimator"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+CLEAN = "clean"
 
 
 class EstimatorMismatchError(ValueError):
     """An estimator (or its file) is used for another model, kind or feature set than it was made for."""
+
+
+def shift_type(window_id: str) -> str:
+    """The shift type of a window: the part of its id before the first ``/`` (``clean``, ``blur`` …)."""
+    return str(window_id).split("/", 1)[0]
 
 
 def _model_of(records: pd.DataFrame) -> tuple[str, str]:
@@ -68,11 +109,16 @@ def _model_of(records: pd.DataFrame) -> tuple[str, str]:
     return str(models[0]), ",".join(sorted(versions))
 
 
-def _pbinom_halfwidth(p: np.ndarray, n: np.ndarray, level: float, var: np.ndarray | None = None) -> np.ndarray:
-    """Normal half-width of a window accuracy with per-window ``var`` (default ``p (1 - p) / n``)."""
-    z = float(norm.ppf(0.5 + level / 2.0))
-    v = p * (1.0 - p) / np.maximum(n, 1) if var is None else var
-    return z * np.sqrt(np.maximum(v, 0.0))
+def _z(level: float) -> float:
+    return float(norm.ppf(0.5 + level / 2.0))
+
+
+def sampling_variance(estimate: np.ndarray, n: np.ndarray, level: float = 0.9) -> np.ndarray:
+    """Agresti–Coull variance of a window accuracy ``estimate`` over ``n`` samples (never zero)."""
+    z2 = _z(level) ** 2
+    n = np.maximum(np.asarray(n, dtype=float), 0.0)
+    p = (n * np.clip(np.asarray(estimate, dtype=float), 0.0, 1.0) + z2 / 2.0) / (n + z2)
+    return p * (1.0 - p) / (n + z2)
 
 
 def _result(window_id, estimate, lower, upper) -> pd.DataFrame:
@@ -85,17 +131,65 @@ def _result(window_id, estimate, lower, upper) -> pd.DataFrame:
     })
 
 
+class _Data:
+    """Per-sample features of some records (computed once), their window features on demand."""
+
+    def __init__(self, samples: pd.DataFrame):
+        self.samples = samples.reset_index(drop=True)
+        self._windows = None
+
+    @classmethod
+    def of(cls, records) -> _Data:
+        return records if isinstance(records, _Data) else cls(sample_features(records))
+
+    @property
+    def windows(self) -> pd.DataFrame:
+        if self._windows is None:
+            self._windows = window_features_from_samples(self.samples)
+        return self._windows
+
+    @property
+    def groups(self) -> pd.Series:
+        return self.samples["window_id"].map(shift_type)
+
+    def subset(self, mask) -> _Data:
+        out = _Data(self.samples[np.asarray(mask, dtype=bool)])
+        if self._windows is not None:  # window rows are per window: slice instead of recomputing
+            keep = self._windows["window_id"].isin(set(out.samples["window_id"]))
+            out._windows = self._windows[keep].reset_index(drop=True)
+        return out
+
+    def sizes(self) -> pd.Series:
+        return self.samples.groupby("window_id").size()
+
+
+def _check_finite(value, where: str) -> None:
+    """Raise ValueError if any number inside ``value`` (nested lists/dicts) is NaN or infinite."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{where}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where} is {value!r}; an estimator file must hold finite numbers "
+                         "(fix: re-run 'relmon calibrate')")
+
+
 class _WindowEstimator(BaseEstimator):
-    """Shared plumbing: model checks, score, JSON (de)serialisation."""
+    """Shared plumbing: model checks, LOSO conformal intervals, score, JSON (de)serialisation."""
 
     feature_set: str = "confidence"
+    #: keys the ``state`` of a saved file must hold
+    _STATE_KEYS: tuple[str, ...] = ()
 
     # -- subclasses ---------------------------------------------------------------------------------
 
     def _fit(self, records: pd.DataFrame) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _predict(self, records: pd.DataFrame) -> pd.DataFrame:  # pragma: no cover - abstract
+    def _point(self, records: pd.DataFrame) -> pd.Series:  # pragma: no cover - abstract
+        """Point estimate per window (Series indexed by window_id)."""
         raise NotImplementedError
 
     def _features(self) -> list[str]:
@@ -107,7 +201,19 @@ class _WindowEstimator(BaseEstimator):
     def _set_state(self, state: dict[str, Any]) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    # -- public API ---------------------------------------------------------------------------------
+    # -- fitting ------------------------------------------------------------------------------------
+
+    def _training_records(self, data: _Data) -> _Data:
+        """The samples a point fit uses: all, or the clean windows for ``source='clean'``."""
+        if getattr(self, "source", "all") == "all":
+            return data
+        if self.source != CLEAN:
+            raise ValueError(f"source must be 'all' or 'clean', got {self.source!r}")
+        clean = data.subset(data.groups == CLEAN)
+        if clean.samples.empty:
+            raise ValueError(f"{type(self).__name__}(source='clean') needs clean source windows (window ids "
+                             "'clean' or 'clean/...'); got none. Fix: include clean windows or use source='all'")
+        return clean
 
     def fit(self, records: pd.DataFrame, y=None):
         """Fit on labelled records (``correct`` not null) of one model; ``y`` is ignored (sklearn API)."""
@@ -116,9 +222,68 @@ class _WindowEstimator(BaseEstimator):
             raise ValueError("fit needs labelled records: the 'correct' column is all null")
         if not (0.0 < float(self.interval) < 1.0):
             raise ValueError(f"interval must be in (0, 1), got {self.interval!r}")
-        self._fit(records)
-        self.features_ = self._features()
+        data = _Data.of(records)
+        data = data.subset(data.samples["correct"].notna())
+        self._fit_point(data)
+        self._fit_interval(data)
         return self
+
+    def _fit_point(self, data: _Data) -> None:
+        self._fit(self._training_records(data))
+        self.features_ = self._features()
+
+    def loso_predictions(self, records) -> pd.DataFrame:
+        """Leave-one-shift-type-out predictions on labelled ``records``: for each shift type but
+        ``clean``, a copy (without conformal pass) fitted on the other windows predicts that type's
+        windows. Columns ``window_id, shift_type, estimate, accuracy, n``."""
+        data = _Data.of(records)
+        groups = data.groups
+        truth = data.windows.set_index("window_id")["accuracy"]
+        sizes = data.sizes()
+        rows = []
+        for g in sorted(set(groups) - {CLEAN}):
+            train, test = data.subset(groups != g), data.subset(groups == g)
+            try:
+                est = clone(self).set_params(conformal=False)
+                est._fit_point(train)
+            except ValueError:
+                continue  # e.g. too few windows left for a regression: no residual from this type
+            pred = est._point(test)
+            rows.append(pd.DataFrame({"window_id": pred.index, "shift_type": g, "estimate": pred.to_numpy(),
+                                      "accuracy": truth.reindex(pred.index).to_numpy(),
+                                      "n": sizes.reindex(pred.index).to_numpy()}))
+        cols = ["window_id", "shift_type", "estimate", "accuracy", "n"]
+        return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=cols)
+
+    def _fit_interval(self, records) -> None:
+        self.tau_, self.q_, self.n_residuals_, self.interval_kind_ = 0.0, _z(float(self.interval)), 0, "sampling"
+        if not getattr(self, "conformal", False):
+            return
+        loso = self.loso_predictions(records)
+        if loso["shift_type"].nunique() >= 2:
+            self.loso_ = loso
+            self.set_residuals(loso)
+
+    def set_residuals(self, loso: pd.DataFrame) -> _WindowEstimator:
+        """Calibrate the interval from held-out residuals (columns estimate, accuracy, n)."""
+        level = float(self.interval)
+        est = np.clip(loso["estimate"].to_numpy(dtype=float), 0, 1)
+        r = loso["accuracy"].to_numpy(dtype=float) - est
+        v = sampling_variance(est, loso["n"].to_numpy(dtype=float), level)
+        ok = np.isfinite(r) & np.isfinite(v)
+        r, v = r[ok], v[ok]
+        if len(r) < 2:
+            return self
+        tau2 = max(0.0, float(np.mean(r ** 2) - np.mean(v)))
+        scores = np.abs(r) / np.sqrt(v + tau2)
+        rank = min(1.0, math.ceil((len(r) + 1) * level) / len(r))
+        self.tau_ = math.sqrt(tau2)
+        self.q_ = float(np.quantile(scores, rank, method="higher"))
+        self.n_residuals_ = len(r)
+        self.interval_kind_ = "conformal-loso"
+        return self
+
+    # -- public API ---------------------------------------------------------------------------------
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
@@ -132,12 +297,18 @@ class _WindowEstimator(BaseEstimator):
             raise EstimatorMismatchError(
                 f"{type(self).__name__} was fitted for model {self.model_!r} (version {self.model_version_}) "
                 f"but got records of model {model!r}; fit or load an estimator for {model!r}")
-        return self._predict(records).sort_values("window_id", ignore_index=True)
+        data = _Data.of(records)
+        point = self._point(data).clip(0.0, 1.0)
+        n = data.sizes().reindex(point.index).to_numpy(dtype=float)
+        est = point.to_numpy(dtype=float)
+        half = self.q_ * np.sqrt(sampling_variance(est, n, float(self.interval)) + self.tau_ ** 2)
+        return _result(point.index, est, est - half, est + half).sort_values("window_id", ignore_index=True)
 
     def score(self, records: pd.DataFrame, y=None) -> float:
         """Minus the mean absolute error of the estimates against the windows' true accuracy."""
+        data = _Data.of(records)
         pred = self.predict(records).set_index("window_id")
-        truth = window_features(records).set_index("window_id")["accuracy"].reindex(pred.index)
+        truth = data.windows.set_index("window_id")["accuracy"].reindex(pred.index)
         if truth.isna().all():
             raise ValueError("score needs labelled records: no window has a known accuracy")
         return -float((pred["estimate"] - truth).abs().mean())
@@ -155,14 +326,18 @@ class _WindowEstimator(BaseEstimator):
             "model_version": self.model_version_,
             "feature_set": self.feature_set,
             "features": list(self.features_),
+            "interval": {"tau": self.tau_, "q": self.q_, "n_residuals": self.n_residuals_,
+                         "kind": self.interval_kind_},
             "state": self._state(),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the fitted estimator to ``path`` as JSON (parent folders created)."""
+        """Write the fitted estimator to ``path`` as JSON (parent folders created, atomic replace)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2))
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False))
+        os.replace(tmp, path)
         return path
 
     @classmethod
@@ -174,28 +349,34 @@ class _WindowEstimator(BaseEstimator):
         return est
 
 
-def _samples(records: pd.DataFrame) -> pd.DataFrame:
-    return sample_features(records)[["window_id", "sample_id", "confidence", "softmax_entropy", "margin",
-                                     "correct"]]
+# ------------------------------------------------------------------------------------------------------
+# confidence baselines
 
 
 class AverageConfidence(_WindowEstimator):
-    """Window accuracy ≈ mean max-softmax confidence (optionally isotonic-calibrated on reference data).
+    """Window accuracy ≈ mean max-softmax confidence (optionally isotonic-calibrated: CBPE-like).
 
     Parameters
     ----------
     calibrate:
-        Fit an isotonic map confidence → P(correct) on the labelled reference records (CBPE-like).
-    interval:
-        Level of the two-sided interval (Poisson-binomial variance ``Σ c_i (1 - c_i) / n²``).
+        Fit an isotonic map confidence → P(correct) on the labelled records (CBPE-like).
+    source:
+        ``"all"`` (pooled calibration windows) or ``"clean"`` (clean source windows only).
+    interval, conformal:
+        Interval level; LOSO conformal calibration of the interval (module docstring).
     """
 
-    def __init__(self, calibrate: bool = False, interval: float = 0.9):
+    _STATE_KEYS = ("x_thresholds", "y_thresholds")
+
+    def __init__(self, calibrate: bool = False, source: str = "all", interval: float = 0.9,
+                 conformal: bool = True):
         self.calibrate = calibrate
+        self.source = source
         self.interval = interval
+        self.conformal = conformal
 
     def _fit(self, records):
-        s = _samples(records).dropna(subset=["correct"])
+        s = records.samples.dropna(subset=["correct"])
         if self.calibrate:
             iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
             iso.fit(s["confidence"].to_numpy(), s["correct"].to_numpy())
@@ -209,14 +390,9 @@ class AverageConfidence(_WindowEstimator):
             return conf
         return np.interp(conf, np.asarray(self.x_thresholds_), np.asarray(self.y_thresholds_))
 
-    def _predict(self, records):
-        s = _samples(records)
-        s = s.assign(p=self._calibrated(s["confidence"].to_numpy()))
-        s["v"] = s["p"] * (1.0 - s["p"])
-        g = s.groupby("window_id")
-        est, n = g["p"].mean(), g.size()
-        half = _pbinom_halfwidth(est.to_numpy(), n.to_numpy(), self.interval, g["v"].sum().to_numpy() / n ** 2)
-        return _result(est.index, est, est - half, est + half)
+    def _point(self, records):
+        s = records.samples
+        return pd.Series(self._calibrated(s["confidence"].to_numpy()), index=s["window_id"]).groupby(level=0).mean()
 
     def _state(self):
         return {"x_thresholds": self.x_thresholds_, "y_thresholds": self.y_thresholds_}
@@ -228,34 +404,39 @@ class AverageConfidence(_WindowEstimator):
 class ATC(_WindowEstimator):
     """Average thresholded confidence (Garg et al., ICLR 2022).
 
-    On the labelled source records pick ``t`` so that the share of per-sample scores above ``t`` equals
-    the source accuracy; a window's estimate is its share of scores above ``t``.
+    On the labelled records pick ``t`` so that the share of per-sample scores above ``t`` equals their
+    accuracy; a window's estimate is its share of scores above ``t``.
 
     Parameters
     ----------
-    score:
+    signal:
         ``"confidence"`` (max softmax) or ``"negative_entropy"`` (minus the softmax entropy; Garg et al.'s
         better-performing variant).
-    interval:
-        Level of the binomial interval around the estimate.
+    source, interval, conformal:
+        As in :class:`AverageConfidence`.
     """
 
-    def __init__(self, score: str = "confidence", interval: float = 0.9):
-        self.score = score
+    _STATE_KEYS = ("threshold", "source_accuracy")
+
+    def __init__(self, signal: str = "confidence", source: str = "all", interval: float = 0.9,
+                 conformal: bool = True):
+        self.signal = signal
+        self.source = source
         self.interval = interval
+        self.conformal = conformal
 
     def _scores(self, s: pd.DataFrame) -> np.ndarray:
-        if self.score == "confidence":
+        if self.signal == "confidence":
             return s["confidence"].to_numpy(dtype=float)
-        if self.score == "negative_entropy":
+        if self.signal == "negative_entropy":
             return -s["softmax_entropy"].to_numpy(dtype=float)
-        raise ValueError(f"score must be 'confidence' or 'negative_entropy', got {self.score!r}")
+        raise ValueError(f"signal must be 'confidence' or 'negative_entropy', got {self.signal!r}")
 
     def _features(self):
-        return ["confidence"] if self.score == "confidence" else ["softmax_entropy"]
+        return ["confidence"] if self.signal == "confidence" else ["softmax_entropy"]
 
     def _fit(self, records):
-        s = _samples(records).dropna(subset=["correct"])
+        s = records.samples.dropna(subset=["correct"])
         scores = np.sort(self._scores(s))
         acc = float(s["correct"].mean())
         k = round((1.0 - acc) * len(scores))  # samples at or below t
@@ -263,13 +444,10 @@ class ATC(_WindowEstimator):
         # With k == 0 every score must lie above t.
         self.threshold_ = float(scores[k - 1]) if k > 0 else float(scores[0] - 1.0)
 
-    def _predict(self, records):
-        s = _samples(records)
-        s = s.assign(above=(self._scores(s) > self.threshold_).astype(float))
-        g = s.groupby("window_id")
-        est, n = g["above"].mean(), g.size()
-        half = _pbinom_halfwidth(est.to_numpy(), n.to_numpy(), self.interval)
-        return _result(est.index, est, est - half, est + half)
+    def _point(self, records):
+        s = records.samples
+        above = (self._scores(s) > self.threshold_).astype(float)
+        return pd.Series(above, index=s["window_id"]).groupby(level=0).mean()
 
     def _state(self):
         return {"threshold": self.threshold_, "source_accuracy": self.source_accuracy_}
@@ -281,19 +459,21 @@ class ATC(_WindowEstimator):
 class DoC(_WindowEstimator):
     """Difference of confidences (Guillory et al. 2021): ``acc_source + (mean conf_target − mean conf_source)``."""
 
-    def __init__(self, interval: float = 0.9):
+    _STATE_KEYS = ("source_accuracy", "source_confidence")
+
+    def __init__(self, source: str = "all", interval: float = 0.9, conformal: bool = True):
+        self.source = source
         self.interval = interval
+        self.conformal = conformal
 
     def _fit(self, records):
-        s = _samples(records).dropna(subset=["correct"])
+        s = records.samples.dropna(subset=["correct"])
         self.source_accuracy_ = float(s["correct"].mean())
         self.source_confidence_ = float(s["confidence"].mean())
 
-    def _predict(self, records):
-        g = _samples(records).groupby("window_id")
-        est = (self.source_accuracy_ + g["confidence"].mean() - self.source_confidence_).clip(0.0, 1.0)
-        half = _pbinom_halfwidth(est.to_numpy(), g.size().to_numpy(), self.interval)
-        return _result(est.index, est, est - half, est + half)
+    def _point(self, records):
+        g = records.samples.groupby("window_id")["confidence"].mean()
+        return self.source_accuracy_ + g - self.source_confidence_
 
     def _state(self):
         return {"source_accuracy": self.source_accuracy_, "source_confidence": self.source_confidence_}
@@ -302,8 +482,221 @@ class DoC(_WindowEstimator):
         self.source_accuracy_, self.source_confidence_ = state["source_accuracy"], state["source_confidence"]
 
 
+def _n_classes(records: pd.DataFrame) -> int:
+    top = int(records["pred"].max())
+    if "label" in records.columns and records["label"].notna().any():
+        top = max(top, int(records["label"].max()))
+    return top + 1
+
+
+def _probability_matrix(samples: pd.DataFrame, preds: np.ndarray, k: int) -> np.ndarray:
+    """``(n, k)``: ``confidence`` on the predicted class, the rest spread evenly (records keep top-1 only)."""
+    conf = samples["confidence"].to_numpy(dtype=float)
+    rest = (1.0 - conf) / max(k - 1, 1)
+    p = np.repeat(rest[:, None], k, axis=1)
+    p[np.arange(len(conf)), preds] = conf
+    return p
+
+
+class COT(_WindowEstimator):
+    """Confidence optimal transport (Lu et al., NeurIPS 2023).
+
+    Estimated error of a window = the optimal-transport cost (POT's exact ``ot.emd2``) between its
+    samples' probability vectors (uniform weights) and the source label distribution (one-hot vectors
+    ``e_y`` weighted by the labelled records' class frequencies), with ground cost ``‖p − e_y‖_∞``.
+    Estimate = 1 − cost. The only fitted quantity is the label distribution.
+    """
+
+    _STATE_KEYS = ("label_distribution",)
+
+    def __init__(self, source: str = "all", interval: float = 0.9, conformal: bool = True):
+        self.source = source
+        self.interval = interval
+        self.conformal = conformal
+
+    def _fit(self, records):
+        labels = records.samples["label"].dropna().astype(int).to_numpy()
+        k = _n_classes(records.samples)
+        self.label_distribution_ = (np.bincount(labels, minlength=k) / len(labels)).tolist()
+
+    def _point(self, records):
+        import ot
+
+        pi = np.asarray(self.label_distribution_, dtype=float)
+        k = len(pi)
+        s = records.samples
+        preds = s["pred"].to_numpy(dtype=int)
+        if preds.max() >= k:
+            raise ValueError(f"records predict class {int(preds.max())} but COT was fitted on {k} classes")
+        out = {}
+        for wid, idx in s.groupby("window_id").indices.items():
+            p = _probability_matrix(s.iloc[idx], preds[idx], k)
+            cost = np.abs(p[:, None, :] - np.eye(k)[None, :, :]).max(axis=2)  # (n, k): ‖p_i − e_y‖_∞
+            a = np.full(len(idx), 1.0 / len(idx))
+            out[wid] = 1.0 - float(ot.emd2(a, pi, cost))
+        return pd.Series(out).sort_index()
+
+    def _state(self):
+        return {"label_distribution": self.label_distribution_}
+
+    def _set_state(self, state):
+        self.label_distribution_ = list(state["label_distribution"])
+
+
+class NuclearNorm(_WindowEstimator):
+    """Nuclear-norm (confidence and dispersity) estimator (Deng et al., ICML 2023).
+
+    Window feature ``‖P‖_* / sqrt(n · min(n, K))`` of the ``(n, K)`` prediction matrix; accuracy is
+    linear in it, the line fitted (scikit-learn ``LinearRegression``) on the calibration windows (the
+    paper fits it on synthetically shifted sets, i.e. pooled).
+    """
+
+    _STATE_KEYS = ("n_classes", "coef", "intercept")
+
+    def __init__(self, source: str = "all", interval: float = 0.9, conformal: bool = True):
+        self.source = source
+        self.interval = interval
+        self.conformal = conformal
+
+    def _norms(self, records, k):
+        s = records.samples
+        preds = s["pred"].to_numpy(dtype=int)
+        out = {}
+        for wid, idx in s.groupby("window_id").indices.items():
+            p = _probability_matrix(s.iloc[idx], np.minimum(preds[idx], k - 1), k)
+            out[wid] = float(np.linalg.norm(p, ord="nuc") / math.sqrt(len(idx) * min(len(idx), k)))
+        return pd.Series(out).sort_index()
+
+    def _fit(self, records):
+        k = _n_classes(records.samples)
+        x = self._norms(records, k)
+        y = records.windows.set_index("window_id")["accuracy"].reindex(x.index)
+        if len(x) < 3 or float(np.ptp(y)) == 0.0:
+            raise ValueError(f"NuclearNorm needs at least 3 labelled windows of different accuracy, got {len(x)}")
+        reg = LinearRegression().fit(x.to_numpy()[:, None], y.to_numpy())
+        self.n_classes_, self.coef_, self.intercept_ = k, float(reg.coef_[0]), float(reg.intercept_)
+
+    def _point(self, records):
+        x = self._norms(records, self.n_classes_)
+        return self.intercept_ + self.coef_ * x
+
+    def _state(self):
+        return {"n_classes": self.n_classes_, "coef": self.coef_, "intercept": self.intercept_}
+
+    def _set_state(self, state):
+        self.n_classes_, self.coef_, self.intercept_ = int(state["n_classes"]), state["coef"], state["intercept"]
+
+
+# ------------------------------------------------------------------------------------------------------
+# relmon's estimators
+
+
+def _method_of(records: pd.DataFrame, method: str | None, needed: bool) -> str:
+    if method is not None:
+        return method
+    methods = heatmap_methods_from_features(records.samples)
+    if not methods and needed:
+        raise ValueError("records hold no heatmap method rows; relevance features need e.g. 'lrp' rows")
+    return methods[0] if methods else "none"
+
+
+class CorrectnessEstimator(_WindowEstimator):
+    """Calibrated per-sample classifier of P(correct | features); window estimate = mean P(correct).
+
+    scikit-learn parts: median imputation (features may be NaN, e.g. no ``random`` row) →
+    ``StandardScaler`` → ``LogisticRegression``, calibrated isotonically with ``CalibratedClassifierCV``
+    (``ensemble=False``: cross-validated predictions calibrate one model fitted on all samples).
+
+    Parameters
+    ----------
+    feature_set:
+        ``"confidence"`` (confidence, margin, softmax entropy, energy) or ``"confidence+relevance"``
+        (plus the scale-free relevance features of ``method``;
+        :func:`relmon.analysis.features.sample_feature_columns`).
+    method:
+        Heatmap method of the relevance features (``None``: the first of the training records).
+    C:
+        Inverse L2 penalty of the logistic regression.
+    interval, conformal:
+        As in :class:`AverageConfidence`.
+    """
+
+    _STATE_KEYS = ("method", "columns", "impute", "mean", "scale", "coef", "intercept", "x_thresholds",
+                   "y_thresholds")
+
+    def __init__(self, feature_set: str = "confidence", method: str | None = None, C: float = 1.0,
+                 interval: float = 0.9, conformal: bool = True):
+        self.feature_set = feature_set
+        self.method = method
+        self.C = C
+        self.interval = interval
+        self.conformal = conformal
+
+    def _features(self):
+        return list(self.columns_)
+
+    def _matrix(self, s: pd.DataFrame) -> np.ndarray:
+        missing = [c for c in self.columns_ if c not in s.columns]
+        if missing:
+            raise EstimatorMismatchError(
+                f"feature set {self.feature_set!r} (method {self.method_!r}) needs per-sample features "
+                f"{missing[:4]}, absent from these records; fix: score with method {self.method_!r}")
+        return s[self.columns_].to_numpy(dtype=float)
+
+    def _fit(self, records):
+        self.method_ = _method_of(records, self.method, needed=self.feature_set != "confidence")
+        self.columns_ = sample_feature_columns(self.feature_set, self.method_)
+        s = records.samples.dropna(subset=["correct"])
+        x, y = self._matrix(s), s["correct"].to_numpy(dtype=int)
+        if len(np.unique(y)) < 2:
+            raise ValueError("CorrectnessEstimator needs both correct and wrong samples in the labelled records")
+        base = make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler(),
+                             LogisticRegression(C=float(self.C), max_iter=1000))
+        cv = int(min(3, np.bincount(y).min()))
+        if cv >= 2:
+            cal = CalibratedClassifierCV(base, method="isotonic", cv=cv, ensemble=False).fit(x, y)
+            pair = cal.calibrated_classifiers_[0]
+            fitted, iso = pair.estimator, pair.calibrators[0]
+            xt, yt = iso.X_thresholds_.tolist(), iso.y_thresholds_.tolist()
+        else:  # too few wrong (or right) samples to cross-validate: the logistic model's own probabilities
+            fitted = base.fit(x, y)
+            grid = np.linspace(-30.0, 30.0, 601)
+            xt, yt = grid.tolist(), expit(grid).tolist()
+        imp, scaler, lr = fitted[0], fitted[1], fitted[2]
+        stats = np.where(np.isfinite(imp.statistics_), imp.statistics_, 0.0)
+        self.impute_, self.mean_, self.scale_ = stats.tolist(), scaler.mean_.tolist(), scaler.scale_.tolist()
+        self.coef_, self.intercept_ = lr.coef_[0].tolist(), float(lr.intercept_[0])
+        self.x_thresholds_, self.y_thresholds_ = xt, yt
+
+    def predict_proba_correct(self, records: pd.DataFrame) -> pd.DataFrame:
+        """Per sample: ``window_id, sample_id, p_correct`` (calibrated)."""
+        s = records.samples
+        x = self._matrix(s)
+        x = np.where(np.isfinite(x), x, np.asarray(self.impute_)[None, :])
+        z = ((x - np.asarray(self.mean_)) / np.asarray(self.scale_)) @ np.asarray(self.coef_) + self.intercept_
+        # CalibratedClassifierCV calibrates the decision function (the logit z), not expit(z).
+        p = np.interp(z, np.asarray(self.x_thresholds_), np.asarray(self.y_thresholds_))
+        return pd.DataFrame({"window_id": s["window_id"], "sample_id": s["sample_id"], "p_correct": p})
+
+    def _point(self, records):
+        return self.predict_proba_correct(records).groupby("window_id")["p_correct"].mean()
+
+    def _state(self):
+        return {"method": self.method_, "columns": self.columns_, "impute": self.impute_, "mean": self.mean_,
+                "scale": self.scale_, "coef": self.coef_, "intercept": self.intercept_,
+                "x_thresholds": self.x_thresholds_, "y_thresholds": self.y_thresholds_}
+
+    def _set_state(self, state):
+        self.method_, self.columns_ = state["method"], list(state["columns"])
+        self.impute_, self.mean_, self.scale_ = state["impute"], state["mean"], state["scale"]
+        self.coef_, self.intercept_ = state["coef"], state["intercept"]
+        self.x_thresholds_, self.y_thresholds_ = state["x_thresholds"], state["y_thresholds"]
+        if not (len(self.columns_) == len(self.impute_) == len(self.mean_) == len(self.scale_) == len(self.coef_)):
+            raise ValueError("state lengths of columns/impute/mean/scale/coef differ")
+
+
 class RelevanceEstimator(_WindowEstimator):
-    """Ridge regression of window accuracy on window features (standardised), with residual intervals.
+    """Ridge regression (scikit-learn ``StandardScaler`` + ``Ridge``) of window accuracy on window features.
 
     Parameters
     ----------
@@ -312,48 +705,25 @@ class RelevanceEstimator(_WindowEstimator):
         10/50/90 % quantiles), ``"confidence"`` (max-softmax, softmax entropy, margin statistics) or
         ``"relevance+confidence"``. See :func:`relmon.analysis.features.feature_columns`.
     method:
-        Heatmap method whose features are used; ``None`` = the only (first, sorted) heatmap method of
-        the training records.
+        Heatmap method whose features are used; ``None`` = the first heatmap method of the records.
     alpha:
         Ridge penalty on the standardised features.
-    interval:
-        Level of the interval: estimate + the ``(1 ± interval) / 2`` quantiles of ``cv``-fold
-        cross-validated residuals on the calibration windows.
-    cv, seed:
-        Folds and seed of the residual cross-validation (windows shuffled).
+    interval, conformal:
+        As in :class:`AverageConfidence`.
     """
 
+    _STATE_KEYS = ("method", "columns", "coef", "intercept", "mean")
+
     def __init__(self, feature_set: str = "relevance+confidence", method: str | None = None, alpha: float = 1.0,
-                 interval: float = 0.9, cv: int = 5, seed: int = 0):
+                 interval: float = 0.9, conformal: bool = True):
         self.feature_set = feature_set
         self.method = method
         self.alpha = alpha
         self.interval = interval
-        self.cv = cv
-        self.seed = seed
-
-    def _columns(self, records: pd.DataFrame) -> list[str]:
-        method = self.method
-        if method is None:
-            methods = heatmap_methods(records)
-            if not methods and self.feature_set != "confidence":
-                raise ValueError("records hold no heatmap method rows; relevance features need e.g. 'lrp' rows")
-            method = methods[0] if methods else "none"
-        self.method_ = method
-        return feature_columns(self.feature_set, method)
+        self.conformal = conformal
 
     def _features(self):
         return list(self.columns_)
-
-    @staticmethod
-    def _ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
-        mu = x.mean(axis=0)
-        sd = x.std(axis=0)
-        sd = np.where(sd > 1e-12, sd, 1.0)
-        z = (x - mu) / sd
-        y0 = y.mean()
-        coef = np.linalg.solve(z.T @ z + alpha * np.eye(z.shape[1]), z.T @ (y - y0))
-        return coef, float(y0), mu, sd
 
     def _matrix(self, feats: pd.DataFrame) -> np.ndarray:
         missing = [c for c in self.columns_ if c not in feats.columns]
@@ -364,14 +734,12 @@ class RelevanceEstimator(_WindowEstimator):
                 f"(their heatmap methods: {heatmap_methods_from_features(feats)})")
         x = feats[self.columns_].to_numpy(dtype=float)
         # A window where a feature is undefined everywhere (e.g. aopc_rel NaN) falls back to the mean.
-        bad = ~np.isfinite(x)
-        if bad.any():
-            x = np.where(bad, np.asarray(self.mean_)[None, :], x)
-        return x
+        return np.where(np.isfinite(x), x, np.asarray(self.mean_)[None, :])
 
     def _fit(self, records):
-        self.columns_ = self._columns(records)
-        feats = window_features(records).dropna(subset=["accuracy"])
+        self.method_ = _method_of(records, self.method, needed=self.feature_set != "confidence")
+        self.columns_ = feature_columns(self.feature_set, self.method_)
+        feats = records.windows.dropna(subset=["accuracy"])
         if len(feats) < 3:
             raise ValueError(f"RelevanceEstimator needs at least 3 labelled windows, got {len(feats)}")
         missing = [c for c in self.columns_ if c not in feats.columns]
@@ -379,45 +747,79 @@ class RelevanceEstimator(_WindowEstimator):
             raise ValueError(f"training records lack window features {missing[:4]} of feature set "
                              f"{self.feature_set!r}")
         x = feats[self.columns_].to_numpy(dtype=float)
-        col_mean = np.nanmean(np.where(np.isfinite(x), x, np.nan), axis=0)
+        finite = np.where(np.isfinite(x), x, np.nan)
+        col_mean = np.nanmean(finite, axis=0) if np.isfinite(finite).any(axis=0).all() else np.nan_to_num(
+            np.nanmean(np.where(np.isfinite(finite), finite, 0.0), axis=0))
         self.mean_ = np.nan_to_num(col_mean).tolist()
         x = self._matrix(feats)
         y = feats["accuracy"].to_numpy(dtype=float)
-        coef, y0, mu, sd = self._ridge(x, y, float(self.alpha))
-        self.coef_, self.intercept_ = (coef / sd).tolist(), float(y0 - (coef / sd) @ mu)
-        # Cross-validated residuals for the interval (in-sample when there are too few windows).
-        resid = y - self._linear(x)
-        folds = int(self.cv)
-        if folds >= 2 and len(y) >= 2 * folds:
-            order = np.random.default_rng(self.seed).permutation(len(y))
-            resid = np.empty(len(y))
-            for f in range(folds):
-                test = order[f::folds]
-                train = np.setdiff1d(order, test)
-                c, b0, m, s = self._ridge(x[train], y[train], float(self.alpha))
-                resid[test] = y[test] - (b0 + ((x[test] - m) / s) @ c)
-        lo, hi = (1.0 - float(self.interval)) / 2.0, (1.0 + float(self.interval)) / 2.0
-        self.residual_quantiles_ = [float(np.quantile(resid, lo)), float(np.quantile(resid, hi))]
+        pipe = make_pipeline(StandardScaler(), Ridge(alpha=float(self.alpha))).fit(x, y)
+        scaler, ridge = pipe[0], pipe[1]
+        coef = ridge.coef_ / scaler.scale_
+        self.coef_ = coef.tolist()
+        self.intercept_ = float(ridge.intercept_ - coef @ scaler.mean_)
         self.n_windows_ = len(y)
 
-    def _linear(self, x: np.ndarray) -> np.ndarray:
-        return self.intercept_ + x @ np.asarray(self.coef_)
-
-    def _predict(self, records):
-        feats = window_features(records)
-        est = np.clip(self._linear(self._matrix(feats)), 0.0, 1.0)
-        lo, hi = self.residual_quantiles_
-        return _result(feats["window_id"], est, est + lo, est + hi)
+    def _point(self, records):
+        feats = records.windows
+        est = self.intercept_ + self._matrix(feats) @ np.asarray(self.coef_)
+        return pd.Series(est, index=feats["window_id"].to_numpy())
 
     def _state(self):
         return {"method": self.method_, "columns": self.columns_, "coef": self.coef_,
-                "intercept": self.intercept_, "mean": self.mean_,
-                "residual_quantiles": self.residual_quantiles_, "n_windows": self.n_windows_}
+                "intercept": self.intercept_, "mean": self.mean_, "n_windows": self.n_windows_}
 
     def _set_state(self, state):
         self.method_, self.columns_ = state["method"], list(state["columns"])
         self.coef_, self.intercept_, self.mean_ = state["coef"], state["intercept"], state["mean"]
-        self.residual_quantiles_, self.n_windows_ = state["residual_quantiles"], state["n_windows"]
+        self.n_windows_ = state.get("n_windows")
+        if not (len(self.columns_) == len(self.coef_) == len(self.mean_)):
+            raise ValueError("state lengths of columns/coef/mean differ")
+
+
+class MedianOf(_WindowEstimator):
+    """Median of the point estimates of named member configurations (a robust combination).
+
+    Parameters
+    ----------
+    members:
+        Names of :data:`ESTIMATORS` (at least one), e.g. ``("atc", "cbpe_isotonic", "cot")``.
+    interval, conformal:
+        As in :class:`AverageConfidence`; the interval is calibrated on the median's own LOSO residuals.
+    """
+
+    _STATE_KEYS = ("members",)
+
+    def __init__(self, members: Sequence[str] = ("atc", "cbpe_isotonic", "doc"), interval: float = 0.9,
+                 conformal: bool = True):
+        self.members = members
+        self.interval = interval
+        self.conformal = conformal
+
+    def _fit(self, records):
+        names = list(self.members)
+        if not names:
+            raise ValueError("MedianOf needs at least one member estimator name")
+        self.members_ = []
+        for n in names:
+            member = make_estimator(n).set_params(conformal=False)
+            member.model_ = getattr(self, "model_", "")
+            member.model_version_ = getattr(self, "model_version_", "")
+            member._fit_point(records)
+            member.n_residuals_, member.tau_, member.q_, member.interval_kind_ = 0, 0.0, _z(member.interval), "sampling"
+            self.members_.append(member)
+
+    def _features(self):
+        return sorted({f for m in self.members_ for f in m.features_})
+
+    def _point(self, records):
+        return pd.concat([m._point(records) for m in self.members_], axis=1).median(axis=1)
+
+    def _state(self):
+        return {"members": [m.to_dict() for m in self.members_]}
+
+    def _set_state(self, state):
+        self.members_ = [_from_dict(d, "member") for d in state["members"]]
 
 
 def heatmap_methods_from_features(feats: pd.DataFrame) -> list[str]:
@@ -428,32 +830,105 @@ KINDS: dict[str, type[_WindowEstimator]] = {
     "AverageConfidence": AverageConfidence,
     "ATC": ATC,
     "DoC": DoC,
+    "COT": COT,
+    "NuclearNorm": NuclearNorm,
+    "CorrectnessEstimator": CorrectnessEstimator,
     "RelevanceEstimator": RelevanceEstimator,
+    "MedianOf": MedianOf,
 }
 
-#: Named estimator configurations (the rows of docs/estimators.md).
+#: Named estimator configurations (the rows of docs/estimators.md). ``*_source``: the baseline as
+#: published, fitted on the clean source windows only; the others use every calibration window.
 ESTIMATORS: dict[str, tuple[str, dict[str, Any]]] = {
     "average_confidence": ("AverageConfidence", {"calibrate": False}),
     "cbpe_isotonic": ("AverageConfidence", {"calibrate": True}),
-    "atc": ("ATC", {"score": "confidence"}),
-    "atc_neg_entropy": ("ATC", {"score": "negative_entropy"}),
+    "cbpe_isotonic_source": ("AverageConfidence", {"calibrate": True, "source": "clean"}),
+    "atc": ("ATC", {"signal": "confidence"}),
+    "atc_source": ("ATC", {"signal": "confidence", "source": "clean"}),
+    "atc_neg_entropy": ("ATC", {"signal": "negative_entropy"}),
+    "atc_neg_entropy_source": ("ATC", {"signal": "negative_entropy", "source": "clean"}),
     "doc": ("DoC", {}),
+    "doc_source": ("DoC", {"source": "clean"}),
+    "cot": ("COT", {}),
+    "cot_source": ("COT", {"source": "clean"}),
+    "nuclear_norm": ("NuclearNorm", {}),
+    "correctness_confidence": ("CorrectnessEstimator", {"feature_set": "confidence"}),
+    "correctness_relevance": ("CorrectnessEstimator", {"feature_set": "confidence+relevance"}),
     "regression_confidence": ("RelevanceEstimator", {"feature_set": "confidence"}),
     "regression_relevance": ("RelevanceEstimator", {"feature_set": "relevance"}),
     "regression_relevance_confidence": ("RelevanceEstimator", {"feature_set": "relevance+confidence"}),
 }
 
-#: The estimator with the lowest mean leave-one-shift-type-out MAE in docs/estimators.md
-#: (scripts/evaluate_estimators.py, default settings).
-DEFAULT_ESTIMATOR = "regression_relevance"
+#: Used where no calibration chose one (``relmon.analysis.selection.select_estimator`` picks per
+#: calibration): the single estimator with the lowest leave-one-shift-type-out MAE on the CALIBRATION
+#: windows of both embedded models (validation, never the test windows) in docs/estimators.md.
+DEFAULT_ESTIMATOR = "atc"
+
+MEDIAN_PREFIX = "median:"
 
 
 def make_estimator(name: str = DEFAULT_ESTIMATOR) -> _WindowEstimator:
-    """A fresh (unfitted) estimator of the named configuration (keys of :data:`ESTIMATORS`)."""
+    """A fresh (unfitted) estimator of the named configuration: a key of :data:`ESTIMATORS` or
+    ``median:<name>+<name>+...`` (the median of those configurations, :class:`MedianOf`)."""
+    if isinstance(name, str) and name.startswith(MEDIAN_PREFIX):
+        members = tuple(name[len(MEDIAN_PREFIX):].split("+"))
+        unknown = [m for m in members if m not in ESTIMATORS]
+        if unknown or not members:
+            raise ValueError(f"unknown member(s) {unknown} in {name!r}; members must be among {list(ESTIMATORS)}")
+        return MedianOf(members=list(members))
     if name not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {name!r}; choose one of {list(ESTIMATORS)}")
+        raise ValueError(f"unknown estimator {name!r}; choose one of {list(ESTIMATORS)} or 'median:a+b+c'")
     kind, params = ESTIMATORS[name]
     return KINDS[kind](**params)
+
+
+def _from_dict(data: Any, where: str) -> _WindowEstimator:
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        got = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{where} is not a relmon estimator file (format {got!r}, expected {FORMAT!r})")
+    version = data.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+        raise ValueError(f"{where} has format_version {version!r}; this relmon reads versions 1..{FORMAT_VERSION}")
+    kind = data.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"{where} holds unknown estimator kind {kind!r}; known: {list(KINDS)}")
+    required = ["params", "model", "model_version", "feature_set", "features", "state"]
+    missing = [k for k in required if k not in data]
+    cls = KINDS[kind]
+    state = data.get("state")
+    if not missing and isinstance(state, dict):
+        missing = [f"state.{k}" for k in cls._STATE_KEYS if k not in state]
+    elif not missing:
+        missing = ["state (a mapping)"]
+    if missing:
+        raise ValueError(f"{where} lacks {missing}; fix: re-run 'relmon calibrate' to rewrite it")
+    _check_finite(data.get("state"), f"{where}: state")
+    _check_finite(data.get("interval", {}), f"{where}: interval")
+    params = dict(data["params"]) if isinstance(data["params"], dict) else data["params"]
+    if version == 1 and isinstance(params, dict):  # format 1: ATC's `score` is now `signal`; no CV params
+        if kind == "ATC" and "score" in params:
+            params["signal"] = params.pop("score")
+        if kind == "RelevanceEstimator":
+            params.pop("cv", None)
+            params.pop("seed", None)
+    try:
+        est = cls(**params)
+    except TypeError as err:
+        raise ValueError(f"{where}: parameters {params} do not fit {kind}: {err}") from err
+    est.model_, est.model_version_ = data["model"], data["model_version"]
+    est.features_ = list(data["features"])
+    interval = data.get("interval") or {}
+    est.tau_ = float(interval.get("tau", 0.0))
+    est.q_ = float(interval.get("q", _z(float(est.interval))))
+    est.n_residuals_ = int(interval.get("n_residuals", 0))
+    est.interval_kind_ = str(interval.get("kind", "sampling"))
+    if est.tau_ < 0 or est.q_ <= 0:
+        raise ValueError(f"{where}: interval tau {est.tau_} / q {est.q_} out of range (tau >= 0, q > 0)")
+    try:
+        est._set_state(state)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{where}: state does not fit {kind}: {err}") from err
+    return est
 
 
 def load_estimator(path: str | os.PathLike, model: str | None = None,
@@ -462,49 +937,40 @@ def load_estimator(path: str | os.PathLike, model: str | None = None,
 
     ``model`` / ``feature_set``: what the caller is going to use it for; a file made for another model
     (name) or feature set raises :class:`EstimatorMismatchError` naming both. Unknown formats,
-    versions or kinds raise ``ValueError``.
+    versions or kinds, missing keys and non-finite numbers raise ``ValueError`` naming the file.
     """
     path = Path(path)
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not a relmon estimator file (not JSON: {err})") from err
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a relmon estimator file (format {data.get('format')!r} "
-                         f"if a dict, expected {FORMAT!r})" if isinstance(data, dict) else
-                         f"{path} is not a relmon estimator file")
-    version = data.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
-        raise ValueError(f"{path} has format_version {version!r}; this relmon reads versions 1..{FORMAT_VERSION}")
-    kind = data.get("kind")
-    if kind not in KINDS:
-        raise ValueError(f"{path} holds unknown estimator kind {kind!r}; known: {list(KINDS)}")
-    if model is not None and data["model"] != model:
-        raise EstimatorMismatchError(
-            f"{path} was fitted for model {data['model']!r} (version {data['model_version']}), "
-            f"not for model {model!r}")
-    if feature_set is not None and data["feature_set"] != feature_set:
-        raise EstimatorMismatchError(
-            f"{path} uses feature set {data['feature_set']!r} ({len(data['features'])} features), "
-            f"not feature set {feature_set!r}")
-    est = KINDS[kind](**data["params"])
-    est.model_, est.model_version_ = data["model"], data["model_version"]
-    est.features_ = list(data["features"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        est._set_state(data["state"])
-    return est
+    if isinstance(data, dict) and data.get("format") == FORMAT:
+        if model is not None and data.get("model") != model:
+            raise EstimatorMismatchError(
+                f"{path} was fitted for model {data.get('model')!r} (version {data.get('model_version')}), "
+                f"not for model {model!r}")
+        if feature_set is not None and data.get("feature_set") != feature_set:
+            raise EstimatorMismatchError(
+                f"{path} uses feature set {data.get('feature_set')!r} ({len(data.get('features', []))} features), "
+                f"not feature set {feature_set!r}")
+    return _from_dict(data, str(path))
 
 
 __all__ = [
     "ATC",
+    "COT",
     "DEFAULT_ESTIMATOR",
     "ESTIMATORS",
     "FORMAT_VERSION",
     "AverageConfidence",
+    "CorrectnessEstimator",
     "DoC",
     "EstimatorMismatchError",
+    "MedianOf",
+    "NuclearNorm",
     "RelevanceEstimator",
     "load_estimator",
     "make_estimator",
+    "sampling_variance",
+    "shift_type",
 ]

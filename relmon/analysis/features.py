@@ -9,17 +9,36 @@ Column names:
   (the sample's AOPC minus its random-order AOPC), ``entropy_bits_<stat>@m``, ``png_bytes_<stat>@m``;
   for the random order: ``aopc_<stat>@random``, ``aopc_rel_<stat>@random``.
 
+Per-sample features (:func:`sample_features`, one row per sample) that do not carry the logit scale,
+beside the confidence signals (``confidence``, ``margin``, ``softmax_entropy`` and ``energy`` =
+``log(confidence) - score0`` = minus the logsumexp of the logits, valid for the default logit score):
+
+- ``aopc_rel@m`` = AOPC / score0; ``gap_rel@m`` = (AOPC − random-order AOPC) / score0;
+- ``early_rel@m`` = AOPC of the early MoRF curve (``aopc_early``: about 16 % of the image perturbed)
+  / score0 and ``early_gap_rel@m`` = (early AOPC − early random AOPC) / score0;
+- ``lerf_contrast@m`` = ABPC / score0 (LeRF/MoRF contrast; NaN unless LeRF was run);
+- ``entropy_bits@m``, ``gini@m`` (heatmap entropy and sparsity).
+
+Every ratio is NaN where ``score0 <= 0`` and wherever an input is missing (e.g. no ``random`` row for
+a sample when only a fraction of samples get the random order): estimators must tolerate NaN.
+
 ``<stat>`` is ``mean``, ``q10``, ``q50`` or ``q90``. Units: AOPC in score units (logits by default),
 ``aopc_rel`` unitless, entropy in bits, sizes in bytes, confidences as probabilities.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from relmon.records import RANDOM_METHOD
 
 HEATMAP_FEATURES: tuple[str, ...] = ("aopc", "aopc_rel", "aopc_minus_random", "entropy_bits", "png_bytes")
+#: Per-sample features of a heatmap method ``m`` (``<name>@m``) that are free of the logit scale.
+SCALE_FREE_FEATURES: tuple[str, ...] = ("aopc_rel", "gap_rel", "early_rel", "early_gap_rel", "lerf_contrast",
+                                        "entropy_bits", "gini")
+#: Per-sample confidence signals (``energy`` is in logit units, the others are probabilities / nats).
+SAMPLE_CONFIDENCE_FEATURES: tuple[str, ...] = ("confidence", "margin", "softmax_entropy", "energy")
 RANDOM_FEATURES: tuple[str, ...] = ("aopc", "aopc_rel")
 CONFIDENCE_FEATURES: tuple[str, ...] = ("confidence", "softmax_entropy", "margin")
 STATS: tuple[str, ...] = ("mean", "q10", "q50", "q90")
@@ -46,12 +65,24 @@ def sample_features(records: pd.DataFrame) -> pd.DataFrame:
     per method the per-sample features ``<feature>@<method>`` (see the module docstring)."""
     _require(records, [*_KEYS, "method", "aopc", "aopc_rel", "entropy_bits", "png_bytes", "correct",
                        *CONFIDENCE_FEATURES])
-    base = records.drop_duplicates(_KEYS)[[*_KEYS, *CONFIDENCE_FEATURES, "correct"]].copy()
+    optional = [c for c in ("aopc_early", "abpc", "gini") if c in records.columns]
+    base_cols = [*_KEYS, *CONFIDENCE_FEATURES, "correct"] + [c for c in ("score0", "pred", "label")
+                                                             if c in records.columns]
+    base = records.drop_duplicates(_KEYS)[base_cols].copy()
     base["correct"] = base["correct"].astype("Float64").astype("float64")
     for c in CONFIDENCE_FEATURES:
         base[c] = base[c].astype("float64")
-    values = records[[*_KEYS, "method", "aopc", "aopc_rel", "entropy_bits", "png_bytes"]].copy()
-    for c in ("aopc", "aopc_rel", "entropy_bits", "png_bytes"):
+    if "label" in base.columns:
+        base["label"] = base["label"].astype("Float64").astype("float64")
+    if "score0" in base.columns:
+        with np.errstate(divide="ignore"):
+            base["energy"] = np.log(base["confidence"].to_numpy(dtype=float)) - base["score0"].astype("float64")
+        base = base.drop(columns="score0")
+    value_cols = ["aopc", "aopc_rel", "entropy_bits", "png_bytes", *optional]
+    if "score0" in records.columns:
+        value_cols.append("score0")
+    values = records[[*_KEYS, "method", *value_cols]].copy()
+    for c in value_cols:
         values[c] = values[c].astype("Float64").astype("float64")
     if values.duplicated([*_KEYS, "method"]).any():
         raise ValueError("records hold more than one row per (window_id, sample_id, method)")
@@ -59,11 +90,25 @@ def sample_features(records: pd.DataFrame) -> pd.DataFrame:
     methods = heatmap_methods(records)
     cols = {}
     has_random = RANDOM_METHOD in wide.columns.get_level_values("method")
+    nan = pd.Series(np.nan, index=wide.index)
+
+    def get(f, m):
+        return wide[(f, m)] if (f, m) in wide.columns else nan
+
     for m in methods:
         for f in ("aopc", "aopc_rel", "entropy_bits", "png_bytes"):
             cols[f"{f}@{m}"] = wide[(f, m)]
         if has_random:
             cols[f"aopc_minus_random@{m}"] = wide[("aopc", m)] - wide[("aopc", RANDOM_METHOD)]
+        if "score0" in value_cols:
+            s0 = get("score0", m)
+            s0 = s0.where(s0 > 0)  # ratios undefined where the explained score is not positive
+            cols[f"gap_rel@{m}"] = (get("aopc", m) - get("aopc", RANDOM_METHOD)) / s0
+            cols[f"early_rel@{m}"] = get("aopc_early", m) / s0
+            cols[f"early_gap_rel@{m}"] = (get("aopc_early", m) - get("aopc_early", RANDOM_METHOD)) / s0
+            cols[f"lerf_contrast@{m}"] = get("abpc", m) / s0
+        if "gini" in value_cols:
+            cols[f"gini@{m}"] = get("gini", m)
     if has_random:
         for f in RANDOM_FEATURES:
             cols[f"{f}@{RANDOM_METHOD}"] = wide[(f, RANDOM_METHOD)]
@@ -77,8 +122,12 @@ def window_features(records: pd.DataFrame) -> pd.DataFrame:
     ``records`` is a records frame (:mod:`relmon.records`), any number of windows and methods. Rows are
     sorted by ``window_id``.
     """
-    samples = sample_features(records)
-    value_cols = [c for c in samples.columns if c not in (*_KEYS, "correct")]
+    return window_features_from_samples(sample_features(records))
+
+
+def window_features_from_samples(samples: pd.DataFrame) -> pd.DataFrame:
+    """:func:`window_features` from a :func:`sample_features` frame (saves recomputing it)."""
+    value_cols = [c for c in samples.columns if c not in (*_KEYS, "correct", "pred", "label")]
     g = samples.groupby("window_id", sort=True)
     parts = [
         g.size().rename("n"),
@@ -114,9 +163,27 @@ def feature_columns(feature_set: str, method: str) -> list[str]:
     return sets[feature_set]
 
 
+def sample_feature_columns(feature_set: str, method: str) -> list[str]:
+    """Per-sample feature columns (of :func:`sample_features`) of a named per-sample feature set.
+
+    ``confidence``: confidence, margin, softmax entropy, energy; ``relevance``: the scale-free heatmap
+    features of ``method`` (:data:`SCALE_FREE_FEATURES`); ``confidence+relevance``: both.
+    """
+    conf = list(SAMPLE_CONFIDENCE_FEATURES)
+    rel = [f"{f}@{method}" for f in SCALE_FREE_FEATURES]
+    sets = {"confidence": conf, "relevance": rel, "confidence+relevance": conf + rel}
+    if feature_set not in sets:
+        raise ValueError(f"unknown per-sample feature_set {feature_set!r}; choose one of {list(sets)}")
+    return sets[feature_set]
+
+
 __all__ = [
     "CONFIDENCE_FEATURES",
     "HEATMAP_FEATURES",
+    "SAMPLE_CONFIDENCE_FEATURES",
+    "SCALE_FREE_FEATURES",
+    "sample_feature_columns",
+    "window_features_from_samples",
     "RANDOM_FEATURES",
     "STATS",
     "feature_columns",

@@ -48,6 +48,16 @@ ESTIMATOR_LABELS: tuple[str, ...] = (
     "regression_confidence",
     "regression_relevance",
     "regression_relevance_confidence",
+    # issue 10: per-sample correctness models, COT, nuclear norm, baselines fitted on clean windows only
+    "cbpe_isotonic_source",
+    "atc_source",
+    "atc_neg_entropy_source",
+    "doc_source",
+    "cot",
+    "cot_source",
+    "nuclear_norm",
+    "correctness_confidence",
+    "correctness_relevance",
 )
 #: ``feature`` label values: relmon.analysis.drift.DRIFT_FEATURES.
 DRIFT_FEATURE_LABELS: tuple[str, ...] = (

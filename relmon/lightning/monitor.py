@@ -183,6 +183,21 @@ class MeanCI(Metric):
                 "nan_count": int(self.nan_count)}
 
 
+EARLY_FRACTION = 0.16
+
+
+def early_steps(size: tuple[int, int], region: int, num_steps: int, fraction: float = EARLY_FRACTION) -> int:
+    """Steps ``k`` (1..L) after which about ``fraction`` of an image of ``size`` (H, W) is perturbed."""
+    n_regions = math.ceil(size[0] / region) * math.ceil(size[1] / region)
+    return int(min(max(round(fraction * n_regions), 1), num_steps))
+
+
+def early_aopc(result, k: int) -> torch.Tensor:
+    """``(B,)`` AOPC of the first ``k`` steps: ``1/(k+1) sum_{j<=k} (f(x^(0)) - f(x^(j)))`` (score units)."""
+    curves = result.curves[:, : k + 1].to(torch.float64)
+    return (result.score0.to(torch.float64)[:, None] - curves).mean(dim=1)
+
+
 def _quantile(confidence: float, dof: int) -> float:
     try:
         from scipy.stats import t
@@ -494,8 +509,12 @@ class RelevanceMonitor(pl.LightningModule):
             label=labels if labels is not None else torch.full((x.shape[0],), -1, dtype=torch.long),
         )
         parts = []
+        # Early part of each curve (~16 % of the image perturbed, the paper's protocol): scale-free
+        # features for the label-free accuracy estimators (relmon.analysis.features).
+        early = early_steps(tuple(x.shape[-2:]), self.region, rnd.num_steps)
         for method, morf, ev, comp in frames:
             parts.append(make_records(
+                aopc_early=early_aopc(morf, early),
                 **common, method=method, score0=morf.score0, aopc=morf.aopc, aopc_rel=morf.aopc_rel,
                 aopc_lerf=ev.aopc_lerf if self.lerf else None, abpc=ev.abpc if self.lerf else None,
                 entropy_bits=comp["entropy_bits"], png_bytes=comp["png_bytes"],
@@ -504,7 +523,7 @@ class RelevanceMonitor(pl.LightningModule):
         if rnd is not None:
             sub = {k: _take(v, subset) for k, v in common.items()}
             parts.append(make_records(**sub, method=RANDOM_METHOD, score0=rnd.score0, aopc=rnd.aopc,
-                                      aopc_rel=rnd.aopc_rel))
+                                      aopc_rel=rnd.aopc_rel, aopc_early=early_aopc(rnd, early)))
         frame = pd.concat(parts, ignore_index=True)
         if self.keep_heatmaps:
             frame.attrs["heatmaps"] = heatmaps
