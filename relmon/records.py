@@ -90,7 +90,7 @@ _PANDAS_DTYPES = {
     "run_id": "string", "run_time": "Float64",
 }
 # Columns added after the first schema: files without them are read with the column null.
-_ADDED_COLUMNS = ("run_id", "run_time")
+_ADDED_COLUMNS = ("aopc_early", "run_id", "run_time")
 TMP_SUFFIX = ".tmp"
 
 

@@ -58,6 +58,7 @@ ESTIMATOR_LABELS: tuple[str, ...] = (
     "nuclear_norm",
     "correctness_confidence",
     "correctness_relevance",
+    "median_of_best3",
 )
 #: ``feature`` label values: relmon.analysis.drift.DRIFT_FEATURES.
 DRIFT_FEATURE_LABELS: tuple[str, ...] = (

@@ -18,8 +18,10 @@ import os
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from relmon.config import ConfigError, MonitorConfig
 from relmon.jobs.calibration import (
@@ -118,7 +120,6 @@ def calibrate_model(model, data, cfg: MonitorConfig, out: str | os.PathLike | No
     import torch
 
     import relmon
-    from relmon.analysis import make_estimator
     from relmon.data.shifts import apply_shift
     from relmon.data.streams import TensorStream
     from relmon.models import get_preprocessing, model_info
@@ -162,7 +163,7 @@ def calibrate_model(model, data, cfg: MonitorConfig, out: str | os.PathLike | No
     records, _, _ = score_stream(cfg, model, stream, progress=progress)
     names = {f"calibration:{i * n}": name for i, (name, _, _) in enumerate(windows)}
     records["window_id"] = records["window_id"].map(names)
-    estimators = {name: make_estimator(name).fit(records) for name in cfg.estimators}
+    estimators, default, validation = fit_and_select(records, cfg.estimators)
     settings = {key: getattr(cfg, key) for key in SETTINGS_KEYS}
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
     meta = {
@@ -184,6 +185,8 @@ def calibrate_model(model, data, cfg: MonitorConfig, out: str | os.PathLike | No
         "n_per_window": int(n),
         "windows_reuse_images": reused,
         "window_images": used,
+        "default_estimator": default,
+        "validation": validation,
         "window_accuracy": {
             k: float(v)
             for k, v in records.drop_duplicates(["window_id", "sample_id"])
@@ -214,3 +217,50 @@ def calibrate(cfg: MonitorConfig, out: str | os.PathLike, progress: bool = False
     data = resolve_labelled_data(cfg)
     model = load_job_model(cfg)
     return calibrate_model(model, data, cfg, out, progress=progress)
+
+
+#: Name (and metric label) under which a "median of the best three" default is stored.
+MEDIAN_LABEL = "median_of_best3"
+
+
+def _json_safe(value):
+    """``value`` with NaN/inf floats as None and numpy scalars as Python ones (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def fit_and_select(records: pd.DataFrame, candidates) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """Fit ``candidates`` on the calibration records and choose the default by leave-one-shift-type-out
+    validation on these same (labelled, calibration) windows — :func:`relmon.analysis.selection.select_estimator`.
+
+    Returns (name → fitted estimator, the default's name, the validation table as JSON-ready dict).
+    A median-of-best-three default is stored as :data:`MEDIAN_LABEL` (its members in the table).
+    With fewer than two shift types there is nothing to validate on: every candidate is fitted and the
+    first one is the default (``validation["chosen_by"]`` says so).
+    """
+    from relmon.analysis import make_estimator
+    from relmon.analysis.estimators import MEDIAN_PREFIX
+    from relmon.analysis.selection import select_estimator
+
+    shift_types = {str(w).split("/", 1)[0] for w in records["window_id"].unique()} - {"clean"}
+    if len(shift_types) < 2:
+        fitted = {name: make_estimator(name).fit(records) for name in candidates}
+        return fitted, list(candidates)[0], {"chosen_by": "first candidate (fewer than 2 shift types)"}
+    sel = select_estimator(records, candidates=list(candidates))
+    fitted = {(MEDIAN_LABEL if n.startswith(MEDIAN_PREFIX) else n): est for n, est in sel.fitted.items()}
+    default = MEDIAN_LABEL if sel.chosen.startswith(MEDIAN_PREFIX) else sel.chosen
+    validation = {
+        "chosen_by": "lowest mean absolute error over held-out shift types (leave-one-shift-type-out)",
+        "chosen": sel.chosen,
+        "summary": _json_safe(sel.summary.reset_index(names="estimator").to_dict(orient="records")),
+        "per_shift_type": _json_safe(sel.table.to_dict(orient="records")),
+        "errors": dict(sel.errors),
+    }
+    return fitted, default, validation

@@ -59,6 +59,7 @@ class MonitorSummary:
     calibration: str | None = None
     calibration_timestamp: float | None = None
     calibration_version_mismatch: bool = False
+    default_estimator: str | None = None  # the estimator of the headline estimate (chosen by calibration)
     outputs: dict[str, Any] = field(default_factory=dict)
 
     def table(self) -> str:
@@ -77,7 +78,8 @@ class MonitorSummary:
             )
         lines.append(f"\n{'estimator':<34} {'accuracy':>8} {'interval':>17}")
         for name, (est, lo, hi) in self.estimates.items():
-            lines.append(f"{name:<34} {est:8.3f} [{lo:6.3f}, {hi:6.3f}]")
+            mark = "  <- headline (default)" if name == self.default_estimator else ""
+            lines.append(f"{name:<34} {est:8.3f} [{lo:6.3f}, {hi:6.3f}]{mark}")
         if self.accuracy is not None:
             lines.append(f"{'(true accuracy, labels known)':<34} {self.accuracy:8.3f}")
         lines.append(f"mean confidence {self.confidence:.3f}")
@@ -253,6 +255,7 @@ class MonitorJob:
             calibration=str(self.calibration.path) if self.calibration else None,
             calibration_timestamp=self.calibration.timestamp if self.calibration else None,
             calibration_version_mismatch=self.version_mismatch,
+            default_estimator=self.default_estimator,
         )
         return result, records
 
