@@ -38,9 +38,10 @@ from relmon.models import FASHION_MNIST_PREPROCESSING, MissingPreprocessingError
 from relmon.perturbation import region_perturbation
 from relmon.records import RECORD_COLUMNS, RECORD_SCHEMA, make_records, validate_records
 
-SETTINGS = dict(region=7, steps=16)
+SETTINGS = dict(region=7, steps=16, methods=("lrp",))
 LRP = "lrp:epsilon_plus_flat"
 LRP_KEY = "lrp_epsilon_plus_flat"  # the method id as a log key (TensorBoard rewrites ':')
+DEFAULT_KEY = "lrp_epsilon_0_01"  # the callback's default method as a log key
 HERE = Path(__file__).parent
 
 
@@ -347,24 +348,24 @@ def test_callback_on_lightning_module_with_torchmetrics_children(tmp_path, layou
     trainer.fit(module, loader, loader)
 
     keys = set(callback.log_keys())
-    assert keys == {f"relmon/{w}/{LRP_KEY}" for w in ("aopc", "aopc_minus_random", "entropy")} | {"relmon/n"}
+    assert keys == {f"relmon/{w}/{DEFAULT_KEY}" for w in ("aopc", "aopc_minus_random", "entropy")} | {"relmon/n"}
     csv = pd.read_csv(Path(loggers[0].log_dir) / "metrics.csv")
     assert {c for c in csv.columns if c.startswith("relmon/")} == keys
     assert {t for t in _tensorboard_tags(loggers[1].log_dir) if t.startswith("relmon/")} == keys
     assert "train_acc" in csv.columns and "val_acc" in csv.columns  # the module's own metrics still log
 
-    # defaults on 28x28: region 4 (7x7 grid), L = round(49 / 3) = 16, stride 4
-    assert (callback.region_used, callback.steps_used) == (4, 16)
+    # defaults on 28x28: region 4 (7x7 grid), L = round(0.16 * 49) = 8, stride 2
+    assert (callback.region_used, callback.steps_used) == (4, 8)
     plain = relmon.attach_preprocessing(module.classifier().eval(), FASHION_MNIST_PREPROCESSING)
-    expl = relmon.explain_full(plain, x[:12], "lrp")
+    expl = relmon.explain_full(plain, x[:12], "lrp:epsilon_0_01")
     heat = relmon.to_heatmap(expl.relevance, expl.method)
-    kw = dict(region=4, steps=16, step_stride=4, seed=1, sample_ids=list(range(12)), target=expl.target)
+    kw = dict(region=4, steps=8, step_stride=2, seed=1, sample_ids=list(range(12)), target=expl.target)
     morf = region_perturbation(plain, x[:12], heat, order="morf", **kw)
     rnd = region_perturbation(plain, x[:12], heat, order="random", **kw)
-    row = csv.dropna(subset=[f"relmon/aopc/{LRP_KEY}"]).iloc[-1]
+    row = csv.dropna(subset=[f"relmon/aopc/{DEFAULT_KEY}"]).iloc[-1]
     assert row["relmon/n"] == 12
-    assert row[f"relmon/aopc/{LRP_KEY}"] == pytest.approx(float(morf.aopc.double().mean()), abs=1e-4)
-    assert row[f"relmon/aopc_minus_random/{LRP_KEY}"] == pytest.approx(
+    assert row[f"relmon/aopc/{DEFAULT_KEY}"] == pytest.approx(float(morf.aopc.double().mean()), abs=1e-4)
+    assert row[f"relmon/aopc_minus_random/{DEFAULT_KEY}"] == pytest.approx(
         float((morf.aopc - rnd.aopc).double().mean()), abs=1e-4)
 
 

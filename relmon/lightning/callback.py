@@ -20,7 +20,7 @@ rewrite those characters themselves, so the same keys reach CSV and TensorBoard 
 Cost per validated epoch: ``max_samples`` LRP passes (one forward + one backward each) plus
 ``max_samples × 2 × (ceil(L / step_stride) + 1)`` forwards (MoRF and random order, step 0 included),
 batched. The defaults — ``max_samples`` = 1 % of the validation set, between 8 and 64, a 7 × 7
-region grid, L = a third of the regions = 16, step stride 4 — are ``max_samples × 10`` forwards
+region grid, L = 16 % of the regions = 8 (the paper's protocol), step stride 2 — are ``max_samples × 10`` forwards
 whatever the image size, so the added time is a fixed share of a validation epoch;
 ``benchmarks/bench_lightning.py`` measures the ratio to a plain validation epoch
 (``benchmarks/RESULTS.md``).
@@ -76,7 +76,7 @@ from relmon.perturbation import (
 #: Attributes searched, in this order, for the classifier when ``model_attr`` is not given.
 CLASSIFIER_ATTRIBUTES = ("model", "net", "classifier")
 #: Default share of the regions perturbed (L = round(fraction × regions)) when ``steps`` is not given.
-DEFAULT_FRACTION = 1.0 / 3.0
+DEFAULT_FRACTION = 0.16  # the paper's protocol: ~16 % of the image (L = 8 of 49 regions)
 #: Default region grid side: ``region = ceil(min(H, W) / GRID)`` when ``region`` is not given.
 DEFAULT_GRID = 7
 #: ``max_samples=None``: this share of the validation set, clipped to [AUTO_MIN_SAMPLES, AUTO_MAX_SAMPLES]
@@ -163,7 +163,9 @@ class HeatmapQualityCallback(pl.Callback):
     Parameters
     ----------
     methods:
-        Heatmap methods (bare ``lrp`` = the default composite).
+        Heatmap methods (bare ``lrp`` = the default composite). Default ``lrp:epsilon_0_01``: at the
+        paper's protocol it was the LRP variant above sensitivity on both embedded models (README,
+        "The paper's comparison").
     every_n_epochs:
         Run after validation epochs ``n - 1, 2n - 1, ...`` (every epoch for 1).
     max_samples:
@@ -178,11 +180,11 @@ class HeatmapQualityCallback(pl.Callback):
     steps, fraction:
         ``L``, the perturbation steps, given directly (``steps``) or as the share of the regions
         perturbed (``fraction`` in ``(0, 1]``, L = max(1, round(fraction × regions))); give at most
-        one; default ``fraction = 1/3``. ``steps`` above the number of regions is a ``ValueError``
+        one; default ``fraction = 0.16`` (the paper's ≈ 16 %). ``steps`` above the number of regions is a ``ValueError``
         before training (never silently capped).
     step_stride:
         Evaluate every ``step_stride``-th step and interpolate the rest (trapezoid rule, see
-        :func:`relmon.perturbation.region_perturbation`); default 4. 1 is exact.
+        :func:`relmon.perturbation.region_perturbation`); default 2. 1 is exact.
     perturbation, score, seed, max_batch_bytes:
         Region perturbation settings (see :func:`relmon.perturbation.region_perturbation`).
     model_attr:
@@ -203,13 +205,13 @@ class HeatmapQualityCallback(pl.Callback):
 
     def __init__(
         self,
-        methods: Sequence[str] = ("lrp",),
+        methods: Sequence[str] = ("lrp:epsilon_0_01",),
         every_n_epochs: int = 1,
         max_samples: int | None = None,
         region: int | None = None,
         steps: int | None = None,
         fraction: float | None = None,
-        step_stride: int = 4,
+        step_stride: int = 2,
         perturbation: str = "uniform",
         score: str = "logit",
         seed: int = 0,
