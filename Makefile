@@ -12,9 +12,9 @@ setup:
 # $(CALIBRATION)), then monitor one unlabelled, noise-shifted window and export its metrics; and the
 # heatmap grid of every method.
 demo: setup
-	@test -f $(CALIBRATION)/calibration.json || $(RELMON) calibrate --out $(CALIBRATION)
+	@test -f $(CALIBRATION)/calibration.json || $(RELMON) calibrate --out $(CALIBRATION) --calibration-n 80
 	$(RELMON) monitor --config deploy/relmon.example.yaml --calibration $(CALIBRATION) \
-		--textfile $(OUT)/relmon.prom --records $(OUT)/records.parquet
+		--textfile $(OUT)/relmon.prom --records $(OUT)/records
 	$(RELMON) demo --n 128 --out $(OUT)
 
 test: setup
