@@ -63,7 +63,7 @@ def main(out_dir: str, n: int, devices: int) -> None:
     model = load_embedded("fmnist_cnn")
     stream = fashion_mnist_stream(use_sample=True, n=n)
     strategy = "ddp" if devices > 1 else "auto"
-    callback = HeatmapQualityCallback(max_samples=n + 10, **SETTINGS)
+    callback = HeatmapQualityCallback(methods=("lrp",), max_samples=n + 10, **SETTINGS)
     trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy=strategy, logger=False,
                          enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[RecordWriter(os.path.join(out_dir, "records")), callback])

@@ -38,7 +38,7 @@ from relmon.models import FASHION_MNIST_PREPROCESSING, MissingPreprocessingError
 from relmon.perturbation import region_perturbation
 from relmon.records import RECORD_COLUMNS, RECORD_SCHEMA, make_records, validate_records
 
-SETTINGS = dict(region=7, steps=16, methods=("lrp",))
+SETTINGS = dict(region=7, steps=16)
 LRP = "lrp:epsilon_plus_flat"
 LRP_KEY = "lrp_epsilon_plus_flat"  # the method id as a log key (TensorBoard rewrites ':')
 DEFAULT_KEY = "lrp_epsilon_0_01"  # the callback's default method as a log key
@@ -226,7 +226,7 @@ def test_callback_logs_functional_values_and_restores_model(tmp_path):
     y = torch.tensor([stream[i]["label"] for i in range(32)])
     loader = DataLoader(TensorDataset(x, y), batch_size=8)
     module = _Classifier(model.train())
-    callback = HeatmapQualityCallback(max_samples=20, seed=2, step_stride=1, **SETTINGS)
+    callback = HeatmapQualityCallback(methods=("lrp",), max_samples=20, seed=2, step_stride=1, **SETTINGS)
     trainer = _trainer(max_epochs=1, limit_train_batches=1, num_sanity_val_steps=0, enable_checkpointing=False,
                        logger=CSVLogger(tmp_path, name="run"), callbacks=[callback])
     trainer.fit(module, loader, loader)
