@@ -142,7 +142,9 @@ def test_label_sets_are_closed_and_match_the_code_that_produces_them():
 
     methods = {canonical_method(m) for m in relmon.available_methods() if m != "random"} | {"random"}
     assert set(METHOD_LABELS) == methods
-    assert set(ESTIMATOR_LABELS) == set(ESTIMATORS)
+    from relmon.jobs.calibrate import MEDIAN_LABEL
+
+    assert set(ESTIMATOR_LABELS) == set(ESTIMATORS) | {MEDIAN_LABEL}  # + a calibration's median-of-best-3
     assert tuple(DRIFT_FEATURE_LABELS) == tuple(DRIFT_FEATURES)
     assert tuple(INPUT_ERROR_REASONS) == tuple(STREAM_REASONS)
     m = RelmonMetrics("m", "v", "s")
@@ -292,7 +294,7 @@ def test_config_errors_name_the_field_and_the_fix(tmp_path):
 
 def test_example_config_loads_and_flags_override(tmp_path):
     cfg = load_config(ROOT / "deploy" / "relmon.example.yaml")
-    assert cfg.http_port == 9108 and cfg.methods == ("lrp",)
+    assert cfg.http_port == 9108 and cfg.methods == ("lrp:epsilon_0_01",) == type(cfg)().methods  # the shipped default
     parser = argparse.ArgumentParser()
     parser.add_argument("--config")
     add_config_flags(parser)
@@ -318,7 +320,7 @@ def test_example_config_loads_and_flags_override(tmp_path):
     cfg = config_from_args(args)
     assert cfg.shift is None
     assert cfg.region == 7 and cfg.methods == ("lrp", "sensitivity") and cfg.watch is True
-    assert cfg.steps == 49  # from the file
+    assert cfg.steps == 8  # from the file
     assert MonitorConfig().with_overrides({"http_port": "0"}).http_port == 0
 
 
@@ -429,7 +431,7 @@ def test_cli_push_failure_exits_4_and_keeps_the_summary(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert rc == 4
     assert "could not push to the Pushgateway" in err
-    assert "lrp:epsilon_plus_flat" in out and "average_confidence" in out  # the summary is not lost
+    assert "lrp:epsilon_0_01" in out and "average_confidence" in out  # the summary is not lost
     assert "relmon_aopc{" in prom.read_text()  # the textfile was written before the push
 
 

@@ -108,16 +108,18 @@ def _window_key(records: pd.DataFrame) -> pd.Series:
 
 
 def _window_time(records: pd.DataFrame, key: pd.Series) -> pd.Series:
+    """A window's time: its records' ``run_time`` where a job wrote them, else the file's modification
+    time (records written outside a job have a null ``run_time``)."""
+    t = pd.Series(pd.NaT, index=records.index, dtype="datetime64[ns, UTC]")
     if "run_time" in records.columns:
-        t = records["run_time"]
-        if pd.api.types.is_numeric_dtype(t):
-            t = pd.to_datetime(t.astype(float), unit="s", utc=True)
+        run = records["run_time"]
+        if pd.api.types.is_numeric_dtype(run):
+            run = pd.to_datetime(run.astype(float), unit="s", utc=True)
         else:
-            t = pd.to_datetime(t, utc=True)
-    elif "_file_time" in records.columns:
-        t = pd.to_datetime(records["_file_time"].astype(float), unit="s", utc=True)
-    else:
-        t = pd.Series(pd.NaT, index=records.index, dtype="datetime64[ns, UTC]")
+            run = pd.to_datetime(run, utc=True)
+        t = run.astype("datetime64[ns, UTC]")
+    if "_file_time" in records.columns:
+        t = t.fillna(pd.to_datetime(records["_file_time"].astype(float), unit="s", utc=True))
     return t.groupby(key).min()
 
 
