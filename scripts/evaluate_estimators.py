@@ -24,8 +24,11 @@ Protocol (docs/estimators.md states the figures; DESIGN §4a):
    of the difference to the best baseline, 90 % interval coverage and mean width; per-sample AUROC of
    every feature for correctness and the window Spearman with accuracy (bootstrap over windows).
 
-Runtime on the shared 2-core machine (1 thread): records about 35 min from scratch (5,600 images per
-model at L = 49; LeRF only for ``fmnist_cnn``), the evaluation about 8 min with cached records.
+Scored with the method(s), region size and L that ``relmon calibrate`` ships (``--methods``,
+``--region``, ``--steps`` default to ``relmon.config.MonitorConfig``), and the selection chooses among
+``MonitorConfig().estimators`` (``--candidates``); every other named estimator is a report-only row.
+docs/estimators.md states the runtime of the run that produced it (records with L = 8: about a minute
+per model on one thread).
 Records are cached as Parquet under ``--cache``; ``--tiny`` is the CI version (< 1 min).
 """
 
@@ -67,10 +70,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cache", default="/tmp/relmon-g-cache", help="Parquet cache of scored records")
     p.add_argument("--docs", default=str(ROOT / "docs"), help="where estimators.md and the plots go")
     p.add_argument("--models", nargs="+", default=["fmnist_cnn", "fmnist_vgg"])
+    p.add_argument("--methods", nargs="+", default=list(shipped.methods),
+                   help="heatmap methods scored (default: what 'relmon calibrate' ships); the first one "
+                        "feeds the relevance features")
+    p.add_argument("--candidates", nargs="+", default=list(shipped.estimators),
+                   help="estimators the selection chooses among (default: the candidates 'relmon calibrate' "
+                        "ships); every other estimator of relmon.analysis.ESTIMATORS is a report-only row")
     p.add_argument("--region", type=int, default=shipped.region)
     p.add_argument("--steps", type=int, default=shipped.steps)
     p.add_argument("--no-lerf", action="store_true", help="skip the LeRF order (no LeRF/MoRF contrast feature)")
-    p.add_argument("--no-lerf-for", nargs="*", default=["fmnist_vgg"], metavar="MODEL",
+    p.add_argument("--no-lerf-for", nargs="*", default=[], metavar="MODEL",
                    help="models scored without LeRF (compute budget; their lerf_contrast feature is NaN)")
     p.add_argument("--window", type=int, default=100, help="images per window")
     p.add_argument("--clean", type=int, default=600, help="clean images per pool")
@@ -83,6 +92,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tiny", action="store_true", help="toy settings for CI (< 1 min)")
     p.add_argument("--records-only", action="store_true", help="compute and cache records, then stop")
     args = p.parse_args(argv)
+    args.command = " ".join(["python scripts/evaluate_estimators.py",
+                             *(sys.argv[1:] if argv is None else list(argv))])
     args.shifts = list(SHIFTS)
     args.compositions = list(COMPOSITIONS)
     if args.tiny:
@@ -121,7 +132,7 @@ def _lerf(model_name: str, args) -> bool:
 def _monitor(model, model_name, args):
     from relmon.lightning.monitor import RelevanceMonitor
 
-    return RelevanceMonitor(model, methods=("lrp",), region=args.region, steps=args.steps, seed=args.seed,
+    return RelevanceMonitor(model, methods=tuple(args.methods), region=args.region, steps=args.steps, seed=args.seed,
                             lerf=_lerf(model_name, args))
 
 
@@ -148,7 +159,8 @@ def model_records(model_name: str, args, log=print) -> dict[str, pd.DataFrame]:
     images, labels = load_fashion_mnist("test")
     model = load_embedded(model_name)
     monitor = _monitor(model, model_name, args)
-    cache = Path(args.cache) / (f"{model_name}_r{args.region}_s{args.steps}_lerf{int(_lerf(model_name, args))}"
+    tag = "+".join(m.replace(":", "-") for m in args.methods)
+    cache = Path(args.cache) / (f"{model_name}_{tag}_r{args.region}_s{args.steps}_lerf{int(_lerf(model_name, args))}"
                                 f"_w{args.window}_seed{args.seed}")
     out: dict[str, list[pd.DataFrame]] = {"fit": [], "test": []}
     for pool, name, shifts, n in conditions(args):
@@ -220,16 +232,25 @@ def evaluate_model(model: str, fit: pd.DataFrame, test: pd.DataFrame, args, log=
     without the test window's shift type(s). Returns (selection, long prediction frame)."""
     from sklearn.base import clone
 
-    from relmon.analysis.estimators import make_estimator, shift_type
+    from relmon.analysis.estimators import ESTIMATORS, make_estimator, shift_type
     from relmon.analysis.features import window_features
     from relmon.analysis.selection import select_estimator
 
     t0 = time.perf_counter()
-    sel = select_estimator(fit, level=0.9)
+    # the selection chooses among the shipped candidates only, as 'relmon calibrate' does
+    sel = select_estimator(fit, candidates=list(args.candidates), level=0.9)
     log(f"{model}: selection in {time.perf_counter() - t0:.0f} s, chosen {sel.chosen}")
+    # every other named estimator (e.g. the *_source baselines as published) is a report-only row
+    fitted = dict(sel.fitted)
+    for name in ESTIMATORS:
+        if name not in fitted and name not in sel.errors:
+            try:
+                fitted[name] = make_estimator(name).set_params(interval=0.9).fit(fit)
+            except (ValueError, KeyError) as err:
+                log(f"  report-only {name}: {err}")
     truth = window_features(test).set_index("window_id")["accuracy"]
     rows = []
-    for name, est in sel.fitted.items():
+    for name, est in fitted.items():
         rows += _rows(model, name, "all_calibration", est.predict(test), truth)
     fit_types = fit["window_id"].map(shift_type)
     test_types = test["window_id"].map(shift_type)
@@ -237,7 +258,7 @@ def evaluate_model(model: str, fit: pd.DataFrame, test: pd.DataFrame, args, log=
         excluded = set(g.split("+"))
         train = fit[~fit_types.isin(excluded)]
         part = test[test_types == g]
-        for name in sel.fitted:
+        for name in fitted:
             try:
                 refit = clone(make_estimator(name)).fit(train)
             except ValueError as err:
@@ -372,9 +393,21 @@ def summarise(preds: pd.DataFrame, chosen: dict[str, str], args) -> dict[str, pd
         {"target": "mean interval width <= 0.20", "measured": sel_all["width"].mean(),
          "met": sel_all["width"].mean() <= 0.20},
     ])
+    # the added value of relevance, measured on one estimator with and without the relevance features
+    contrast_rows = []
+    for with_rel, without in (("correctness_relevance", "correctness_confidence"),
+                              ("regression_relevance_confidence", "regression_confidence")):
+        a = main[main["estimator"] == with_rel].set_index(["model", "window_id"])["err"]
+        b = main[main["estimator"] == without].set_index(["model", "window_id"])["err"].reindex(a.index)
+        if len(a) and b.notna().all():
+            mean, lo, hi = paired_difference(a.to_numpy(), b.to_numpy(), args.n_boot, args.seed)
+            contrast_rows.append({"with_relevance": with_rel, "without": without, "n_windows": len(a),
+                                  "mae_with": float(a.mean()), "mae_without": float(b.mean()),
+                                  "difference": mean, "diff_lo": lo, "diff_hi": hi})
     per_model = main.groupby(["model", "estimator"]).agg(mae=("err", "mean"), coverage=("covered", "mean"),
                                                          mean_width=("width", "mean")).reset_index()
     return {"mae": mae, "overall": overall, "comparison": comparison, "targets": targets, "best_baseline": best_base,
+            "relevance_contrast": pd.DataFrame(contrast_rows),
             "per_model": per_model, "preds": preds}
 
 
@@ -408,15 +441,25 @@ def plot_estimates(path: Path, tables) -> None:
 
 def write_docs(path: Path, args, tables, selections, relations, runtime: float, validation: pd.Series) -> None:
     from relmon.analysis.estimators import DEFAULT_ESTIMATOR
+    from relmon.config import MonitorConfig
 
+    shipped = MonitorConfig()
+    is_shipped = (tuple(args.methods) == tuple(shipped.methods) and args.region == shipped.region
+                  and args.steps == shipped.steps and tuple(args.candidates) == tuple(shipped.estimators))
+    shipped_note = (" (the settings `relmon calibrate` ships)" if is_shipped
+                    else " (NOT the settings `relmon calibrate` ships)")
     overall = tables["overall"]
     mae = tables["mae"][list(overall.index)]
+    overall = overall.assign(role=["selected" if n == "selected" else
+                                   "candidate" if n in args.candidates or n.startswith("median:") else
+                                   "report-only" for n in overall.index])
     sel_lines = []
     for model, sel in selections.items():
         sel_lines += [f"**{model}** — chosen on the calibration's own LOSO validation: `{sel.chosen}`", "",
                       markdown_table(sel.summary.head(8).rename_axis("estimator")), ""]
-    rel_names = [n for n in overall.index if "relevance" in n]
-    conf_names = [n for n in overall.index if n not in rel_names and n != "selected"]
+    singles = [n for n in overall.index if n != "selected" and not n.startswith("median:")]
+    rel_names = [n for n in singles if "relevance" in n]
+    conf_names = [n for n in singles if n not in rel_names]
     best_rel, best_conf = rel_names[0], conf_names[0]
     verdict = (f"best relevance-based estimator `{best_rel}` MAE {overall.loc[best_rel, 'mae']:.3f} vs best "
                f"confidence-only `{best_conf}` {overall.loc[best_conf, 'mae']:.3f} (all test windows, both models).")
@@ -427,12 +470,17 @@ def write_docs(path: Path, args, tables, selections, relations, runtime: float, 
     lines = [
         "# Label-free accuracy estimators: independent evaluation",
         "",
-        "Generated by `python scripts/evaluate_estimators.py" + (" --tiny" if args.tiny else "") + "` "
+        f"Generated by `{args.command}` "
         f"(runtime {runtime:.0f} s on {args.threads} CPU thread(s), records {args.records_s:.0f} s of it; records "
-        f"cached under `{args.cache}`). Models {', '.join(f'`{m}`' for m in args.models)}; LRP "
-        f"(`lrp:epsilon_plus_flat`) plus the random order, **region {args.region} px, L = {args.steps} steps** "
-        f"(the settings `relmon calibrate` ships), uniform perturbation, logit score; LeRF run for "
-        f"{[m for m in args.models if m not in args.no_lerf_for and not args.no_lerf]} only.",
+        f"cached under `{args.cache}`). Models {', '.join(f'`{m}`' for m in args.models)}; heatmap method(s) "
+        f"{', '.join(f'`{m}`' for m in args.methods)} plus the random order, **region {args.region} px, "
+        f"L = {args.steps} steps**{shipped_note}, uniform perturbation, logit score; LeRF run for "
+        f"{[m for m in args.models if m not in args.no_lerf_for and not args.no_lerf]}.",
+        "",
+        "Selection candidates (as `relmon calibrate` ships them, `MonitorConfig.estimators`): "
+        + ", ".join(f"`{n}`" for n in args.candidates) + ". Every other row (the `*_source` baselines as "
+        "published, fitted on clean windows only, and the remaining variants) is **report-only**: evaluated "
+        "with the same protocol, never selectable.",
         "",
         f"Data: Fashion-MNIST test set, **fit pool images {FIT_POOL[0]}-{FIT_POOL[1] - 1}, test pool "
         f"{TEST_POOL[0]}-{TEST_POOL[1] - 1}** (disjoint). Windows of {args.window} distinct images. Calibration "
@@ -457,6 +505,11 @@ def write_docs(path: Path, args, tables, selections, relations, runtime: float, 
         markdown_table(tables["targets"], index=False),
         "",
         f"**Verdict on relevance:** {verdict}",
+        "",
+        "Paired contrast of the same estimator with and without the relevance features (absolute error, "
+        "with − without; negative = relevance helps; 95 % bootstrap over all test windows of both models):",
+        "",
+        markdown_table(tables["relevance_contrast"], "+.3f", index=False),
         "",
         f"`DEFAULT_ESTIMATOR` (used where no calibration selected one): `{DEFAULT_ESTIMATOR}`. Validation ranking "
         "of the single estimators (mean leave-one-shift-type-out MAE on the CALIBRATION windows of both models, "

@@ -312,6 +312,19 @@ def test_evaluate_estimators_tiny(tmp_path):
     # the held-out protocol never scores a window of a shift type the refitted estimator saw
     held = preds[preds["protocol"] == "held_out_type"]
     assert set(held["group"]) >= {"gaussian_noise", "blur+gaussian_noise"}
+    # issue 10 item 6: scored and selected with what 'relmon calibrate' ships
+    from relmon.config import MonitorConfig
+
+    shipped = MonitorConfig()
+    records = pd.concat([pd.read_parquet(f) for f in (tmp_path / "cache").rglob("*.parquet")])
+    assert set(records["method"]) == set(shipped.methods) | {"random"}
+    assert f"region {shipped.region} px, L = {shipped.steps} steps" in table
+    # the selection ranks the shipped candidates only; the other estimators are report-only rows
+    assert set(summary["validation_mae"]) == set(shipped.estimators)
+    chosen = summary["chosen"]["fmnist_cnn"]
+    members = chosen.removeprefix("median:").split("+")
+    assert set(members) <= set(shipped.estimators)
+    assert "| cot_source |" in table and "report-only" in table
 
 
 # ---------------------------------------------------------------------------------------------------
