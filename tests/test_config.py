@@ -375,3 +375,16 @@ def test_manifest_paths_may_be_fsspec_urls(tmp_path):
     assert data.labels.tolist() == [1, 0] and data.ids[0] == "memory://relmon-test/0.png"
     assert float(data.images[1].mean()) == pytest.approx(220 / 255)
     fs.rm("/relmon-test", recursive=True)
+
+
+def test_kubernetes_configmap_holds_a_valid_config():
+    """The CronJob's config (deploy/k8s/configmap.yaml) passes the same validation as a config file:
+    only-new scoring with its records folder, a run deadline under the Job's activeDeadlineSeconds."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    data = yaml.safe_load((root / "deploy" / "k8s" / "configmap.yaml").read_text())["data"]["relmon.yaml"]
+    cfg = config_from_dict(yaml.safe_load(data), where="deploy/k8s/configmap.yaml")
+    job = yaml.safe_load((root / "deploy" / "k8s" / "cronjob.yaml").read_text())
+    deadline = job["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"]
+    assert cfg.only_new and cfg.records and cfg.run_timeout_seconds < deadline
