@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-EXIT_OK, EXIT_INPUT = 0, 3
+from relmon.cli.jobs import EXIT_INPUT, EXIT_OK  # one set of exit codes for every command
 
 
 def add_commands(subparsers) -> None:
