@@ -54,3 +54,12 @@ def test_monitor_names_and_exports_the_calibrations_default(calibrated):
     info = {s.labels["estimator"]: s.value for m in registry.collect() if m.name == "relmon_default_estimator_info"
             for s in m.samples}
     assert info == {default: 1.0}
+
+
+def test_unknown_estimator_is_refused_before_scoring(tmp_path):
+    from relmon.config import ConfigError
+
+    cfg = MonitorConfig(**SETTINGS, calibration_n=8, estimators=("atc", "atcc"))
+    with pytest.raises(ConfigError, match="config field 'estimators': unknown estimator 'atcc'"):
+        calibrate(cfg, tmp_path / "cal")
+    assert not (tmp_path / "cal").exists()  # nothing half-written

@@ -124,6 +124,7 @@ def calibrate_model(model, data, cfg: MonitorConfig, out: str | os.PathLike | No
     from relmon.data.streams import TensorStream
     from relmon.models import get_preprocessing, model_info
 
+    _check_estimator_names(cfg.estimators)  # before the (costly) scoring
     prep = get_preprocessing(model, "calibration")
     info = model_info(model)
     classes = data.classes if data.classes is not None else cfg.classes
@@ -234,6 +235,19 @@ def _json_safe(value):
     if isinstance(value, np.integer):
         return int(value)
     return value
+
+
+def _check_estimator_names(names) -> None:
+    """Refuse unknown estimator names up front (select_estimator would only list them as failed)."""
+    from relmon.analysis import make_estimator
+
+    if not names:
+        raise ConfigError("config field 'estimators' is empty; fix: name at least one, e.g. [atc]")
+    for name in names:
+        try:
+            make_estimator(name)
+        except ValueError as err:
+            raise ConfigError(f"config field 'estimators': {err}") from err
 
 
 def fit_and_select(records: pd.DataFrame, candidates) -> tuple[dict[str, Any], str, dict[str, Any]]:
