@@ -580,3 +580,13 @@ def test_monitor_step_stride_threads_and_one_clean_forward(model):
 def test_monitor_cost_options_are_checked(model, kwargs, message):
     with pytest.raises(ValueError, match=message):
         RelevanceMonitor(model, **kwargs)
+
+
+def test_monitor_random_subset_may_miss_a_whole_batch(model):
+    """With a small random_fraction a batch can hold no sample of the random subset: its heatmap rows
+    are still written (no crash), and it has no random rows."""
+    stream = fashion_mnist_stream(use_sample=True, n=4)
+    x = torch.stack([stream[i]["x"] for i in range(4)])
+    monitor = RelevanceMonitor(model, random_fraction=1e-9, region=7, steps=4)
+    records = monitor.predict_step({"x": x, "sample_id": [f"s{i}" for i in range(4)]}, 0)
+    assert set(records["method"]) == {"lrp:epsilon_plus_flat"} and len(records) == 4

@@ -511,7 +511,7 @@ class RelevanceMonitor(pl.LightningModule):
         parts = []
         # Early part of each curve (~16 % of the image perturbed, the paper's protocol): scale-free
         # features for the label-free accuracy estimators (relmon.analysis.features).
-        early = early_steps(tuple(x.shape[-2:]), self.region, rnd.num_steps)
+        early = early_steps(tuple(x.shape[-2:]), self.region, frames[0][1].num_steps)  # rnd may be None
         for method, morf, ev, comp in frames:
             parts.append(make_records(
                 aopc_early=early_aopc(morf, early),
