@@ -388,3 +388,18 @@ def test_kubernetes_configmap_holds_a_valid_config():
     job = yaml.safe_load((root / "deploy" / "k8s" / "cronjob.yaml").read_text())
     deadline = job["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"]
     assert cfg.only_new and cfg.records and cfg.run_timeout_seconds < deadline
+
+
+def test_labelled_images_keep_16_bit_depth_and_refuse_decompression_bombs(tmp_path):
+    """Labelled images decode like the streams: a 16-bit PNG is not saturated to {0, 1}, and an image
+    above the pixel limit is a clear LabelledDataError, not Pillow's raw DecompressionBombError."""
+    deep = np.array([[0, 16384], [32768, 65535]], dtype=np.uint16)
+    (tmp_path / "tree" / "cat").mkdir(parents=True)
+    Image.fromarray(deep).save(tmp_path / "tree" / "cat" / "deep.png")
+    data = read_labelled(tmp_path / "tree", classes=["cat"])
+    assert np.allclose(data.images[0, 0].numpy(), deep / 65535.0, atol=1e-6)
+
+    (tmp_path / "bomb" / "cat").mkdir(parents=True)
+    Image.new("1", (12000, 12000)).save(tmp_path / "bomb" / "cat" / "bomb.png")  # 144 MP > 50 MP
+    with pytest.raises(LabelledDataError, match=r"bomb.png cannot be decoded .*fix: remove or replace the file"):
+        read_labelled(tmp_path / "bomb", classes=["cat"])

@@ -14,7 +14,6 @@ the source (path, kind, a SHA-256 of the listing of paths and labels) for the ca
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -54,22 +53,24 @@ def _listing_hash(ids: Sequence[str], labels: Sequence[int]) -> str:
 
 
 def _decode(data: bytes, channels: int, image_size: int | None, where: str):
+    """One labelled image → float ``(C, H, W)`` in [0, 1]: the streams' decoder (pixel limit checked
+    on the header, 16-bit depth kept, nothing printed), then a bilinear resize to ``image_size``."""
     import torch
-    from PIL import Image, UnidentifiedImageError
+
+    from relmon.data.streams import DEFAULT_MAX_PIXELS, _decode_pil, _to_unit_float
 
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
-            if image_size is not None and img.size != (image_size, image_size):
-                img = img.resize((image_size, image_size), Image.BILINEAR)
-            arr = np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+        x = _to_unit_float(_decode_pil(data, channels, DEFAULT_MAX_PIXELS))
+    except Exception as err:  # Pillow raises many types (DecompressionBombError, SyntaxError, OSError, ...)
         raise LabelledDataError(
             f"labelled image {where} cannot be decoded ({type(err).__name__}: {err}); "
             "fix: remove or replace the file"
         ) from None
-    x = torch.from_numpy(arr.copy()).float().div_(255.0)
-    return x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
+    if image_size is not None and tuple(x.shape[-2:]) != (image_size, image_size):
+        x = torch.nn.functional.interpolate(
+            x[None], size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
+        )[0].clamp_(0.0, 1.0)
+    return x
 
 
 def _read(path: str) -> bytes:
@@ -218,7 +219,7 @@ def from_tensors(images, labels, classes: Sequence[str] | None = None) -> Labell
     or uint8, ``labels`` ``N`` class indices."""
     import torch
 
-    x = torch.as_tensor(images)
+    x = torch.as_tensor(images).detach().cpu()
     if x.ndim == 3:
         x = x.unsqueeze(1)
     if x.ndim != 4:
@@ -235,13 +236,16 @@ def from_tensors(images, labels, classes: Sequence[str] | None = None) -> Labell
                 f"float images must lie in [0, 1] (before normalisation), got values in [{lo:.3g}, {hi:.3g}]; "
                 "fix: pass raw images scaled to [0, 1]; relmon normalises them with the model's preprocessing"
             )
-    y = np.asarray(torch.as_tensor(labels).cpu().numpy()).astype(np.int64).reshape(-1)
+    y_raw = np.asarray(torch.as_tensor(labels).detach().cpu().numpy()).reshape(-1)
+    if y_raw.dtype.kind == "f" and not np.all(np.isfinite(y_raw) & (y_raw == np.round(y_raw))):
+        raise LabelledDataError("labels must be integer class indices, got non-integer values; fix: pass int labels")
+    y = y_raw.astype(np.int64)
     if len(y) != len(x):
         raise LabelledDataError(f"{len(y)} labels for {len(x)} images")
     if (y < 0).any() or (classes is not None and (y >= len(classes)).any()):
         raise LabelledDataError(f"labels must be class indices in 0..{len(classes) - 1 if classes else 'K-1'}")
     ids = [str(i) for i in range(len(y))]
-    h = hashlib.sha256(x.numpy().tobytes())
+    h = hashlib.sha256(x.detach().cpu().numpy().tobytes())
     h.update(y.tobytes())
     meta = {"kind": "tensors", "path": None, "n_images": len(y), "listing_sha256": h.hexdigest(),
             "classes": list(classes) if classes is not None else None}
