@@ -39,10 +39,9 @@ def _prepare_model(model, cfg: MonitorConfig, prep):
     from relmon.jobs.common import load_job_model
     from relmon.models import Preprocessing, attach_preprocessing, set_model_info
 
-    if model is None:
-        return load_job_model(cfg)
-    if isinstance(model, str):
-        return load_job_model(cfg.with_overrides({"model": model}))
+    if model is None or isinstance(model, str):  # loaded from the config: preprocessing is a config field
+        overrides = {"model": model, "preprocessing": prep}
+        return load_job_model(cfg.with_overrides(overrides))
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module (or a model name), got {type(model).__name__}")
     if prep is not None:

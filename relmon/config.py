@@ -288,7 +288,7 @@ FIELDS: dict[str, tuple[str, str]] = {
     "run_timeout_seconds": (
         "float+?",
         "stop scoring after this many seconds (checked between batches); the finished batches' records "
-        "are written and the run exits 5",
+        "are written and the run exits 7",
     ),
     "only_new": (
         "bool",

@@ -287,9 +287,9 @@ def read_record_files(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
     for p in paths:
         with open(p, "rb") as f:  # one open: a file replaced meanwhile is read whole (old or new)
             table = pq.ParquetFile(f).read()
-        for name in RECORD_COLUMNS:  # files written before a nullable column was added
+        for name in _ADDED_COLUMNS:  # files written before these columns were added
             field = RECORD_SCHEMA.field(name)
-            if name not in table.schema.names and field.nullable:
+            if name not in table.schema.names:
                 table = table.append_column(field, pa.nulls(len(table), field.type))
         table = table.select([n for n in RECORD_COLUMNS if n in table.schema.names]
                              + [n for n in table.schema.names if n not in RECORD_COLUMNS])

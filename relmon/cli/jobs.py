@@ -191,6 +191,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     except _input_errors() as err:
         print(f"relmon calibrate: error: {err}", file=sys.stderr)
         return EXIT_INPUT
+    except OSError as err:  # an output that cannot be written (after the inputs were read)
+        print(f"relmon calibrate: error: {err}; fix: make the output location writable, or choose another",
+              file=sys.stderr)
+        return EXIT_OUTPUT
     meta = cal.meta
     if args.json:
         print(_json(meta))
@@ -239,6 +243,10 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     except _input_errors() as err:
         print(f"relmon monitor: error: {err}", file=sys.stderr)
         return EXIT_INPUT
+    except OSError as err:  # an output that cannot be written (after the inputs were read)
+        print(f"relmon monitor: error: {err}; fix: make the output location writable, or choose another",
+              file=sys.stderr)
+        return EXIT_OUTPUT
     _print(summary, args.json)
     return EXIT_OK
 
@@ -269,6 +277,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except _input_errors() as err:
         print(f"relmon serve: error: {err}", file=sys.stderr)
         return EXIT_INPUT
+    except OSError as err:  # an output that cannot be written (after the inputs were read)
+        print(f"relmon serve: error: {err}; fix: make the output location writable, or choose another",
+              file=sys.stderr)
+        return EXIT_OUTPUT
     if args.json:
         print(json.dumps({"runs": result.runs, "failures": result.failures, "empty": result.empty,
                           "interrupted": result.interrupted}))

@@ -45,7 +45,7 @@ def add_commands(subparsers) -> None:
     rep.add_argument("--examples", type=int, default=6, help="example inputs to explain (default 6)")
     rep.add_argument("--methods", nargs="+", help="methods for the examples (default: those in the records)")
     rep.add_argument("--region", type=int, help="perturbation region side (default: the calibration's, else 4)")
-    rep.add_argument("--steps", type=int, help="perturbation steps (default: the calibration's, else 49)")
+    rep.add_argument("--steps", type=int, help="perturbation steps (default: the calibration's, else the job's default)")
     rep.add_argument("--title", help="page title")
     rep.set_defaults(func=cmd_report)
 
@@ -100,7 +100,9 @@ def _examples(args, records, calibration):
         source = f"{len(good)} inputs from {args.input}"
     meta = calibration.meta if calibration is not None else {}
     region = args.region or meta.get("region", 4)
-    steps = args.steps or meta.get("steps", 49)
+    from relmon.config import MonitorConfig
+
+    steps = args.steps or meta.get("steps", MonitorConfig().steps)
     methods = args.methods or sorted(m for m in records["method"].unique() if m != "random")
     return compute_examples(model, images, methods, region=region, steps=steps,
                             source=f"{source}, region {region}, {steps} steps")

@@ -29,7 +29,7 @@ from relmon.jobs.calibration import (
     CALIBRATION_VERSION,
     Calibration,
 )
-from relmon.jobs.common import check_classes, load_job_model, score_stream
+from relmon.jobs.common import check_classes, load_job_model, model_outputs, score_stream
 
 log = logging.getLogger("relmon.jobs")
 
@@ -133,13 +133,14 @@ def calibrate_model(model, data, cfg: MonitorConfig, out: str | os.PathLike | No
             f"the labelled data's classes {data.classes} differ from the configured classes {list(cfg.classes)}; "
             "fix: make them the same (the model's class names in output order)"
         )
-    k = check_classes(model, classes, data.images[:1])
+    k = model_outputs(model, data.images[:1])
     if data.source.get("kind") == "folder" and cfg.classes is None and len(data.classes) != k:
         raise ValueError(
             f"the labelled folder has {len(data.classes)} class sub-folders {data.classes[:12]} but the model "
             f"outputs {k} classes; fix: set classes: the model's {k} class names in output order (the "
             "sub-folders are matched to them by name)"
         )
+    check_classes(model, classes, data.images[:1], outputs=k)
     if len(data.labels) and int(data.labels.max()) >= k:
         raise ValueError(
             f"labels go up to {int(data.labels.max())} but the model outputs {k} classes; "

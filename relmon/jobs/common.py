@@ -120,9 +120,9 @@ def check_stream_classes(model, classes, stream) -> None:
     """:func:`check_classes` on the first readable item of ``stream`` (already normalised)."""
     import copy
 
-    import torch
 
-    saved = {k: copy.copy(getattr(stream, k)) for k in ("errors", "bad_files") if hasattr(stream, k)}
+    counted = getattr(stream, "base", stream)  # only-new selections count on their base stream
+    saved = {k: copy.copy(getattr(counted, k)) for k in ("errors", "bad_files") if hasattr(counted, k)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         items = []
@@ -131,23 +131,17 @@ def check_stream_classes(model, classes, stream) -> None:
             if isinstance(items[-1], dict):
                 break
     for k, v in saved.items():  # the scoring pass counts (and warns about) bad files once
-        setattr(stream, k, v)
+        setattr(counted, k, v)
     for item in items:
         if isinstance(item, dict):
-            with torch.no_grad():
-                out = model(item["x"].unsqueeze(0))
-            k = int(out.shape[-1])
-            if len(classes) != k:
-                raise ValueError(
-                    f"the config names {len(classes)} classes {list(classes)[:12]} but the model outputs {k} "
-                    "class scores; fix: list one class name per model output, in output order"
-                )
+            check_classes(model, classes, item["x"].unsqueeze(0))
             return
 
 
-def check_classes(model, classes, x) -> int:
-    """Raise ``ValueError`` when ``classes`` does not match the model's output count on ``x``."""
-    k = model_outputs(model, x)
+def check_classes(model, classes, x, outputs: int | None = None) -> int:
+    """Raise ``ValueError`` when ``classes`` does not match the model's output count on ``x`` (or
+    ``outputs``, when the count is already known)."""
+    k = model_outputs(model, x) if outputs is None else int(outputs)
     if classes is not None and len(classes) != k:
         raise ValueError(
             f"the config names {len(classes)} classes {list(classes)[:12]} but the model outputs {k} "

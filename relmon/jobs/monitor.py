@@ -174,8 +174,9 @@ class MonitorJob:
         t0 = time.perf_counter()
         stream = self.stream if self.stream is not None else build_stream(cfg, self.model)
         stream = self._prepare_stream(stream)  # only-new scoring: the new or changed files only
-        if cfg.classes is not None:
-            check_stream_classes(self.model, cfg.classes, stream)
+        if cfg.classes is not None and not getattr(self, "_classes_checked", False):
+            check_stream_classes(self.model, cfg.classes, stream)  # once per job: a forward on one input
+            self._classes_checked = True
         records, summary, _ = score_stream(
             cfg, self.model, stream, progress=self.progress, window_id=latest_window(stream)
         )
@@ -252,7 +253,7 @@ class MonitorJob:
             duration_seconds=duration,
             finished_at=finished,
             accuracy=accuracy,
-            calibration=str(self.calibration.path) if self.calibration else None,
+            calibration=(str(self.calibration.path or "<in memory>")) if self.calibration else None,
             calibration_timestamp=self.calibration.timestamp if self.calibration else None,
             calibration_version_mismatch=self.version_mismatch,
             default_estimator=self.default_estimator,
