@@ -57,6 +57,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -748,8 +749,9 @@ class RelevanceEstimator(_WindowEstimator):
                              f"{self.feature_set!r}")
         x = feats[self.columns_].to_numpy(dtype=float)
         finite = np.where(np.isfinite(x), x, np.nan)
-        col_mean = np.nanmean(finite, axis=0) if np.isfinite(finite).any(axis=0).all() else np.nan_to_num(
-            np.nanmean(np.where(np.isfinite(finite), finite, 0.0), axis=0))
+        with warnings.catch_warnings():  # an all-NaN column's mean is NaN (then 0), others stay unbiased
+            warnings.simplefilter("ignore", RuntimeWarning)
+            col_mean = np.nanmean(finite, axis=0)
         self.mean_ = np.nan_to_num(col_mean).tolist()
         x = self._matrix(feats)
         y = feats["accuracy"].to_numpy(dtype=float)

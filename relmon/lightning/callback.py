@@ -497,7 +497,8 @@ class HeatmapQualityCallback(pl.Callback):
             expl = explain_full(model, x, method, target=target, **options)
             target = expl.target if target is None else target
             heat = to_heatmap(expl.relevance, expl.method)
-            ev = evaluate_heatmaps(model, x, heat, orders=("morf", "random"), target=target, **kwargs)
+            ev = evaluate_heatmaps(model, x, heat, orders=("morf", "random"), target=target,
+                                   clean_logits=expl.logits, **kwargs)  # f(x0) from the explanation pass
             with torch.inference_mode(False):
                 self._aopc[method].update(ev.aopc)
                 self._minus_random[method].update(ev)
