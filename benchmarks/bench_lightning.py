@@ -16,6 +16,7 @@ without it (interleaved repeats, same loader), per embedded model and validation
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import statistics
 import time
@@ -166,15 +167,27 @@ def main(argv=None):
                     help="validation epoch sizes (images of the shipped sample)")
     ap.add_argument("--val-batch", type=int, default=64)
     ap.add_argument("--error-n", type=int, default=512, help="images for the step-stride error measurement")
+    ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args(argv)
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # one line per Trainer otherwise
     if args.accelerator == "gpu" and not torch.cuda.is_available():
         print("bench_lightning: no CUDA device; skipping")
         return
     torch.manual_seed(0)
+    results = {"device": torch.cuda.get_device_name() if args.accelerator == "gpu" else "cpu",
+               "torch": torch.__version__}
     if not args.skip_predict:
-        bench_predict(args)
-    bench_callback(args)
-    bench_stride_error(args)
+        results["predict"] = bench_predict(args)
+    results["callback"] = bench_callback(args)
+    if args.accelerator == "cpu":  # an accuracy figure, the same on any device: measured on the CPU runs
+        results["stride_error"] = bench_stride_error(args)
+    if args.json:
+        import json
+        from pathlib import Path
+
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
