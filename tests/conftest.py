@@ -37,3 +37,16 @@ def pytest_runtest_makereport(item, call):
     if os.environ.get("CI") == "true" and report.skipped and "CUDA" not in str(report.longrepr):
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, which must install everything: {report.longrepr}"
+
+
+@pytest.fixture
+def exact_fp32():
+    """True float32 on CUDA: PyTorch runs float32 convolutions in TF32 on Ampere and later GPUs by
+    default (``torch.backends.cudnn.allow_tf32``), which moves heatmaps and curves by up to ~1 %
+    relative against the CPU (measured on an H200: benchmarks/RESULTS.md)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

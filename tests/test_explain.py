@@ -578,7 +578,7 @@ def test_check_lrp_support_is_cheap_and_names_every_problem():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run benchmarks/gpu_check.sh there)")
 @pytest.mark.parametrize("method", ["lrp", "lrp:epsilon_gamma_box", "sensitivity", "deconvnet"])
-def test_cuda_matches_cpu(method, sample_batch):
+def test_cuda_matches_cpu(method, sample_batch, exact_fp32):
     model = relmon.load_embedded("fmnist_vgg")
     x, _ = sample_batch
     cpu = relmon.explain(model, x, method)
