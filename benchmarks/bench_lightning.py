@@ -162,6 +162,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=49)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-predict", action="store_true", help="only the callback benchmark")
+    ap.add_argument("--skip-callback", action="store_true", help="only the predict benchmark")
     ap.add_argument("--callback-models", nargs="+", default=["fmnist_cnn", "fmnist_vgg"])
     ap.add_argument("--callback-val-n", nargs="+", type=int, default=[2000, 1000, 500],
                     help="validation epoch sizes (images of the shipped sample)")
@@ -179,7 +180,8 @@ def main(argv=None):
                "torch": torch.__version__}
     if not args.skip_predict:
         results["predict"] = bench_predict(args)
-    results["callback"] = bench_callback(args)
+    if not args.skip_callback:
+        results["callback"] = bench_callback(args)
     if args.accelerator == "cpu":  # an accuracy figure, the same on any device: measured on the CPU runs
         results["stride_error"] = bench_stride_error(args)
     if args.json:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU test and benchmark of relmon, in one run of under 8 minutes (timeouts 150 + 210 + 100 s,
+# Every GPU test and benchmark of relmon, in one run of under 8 minutes (timeouts 150 + 210 + 100 + 60 s,
 # plus start-up), printing the figures; the JSON and the log land in ${OUT:-out}/gpu/.
 #   bash benchmarks/gpu_check.sh            # on a CUDA machine (without one it says so and exits 0)
 #   DEVICE=cpu bash benchmarks/gpu_check.sh # dry run: the same Python parts on the CPU at tiny sizes
@@ -49,4 +49,7 @@ timeout 210 $PY benchmarks/bench_perturbation.py --device cuda --repeats 2 --jso
 echo "== Lightning: RelevanceMonitor predict throughput and validation-callback overhead on CUDA"
 timeout 100 $PY benchmarks/bench_lightning.py --accelerator gpu --n 1024 --val-n 256 --steps 8 --repeats 2 \
   --callback-val-n 1000 --json "$RESULTS/bench_lightning.json" || status=1
+echo "== the same predict throughput at 512 images per batch (per-batch Python work amortised)"
+timeout 60 $PY benchmarks/bench_lightning.py --accelerator gpu --n 4096 --batch 512 --steps 8 --repeats 2 \
+  --skip-callback --json "$RESULTS/bench_lightning_b512.json" || status=1
 exit $status
