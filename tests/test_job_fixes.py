@@ -26,3 +26,126 @@ def test_job_functions_do_not_shadow_submodules():
         assert getattr(jobs, name) is module, name
     # the top-level API keeps its own calibrate (tensors / LabelledImages in, a Calibration out)
     assert relmon.calibrate.__module__ == "relmon.api"
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. serve lists the input folder once per iteration; only-new selection honours storage options
+
+import io  # noqa: E402
+import threading  # noqa: E402
+
+import fsspec  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from fsspec.implementations.memory import MemoryFileSystem  # noqa: E402
+from PIL import Image  # noqa: E402
+from prometheus_client import CollectorRegistry  # noqa: E402
+
+from relmon.config import MonitorConfig  # noqa: E402
+
+FAST = dict(region=7, steps=8, batch_size=16, n=None)
+
+
+class CountingFS(MemoryFileSystem):
+    """An in-memory file system (its own store) that counts the listings (``find`` calls) of its
+    folders and requires the storage option ``token="secret"`` (like a cloud bucket's credentials)."""
+
+    protocol = "relmoncount"
+    store: dict = {}
+    pseudo_dirs = [""]
+    finds: list[str] = []
+
+    def __init__(self, *args, token=None, **kwargs):
+        if token != "secret":
+            raise PermissionError(f"relmoncount:// needs storage option token='secret', got {token!r}")
+        super().__init__(*args, **kwargs)
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        for proto in (CountingFS.protocol, OpenCountingFS.protocol):
+            if path.startswith(proto + "://"):
+                path = path[len(proto) + 3:]
+        return MemoryFileSystem._strip_protocol(path)
+
+    def find(self, path, *args, **kwargs):
+        CountingFS.finds.append(self._strip_protocol(path))
+        return super().find(path, *args, **kwargs)
+
+
+class OpenCountingFS(CountingFS):
+    """:class:`CountingFS` without the credentials (``relmon serve`` has no storage options)."""
+
+    protocol = "relmoncountopen"
+
+    def __init__(self, *args, **kwargs):
+        MemoryFileSystem.__init__(self, *args, **kwargs)
+
+
+@pytest.fixture
+def counting_fs():
+    fsspec.register_implementation(CountingFS.protocol, CountingFS, clobber=True)
+    fsspec.register_implementation(OpenCountingFS.protocol, OpenCountingFS, clobber=True)
+    CountingFS.store.clear()
+    CountingFS.finds.clear()
+    yield CountingFS
+    CountingFS.store.clear()
+    CountingFS.finds.clear()
+
+
+def _png(i: int) -> bytes:
+    from relmon.data import load_sample
+
+    images, _ = load_sample()
+    buf = io.BytesIO()
+    Image.fromarray(images[i]).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_only_new_selection_uses_the_streams_storage_options_and_listing(counting_fs):
+    from relmon.data.streams import ImageFolderStream
+    from relmon.jobs.state import SeenFiles
+
+    fs = counting_fs(token="secret")
+    for i in range(3):
+        fs.pipe(f"/sel/img{i}.png", _png(i))
+    with pytest.raises(PermissionError, match="token='secret'"):  # the options are needed
+        fsspec.filesystem(counting_fs.protocol)
+    stream = ImageFolderStream("relmoncount://sel", storage_options={"token": "secret"})
+    assert stream.storage_options == {"token": "secret"} and len(counting_fs.finds) == 1
+    seen = SeenFiles(None)
+    assert len(seen.select(stream)) == 3  # the stream's own listing: no second listing, no missing options
+    assert len(counting_fs.finds) == 1
+    seen.commit()
+    assert len(seen.select(stream)) == 0
+    # a stream without its own listing is listed with its storage options
+    del stream.file_info
+    assert len(seen.select(stream)) == 0 and len(counting_fs.finds) == 2
+
+
+@pytest.mark.parametrize("watch", [True, False])
+def test_serve_lists_the_input_once_per_iteration(counting_fs, watch):
+    from relmon.jobs import serve
+
+    fs = counting_fs(token="secret")
+    for i in range(3):
+        fs.pipe(f"/watch/img{i}.png", _png(i))
+    runs = []
+
+    def on_run(summary):
+        runs.append(summary)
+        if len(runs) == 1:
+            fs.pipe("/watch/img7.png", _png(7))  # a new file: the second iteration runs again
+
+    stop = threading.Event()
+    timer = threading.Timer(120, stop.set)  # safety net only
+    timer.start()
+    cfg = MonitorConfig(**FAST, input=f"{OpenCountingFS.protocol}://watch", watch=watch, http_addr="127.0.0.1",
+                        http_port=0, interval_seconds=0.05, max_iterations=2)
+    try:
+        result = serve(cfg, stop=stop, on_run=on_run, registry=CollectorRegistry())
+    finally:
+        timer.cancel()
+    assert not stop.is_set() and result.runs == 2 and result.failures == 0
+    assert [s.scored for s in runs] == [3, 1]  # only-new: the second run scores the new file only
+    # two iterations, each listing the folder once (the old loop listed it 3 times with watch, 2 without)
+    assert counting_fs.finds == ["/watch", "/watch"]

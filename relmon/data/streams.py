@@ -329,6 +329,20 @@ def _mtime(info: dict, path: str) -> float:
     )
 
 
+def file_signatures(found: dict[str, dict]) -> dict[str, tuple[int | None, float | None]]:
+    """``{path: (size, mtime)}`` of an ``fs.find(path, detail=True)`` listing (None where the file system
+    does not report one)."""
+    out = {}
+    for p, info in found.items():
+        try:
+            mtime = _mtime(info, p)
+        except ValueError:
+            mtime = None
+        size = info.get("size")
+        out[p] = (None if size is None else int(size), mtime)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------
 # streams
 
@@ -364,7 +378,12 @@ class ImageFolderStream(_Stream):
         ``window="mtime"`` (id ``f"{stream}:{UTC start}"``, start = floor(mtime / window_seconds) ·
         window_seconds), or neither (one window ``f"{stream}:0"``).
     storage_options:
-        Passed to the fsspec file system (credentials, endpoints).
+        Passed to the fsspec file system (credentials, endpoints); kept in :attr:`storage_options`.
+    listing:
+        ``{path: info}`` of the files under ``root`` as ``fs.find(path, detail=True)`` gives it, when
+        the caller has just listed the folder (``relmon serve --watch``): the stream then does not
+        list it again. The sizes and modification times of the listed files are kept in
+        :attr:`file_info` (``{path: (size, mtime)}``) either way.
 
     ``sample_id`` is the file's path (local) or URL. A file that cannot be used (unreadable,
     undecodable, too large, skipped for its size, non-finite after ``transform``) yields a
@@ -389,6 +408,7 @@ class ImageFolderStream(_Stream):
         storage_options: dict[str, Any] | None = None,
         size_policy: str = "resize",
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        listing: dict[str, dict] | None = None,
     ):
         import fsspec
 
@@ -423,18 +443,22 @@ class ImageFolderStream(_Stream):
         self.size_policy = size_policy
         self.max_pixels = max_pixels
 
-        fs, path = fsspec.core.url_to_fs(self.root, **(storage_options or {}))
-        if not fs.exists(path):
+        self.storage_options = dict(storage_options or {})
+        fs, path = fsspec.core.url_to_fs(self.root, **self.storage_options)
+        if listing:  # the caller's listing of the folder: it exists and holds files
+            found = dict(listing)
+        elif not fs.exists(path):
             raise FileNotFoundError(
                 f"image folder {self.root!r} does not exist; expected a folder (local path or fsspec URL) "
                 f"holding image files ({', '.join(exts)}), possibly in nested folders"
             )
-        if not fs.isdir(path):
+        elif not fs.isdir(path):
             raise NotADirectoryError(
                 f"{self.root!r} is a file; expected a folder holding image files ({', '.join(exts)})"
             )
+        else:
+            found = fs.find(path, detail=True)  # one listing: paths, sizes and modification times
         with_mtime = self._windows.window == "mtime"
-        found = fs.find(path, detail=with_mtime)
         names = sorted(found)
         paths = [p for p in names if os.path.splitext(p)[1].lower() in exts]
         if not paths:
@@ -445,6 +469,7 @@ class ImageFolderStream(_Stream):
         self._fs = fs
         self._paths = paths
         self._mtimes = [_mtime(found[p], p) for p in paths] if with_mtime else None
+        self.file_info: dict[str, tuple[int | None, float | None]] = file_signatures(found)
         local = fsspec.utils.get_protocol(self.root) in ("file", "local")
         self._ids = paths if local else [fs.unstrip_protocol(p) for p in paths]
         self.errors: Counter[str] = Counter()  # reason → count, in this process only

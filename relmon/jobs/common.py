@@ -171,8 +171,9 @@ def sample_images(
     return x, labels[index]
 
 
-def build_stream(cfg: MonitorConfig, model):
-    """The input stream of one window: the (shifted) shipped sample or a folder of images."""
+def build_stream(cfg: MonitorConfig, model, listing: dict | None = None):
+    """The input stream of one window: the (shifted) shipped sample or a folder of images (``listing``:
+    the caller's ``fs.find(detail=True)`` of the folder, so it is not listed again)."""
     from relmon.data.streams import ImageFolderStream, TensorStream
     from relmon.models import get_preprocessing
 
@@ -190,6 +191,7 @@ def build_stream(cfg: MonitorConfig, model):
         window_seconds=cfg.window_seconds,
         size_policy=cfg.size_policy,
         max_pixels=cfg.max_pixels,
+        listing=listing,
     )
 
 

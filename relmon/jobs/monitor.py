@@ -172,7 +172,8 @@ class MonitorJob:
 
         cfg = self.cfg
         t0 = time.perf_counter()
-        stream = self.stream if self.stream is not None else build_stream(cfg, self.model)
+        listing = getattr(self, "input_listing", None)  # serve's listing of this iteration (listed once)
+        stream = self.stream if self.stream is not None else build_stream(cfg, self.model, listing=listing)
         stream = self._prepare_stream(stream)  # only-new scoring: the new or changed files only
         if cfg.classes is not None and not getattr(self, "_classes_checked", False):
             check_stream_classes(self.model, cfg.classes, stream)  # once per job: a forward on one input
