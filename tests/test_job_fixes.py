@@ -4,10 +4,20 @@ bounded resize bookkeeping, and the ``fraction`` config field."""
 from __future__ import annotations
 
 import importlib
+import io
 import pkgutil
+import threading
 from types import ModuleType
 
+import fsspec
+import numpy as np
+import pytest
+from fsspec.implementations.memory import MemoryFileSystem
+from PIL import Image
+from prometheus_client import CollectorRegistry
+
 import relmon
+from relmon.config import MonitorConfig
 
 
 def test_job_functions_do_not_shadow_submodules():
@@ -30,18 +40,6 @@ def test_job_functions_do_not_shadow_submodules():
 
 # --------------------------------------------------------------------------------------------------
 # 1. serve lists the input folder once per iteration; only-new selection honours storage options
-
-import io  # noqa: E402
-import threading  # noqa: E402
-
-import fsspec  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from fsspec.implementations.memory import MemoryFileSystem  # noqa: E402
-from PIL import Image  # noqa: E402
-from prometheus_client import CollectorRegistry  # noqa: E402
-
-from relmon.config import MonitorConfig  # noqa: E402
 
 FAST = dict(region=7, steps=8, batch_size=16, n=None)
 
@@ -149,3 +147,33 @@ def test_serve_lists_the_input_once_per_iteration(counting_fs, watch):
     assert [s.scored for s in runs] == [3, 1]  # only-new: the second run scores the new file only
     # two iterations, each listing the folder once (the old loop listed it 3 times with watch, 2 without)
     assert counting_fs.finds == ["/watch", "/watch"]
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. the resize bookkeeping of a folder stream stays bounded
+
+
+def test_resized_bookkeeping_is_bounded_on_many_images(tmp_path):
+    import warnings
+
+    from relmon.data.streams import ImageFolderStream, ResizedInputWarning
+
+    bound = ImageFolderStream.MAX_RESIZED_IDS
+    n = 3 * bound  # many more odd-sized images than the bound
+    root = tmp_path / "many"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(root / "a_ref.png")  # reference 8x8
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (6, 5), dtype=np.uint8)).save(root / f"b{i:04d}.png")
+    stream = ImageFolderStream(root)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i in range(len(stream)):
+            assert stream[i]["x"].shape == (1, 8, 8)
+        stream[1]  # read again: counted again, still named once
+    resize_warnings = [w for w in caught if issubclass(w.category, ResizedInputWarning)]
+    assert len(resize_warnings) == 1 and "b0000.png is 6x5; resized to 8x8" in str(resize_warnings[0].message)
+    assert stream.n_resized == n + 1
+    first = [str(root / f"b{i:04d}.png") for i in range(bound)]
+    assert stream.resized == dict.fromkeys(first, (6, 5))  # the first `bound` resized images, no more

@@ -388,9 +388,14 @@ class ImageFolderStream(_Stream):
     ``sample_id`` is the file's path (local) or URL. A file that cannot be used (unreadable,
     undecodable, too large, skipped for its size, non-finite after ``transform``) yields a
     :class:`BadSample` (warned with :class:`BadInputWarning`, counted per reason in :attr:`errors`
-    and named in :attr:`bad_files` of this process; resized images are counted in :attr:`resized`);
-    :func:`collate_skip_bad` drops it.
+    and named in :attr:`bad_files` of this process); :func:`collate_skip_bad` drops it. Resized
+    images are counted in :attr:`n_resized`; the first :attr:`MAX_RESIZED_IDS` of them are named in
+    :attr:`resized` (sample_id → original ``(H, W)``), so a long ``serve --watch`` run keeps a bounded
+    record.
     """
+
+    #: How many resized images :attr:`resized` names (the count :attr:`n_resized` has no bound).
+    MAX_RESIZED_IDS = 100
 
     def __init__(
         self,
@@ -474,7 +479,8 @@ class ImageFolderStream(_Stream):
         self._ids = paths if local else [fs.unstrip_protocol(p) for p in paths]
         self.errors: Counter[str] = Counter()  # reason → count, in this process only
         self.bad_files: dict[str, str] = {}  # sample_id → "reason: error", in this process only
-        self.resized: dict[str, tuple[int, int]] = {}  # sample_id → original (H, W), in this process only
+        self.resized: dict[str, tuple[int, int]] = {}  # sample_id → original (H, W): the first MAX_RESIZED_IDS
+        self.n_resized = 0  # resized images, in this process only
         self._reference: tuple[str, tuple[int, int]] | None = None
 
     def __len__(self) -> int:
@@ -532,13 +538,15 @@ class ImageFolderStream(_Stream):
                 return self._bad(index, SIZE_MISMATCH, ValueError(
                     f"the image is {size[0]}x{size[1]}, the stream's reference size is {target[0]}x{target[1]} "
                     f"(that of {self._reference[0]}); pass image_size= or size_policy='resize' to resize"))
-            if self.image_size is None and not self.resized:
+            if self.image_size is None and not self.n_resized:
                 warnings.warn(
                     f"{self._ids[index]} is {size[0]}x{size[1]}; resized to {target[0]}x{target[1]}, the size of "
                     f"the stream's first image {self._reference[0]} (pass image_size= to choose the size, or "
-                    "size_policy='skip' to skip such images); further resizes are counted in .resized",
+                    "size_policy='skip' to skip such images); further resizes are counted in .n_resized",
                     ResizedInputWarning, stacklevel=2)
-            self.resized[self._ids[index]] = size
+            self.n_resized += 1
+            if len(self.resized) < self.MAX_RESIZED_IDS or self._ids[index] in self.resized:
+                self.resized[self._ids[index]] = size
             x = torch.nn.functional.interpolate(
                 x.unsqueeze(0), size=target, mode="bilinear", align_corners=False, antialias=True
             )[0]
