@@ -177,3 +177,98 @@ def test_resized_bookkeeping_is_bounded_on_many_images(tmp_path):
     assert stream.n_resized == n + 1
     first = [str(root / f"b{i:04d}.png") for i in range(bound)]
     assert stream.resized == dict.fromkeys(first, (6, 5))  # the first `bound` resized images, no more
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. the fraction field: the share of the image perturbed, resolved to the same L everywhere
+
+
+def test_fraction_resolves_the_papers_protocol_and_excludes_steps(tmp_path):
+    import argparse
+
+    from relmon.config import ConfigError, add_config_flags, config_from_args, config_from_dict, load_config
+
+    cfg = config_from_dict({"fraction": 0.16, "region": 4})
+    assert cfg.steps is None and cfg.fraction == 0.16
+    assert cfg.resolve_steps(28, 28) == 8  # 0.16 x 49 regions = 7.84 -> 8
+    assert config_from_dict({"fraction": 0.16, "region": 2}).resolve_steps(28, 28) == 31  # of 196
+    assert MonitorConfig().resolve_steps(64, 64) == 8  # steps stays a count
+    assert config_from_dict({"steps": None}).resolve_steps(28, 28) == 8  # neither: the paper's 0.16
+    both = r"steps \(8\) and fraction \(0.16\) are both set.*fix: give only one of them: remove steps \(steps: null"
+    with pytest.raises(ConfigError, match=both):
+        config_from_dict({"steps": 8, "fraction": 0.16})
+    with pytest.raises(ConfigError, match=both):
+        MonitorConfig().with_overrides({"steps": "8", "fraction": "0.16"})
+    with pytest.raises(ConfigError, match="config field 'fraction': expected a number in \\(0, 1\\]"):
+        config_from_dict({"fraction": 1.5})
+    with pytest.raises(ConfigError, match="cannot resolve the perturbation steps from fraction=0.5 on 28x28 "
+                                          "images with region 40.*fix: choose a region"):
+        config_from_dict({"fraction": 0.5, "region": 40}).resolve_steps(28, 28)
+    # the flag of one replaces the other one given by the file; two flags are refused
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config")
+    add_config_flags(parser)
+    example = str(relmon_root() / "deploy" / "relmon.example.yaml")
+    assert load_config(example).steps == 8 and load_config(example).fraction is None
+    cfg = config_from_args(parser.parse_args(["--config", example, "--fraction", "0.16"]))
+    assert (cfg.steps, cfg.fraction) == (None, 0.16)
+    (tmp_path / "f.yaml").write_text("fraction: 0.16\nregion: 4\n")
+    cfg = config_from_args(parser.parse_args(["--config", str(tmp_path / "f.yaml"), "--steps", "5"]))
+    assert (cfg.steps, cfg.fraction) == (5, None)
+    with pytest.raises(ConfigError, match=both):
+        config_from_args(parser.parse_args(["--steps", "8", "--fraction", "0.16"]))
+    (tmp_path / "both.yaml").write_text("steps: 8\nfraction: 0.16\n")
+    with pytest.raises(ConfigError, match=both):
+        load_config(tmp_path / "both.yaml")
+
+
+def relmon_root():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[1]
+
+
+def test_calibrate_and_monitor_resolve_the_same_steps_from_fraction(tmp_path, monkeypatch):
+    import relmon.lightning
+    from relmon.data.streams import TensorStream
+    from relmon.jobs import CalibrationMismatchError, MonitorJob, calibrate
+    from relmon.models import FASHION_MNIST_PREPROCESSING
+
+    seen_steps = []
+
+    class Spy(relmon.lightning.RelevanceMonitor):
+        def __init__(self, *args, steps, **kwargs):
+            seen_steps.append(steps)
+            super().__init__(*args, steps=steps, **kwargs)
+
+    monkeypatch.setattr(relmon.lightning, "RelevanceMonitor", Spy)
+    # region 7 on 28x28: 16 regions; fraction 0.25 -> L = 4
+    settings = dict(region=7, steps=None, fraction=0.25, batch_size=64, n=16)
+    cfg = MonitorConfig(**settings, calibration_n=16, calibration_shifts=("blur",), calibration_severities=(3,),
+                        estimators=("average_confidence",)).validated()
+    cal = calibrate(cfg, tmp_path / "cal")
+    assert cal.meta["steps"] == 4 and cal.meta["fraction"] == 0.25 and cal.meta["input_size"] == [28, 28]
+    summary = MonitorJob(MonitorConfig(**settings), calibration=cal, registry=CollectorRegistry()).run()
+    assert summary.scored == 16 and seen_steps == [4, 4]  # calibration and monitor scored with the same L
+    # the same L given as a count is the same calibration
+    MonitorJob(MonitorConfig(region=7, steps=4, n=16), calibration=cal, registry=CollectorRegistry())
+    # another L is refused, by count or by fraction, and the error names the fix
+    fix = r"was made with \{.*'steps': 4\}, the job scores with \{.*'steps': (5|8)\}.*fix: use the calibration's " \
+          r"settings or re-run 'relmon calibrate'"
+    with pytest.raises(CalibrationMismatchError, match=fix):
+        MonitorJob(MonitorConfig(region=7, steps=5), calibration=cal, registry=CollectorRegistry())
+    with pytest.raises(CalibrationMismatchError, match=fix):
+        MonitorJob(MonitorConfig(region=7, steps=None, fraction=0.5), calibration=cal, registry=CollectorRegistry())
+    # inputs of another size make the fraction another L (25 regions of 7 px on 32x32: 6): refused before scoring
+    job = MonitorJob(MonitorConfig(**settings), calibration=cal, registry=CollectorRegistry(),
+                     stream=TensorStream(torch_zeros(4, 1, 32, 32), preprocessing=FASHION_MNIST_PREPROCESSING))
+    with pytest.raises(CalibrationMismatchError, match=r"fraction=0.25 gives L = 6 steps on the input's 32x32 images.*"
+                                                       r"L = 4.*fix: set image_size to the calibration's size \[28, 28\]"):
+        job.run(outputs=False)
+    assert seen_steps == [4, 4]
+
+
+def torch_zeros(*shape):
+    import torch
+
+    return torch.zeros(*shape)

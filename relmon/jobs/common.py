@@ -195,6 +195,30 @@ def build_stream(cfg: MonitorConfig, model, listing: dict | None = None):
     )
 
 
+def input_size(stream) -> tuple[int, int] | None:
+    """``(H, W)`` of the images a relmon stream yields (a folder's reference size, a tensor stream's
+    shape; through only-new selections and Subsets); None when no image is readable."""
+    from torch.utils.data import Subset
+
+    while isinstance(stream, Subset) or hasattr(stream, "base"):
+        stream = stream.dataset if isinstance(stream, Subset) else stream.base
+    if hasattr(stream, "reference_size"):
+        return stream.reference_size()
+    x = getattr(stream, "x", None)
+    return tuple(int(v) for v in x.shape[-2:]) if x is not None else None
+
+
+def job_steps(cfg: MonitorConfig, stream) -> int:
+    """``L`` of the job on ``stream``: :meth:`MonitorConfig.resolve_steps` on the stream's image size
+    (with ``fraction``; ``steps`` is a count and needs no size)."""
+    if cfg.fraction is None and cfg.steps is not None:
+        return int(cfg.steps)
+    size = input_size(stream)
+    if size is None:  # no readable image: nothing will be scored, any L does
+        return 1
+    return cfg.resolve_steps(*size)
+
+
 def latest_window(stream) -> str | None:
     """The id of the newest window of an mtime-windowed stream (None: the stream is one window)."""
     from relmon.data.streams import window_indices
@@ -227,7 +251,7 @@ def score_stream(cfg: MonitorConfig, model, stream, progress: bool = False, wind
         model,
         methods=cfg.methods,
         region=cfg.region,
-        steps=cfg.steps,
+        steps=job_steps(cfg, stream),
         sample_rate=cfg.sample_rate,
         max_samples=cfg.max_samples,
         seed=cfg.seed,
