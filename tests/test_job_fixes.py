@@ -272,3 +272,14 @@ def torch_zeros(*shape):
     import torch
 
     return torch.zeros(*shape)
+
+
+def test_a_given_listing_of_a_file_is_still_refused_as_not_a_folder(tmp_path):
+    from relmon.data.streams import ImageFolderStream
+    from relmon.jobs.state import find_files
+
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "one.png")
+    folder = ImageFolderStream(tmp_path, listing=find_files(str(tmp_path)))
+    assert folder.sample_ids == [str(tmp_path / "one.png")] and set(folder.file_info) == set(folder.sample_ids)
+    with pytest.raises(NotADirectoryError, match="one.png' is a file; expected a folder"):
+        ImageFolderStream(tmp_path / "one.png", listing=find_files(str(tmp_path / "one.png")))

@@ -450,7 +450,7 @@ class ImageFolderStream(_Stream):
 
         self.storage_options = dict(storage_options or {})
         fs, path = fsspec.core.url_to_fs(self.root, **self.storage_options)
-        if listing:  # the caller's listing of the folder: it exists and holds files
+        if listing and path.rstrip("/") not in listing:  # the caller's listing of a folder holding files
             found = dict(listing)
         elif not fs.exists(path):
             raise FileNotFoundError(
