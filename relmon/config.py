@@ -163,12 +163,7 @@ class MonitorConfig:
                 f"shift applies to input: sample only, got input: {self.input!r}; "
                 "fix: remove shift (flag: --shift none) or set input: sample"
             )
-        if self.steps is not None and self.fraction is not None:
-            raise ConfigError(
-                f"steps ({self.steps}) and fraction ({self.fraction:g}) are both set; they are two ways to give "
-                "the number of perturbation steps L; fix: give only one of them: remove steps (steps: null, "
-                "flag --steps none) to perturb that fraction of the image's regions, or remove fraction"
-            )
+        self._check_steps_or_fraction()
         if self.size_policy not in ("resize", "skip"):
             raise ConfigError(
                 f"size_policy must be 'resize' or 'skip', got {self.size_policy!r}; fix: 'resize' brings folder "
@@ -194,6 +189,15 @@ class MonitorConfig:
             out[f.name] = list(v) if isinstance(v, tuple) else (dict(v) if isinstance(v, Mapping) else v)
         return out
 
+    def _check_steps_or_fraction(self) -> None:
+        if self.steps is not None and self.fraction is not None:
+            raise ConfigError(
+                f"steps ({self.steps}) and fraction ({self.fraction:g}) are both set; they are two ways to give "
+                "the number of perturbation steps L; fix: give only one of them: remove steps (steps: null, "
+                "flag --steps none, MonitorConfig(steps=None, ...)) to perturb that fraction of the image's "
+                "regions, or remove fraction"
+            )
+
     def resolve_steps(self, height: int, width: int) -> int:
         """The number of perturbation steps ``L`` on ``height x width`` images: ``steps`` as given, or
         with ``fraction`` :func:`relmon.perturbation.resolve_steps` (``round(fraction x regions)``, at
@@ -202,6 +206,7 @@ class MonitorConfig:
             return int(self.steps)
         from relmon.perturbation import resolve_steps
 
+        self._check_steps_or_fraction()  # also for a config built without validated()
         try:
             return resolve_steps(int(height), int(width), self.region, self.steps, self.fraction)
         except ValueError as err:

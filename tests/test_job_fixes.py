@@ -199,6 +199,8 @@ def test_fraction_resolves_the_papers_protocol_and_excludes_steps(tmp_path):
         config_from_dict({"steps": 8, "fraction": 0.16})
     with pytest.raises(ConfigError, match=both):
         MonitorConfig().with_overrides({"steps": "8", "fraction": "0.16"})
+    with pytest.raises(ConfigError, match=both):  # built without validated(): refused where L is resolved
+        MonitorConfig(fraction=0.16).resolve_steps(28, 28)
     with pytest.raises(ConfigError, match="config field 'fraction': expected a number in \\(0, 1\\]"):
         config_from_dict({"fraction": 1.5})
     with pytest.raises(ConfigError, match="cannot resolve the perturbation steps from fraction=0.5 on 28x28 "
