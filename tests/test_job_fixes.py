@@ -261,6 +261,19 @@ def test_calibrate_and_monitor_resolve_the_same_steps_from_fraction(tmp_path, mo
         MonitorJob(MonitorConfig(region=7, steps=5), calibration=cal, registry=CollectorRegistry())
     with pytest.raises(CalibrationMismatchError, match=fix):
         MonitorJob(MonitorConfig(region=7, steps=None, fraction=0.5), calibration=cal, registry=CollectorRegistry())
+    # a calibration made before input_size was recorded: the embedded model's 28x28, else a clear error
+    import dataclasses
+
+    from relmon.jobs import check_calibration
+
+    older = dataclasses.replace(cal, meta={k: v for k, v in cal.meta.items() if k != "input_size"})
+    MonitorJob(MonitorConfig(**settings), calibration=older, registry=CollectorRegistry())
+    user = MonitorConfig(model="my_pkg.nets:build", **settings)
+    with pytest.raises(CalibrationMismatchError, match=r"does not record its image size.*fix: set steps: 4 "
+                                                       r"\(and fraction: null\), set image_size"):
+        check_calibration(older, cal.meta["model"], cal.meta["model_version"], user)
+    assert check_calibration(older, cal.meta["model"], cal.meta["model_version"],
+                             dataclasses.replace(user, image_size=28)) is False
     # inputs of another size make the fraction another L (25 regions of 7 px on 32x32: 6): refused before scoring
     job = MonitorJob(MonitorConfig(**settings), calibration=cal, registry=CollectorRegistry(),
                      stream=TensorStream(torch_zeros(4, 1, 32, 32), preprocessing=FASHION_MNIST_PREPROCESSING))
