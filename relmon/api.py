@@ -56,7 +56,7 @@ def _prepare_model(model, cfg: MonitorConfig, prep):
 
 def _labelled(data, cfg: MonitorConfig):
     from relmon.data.labelled import LabelledImages, from_tensors, read_labelled
-    from relmon.jobs.calibrate import sample_data
+    from relmon.jobs.calibrate_job import sample_data
 
     if isinstance(data, LabelledImages):
         return data
@@ -100,10 +100,10 @@ def calibrate(
         Also save the calibration folder there (else call ``.save(path)`` yourself).
 
     The calibration scores one clean window and one window per shift × severity of the data (see
-    :mod:`relmon.jobs.calibrate`), fits the estimators and keeps the clean window's records as the
+    :mod:`relmon.jobs.calibrate_job`), fits the estimators and keeps the clean window's records as the
     drift reference. ``cal.meta`` records the data source, settings and windows.
     """
-    from relmon.jobs.calibrate import calibrate_model
+    from relmon.jobs.calibrate_job import calibrate_model
 
     cfg, prep = _config(config, dict(settings))
     m = _prepare_model(model, cfg, prep)

@@ -52,7 +52,8 @@ class MonitorConfig:
     # that beat sensitivity there on both embedded models (README "The paper's comparison")
     methods: tuple[str, ...] = ("lrp:epsilon_0_01",)
     region: int = 4
-    steps: int = 8
+    steps: int | None = 8
+    fraction: float | None = None  # instead of steps: L = round(fraction x regions), see resolve_steps
     sample_rate: float = 1.0
     max_samples: int | None = None
     batch_size: int = 64
@@ -128,6 +129,11 @@ class MonitorConfig:
         given = {k: v for k, v in overrides.items() if v is not None}
         _check_names(given, "override")
         values = {k: _coerce(k, v) for k, v in given.items()}
+        # steps and fraction are two ways to give L: the one given here replaces the other one
+        if values.get("fraction") is not None and "steps" not in values:
+            values["steps"] = None
+        elif values.get("steps") is not None and "fraction" not in values:
+            values["fraction"] = None
         return replace(self, **values).validated()
 
     def validated(self) -> MonitorConfig:
@@ -157,6 +163,7 @@ class MonitorConfig:
                 f"shift applies to input: sample only, got input: {self.input!r}; "
                 "fix: remove shift (flag: --shift none) or set input: sample"
             )
+        self._check_steps_or_fraction()
         if self.size_policy not in ("resize", "skip"):
             raise ConfigError(
                 f"size_policy must be 'resize' or 'skip', got {self.size_policy!r}; fix: 'resize' brings folder "
@@ -181,6 +188,32 @@ class MonitorConfig:
             v = getattr(self, f.name)
             out[f.name] = list(v) if isinstance(v, tuple) else (dict(v) if isinstance(v, Mapping) else v)
         return out
+
+    def _check_steps_or_fraction(self) -> None:
+        if self.steps is not None and self.fraction is not None:
+            raise ConfigError(
+                f"steps ({self.steps}) and fraction ({self.fraction:g}) are both set; they are two ways to give "
+                "the number of perturbation steps L; fix: give only one of them: remove steps (steps: null, "
+                "flag --steps none, MonitorConfig(steps=None, ...)) to perturb that fraction of the image's "
+                "regions, or remove fraction"
+            )
+
+    def resolve_steps(self, height: int, width: int) -> int:
+        """The number of perturbation steps ``L`` on ``height x width`` images: ``steps`` as given, or
+        with ``fraction`` :func:`relmon.perturbation.resolve_steps` (``round(fraction x regions)``, at
+        least 1; ``fraction = 0.16`` with region 4 on 28x28 gives 8); neither set means fraction 0.16."""
+        if self.fraction is None and self.steps is not None:
+            return int(self.steps)
+        from relmon.perturbation import resolve_steps
+
+        self._check_steps_or_fraction()  # also for a config built without validated()
+        try:
+            return resolve_steps(int(height), int(width), self.region, self.steps, self.fraction)
+        except ValueError as err:
+            raise ConfigError(
+                f"cannot resolve the perturbation steps from fraction={self.fraction} on {height}x{width} "
+                f"images with region {self.region}: {err}; fix: choose a region at most the image side, or give steps"
+            ) from None
 
     @property
     def is_embedded(self) -> bool:
@@ -230,7 +263,10 @@ FIELDS: dict[str, tuple[str, str]] = {
     "window_seconds": ("float+", "length of an mtime window in seconds"),
     "methods": ("list[str]", "heatmap methods (see 'relmon methods')"),
     "region": ("int+", "side in pixels of the perturbed square regions"),
-    "steps": ("int+", "perturbation steps L (AOPC costs L+1 forwards per image and method)"),
+    "steps": ("int+?", "perturbation steps L (AOPC costs L+1 forwards per image and method); a count, "
+                       "whatever the image size; null with fraction"),
+    "fraction": ("float01?", "instead of steps: the share of the image's regions perturbed, L = round(fraction x "
+                             "regions) on the model's input size (the paper's protocol: 0.16); not with steps"),
     "sample_rate": ("float01", "share of the window's inputs that are scored, in (0, 1]"),
     "max_samples": ("int+?", "cap of scored inputs per window"),
     "batch_size": ("int+", "images per batch"),
@@ -489,7 +525,10 @@ def config_from_dict(values: Mapping[str, Any], where: str = "config") -> Monito
     if not isinstance(values, Mapping):
         raise ConfigError(f"{where} must be a YAML mapping of field: value, got {type(values).__name__}")
     _check_names(values, where)
-    return MonitorConfig(**{k: _coerce(k, v) for k, v in values.items()}).validated()
+    kwargs = {k: _coerce(k, v) for k, v in values.items()}
+    if kwargs.get("fraction") is not None and "steps" not in kwargs:
+        kwargs["steps"] = None  # fraction replaces the default steps; both given is an error (validated)
+    return MonitorConfig(**kwargs).validated()
 
 
 def load_config(path: str | os.PathLike | None) -> MonitorConfig:

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from relmon.config import MonitorConfig
 from relmon.jobs import MonitorJob, calibrate
-from relmon.jobs.calibrate import MEDIAN_LABEL
+from relmon.jobs.calibrate_job import MEDIAN_LABEL
 
 SETTINGS = dict(region=7, steps=4, batch_size=128, n=48)
 

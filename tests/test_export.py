@@ -142,7 +142,7 @@ def test_label_sets_are_closed_and_match_the_code_that_produces_them():
 
     methods = {canonical_method(m) for m in relmon.available_methods() if m != "random"} | {"random"}
     assert set(METHOD_LABELS) == methods
-    from relmon.jobs.calibrate import MEDIAN_LABEL
+    from relmon.jobs.calibrate_job import MEDIAN_LABEL
 
     assert set(ESTIMATOR_LABELS) == set(ESTIMATORS) | {MEDIAN_LABEL}  # + a calibration's median-of-best-3
     assert tuple(DRIFT_FEATURE_LABELS) == tuple(DRIFT_FEATURES)

@@ -47,6 +47,7 @@ _CALIBRATE_FIELDS = [
     "methods",
     "region",
     "steps",
+    "fraction",
     "sample_rate",
     "max_samples",
     "batch_size",

@@ -329,6 +329,20 @@ def _mtime(info: dict, path: str) -> float:
     )
 
 
+def file_signatures(found: dict[str, dict]) -> dict[str, tuple[int | None, float | None]]:
+    """``{path: (size, mtime)}`` of an ``fs.find(path, detail=True)`` listing (None where the file system
+    does not report one)."""
+    out = {}
+    for p, info in found.items():
+        try:
+            mtime = _mtime(info, p)
+        except ValueError:
+            mtime = None
+        size = info.get("size")
+        out[p] = (None if size is None else int(size), mtime)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------
 # streams
 
@@ -364,14 +378,24 @@ class ImageFolderStream(_Stream):
         ``window="mtime"`` (id ``f"{stream}:{UTC start}"``, start = floor(mtime / window_seconds) ·
         window_seconds), or neither (one window ``f"{stream}:0"``).
     storage_options:
-        Passed to the fsspec file system (credentials, endpoints).
+        Passed to the fsspec file system (credentials, endpoints); kept in :attr:`storage_options`.
+    listing:
+        ``{path: info}`` of the files under ``root`` as ``fs.find(path, detail=True)`` gives it, when
+        the caller has just listed the folder (``relmon serve --watch``): the stream then does not
+        list it again. The sizes and modification times of the listed files are kept in
+        :attr:`file_info` (``{path: (size, mtime)}``) either way.
 
     ``sample_id`` is the file's path (local) or URL. A file that cannot be used (unreadable,
     undecodable, too large, skipped for its size, non-finite after ``transform``) yields a
     :class:`BadSample` (warned with :class:`BadInputWarning`, counted per reason in :attr:`errors`
-    and named in :attr:`bad_files` of this process; resized images are counted in :attr:`resized`);
-    :func:`collate_skip_bad` drops it.
+    and named in :attr:`bad_files` of this process); :func:`collate_skip_bad` drops it. Resized
+    images are counted in :attr:`n_resized`; the first :attr:`MAX_RESIZED_IDS` of them are named in
+    :attr:`resized` (sample_id → original ``(H, W)``), so a long ``serve --watch`` run keeps a bounded
+    record.
     """
+
+    #: How many resized images :attr:`resized` names (the count :attr:`n_resized` has no bound).
+    MAX_RESIZED_IDS = 100
 
     def __init__(
         self,
@@ -389,6 +413,7 @@ class ImageFolderStream(_Stream):
         storage_options: dict[str, Any] | None = None,
         size_policy: str = "resize",
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        listing: dict[str, dict] | None = None,
     ):
         import fsspec
 
@@ -423,18 +448,22 @@ class ImageFolderStream(_Stream):
         self.size_policy = size_policy
         self.max_pixels = max_pixels
 
-        fs, path = fsspec.core.url_to_fs(self.root, **(storage_options or {}))
-        if not fs.exists(path):
+        self.storage_options = dict(storage_options or {})
+        fs, path = fsspec.core.url_to_fs(self.root, **self.storage_options)
+        if listing and path.rstrip("/") not in listing:  # the caller's listing of a folder holding files
+            found = dict(listing)
+        elif not fs.exists(path):
             raise FileNotFoundError(
                 f"image folder {self.root!r} does not exist; expected a folder (local path or fsspec URL) "
                 f"holding image files ({', '.join(exts)}), possibly in nested folders"
             )
-        if not fs.isdir(path):
+        elif not fs.isdir(path):
             raise NotADirectoryError(
                 f"{self.root!r} is a file; expected a folder holding image files ({', '.join(exts)})"
             )
+        else:
+            found = fs.find(path, detail=True)  # one listing: paths, sizes and modification times
         with_mtime = self._windows.window == "mtime"
-        found = fs.find(path, detail=with_mtime)
         names = sorted(found)
         paths = [p for p in names if os.path.splitext(p)[1].lower() in exts]
         if not paths:
@@ -445,11 +474,13 @@ class ImageFolderStream(_Stream):
         self._fs = fs
         self._paths = paths
         self._mtimes = [_mtime(found[p], p) for p in paths] if with_mtime else None
+        self.file_info: dict[str, tuple[int | None, float | None]] = file_signatures(found)
         local = fsspec.utils.get_protocol(self.root) in ("file", "local")
         self._ids = paths if local else [fs.unstrip_protocol(p) for p in paths]
         self.errors: Counter[str] = Counter()  # reason → count, in this process only
         self.bad_files: dict[str, str] = {}  # sample_id → "reason: error", in this process only
-        self.resized: dict[str, tuple[int, int]] = {}  # sample_id → original (H, W), in this process only
+        self.resized: dict[str, tuple[int, int]] = {}  # sample_id → original (H, W): the first MAX_RESIZED_IDS
+        self.n_resized = 0  # resized images, in this process only
         self._reference: tuple[str, tuple[int, int]] | None = None
 
     def __len__(self) -> int:
@@ -507,13 +538,15 @@ class ImageFolderStream(_Stream):
                 return self._bad(index, SIZE_MISMATCH, ValueError(
                     f"the image is {size[0]}x{size[1]}, the stream's reference size is {target[0]}x{target[1]} "
                     f"(that of {self._reference[0]}); pass image_size= or size_policy='resize' to resize"))
-            if self.image_size is None and not self.resized:
+            if self.image_size is None and not self.n_resized:
                 warnings.warn(
                     f"{self._ids[index]} is {size[0]}x{size[1]}; resized to {target[0]}x{target[1]}, the size of "
                     f"the stream's first image {self._reference[0]} (pass image_size= to choose the size, or "
-                    "size_policy='skip' to skip such images); further resizes are counted in .resized",
+                    "size_policy='skip' to skip such images); further resizes are counted in .n_resized",
                     ResizedInputWarning, stacklevel=2)
-            self.resized[self._ids[index]] = size
+            self.n_resized += 1
+            if len(self.resized) < self.MAX_RESIZED_IDS or self._ids[index] in self.resized:
+                self.resized[self._ids[index]] = size
             x = torch.nn.functional.interpolate(
                 x.unsqueeze(0), size=target, mode="bilinear", align_corners=False, antialias=True
             )[0]

@@ -275,6 +275,24 @@ def load_calibration(path: str | os.PathLike) -> Calibration:
     return Calibration(path, meta, estimators, reference)
 
 
+def calibration_steps(cal: Calibration, cfg: MonitorConfig) -> int:
+    """The job's ``L`` on the calibration's images: ``steps``, or ``fraction`` resolved on the
+    calibration's ``input_size`` (the model's input size; a calibration without one — made before the
+    field existed — is read with the job's ``image_size``, else 28x28 for the embedded models)."""
+    if cfg.fraction is None and cfg.steps is not None:
+        return int(cfg.steps)
+    size = cal.meta.get("input_size")
+    if not size:
+        if cfg.image_size is None and not cfg.is_embedded:
+            raise CalibrationMismatchError(
+                f"calibration {str(cal.path)!r} does not record its image size, so fraction={cfg.fraction} cannot "
+                f"be turned into a number of steps to compare with its L = {cal.meta['steps']}; fix: set "
+                f"steps: {cal.meta['steps']} (and fraction: null), set image_size, or re-run 'relmon calibrate'"
+            )
+        size = [cfg.image_size or 28] * 2
+    return cfg.resolve_steps(int(size[0]), int(size[1]))
+
+
 def check_calibration(cal: Calibration, model_name: str, model_version: str, cfg: MonitorConfig) -> bool:
     """Raise :class:`CalibrationMismatchError` if ``cal`` does not fit; True if only the version differs
     (allowed by ``cfg.allow_version_mismatch``)."""
@@ -289,7 +307,7 @@ def check_calibration(cal: Calibration, model_name: str, model_version: str, cfg
     settings = {
         "methods": [canonical_method(x) for x in cfg.methods],
         "region": cfg.region,
-        "steps": cfg.steps,
+        "steps": calibration_steps(cal, cfg),
     }
     made = {
         "methods": [canonical_method(x) for x in m["methods"]],

@@ -171,8 +171,9 @@ def sample_images(
     return x, labels[index]
 
 
-def build_stream(cfg: MonitorConfig, model):
-    """The input stream of one window: the (shifted) shipped sample or a folder of images."""
+def build_stream(cfg: MonitorConfig, model, listing: dict | None = None):
+    """The input stream of one window: the (shifted) shipped sample or a folder of images (``listing``:
+    the caller's ``fs.find(detail=True)`` of the folder, so it is not listed again)."""
     from relmon.data.streams import ImageFolderStream, TensorStream
     from relmon.models import get_preprocessing
 
@@ -190,7 +191,32 @@ def build_stream(cfg: MonitorConfig, model):
         window_seconds=cfg.window_seconds,
         size_policy=cfg.size_policy,
         max_pixels=cfg.max_pixels,
+        listing=listing,
     )
+
+
+def input_size(stream) -> tuple[int, int] | None:
+    """``(H, W)`` of the images a relmon stream yields (a folder's reference size, a tensor stream's
+    shape; through only-new selections and Subsets); None when no image is readable."""
+    from torch.utils.data import Subset
+
+    while isinstance(stream, Subset) or hasattr(stream, "base"):
+        stream = stream.dataset if isinstance(stream, Subset) else stream.base
+    if hasattr(stream, "reference_size"):
+        return stream.reference_size()
+    x = getattr(stream, "x", None)
+    return tuple(int(v) for v in x.shape[-2:]) if x is not None else None
+
+
+def job_steps(cfg: MonitorConfig, stream) -> int:
+    """``L`` of the job on ``stream``: :meth:`MonitorConfig.resolve_steps` on the stream's image size
+    (with ``fraction``; ``steps`` is a count and needs no size)."""
+    if cfg.fraction is None and cfg.steps is not None:
+        return int(cfg.steps)
+    size = input_size(stream)
+    if size is None:  # no readable image: nothing will be scored, any L does
+        return 1
+    return cfg.resolve_steps(*size)
 
 
 def latest_window(stream) -> str | None:
@@ -225,7 +251,7 @@ def score_stream(cfg: MonitorConfig, model, stream, progress: bool = False, wind
         model,
         methods=cfg.methods,
         region=cfg.region,
-        steps=cfg.steps,
+        steps=job_steps(cfg, stream),
         sample_rate=cfg.sample_rate,
         max_samples=cfg.max_samples,
         seed=cfg.seed,

@@ -172,8 +172,10 @@ class MonitorJob:
 
         cfg = self.cfg
         t0 = time.perf_counter()
-        stream = self.stream if self.stream is not None else build_stream(cfg, self.model)
+        listing = getattr(self, "input_listing", None)  # serve's listing of this iteration (listed once)
+        stream = self.stream if self.stream is not None else build_stream(cfg, self.model, listing=listing)
         stream = self._prepare_stream(stream)  # only-new scoring: the new or changed files only
+        self._check_fraction_steps(stream)
         if cfg.classes is not None and not getattr(self, "_classes_checked", False):
             check_stream_classes(self.model, cfg.classes, stream)  # once per job: a forward on one input
             self._classes_checked = True
@@ -259,6 +261,22 @@ class MonitorJob:
             default_estimator=self.default_estimator,
         )
         return result, records
+
+    def _check_fraction_steps(self, stream) -> None:
+        """With ``fraction``, the L resolved on the stream's images must be the calibration's L."""
+        from relmon.jobs.common import CalibrationMismatchError, input_size, job_steps
+
+        if self.cfg.fraction is None or self.calibration is None or input_size(stream) is None:
+            return
+        steps, made = job_steps(self.cfg, stream), self.calibration.meta["steps"]
+        if steps != made:
+            h, w = input_size(stream)
+            raise CalibrationMismatchError(
+                f"fraction={self.cfg.fraction:g} gives L = {steps} steps on the input's {h}x{w} images, but "
+                f"calibration {str(self.calibration.path)!r} was made with L = {made}: AOPC is not comparable; "
+                f"fix: set image_size to the calibration's size {self.calibration.meta.get('input_size')}, "
+                f"or steps: {made} (and fraction: null), or re-run 'relmon calibrate'"
+            )
 
     # -- outputs (reliability) ---------------------------------------------------------------------
 

@@ -40,22 +40,21 @@ class StateError(ValueError):
     """The only-new state file cannot be used (the message names the file and the fix)."""
 
 
-def listing(root: str, storage_options: dict | None = None) -> dict[str, tuple[int | None, float | None]]:
-    """``{fs path: (size, mtime)}`` of every file under the local folder or fsspec URL ``root``."""
+def find_files(root: str, storage_options: dict | None = None) -> dict[str, dict]:
+    """One listing of the local folder or fsspec URL ``root``: ``fs.find(path, detail=True)``
+    (``{fs path: info}``), which an :class:`~relmon.data.streams.ImageFolderStream` accepts as its
+    ``listing`` so the folder is not listed twice."""
     import fsspec
 
-    from relmon.data.streams import _mtime
-
     fs, path = fsspec.core.url_to_fs(root, **(storage_options or {}))
-    out = {}
-    for p, info in fs.find(path, detail=True).items():
-        try:
-            mtime = _mtime(info, p)
-        except ValueError:
-            mtime = None
-        size = info.get("size")
-        out[p] = (None if size is None else int(size), mtime)
-    return out
+    return fs.find(path, detail=True)
+
+
+def listing(root: str, storage_options: dict | None = None) -> dict[str, tuple[int | None, float | None]]:
+    """``{fs path: (size, mtime)}`` of every file under the local folder or fsspec URL ``root``."""
+    from relmon.data.streams import file_signatures
+
+    return file_signatures(find_files(root, storage_options))
 
 
 class NewFiles(Dataset):
@@ -112,15 +111,23 @@ class SeenFiles:
             )
         self.files = {str(k): list(v) for k, v in files.items()}
 
-    def select(self, stream) -> NewFiles:
+    def select(self, stream, current: dict[str, tuple] | None = None) -> NewFiles:
         """The files of ``stream`` (an ImageFolderStream) that are new or changed; remembers them as
-        pending until :meth:`commit`."""
+        pending until :meth:`commit`.
+
+        ``current`` (``{path: (size, mtime)}``) defaults to the sizes and times of the stream's own
+        listing (its ``file_info``), so the folder is listed once per run; a stream without one is
+        listed again with its ``storage_options``.
+        """
         if not hasattr(stream, "_paths") or not hasattr(stream, "root"):
             raise StateError(
                 f"only_new needs a folder or fsspec URL of image files, got a {type(stream).__name__}; "
                 "fix: set only_new: false"
             )
-        current = listing(stream.root)
+        if current is None:
+            current = getattr(stream, "file_info", None)
+        if current is None:
+            current = listing(stream.root, getattr(stream, "storage_options", None))
         ids = stream.sample_ids
         indices, pending = [], {}
         for i, p in enumerate(stream._paths):
@@ -184,4 +191,5 @@ def folder_lock(folder: str | os.PathLike, timeout: float | None = None) -> Iter
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-__all__ = ["LOCK_FILE", "STATE_FILE", "NewFiles", "SeenFiles", "StateError", "folder_lock", "listing", "stream_folder"]
+__all__ = ["LOCK_FILE", "STATE_FILE", "NewFiles", "SeenFiles", "StateError", "find_files", "folder_lock", "listing",
+           "stream_folder"]

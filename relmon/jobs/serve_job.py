@@ -6,6 +6,9 @@ state is kept in the records folder when ``records`` is set, in memory otherwise
 ``relmon_samples_processed_total`` and ``relmon_input_errors_total`` count each input once; a run that
 finds nothing new changes no metric and is not a failure. ``watch`` polls the listing (size and
 modification time of every file, through fsspec) every ``interval_seconds`` and runs when it changed.
+
+The input folder is listed once per iteration: with ``watch`` the run's stream and its only-new
+selection use the watch listing; without it the stream's own listing serves both.
 """
 
 from __future__ import annotations
@@ -26,16 +29,32 @@ from relmon.jobs.signals import RunInterrupted, stop_requested
 log = logging.getLogger("relmon.jobs")
 
 
+def list_input(root: str) -> dict[str, dict] | None:
+    """One fsspec listing (``{path: info}``) of the local folder or fsspec URL ``root``; None (logged)
+    when it fails."""
+    from relmon.jobs.state import find_files
+
+    try:
+        return find_files(root)
+    except (OSError, ValueError) as err:
+        log.warning("cannot list %s: %s", root, err)
+        return None
+
+
+def signature(found: dict[str, dict] | None) -> tuple:
+    """(path, size, mtime) of every file of a :func:`list_input` listing (``()`` for None): changes
+    when inputs change."""
+    from relmon.data.streams import file_signatures
+
+    if not found:
+        return ()
+    return tuple(sorted((p, size, mtime) for p, (size, mtime) in file_signatures(found).items()))
+
+
 def folder_signature(root: str) -> tuple:
     """(path, size, mtime) of every file under the local folder or fsspec URL ``root`` (an fsspec
     listing): changes when inputs change. A listing that fails gives ``()`` (logged)."""
-    from relmon.jobs.state import listing
-
-    try:
-        return tuple(sorted((p, size, mtime) for p, (size, mtime) in listing(root).items()))
-    except (OSError, ValueError) as err:
-        log.warning("cannot list %s: %s", root, err)
-        return ()
+    return signature(list_input(root))
 
 
 @dataclass
@@ -80,10 +99,13 @@ def serve(
             on_ready(endpoint)
         last_sig = None
         while not stop.is_set():
-            sig = folder_signature(cfg.input) if cfg.watch else None
+            # one listing per iteration: the watch signature's listing is the run's input listing
+            found = list_input(cfg.input) if cfg.watch else None
+            sig = signature(found) if cfg.watch else None
             if not cfg.watch or sig != last_sig:
                 last_sig = sig
                 t0 = time.perf_counter()
+                job.input_listing = found or None  # None: the stream lists the folder itself (once)
                 try:
                     summary = job.run()
                     result.summaries.append(summary)
@@ -105,6 +127,8 @@ def serve(
                     result.failures += 1
                     job.metrics.set_run(time.perf_counter() - t0, None)
                     log.exception("run failed: %s", err)
+                finally:
+                    job.input_listing = None  # never reused by a later run
                 result.runs += 1
                 if cfg.max_iterations is not None and result.runs >= cfg.max_iterations:
                     break

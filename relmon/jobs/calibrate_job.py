@@ -37,6 +37,7 @@ SETTINGS_KEYS = (
     "methods",
     "region",
     "steps",
+    "fraction",
     "seed",
     "step_stride",
     "sample_rate",
@@ -146,6 +147,8 @@ def calibrate_model(model, data, cfg: MonitorConfig, out: str | os.PathLike | No
             f"labels go up to {int(data.labels.max())} but the model outputs {k} classes; "
             "fix: give labels in 0..K-1 of the model's output"
         )
+    height, width = (int(v) for v in data.images.shape[-2:])
+    steps = cfg.resolve_steps(height, width)  # L: the monitor resolves the same from the calibration's size
     n_images = len(data)
     windows, n, reused = plan_windows(cfg, n_images)
     order = np.random.default_rng(cfg.seed).permutation(n_images)
@@ -177,7 +180,9 @@ def calibrate_model(model, data, cfg: MonitorConfig, out: str | os.PathLike | No
         "model_version": info.version,
         "methods": list(cfg.methods),
         "region": cfg.region,
-        "steps": cfg.steps,
+        "steps": steps,  # the resolved L (also with fraction)
+        "fraction": cfg.fraction,
+        "input_size": [height, width],
         "seed": cfg.seed,
         "classes": list(classes) if classes is not None else None,
         "preprocessing": prep.to_dict(),
