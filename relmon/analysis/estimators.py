@@ -54,6 +54,7 @@ checks the format, the kind, the state's keys and that every number is finite, a
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -133,15 +134,37 @@ def _result(window_id, estimate, lower, upper) -> pd.DataFrame:
 
 
 class _Data:
-    """Per-sample features of some records (computed once), their window features on demand."""
+    """Per-sample features of some records and everything derived from them without an estimator.
 
-    def __init__(self, samples: pd.DataFrame):
+    Computed on first use and kept: the window features, shift types, window sizes, the labelled and
+    leave-one-shift-type-out subsets, per-window values (e.g. the nuclear norm of a window's prediction
+    matrix) and point fits of estimator configurations on these samples. A subset made of whole
+    windows slices its parent's window rows instead of recomputing them (a subset that cuts windows
+    recomputes). :func:`relmon.analysis.selection.select_estimator` hands one ``_Data`` to every
+    candidate, so none of this is recomputed per candidate; every value is the one a fresh
+    computation gives (same function, same rows, same order).
+    """
+
+    def __init__(self, samples: pd.DataFrame, model: str | None = None, model_version: str | None = None):
         self.samples = samples.reset_index(drop=True)
+        self.model, self.model_version = model, model_version
         self._windows = None
+        self._memo: dict = {}
+        self._root = self  # the data whose windows this one's are a selection of (whole windows)
 
     @classmethod
     def of(cls, records) -> _Data:
-        return records if isinstance(records, _Data) else cls(sample_features(records))
+        """``records`` itself when already a ``_Data``; else the per-sample features of a records frame
+        of one model."""
+        if isinstance(records, _Data):
+            return records
+        model, version = _model_of(records)
+        return cls(sample_features(records), model, version)
+
+    def _cached(self, key, compute):
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     @property
     def windows(self) -> pd.DataFrame:
@@ -151,17 +174,57 @@ class _Data:
 
     @property
     def groups(self) -> pd.Series:
-        return self.samples["window_id"].map(shift_type)
-
-    def subset(self, mask) -> _Data:
-        out = _Data(self.samples[np.asarray(mask, dtype=bool)])
-        if self._windows is not None:  # window rows are per window: slice instead of recomputing
-            keep = self._windows["window_id"].isin(set(out.samples["window_id"]))
-            out._windows = self._windows[keep].reset_index(drop=True)
-        return out
+        return self._cached("groups", lambda: self.samples["window_id"].map(shift_type))
 
     def sizes(self) -> pd.Series:
-        return self.samples.groupby("window_id").size()
+        return self._cached("sizes", lambda: self.samples.groupby("window_id").size())
+
+    def subset(self, mask) -> _Data:
+        out = _Data(self.samples[np.asarray(mask, dtype=bool)], self.model, self.model_version)
+        kept = out.sizes()
+        if (kept == self.sizes().reindex(kept.index)).all():  # whole windows: per-window values carry over
+            out._root = self._root
+            if self._windows is not None:
+                keep = self._windows["window_id"].isin(set(kept.index))
+                out._windows = self._windows[keep].reset_index(drop=True)
+        return out
+
+    def labelled(self) -> _Data:
+        """The samples with a known ``correct``."""
+        return self._cached("labelled", lambda: self.subset(self.samples["correct"].notna()))
+
+    def of_shift_type(self, group: str, keep: bool) -> _Data:
+        """The windows of shift type ``group`` (``keep=True``) or all the others (``keep=False``)."""
+        return self._cached(("shift_type", group, keep), lambda: self.subset((self.groups == group) == keep))
+
+    def per_window(self, key, compute) -> pd.Series:
+        """``compute(data)`` → Series indexed by window_id, sorted, of values that depend only on each
+        window's own samples; computed once on the whole-window root and sliced."""
+        full = self._root._cached(("per_window", key), lambda: compute(self._root))
+        if self._root is self:
+            return full
+        return full[full.index.isin(set(self.sizes().index))]
+
+    def point_fit(self, est: _WindowEstimator) -> _WindowEstimator:
+        """A copy of ``est`` with its point estimate fitted on these samples (``est._fit_point``); one
+        fit per configuration (class and parameters but ``interval``/``conformal``, which the point fit
+        does not read), reused by every caller that asks for the same configuration."""
+        key = _config_key(est)
+        if key not in self._memo:
+            fitted = clone(est)
+            fitted._fit_point(self)
+            self._memo[key] = fitted
+        return copy.deepcopy(self._memo[key]).set_params(**est.get_params(deep=False))
+
+    def remember_point_fit(self, est: _WindowEstimator) -> None:
+        """Keep (a copy of) an estimator whose point estimate was just fitted on these samples."""
+        self._memo.setdefault(_config_key(est), copy.deepcopy(est))
+
+
+def _config_key(est) -> tuple:
+    params = est.get_params(deep=False)
+    return ("point_fit", type(est), tuple(sorted((k, repr(v)) for k, v in params.items()
+                                                 if k not in ("interval", "conformal"))))
 
 
 def _check_finite(value, where: str) -> None:
@@ -210,7 +273,7 @@ class _WindowEstimator(BaseEstimator):
             return data
         if self.source != CLEAN:
             raise ValueError(f"source must be 'all' or 'clean', got {self.source!r}")
-        clean = data.subset(data.groups == CLEAN)
+        clean = data.of_shift_type(CLEAN, keep=True)
         if clean.samples.empty:
             raise ValueError(f"{type(self).__name__}(source='clean') needs clean source windows (window ids "
                              "'clean' or 'clean/...'); got none. Fix: include clean windows or use source='all'")
@@ -218,14 +281,23 @@ class _WindowEstimator(BaseEstimator):
 
     def fit(self, records: pd.DataFrame, y=None):
         """Fit on labelled records (``correct`` not null) of one model; ``y`` is ignored (sklearn API)."""
-        self.model_, self.model_version_ = _model_of(records)
-        if "correct" not in records.columns or records["correct"].isna().all():
+        if isinstance(records, _Data):  # features already computed (select_estimator shares them)
+            data = records
+            if data.model is None:
+                raise ValueError("fit needs the records' model; build the data with _Data.of(records)")
+            labelled = data.samples["correct"].notna().any()
+        else:
+            _model_of(records)
+            labelled = "correct" in records.columns and records["correct"].notna().any()
+        if not labelled:
             raise ValueError("fit needs labelled records: the 'correct' column is all null")
         if not (0.0 < float(self.interval) < 1.0):
             raise ValueError(f"interval must be in (0, 1), got {self.interval!r}")
         data = _Data.of(records)
-        data = data.subset(data.samples["correct"].notna())
+        self.model_, self.model_version_ = data.model, data.model_version
+        data = data.labelled()
         self._fit_point(data)
+        data.remember_point_fit(self)
         self._fit_interval(data)
         return self
 
@@ -243,10 +315,9 @@ class _WindowEstimator(BaseEstimator):
         sizes = data.sizes()
         rows = []
         for g in sorted(set(groups) - {CLEAN}):
-            train, test = data.subset(groups != g), data.subset(groups == g)
+            train, test = data.of_shift_type(g, keep=False), data.of_shift_type(g, keep=True)
             try:
-                est = clone(self).set_params(conformal=False)
-                est._fit_point(train)
+                est = train.point_fit(clone(self).set_params(conformal=False))
             except ValueError:
                 continue  # e.g. too few windows left for a regression: no residual from this type
             pred = est._point(test)
@@ -560,6 +631,10 @@ class NuclearNorm(_WindowEstimator):
         self.conformal = conformal
 
     def _norms(self, records, k):
+        return records.per_window(("nuclear_norm", k), lambda data: self._window_norms(data, k))
+
+    @staticmethod
+    def _window_norms(records, k):
         s = records.samples
         preds = s["pred"].to_numpy(dtype=int)
         out = {}
@@ -804,10 +879,11 @@ class MedianOf(_WindowEstimator):
             raise ValueError("MedianOf needs at least one member estimator name")
         self.members_ = []
         for n in names:
-            member = make_estimator(n).set_params(conformal=False)
+            # the same configuration's point fit on the same samples as the candidate's own (shared
+            # when select_estimator evaluates both)
+            member = records.point_fit(make_estimator(n).set_params(conformal=False))
             member.model_ = getattr(self, "model_", "")
             member.model_version_ = getattr(self, "model_version_", "")
-            member._fit_point(records)
             member.n_residuals_, member.tau_, member.q_, member.interval_kind_ = 0, 0.0, _z(member.interval), "sampling"
             self.members_.append(member)
 
