@@ -566,3 +566,61 @@ def test_format_1_files_still_load(tmp_path):
     old = load_estimator(tmp_path / "old.json")
     assert old.signal == "confidence" and old.interval_kind_ == "sampling"
     pd.testing.assert_frame_equal(old.predict(recs), ATC(conformal=False).fit(recs).predict(recs))
+
+
+# ---------------------------------------------------------------------------------------------------
+# COT and NuclearNorm: one rule for classes unseen in calibration, clear errors for missing columns
+
+
+def _class_records(window, labels, preds, conf):
+    n = len(preds)
+    return make_records(sample_id=[f"{window}/{i}" for i in range(n)], window_id=window, model="synth",
+                        model_version="v1", pred=np.asarray(preds), confidence=np.asarray(conf, dtype=float),
+                        softmax_entropy=np.zeros(n), margin=np.full(n, 0.5), label=np.asarray(labels),
+                        method="random", score0=1.0, aopc=0.0)
+
+
+def _three_class_calibration():
+    """Windows over classes 0..2 (K = 3) with accuracies 1.0, 2/3 and 1/3."""
+    preds = [0, 1, 2] * 4
+    return pd.concat([_class_records(w, [p if i % 3 < k else (p + 1) % 3 for i, p in enumerate(preds)], preds,
+                                     np.linspace(0.5, 0.95, 12))
+                      for w, k in (("clean/0", 3), ("a/0", 2), ("b/0", 1))], ignore_index=True)
+
+
+@pytest.mark.parametrize("kind", ["COT", "NuclearNorm"])
+def test_class_unseen_in_calibration_is_refused_by_cot_and_nuclear_norm(kind):
+    """Both estimators fit a K-class space (K = 3 here) and refuse a prediction of class 3 the same way.
+
+    Mutation caught: NuclearNorm folding the unseen class into class K − 1 (``np.minimum(pred, K − 1)``,
+    its former behaviour) returns a number instead of the error."""
+    from relmon.analysis import COT, NuclearNorm
+
+    est = {"COT": COT, "NuclearNorm": NuclearNorm}[kind](conformal=False).fit(_three_class_calibration())
+    seen = _class_records("t/0", [-1] * 6, [0, 1, 2, 2, 1, 0], np.full(6, 0.9))
+    assert est.predict(seen)["estimate"].between(0, 1).all()
+    unseen = _class_records("t/1", [-1] * 6, [0, 1, 2, 3, 1, 0], np.full(6, 0.9))
+    with pytest.raises(ValueError, match=rf"{kind} was calibrated on 3 classes \(0\.\.2.*predict class 3.*"
+                                         r"Fix: calibrate on labelled data that includes class 3"):
+        est.predict(unseen)
+    with pytest.raises(ValueError, match="class indices must be 0 or more"):
+        est.predict(seen.assign(pred=-1))
+
+
+@pytest.mark.parametrize("kind", ["COT", "NuclearNorm"])
+def test_cot_and_nuclear_norm_name_a_missing_pred_or_label_column(kind):
+    """No raw KeyError: the missing column and the fix are named (fit and predict)."""
+    from relmon.analysis import COT, NuclearNorm
+
+    cls = {"COT": COT, "NuclearNorm": NuclearNorm}[kind]
+    cal = _three_class_calibration()
+    with pytest.raises(ValueError, match=rf"{kind} needs the records' 'pred' column .*fix: score the records"):
+        cls(conformal=False).fit(cal.drop(columns="pred"))
+    est = cls(conformal=False).fit(cal)
+    with pytest.raises(ValueError, match=rf"{kind} needs the records' 'pred' column"):
+        est.predict(cal.drop(columns="pred"))
+    if kind == "COT":  # the label distribution needs labels; the nuclear norm does not
+        with pytest.raises(ValueError, match=r"COT needs the records' 'label' column .*fix: calibrate on labelled"):
+            COT(conformal=False).fit(cal.drop(columns="label"))
+    else:
+        assert NuclearNorm(conformal=False).fit(cal.drop(columns="label")).n_classes_ == 3

@@ -44,7 +44,10 @@ The baselines take ``source="clean"`` ("as published": fitted on the clean sourc
 :class:`COT` and :class:`NuclearNorm` rebuild each sample's probability vector as ``confidence`` on
 the predicted class and the rest spread evenly over the other classes. Their pseudo-label-shift
 term (predicted class frequencies vs the source label frequencies) is exact; the dispersion of the
-non-top classes is not seen.
+non-top classes is not seen. Both work in the calibration's class space (``K`` = 1 + the largest class
+predicted or labelled there) and both refuse records predicting a class outside it, with an error
+naming the class and the fix (their docstrings say why); a records frame without ``pred`` (or, to
+fit COT, ``label``) raises ``ValueError`` naming the column.
 
 Estimators are saved as versioned JSON (:meth:`save` / :func:`load_estimator`), never pickle. Loading
 checks the format, the kind, the state's keys and that every number is finite, and raises
@@ -554,11 +557,52 @@ class DoC(_WindowEstimator):
         self.source_accuracy_, self.source_confidence_ = state["source_accuracy"], state["source_confidence"]
 
 
-def _n_classes(records: pd.DataFrame) -> int:
-    top = int(records["pred"].max())
-    if "label" in records.columns and records["label"].notna().any():
-        top = max(top, int(records["label"].max()))
+_CLASS_COLUMNS = {
+    "pred": ("the model's predicted class of each sample",
+             "score the records with relmon (its records carry 'pred') or add the column"),
+    "label": ("each labelled sample's true class, for the source label distribution",
+              "calibrate on labelled data (class folders, or a manifest with a label column)"),
+}
+
+
+def _class_column(samples: pd.DataFrame, column: str, who: str) -> np.ndarray:
+    """``column`` (``pred`` or ``label``) as integers, with a clear error where it is missing."""
+    meaning, fix = _CLASS_COLUMNS[column]
+    if column not in samples.columns:
+        raise ValueError(f"{who} needs the records' {column!r} column ({meaning}), absent from these records; "
+                         f"fix: {fix}, or leave {who} out of the estimators")
+    values = samples[column].dropna()
+    if values.empty:
+        raise ValueError(f"{who} needs the records' {column!r} column ({meaning}), but it is all null; fix: {fix}")
+    values = values.to_numpy(dtype=np.int64)
+    if values.min() < 0:
+        raise ValueError(f"{who}: the records' {column!r} column holds class {int(values.min())}; class "
+                         "indices must be 0 or more")
+    return values
+
+
+def _n_classes(samples: pd.DataFrame, who: str) -> int:
+    """The class count K of the calibration: 1 + the largest class predicted or labelled in it."""
+    top = int(_class_column(samples, "pred", who).max())
+    if "label" in samples.columns and samples["label"].notna().any():
+        top = max(top, int(_class_column(samples, "label", who).max()))
     return top + 1
+
+
+def _predicted_classes(samples: pd.DataFrame, k: int, who: str) -> np.ndarray:
+    """The ``pred`` column, every class in ``0..k-1`` (the fitted class space) or a clear error."""
+    if "pred" in samples.columns and samples["pred"].isna().any():
+        raise ValueError(f"{who}: {int(samples['pred'].isna().sum())} sample(s) have no 'pred'; fix: records "
+                         "must carry every sample's predicted class")
+    preds = _class_column(samples, "pred", who)
+    if preds.max() >= k:
+        c = int(preds.max())
+        raise ValueError(
+            f"{who} was calibrated on {k} classes (0..{k - 1}: those its calibration records predicted or were "
+            f"labelled with) but these records predict class {c}, which has no place in the {k}-class "
+            f"prediction matrix it was fitted on. Fix: calibrate on labelled data that includes class {c} "
+            f"('relmon calibrate'), or leave {who} out of the estimators")
+    return preds
 
 
 def _probability_matrix(samples: pd.DataFrame, preds: np.ndarray, k: int) -> np.ndarray:
@@ -576,7 +620,17 @@ class COT(_WindowEstimator):
     Estimated error of a window = the optimal-transport cost (POT's exact ``ot.emd2``) between its
     samples' probability vectors (uniform weights) and the source label distribution (one-hot vectors
     ``e_y`` weighted by the labelled records' class frequencies), with ground cost ``‖p − e_y‖_∞``.
-    Estimate = 1 − cost. The only fitted quantity is the label distribution.
+    Estimate = 1 − cost. The fitted quantity is the label distribution over the calibration's ``K``
+    classes (1 + the largest class predicted or labelled there; a class never labelled has weight 0).
+
+    **Classes not seen in calibration** (a prediction ``≥ K``) raise ``ValueError`` naming the class
+    and the fix, as in :class:`NuclearNorm`: the rebuilt probability vectors have ``K`` entries (the
+    non-top mass spread over ``K − 1`` classes), so such a prediction has no place in them; widening
+    ``K`` for one window would change every sample's vector and hence the cost scale the estimate is
+    read on, and folding the class into another would count predictions as agreeing with a class the
+    model did not predict. Either would be a confident wrong number; the estimator instead asks to be
+    calibrated on data that covers the class. Records without ``pred`` (or, to fit, ``label``) raise
+    ``ValueError`` naming the column.
     """
 
     _STATE_KEYS = ("label_distribution",)
@@ -587,8 +641,8 @@ class COT(_WindowEstimator):
         self.conformal = conformal
 
     def _fit(self, records):
-        labels = records.samples["label"].dropna().astype(int).to_numpy()
-        k = _n_classes(records.samples)
+        k = _n_classes(records.samples, "COT")
+        labels = _class_column(records.samples, "label", "COT")
         self.label_distribution_ = (np.bincount(labels, minlength=k) / len(labels)).tolist()
 
     def _point(self, records):
@@ -597,9 +651,7 @@ class COT(_WindowEstimator):
         pi = np.asarray(self.label_distribution_, dtype=float)
         k = len(pi)
         s = records.samples
-        preds = s["pred"].to_numpy(dtype=int)
-        if preds.max() >= k:
-            raise ValueError(f"records predict class {int(preds.max())} but COT was fitted on {k} classes")
+        preds = _predicted_classes(s, k, "COT")
         out = {}
         for wid, idx in s.groupby("window_id").indices.items():
             p = _probability_matrix(s.iloc[idx], preds[idx], k)
@@ -620,7 +672,15 @@ class NuclearNorm(_WindowEstimator):
 
     Window feature ``‖P‖_* / sqrt(n · min(n, K))`` of the ``(n, K)`` prediction matrix; accuracy is
     linear in it, the line fitted (scikit-learn ``LinearRegression``) on the calibration windows (the
-    paper fits it on synthetically shifted sets, i.e. pooled).
+    paper fits it on synthetically shifted sets, i.e. pooled). ``K`` is the calibration's class count
+    (1 + the largest class predicted or labelled there), kept with the line.
+
+    **Classes not seen in calibration** (a prediction ``≥ K``) raise ``ValueError`` naming the class
+    and the fix, as in :class:`COT`. The line holds for the ``K``-column matrix and its normaliser
+    ``sqrt(n · min(n, K))``: widening ``K`` would move the feature off the fitted line, and folding the
+    class into column ``K − 1`` (what this estimator once did) adds agreement with a class the model
+    did not predict, raising the norm and the estimate — a confident wrong number. Records without
+    ``pred`` raise ``ValueError`` naming the column.
     """
 
     _STATE_KEYS = ("n_classes", "coef", "intercept")
@@ -636,15 +696,15 @@ class NuclearNorm(_WindowEstimator):
     @staticmethod
     def _window_norms(records, k):
         s = records.samples
-        preds = s["pred"].to_numpy(dtype=int)
+        preds = _predicted_classes(s, k, "NuclearNorm")
         out = {}
         for wid, idx in s.groupby("window_id").indices.items():
-            p = _probability_matrix(s.iloc[idx], np.minimum(preds[idx], k - 1), k)
+            p = _probability_matrix(s.iloc[idx], preds[idx], k)
             out[wid] = float(np.linalg.norm(p, ord="nuc") / math.sqrt(len(idx) * min(len(idx), k)))
         return pd.Series(out).sort_index()
 
     def _fit(self, records):
-        k = _n_classes(records.samples)
+        k = _n_classes(records.samples, "NuclearNorm")
         x = self._norms(records, k)
         y = records.windows.set_index("window_id")["accuracy"].reindex(x.index)
         if len(x) < 3 or float(np.ptp(y)) == 0.0:
