@@ -624,3 +624,59 @@ def test_cot_and_nuclear_norm_name_a_missing_pred_or_label_column(kind):
             COT(conformal=False).fit(cal.drop(columns="label"))
     else:
         assert NuclearNorm(conformal=False).fit(cal.drop(columns="label")).n_classes_ == 3
+
+
+# ---------------------------------------------------------------------------------------------------
+# correlation_table: vectorized bootstrap equals the one-resample-at-a-time scipy reference
+
+
+def _reference_correlation_table(features, columns, n_boot, seed, level):
+    """scipy.stats.bootstrap with vectorized=False over scipy's pearsonr / spearmanr (the former code)."""
+    from scipy.stats import bootstrap, pearsonr, spearmanr
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for col in columns:
+        d = features[[col, "accuracy"]].astype(float).dropna()
+        x, y = d[col].to_numpy(), d["accuracy"].to_numpy()
+        row = {"feature": col, "n": len(d)}
+        for name, fn in (("pearson", pearsonr), ("spearman", spearmanr)):
+            def stat(a, b, fn=fn):
+                return np.nan if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0 else fn(a, b)[0]
+
+            row[name] = float(stat(x, y))
+            row[f"{name}_lo"] = row[f"{name}_hi"] = float("nan")
+            if len(d) >= 3 and np.isfinite(row[name]):
+                ci = bootstrap((x, y), stat, paired=True, vectorized=False, n_resamples=n_boot, confidence_level=level,
+                               method="percentile", random_state=rng).confidence_interval
+                row[f"{name}_lo"], row[f"{name}_hi"] = float(ci.low), float(ci.high)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_correlation_table_intervals_equal_the_non_vectorized_scipy_reference():
+    """Same seed → same resamples → the same percentile intervals, up to rounding, for every kind of
+    column: linear, noisy, tied values (ranks), a constant, an all-NaN and a short one (NaN rows; with 3 rows
+    some resamples are constant and give NaN).
+
+    Mutations caught: correlating along the resample axis instead of the sample axis; the Pearson
+    statistic used for the Spearman interval; a resample's constancy judged by the centred sum of
+    squares (rounding makes some constant resamples finite)."""
+    rng = np.random.default_rng(3)
+    n = 40
+    acc = rng.uniform(0.3, 0.9, size=n)
+    # 3 rows: 1 resample in 9 repeats one row; these values' mean over 3 equal copies is not the value
+    # itself in floating point, so only the ptp test sees such a resample as constant
+    acc[:3] = [0.09, 0.36, 0.19]
+    short = np.full(n, np.nan)
+    short[:3] = [0.05, 0.35, 0.18]
+    feats = pd.DataFrame({"accuracy": acc, "linear": 2 * acc + 0.1 * rng.standard_normal(n),
+                          "noise": rng.standard_normal(n), "ties": np.round(acc * 4) / 4 + 0.1,
+                          "constant": np.full(n, 0.1), "short": short, "empty": np.full(n, np.nan)})
+    cols = ["linear", "noise", "ties", "constant", "short", "empty"]
+    got = correlation_table(feats, cols, n_boot=300, seed=5, level=0.9)
+    ref = _reference_correlation_table(feats, cols, n_boot=300, seed=5, level=0.9)
+    pd.testing.assert_frame_equal(got, ref, check_exact=False, rtol=0, atol=1e-12)
+    assert got.set_index("feature").loc["constant"].drop("n").isna().all()
+    assert got.set_index("feature").loc["empty", "n"] == 0  # an all-NaN column gives a NaN row, no error
+    assert np.isfinite(got.set_index("feature").loc["linear"].to_numpy(dtype=float)).all()
