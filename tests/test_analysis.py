@@ -681,3 +681,24 @@ def test_correlation_table_intervals_equal_the_non_vectorized_scipy_reference():
     assert got.set_index("feature").loc["constant"].drop("n").isna().all()
     assert got.set_index("feature").loc["empty", "n"] == 0  # an all-NaN column gives a NaN row, no error
     assert np.isfinite(got.set_index("feature").loc["linear"].to_numpy(dtype=float)).all()
+
+
+@pytest.mark.parametrize("kind", ["COT", "NuclearNorm"])
+def test_held_out_shift_type_uses_the_calibrations_class_space(kind):
+    """Class 3 occurs only in shift type ``c``: the leave-one-type-out copy fitted without ``c`` still
+    works in the calibration's 4 classes, so ``c`` gets its held-out residual (no refusal, no folding).
+
+    Mutation caught: each copy taking K from its own training windows (K = 3) → the held-out type
+    predicts an 'unseen' class 3 and fit raises."""
+    from relmon.analysis import COT, NuclearNorm
+
+    preds = [0, 1, 2] * 4
+    parts = [_class_records(w, [p if i % 3 < k else (p + 1) % 3 for i, p in enumerate(preds)], preds,
+                            np.linspace(0.5, 0.95, 12)) for w, k in (("clean/0", 3), ("a/0", 2), ("b/0", 1))]
+    four = [0, 1, 2, 3] * 3
+    parts.append(_class_records("c/0", [p if i % 2 else 0 for i, p in enumerate(four)], four,
+                                np.linspace(0.4, 0.9, 12)))
+    cal = pd.concat(parts, ignore_index=True)
+    est = {"COT": COT, "NuclearNorm": NuclearNorm}[kind]().fit(cal)
+    assert set(est.loso_["shift_type"]) == {"a", "b", "c"}
+    assert (len(est.label_distribution_) if kind == "COT" else est.n_classes_) == 4

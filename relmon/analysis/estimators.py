@@ -154,6 +154,7 @@ class _Data:
         self._windows = None
         self._memo: dict = {}
         self._root = self  # the data whose windows this one's are a selection of (whole windows)
+        self._class_source = self  # the data whose classes make the class space (see n_classes)
 
     @classmethod
     def of(cls, records) -> _Data:
@@ -184,6 +185,7 @@ class _Data:
 
     def subset(self, mask) -> _Data:
         out = _Data(self.samples[np.asarray(mask, dtype=bool)], self.model, self.model_version)
+        out._class_source = self._class_source
         kept = out.sizes()
         if (kept == self.sizes().reindex(kept.index)).all():  # whole windows: per-window values carry over
             out._root = self._root
@@ -193,8 +195,19 @@ class _Data:
         return out
 
     def labelled(self) -> _Data:
-        """The samples with a known ``correct``."""
-        return self._cached("labelled", lambda: self.subset(self.samples["correct"].notna()))
+        """The samples with a known ``correct``; they make the class space of what is fitted on them."""
+        def make():
+            out = self.subset(self.samples["correct"].notna())
+            out._class_source = out
+            return out
+
+        return self._cached("labelled", make)
+
+    def n_classes(self, who: str) -> int:
+        """The class count ``K`` of the calibration these samples belong to: 1 + the largest class
+        predicted or labelled in the labelled records that were fitted (not only in this subset), so a
+        leave-one-shift-type-out copy works in the class space of the final estimator."""
+        return self._class_source._cached("n_classes", lambda: _n_classes(self._class_source.samples, who))
 
     def of_shift_type(self, group: str, keep: bool) -> _Data:
         """The windows of shift type ``group`` (``keep=True``) or all the others (``keep=False``)."""
@@ -621,7 +634,8 @@ class COT(_WindowEstimator):
     samples' probability vectors (uniform weights) and the source label distribution (one-hot vectors
     ``e_y`` weighted by the labelled records' class frequencies), with ground cost ``‖p − e_y‖_∞``.
     Estimate = 1 − cost. The fitted quantity is the label distribution over the calibration's ``K``
-    classes (1 + the largest class predicted or labelled there; a class never labelled has weight 0).
+    classes (1 + the largest class predicted or labelled in the labelled calibration records, also for
+    the leave-one-shift-type-out copies; a class never labelled has weight 0).
 
     **Classes not seen in calibration** (a prediction ``≥ K``) raise ``ValueError`` naming the class
     and the fix, as in :class:`NuclearNorm`: the rebuilt probability vectors have ``K`` entries (the
@@ -641,7 +655,7 @@ class COT(_WindowEstimator):
         self.conformal = conformal
 
     def _fit(self, records):
-        k = _n_classes(records.samples, "COT")
+        k = records.n_classes("COT")
         labels = _class_column(records.samples, "label", "COT")
         self.label_distribution_ = (np.bincount(labels, minlength=k) / len(labels)).tolist()
 
@@ -673,7 +687,8 @@ class NuclearNorm(_WindowEstimator):
     Window feature ``‖P‖_* / sqrt(n · min(n, K))`` of the ``(n, K)`` prediction matrix; accuracy is
     linear in it, the line fitted (scikit-learn ``LinearRegression``) on the calibration windows (the
     paper fits it on synthetically shifted sets, i.e. pooled). ``K`` is the calibration's class count
-    (1 + the largest class predicted or labelled there), kept with the line.
+    (1 + the largest class predicted or labelled in the labelled calibration records, also for the
+    leave-one-shift-type-out copies), kept with the line.
 
     **Classes not seen in calibration** (a prediction ``≥ K``) raise ``ValueError`` naming the class
     and the fix, as in :class:`COT`. The line holds for the ``K``-column matrix and its normaliser
@@ -704,7 +719,7 @@ class NuclearNorm(_WindowEstimator):
         return pd.Series(out).sort_index()
 
     def _fit(self, records):
-        k = _n_classes(records.samples, "NuclearNorm")
+        k = records.n_classes("NuclearNorm")
         x = self._norms(records, k)
         y = records.windows.set_index("window_id")["accuracy"].reindex(x.index)
         if len(x) < 3 or float(np.ptp(y)) == 0.0:
