@@ -566,3 +566,139 @@ def test_format_1_files_still_load(tmp_path):
     old = load_estimator(tmp_path / "old.json")
     assert old.signal == "confidence" and old.interval_kind_ == "sampling"
     pd.testing.assert_frame_equal(old.predict(recs), ATC(conformal=False).fit(recs).predict(recs))
+
+
+# ---------------------------------------------------------------------------------------------------
+# COT and NuclearNorm: one rule for classes unseen in calibration, clear errors for missing columns
+
+
+def _class_records(window, labels, preds, conf):
+    n = len(preds)
+    return make_records(sample_id=[f"{window}/{i}" for i in range(n)], window_id=window, model="synth",
+                        model_version="v1", pred=np.asarray(preds), confidence=np.asarray(conf, dtype=float),
+                        softmax_entropy=np.zeros(n), margin=np.full(n, 0.5), label=np.asarray(labels),
+                        method="random", score0=1.0, aopc=0.0)
+
+
+def _three_class_calibration():
+    """Windows over classes 0..2 (K = 3) with accuracies 1.0, 2/3 and 1/3."""
+    preds = [0, 1, 2] * 4
+    return pd.concat([_class_records(w, [p if i % 3 < k else (p + 1) % 3 for i, p in enumerate(preds)], preds,
+                                     np.linspace(0.5, 0.95, 12))
+                      for w, k in (("clean/0", 3), ("a/0", 2), ("b/0", 1))], ignore_index=True)
+
+
+@pytest.mark.parametrize("kind", ["COT", "NuclearNorm"])
+def test_class_unseen_in_calibration_is_refused_by_cot_and_nuclear_norm(kind):
+    """Both estimators fit a K-class space (K = 3 here) and refuse a prediction of class 3 the same way.
+
+    Mutation caught: NuclearNorm folding the unseen class into class K − 1 (``np.minimum(pred, K − 1)``,
+    its former behaviour) returns a number instead of the error."""
+    from relmon.analysis import COT, NuclearNorm
+
+    est = {"COT": COT, "NuclearNorm": NuclearNorm}[kind](conformal=False).fit(_three_class_calibration())
+    seen = _class_records("t/0", [-1] * 6, [0, 1, 2, 2, 1, 0], np.full(6, 0.9))
+    assert est.predict(seen)["estimate"].between(0, 1).all()
+    unseen = _class_records("t/1", [-1] * 6, [0, 1, 2, 3, 1, 0], np.full(6, 0.9))
+    with pytest.raises(ValueError, match=rf"{kind} was calibrated on 3 classes \(0\.\.2.*predict class 3.*"
+                                         r"Fix: calibrate on labelled data that includes class 3"):
+        est.predict(unseen)
+    with pytest.raises(ValueError, match="class indices must be 0 or more"):
+        est.predict(seen.assign(pred=-1))
+
+
+@pytest.mark.parametrize("kind", ["COT", "NuclearNorm"])
+def test_cot_and_nuclear_norm_name_a_missing_pred_or_label_column(kind):
+    """No raw KeyError: the missing column and the fix are named (fit and predict)."""
+    from relmon.analysis import COT, NuclearNorm
+
+    cls = {"COT": COT, "NuclearNorm": NuclearNorm}[kind]
+    cal = _three_class_calibration()
+    with pytest.raises(ValueError, match=rf"{kind} needs the records' 'pred' column .*fix: score the records"):
+        cls(conformal=False).fit(cal.drop(columns="pred"))
+    est = cls(conformal=False).fit(cal)
+    with pytest.raises(ValueError, match=rf"{kind} needs the records' 'pred' column"):
+        est.predict(cal.drop(columns="pred"))
+    if kind == "COT":  # the label distribution needs labels; the nuclear norm does not
+        with pytest.raises(ValueError, match=r"COT needs the records' 'label' column .*fix: calibrate on labelled"):
+            COT(conformal=False).fit(cal.drop(columns="label"))
+    else:
+        assert NuclearNorm(conformal=False).fit(cal.drop(columns="label")).n_classes_ == 3
+
+
+# ---------------------------------------------------------------------------------------------------
+# correlation_table: vectorized bootstrap equals the one-resample-at-a-time scipy reference
+
+
+def _reference_correlation_table(features, columns, n_boot, seed, level):
+    """scipy.stats.bootstrap with vectorized=False over scipy's pearsonr / spearmanr (the former code)."""
+    from scipy.stats import bootstrap, pearsonr, spearmanr
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for col in columns:
+        d = features[[col, "accuracy"]].astype(float).dropna()
+        x, y = d[col].to_numpy(), d["accuracy"].to_numpy()
+        row = {"feature": col, "n": len(d)}
+        for name, fn in (("pearson", pearsonr), ("spearman", spearmanr)):
+            def stat(a, b, fn=fn):
+                return np.nan if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0 else fn(a, b)[0]
+
+            row[name] = float(stat(x, y))
+            row[f"{name}_lo"] = row[f"{name}_hi"] = float("nan")
+            if len(d) >= 3 and np.isfinite(row[name]):
+                ci = bootstrap((x, y), stat, paired=True, vectorized=False, n_resamples=n_boot, confidence_level=level,
+                               method="percentile", random_state=rng).confidence_interval
+                row[f"{name}_lo"], row[f"{name}_hi"] = float(ci.low), float(ci.high)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.filterwarnings("ignore::scipy.stats.DegenerateDataWarning")  # the 3-row column, as intended
+def test_correlation_table_intervals_equal_the_non_vectorized_scipy_reference():
+    """Same seed → same resamples → the same percentile intervals, up to rounding, for every kind of
+    column: linear, noisy, tied values (ranks), a constant, an all-NaN and a short one (NaN rows; with 3 rows
+    some resamples are constant and give NaN).
+
+    Mutations caught: correlating along the resample axis instead of the sample axis; the Pearson
+    statistic used for the Spearman interval; a resample's constancy judged by the centred sum of
+    squares (rounding makes some constant resamples finite)."""
+    rng = np.random.default_rng(3)
+    n = 40
+    acc = rng.uniform(0.3, 0.9, size=n)
+    # 3 rows: 1 resample in 9 repeats one row; these values' mean over 3 equal copies is not the value
+    # itself in floating point, so only the ptp test sees such a resample as constant
+    acc[:3] = [0.09, 0.36, 0.19]
+    short = np.full(n, np.nan)
+    short[:3] = [0.05, 0.35, 0.18]
+    feats = pd.DataFrame({"accuracy": acc, "linear": 2 * acc + 0.1 * rng.standard_normal(n),
+                          "noise": rng.standard_normal(n), "ties": np.round(acc * 4) / 4 + 0.1,
+                          "constant": np.full(n, 0.1), "short": short, "empty": np.full(n, np.nan)})
+    cols = ["linear", "noise", "ties", "constant", "short", "empty"]
+    got = correlation_table(feats, cols, n_boot=300, seed=5, level=0.9)
+    ref = _reference_correlation_table(feats, cols, n_boot=300, seed=5, level=0.9)
+    pd.testing.assert_frame_equal(got, ref, check_exact=False, rtol=0, atol=1e-12)
+    assert got.set_index("feature").loc["constant"].drop("n").isna().all()
+    assert got.set_index("feature").loc["empty", "n"] == 0  # an all-NaN column gives a NaN row, no error
+    assert np.isfinite(got.set_index("feature").loc["linear"].to_numpy(dtype=float)).all()
+
+
+@pytest.mark.parametrize("kind", ["COT", "NuclearNorm"])
+def test_held_out_shift_type_uses_the_calibrations_class_space(kind):
+    """Class 3 occurs only in shift type ``c``: the leave-one-type-out copy fitted without ``c`` still
+    works in the calibration's 4 classes, so ``c`` gets its held-out residual (no refusal, no folding).
+
+    Mutation caught: each copy taking K from its own training windows (K = 3) → the held-out type
+    predicts an 'unseen' class 3 and fit raises."""
+    from relmon.analysis import COT, NuclearNorm
+
+    preds = [0, 1, 2] * 4
+    parts = [_class_records(w, [p if i % 3 < k else (p + 1) % 3 for i, p in enumerate(preds)], preds,
+                            np.linspace(0.5, 0.95, 12)) for w, k in (("clean/0", 3), ("a/0", 2), ("b/0", 1))]
+    four = [0, 1, 2, 3] * 3
+    parts.append(_class_records("c/0", [p if i % 2 else 0 for i, p in enumerate(four)], four,
+                                np.linspace(0.4, 0.9, 12)))
+    cal = pd.concat(parts, ignore_index=True)
+    est = {"COT": COT, "NuclearNorm": NuclearNorm}[kind]().fit(cal)
+    assert set(est.loso_["shift_type"]) == {"a", "b", "c"}
+    assert (len(est.label_distribution_) if kind == "COT" else est.n_classes_) == 4

@@ -63,3 +63,71 @@ def test_unknown_estimator_is_refused_before_scoring(tmp_path):
     with pytest.raises(ConfigError, match="config field 'estimators': unknown estimator 'atcc'"):
         calibrate(cfg, tmp_path / "cal")
     assert not (tmp_path / "cal").exists()  # nothing half-written
+
+
+# ---------------------------------------------------------------------------------------------------
+# select_estimator computes the features once for all candidates: same table as independent fits
+
+SHARED_CANDIDATES = ["average_confidence", "cbpe_isotonic_source", "atc", "atc_neg_entropy", "cot", "nuclear_norm",
+                     "correctness_confidence", "correctness_relevance", "regression_relevance"]
+
+
+def _independent_rows(records, name, level):
+    """The selection table's rows of ``name`` from first principles: for every held-out shift type a fresh
+    estimator fitted on the other types' records frame (its own features, no conformal pass) predicts
+    the held-out windows through the public API."""
+    import pandas as pd
+
+    from relmon.analysis import make_estimator, window_features
+    from relmon.analysis.selection import _held_out_rows
+
+    labelled = records[records["correct"].notna()]
+    kind = labelled["window_id"].map(lambda w: str(w).split("/", 1)[0])
+    parts = []
+    for g in sorted(set(kind) - {"clean"}):
+        est = make_estimator(name).set_params(interval=level, conformal=False).fit(labelled[kind != g])
+        held = labelled[kind == g]
+        pred = est.predict(held)
+        feats = window_features(held).set_index("window_id").reindex(pred["window_id"])
+        parts.append(pd.DataFrame({"window_id": pred["window_id"], "shift_type": g, "estimate": pred["estimate"],
+                                   "accuracy": feats["accuracy"].to_numpy(), "n": feats["n"].to_numpy()}))
+    holder = make_estimator(name).set_params(interval=level)
+    holder.loso_ = pd.concat(parts, ignore_index=True)
+    return _held_out_rows(name, holder, level)
+
+
+def test_shared_features_give_the_table_of_independent_fits(calibrated):
+    """select_estimator shares features, leave-one-type-out subsets, per-window nuclear norms and the
+    median's member fits between candidates; its table and fitted estimators must equal, bit for bit,
+    those of candidates fitted independently on the real calibration records (some samples unlabelled,
+    so the labelled subset cuts windows).
+
+    Mutations caught: point fits keyed by class only (atc / atc_neg_entropy share a fit); per-window
+    values not sliced to the subset (nuclear_norm fitted on held-out windows); a subset that cuts
+    windows keeping its parent's per-window values (norms over unlabelled samples too)."""
+    import json
+
+    import pandas as pd
+
+    from relmon.analysis import make_estimator
+    from relmon.analysis.selection import select_estimator
+
+    _, cal = calibrated
+    records = pd.read_parquet(cal.path / "records.parquet")
+    ids = records["sample_id"].drop_duplicates()
+    windows = sorted(records["window_id"].unique())
+    cut = records["window_id"].isin([windows[0], windows[-1]]) & records["sample_id"].isin(ids.iloc[::5])
+    records.loc[cut, ["label", "correct"]] = pd.NA
+    level = 0.8
+    res = select_estimator(records, candidates=SHARED_CANDIDATES, level=level)
+    assert not res.errors, res.errors
+    median = next(n for n in res.fitted if n.startswith("median:"))
+    ref = pd.DataFrame([row for name in SHARED_CANDIDATES for row in _independent_rows(records, name, level)])
+    best = ref.groupby("estimator")["mae"].mean().sort_values(kind="stable").index[:3]
+    assert median == "median:" + "+".join(best)
+    ref = pd.concat([ref, pd.DataFrame(_independent_rows(records, median, level))], ignore_index=True)
+    pd.testing.assert_frame_equal(res.table, ref, check_exact=True)
+    for name in [*SHARED_CANDIDATES, median]:
+        alone = make_estimator(name).set_params(interval=level).fit(records)
+        assert json.dumps(res.fitted[name].to_dict(), sort_keys=True) == json.dumps(alone.to_dict(), sort_keys=True)
+        pd.testing.assert_frame_equal(res.fitted[name].predict(records), alone.predict(records), check_exact=True)

@@ -23,16 +23,33 @@ from relmon.analysis.features import CONFIDENCE_FEATURES, heatmap_methods, sampl
 
 
 def _rowwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pearson correlation of each row of ``a`` with the same row of ``b`` (``(B, n)`` each)."""
+    """Pearson correlation of each row of ``a`` with the same row of ``b`` (``(B, n)`` each); NaN for a
+    row where either side is constant (judged on the values: the mean of equal floats need not equal
+    them, so the centred sums of squares can be a rounding error instead of 0)."""
+    constant = (np.ptp(a, axis=-1) == 0) | (np.ptp(b, axis=-1) == 0)
     a = a - a.mean(axis=-1, keepdims=True)
     b = b - b.mean(axis=-1, keepdims=True)
     den = np.sqrt((a * a).sum(axis=-1) * (b * b).sum(axis=-1))
+    ok = ~constant & (den > 0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, (a * b).sum(axis=-1) / np.where(den > 0, den, 1.0), np.nan)
+        return np.where(ok, (a * b).sum(axis=-1) / np.where(ok, den, 1.0), np.nan)
 
 
 def _rowwise_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return _rowwise_pearson(rankdata(a, axis=-1), rankdata(b, axis=-1))
+
+
+def _boot_pearson(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Pearson correlation along ``axis`` of every resample (scipy.stats.bootstrap, vectorized)."""
+    return _rowwise_pearson(np.moveaxis(a, axis, -1), np.moveaxis(b, axis, -1))
+
+
+def _boot_spearman(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Spearman correlation (Pearson of average ranks, as scipy.stats.spearmanr) along ``axis``."""
+    return _rowwise_spearman(np.moveaxis(a, axis, -1), np.moveaxis(b, axis, -1))
+
+
+_BOOT_STATISTICS = {"pearson": _boot_pearson, "spearman": _boot_spearman}
 
 
 def _ci(values: np.ndarray, level: float) -> tuple[float, float]:
@@ -64,7 +81,8 @@ def correlation_table(
 
     Returns one row per feature: ``feature, n, pearson, pearson_lo, pearson_hi, spearman, spearman_lo,
     spearman_hi`` (``scipy.stats.pearsonr`` / ``spearmanr``; ``scipy.stats.bootstrap`` percentile interval,
-    paired resampling of rows, ``n_boot`` resamples, seeded).
+    paired resampling of rows, ``n_boot`` resamples, seeded, the statistic vectorized over resamples;
+    NaN where a column or the target is constant or has fewer than 2 values).
     """
     missing = [c for c in (*columns, target) if c not in features.columns]
     if missing:
@@ -76,14 +94,13 @@ def correlation_table(
         x, y = d[col].to_numpy(), d[target].to_numpy()
         row = {"feature": col, "n": len(d)}
         for name, fn in (("pearson", pearsonr), ("spearman", spearmanr)):
-            def stat(a, b, fn=fn):
-                if np.ptp(a) == 0 or np.ptp(b) == 0:
-                    return np.nan
-                return fn(a, b)[0]
-
-            row[name] = float(stat(x, y))
+            defined = len(d) >= 2 and np.ptp(x) > 0 and np.ptp(y) > 0  # (an all-NaN column leaves no rows)
+            row[name] = float(fn(x, y)[0]) if defined else float("nan")
             if len(d) >= 3 and np.isfinite(row[name]):
-                ci = bootstrap((x, y), stat, paired=True, vectorized=False, n_resamples=n_boot,
+                # vectorized: the statistic gets every resample at once, (n_boot, n) arrays; the
+                # resamples (scipy draws them from `rng` either way) and so the interval are those of
+                # the one-resample-at-a-time call, up to floating-point rounding
+                ci = bootstrap((x, y), _BOOT_STATISTICS[name], paired=True, vectorized=True, n_resamples=n_boot,
                                confidence_level=level, method="percentile", random_state=rng).confidence_interval
                 row[f"{name}_lo"], row[f"{name}_hi"] = float(ci.low), float(ci.high)
             else:

@@ -44,7 +44,10 @@ The baselines take ``source="clean"`` ("as published": fitted on the clean sourc
 :class:`COT` and :class:`NuclearNorm` rebuild each sample's probability vector as ``confidence`` on
 the predicted class and the rest spread evenly over the other classes. Their pseudo-label-shift
 term (predicted class frequencies vs the source label frequencies) is exact; the dispersion of the
-non-top classes is not seen.
+non-top classes is not seen. Both work in the calibration's class space (``K`` = 1 + the largest class
+predicted or labelled there) and both refuse records predicting a class outside it, with an error
+naming the class and the fix (their docstrings say why); a records frame without ``pred`` (or, to
+fit COT, ``label``) raises ``ValueError`` naming the column.
 
 Estimators are saved as versioned JSON (:meth:`save` / :func:`load_estimator`), never pickle. Loading
 checks the format, the kind, the state's keys and that every number is finite, and raises
@@ -54,6 +57,7 @@ checks the format, the kind, the state's keys and that every number is finite, a
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -133,15 +137,38 @@ def _result(window_id, estimate, lower, upper) -> pd.DataFrame:
 
 
 class _Data:
-    """Per-sample features of some records (computed once), their window features on demand."""
+    """Per-sample features of some records and everything derived from them without an estimator.
 
-    def __init__(self, samples: pd.DataFrame):
+    Computed on first use and kept: the window features, shift types, window sizes, the labelled and
+    leave-one-shift-type-out subsets, per-window values (e.g. the nuclear norm of a window's prediction
+    matrix) and point fits of estimator configurations on these samples. A subset made of whole
+    windows slices its parent's window rows instead of recomputing them (a subset that cuts windows
+    recomputes). :func:`relmon.analysis.selection.select_estimator` hands one ``_Data`` to every
+    candidate, so none of this is recomputed per candidate; every value is the one a fresh
+    computation gives (same function, same rows, same order).
+    """
+
+    def __init__(self, samples: pd.DataFrame, model: str | None = None, model_version: str | None = None):
         self.samples = samples.reset_index(drop=True)
+        self.model, self.model_version = model, model_version
         self._windows = None
+        self._memo: dict = {}
+        self._root = self  # the data whose windows this one's are a selection of (whole windows)
+        self._class_source = self  # the data whose classes make the class space (see n_classes)
 
     @classmethod
     def of(cls, records) -> _Data:
-        return records if isinstance(records, _Data) else cls(sample_features(records))
+        """``records`` itself when already a ``_Data``; else the per-sample features of a records frame
+        of one model."""
+        if isinstance(records, _Data):
+            return records
+        model, version = _model_of(records)
+        return cls(sample_features(records), model, version)
+
+    def _cached(self, key, compute):
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     @property
     def windows(self) -> pd.DataFrame:
@@ -151,17 +178,69 @@ class _Data:
 
     @property
     def groups(self) -> pd.Series:
-        return self.samples["window_id"].map(shift_type)
-
-    def subset(self, mask) -> _Data:
-        out = _Data(self.samples[np.asarray(mask, dtype=bool)])
-        if self._windows is not None:  # window rows are per window: slice instead of recomputing
-            keep = self._windows["window_id"].isin(set(out.samples["window_id"]))
-            out._windows = self._windows[keep].reset_index(drop=True)
-        return out
+        return self._cached("groups", lambda: self.samples["window_id"].map(shift_type))
 
     def sizes(self) -> pd.Series:
-        return self.samples.groupby("window_id").size()
+        return self._cached("sizes", lambda: self.samples.groupby("window_id").size())
+
+    def subset(self, mask) -> _Data:
+        out = _Data(self.samples[np.asarray(mask, dtype=bool)], self.model, self.model_version)
+        out._class_source = self._class_source
+        kept = out.sizes()
+        if (kept == self.sizes().reindex(kept.index)).all():  # whole windows: per-window values carry over
+            out._root = self._root
+            if self._windows is not None:
+                keep = self._windows["window_id"].isin(set(kept.index))
+                out._windows = self._windows[keep].reset_index(drop=True)
+        return out
+
+    def labelled(self) -> _Data:
+        """The samples with a known ``correct``; they make the class space of what is fitted on them."""
+        def make():
+            out = self.subset(self.samples["correct"].notna())
+            out._class_source = out
+            return out
+
+        return self._cached("labelled", make)
+
+    def n_classes(self, who: str) -> int:
+        """The class count ``K`` of the calibration these samples belong to: 1 + the largest class
+        predicted or labelled in the labelled records that were fitted (not only in this subset), so a
+        leave-one-shift-type-out copy works in the class space of the final estimator."""
+        return self._class_source._cached("n_classes", lambda: _n_classes(self._class_source.samples, who))
+
+    def of_shift_type(self, group: str, keep: bool) -> _Data:
+        """The windows of shift type ``group`` (``keep=True``) or all the others (``keep=False``)."""
+        return self._cached(("shift_type", group, keep), lambda: self.subset((self.groups == group) == keep))
+
+    def per_window(self, key, compute) -> pd.Series:
+        """``compute(data)`` → Series indexed by window_id, sorted, of values that depend only on each
+        window's own samples; computed once on the whole-window root and sliced."""
+        full = self._root._cached(("per_window", key), lambda: compute(self._root))
+        if self._root is self:
+            return full
+        return full[full.index.isin(set(self.sizes().index))]
+
+    def point_fit(self, est: _WindowEstimator) -> _WindowEstimator:
+        """A copy of ``est`` with its point estimate fitted on these samples (``est._fit_point``); one
+        fit per configuration (class and parameters but ``interval``/``conformal``, which the point fit
+        does not read), reused by every caller that asks for the same configuration."""
+        key = _config_key(est)
+        if key not in self._memo:
+            fitted = clone(est)
+            fitted._fit_point(self)
+            self._memo[key] = fitted
+        return copy.deepcopy(self._memo[key]).set_params(**est.get_params(deep=False))
+
+    def remember_point_fit(self, est: _WindowEstimator) -> None:
+        """Keep (a copy of) an estimator whose point estimate was just fitted on these samples."""
+        self._memo.setdefault(_config_key(est), copy.deepcopy(est))
+
+
+def _config_key(est) -> tuple:
+    params = est.get_params(deep=False)
+    return ("point_fit", type(est), tuple(sorted((k, repr(v)) for k, v in params.items()
+                                                 if k not in ("interval", "conformal"))))
 
 
 def _check_finite(value, where: str) -> None:
@@ -210,7 +289,7 @@ class _WindowEstimator(BaseEstimator):
             return data
         if self.source != CLEAN:
             raise ValueError(f"source must be 'all' or 'clean', got {self.source!r}")
-        clean = data.subset(data.groups == CLEAN)
+        clean = data.of_shift_type(CLEAN, keep=True)
         if clean.samples.empty:
             raise ValueError(f"{type(self).__name__}(source='clean') needs clean source windows (window ids "
                              "'clean' or 'clean/...'); got none. Fix: include clean windows or use source='all'")
@@ -218,14 +297,23 @@ class _WindowEstimator(BaseEstimator):
 
     def fit(self, records: pd.DataFrame, y=None):
         """Fit on labelled records (``correct`` not null) of one model; ``y`` is ignored (sklearn API)."""
-        self.model_, self.model_version_ = _model_of(records)
-        if "correct" not in records.columns or records["correct"].isna().all():
+        if isinstance(records, _Data):  # features already computed (select_estimator shares them)
+            data = records
+            if data.model is None:
+                raise ValueError("fit needs the records' model; build the data with _Data.of(records)")
+            labelled = data.samples["correct"].notna().any()
+        else:
+            _model_of(records)
+            labelled = "correct" in records.columns and records["correct"].notna().any()
+        if not labelled:
             raise ValueError("fit needs labelled records: the 'correct' column is all null")
         if not (0.0 < float(self.interval) < 1.0):
             raise ValueError(f"interval must be in (0, 1), got {self.interval!r}")
         data = _Data.of(records)
-        data = data.subset(data.samples["correct"].notna())
+        self.model_, self.model_version_ = data.model, data.model_version
+        data = data.labelled()
         self._fit_point(data)
+        data.remember_point_fit(self)
         self._fit_interval(data)
         return self
 
@@ -243,10 +331,9 @@ class _WindowEstimator(BaseEstimator):
         sizes = data.sizes()
         rows = []
         for g in sorted(set(groups) - {CLEAN}):
-            train, test = data.subset(groups != g), data.subset(groups == g)
+            train, test = data.of_shift_type(g, keep=False), data.of_shift_type(g, keep=True)
             try:
-                est = clone(self).set_params(conformal=False)
-                est._fit_point(train)
+                est = train.point_fit(clone(self).set_params(conformal=False))
             except ValueError:
                 continue  # e.g. too few windows left for a regression: no residual from this type
             pred = est._point(test)
@@ -483,11 +570,52 @@ class DoC(_WindowEstimator):
         self.source_accuracy_, self.source_confidence_ = state["source_accuracy"], state["source_confidence"]
 
 
-def _n_classes(records: pd.DataFrame) -> int:
-    top = int(records["pred"].max())
-    if "label" in records.columns and records["label"].notna().any():
-        top = max(top, int(records["label"].max()))
+_CLASS_COLUMNS = {
+    "pred": ("the model's predicted class of each sample",
+             "score the records with relmon (its records carry 'pred') or add the column"),
+    "label": ("each labelled sample's true class, for the source label distribution",
+              "calibrate on labelled data (class folders, or a manifest with a label column)"),
+}
+
+
+def _class_column(samples: pd.DataFrame, column: str, who: str) -> np.ndarray:
+    """``column`` (``pred`` or ``label``) as integers, with a clear error where it is missing."""
+    meaning, fix = _CLASS_COLUMNS[column]
+    if column not in samples.columns:
+        raise ValueError(f"{who} needs the records' {column!r} column ({meaning}), absent from these records; "
+                         f"fix: {fix}, or leave {who} out of the estimators")
+    values = samples[column].dropna()
+    if values.empty:
+        raise ValueError(f"{who} needs the records' {column!r} column ({meaning}), but it is all null; fix: {fix}")
+    values = values.to_numpy(dtype=np.int64)
+    if values.min() < 0:
+        raise ValueError(f"{who}: the records' {column!r} column holds class {int(values.min())}; class "
+                         "indices must be 0 or more")
+    return values
+
+
+def _n_classes(samples: pd.DataFrame, who: str) -> int:
+    """The class count K of the calibration: 1 + the largest class predicted or labelled in it."""
+    top = int(_class_column(samples, "pred", who).max())
+    if "label" in samples.columns and samples["label"].notna().any():
+        top = max(top, int(_class_column(samples, "label", who).max()))
     return top + 1
+
+
+def _predicted_classes(samples: pd.DataFrame, k: int, who: str) -> np.ndarray:
+    """The ``pred`` column, every class in ``0..k-1`` (the fitted class space) or a clear error."""
+    if "pred" in samples.columns and samples["pred"].isna().any():
+        raise ValueError(f"{who}: {int(samples['pred'].isna().sum())} sample(s) have no 'pred'; fix: records "
+                         "must carry every sample's predicted class")
+    preds = _class_column(samples, "pred", who)
+    if preds.max() >= k:
+        c = int(preds.max())
+        raise ValueError(
+            f"{who} was calibrated on {k} classes (0..{k - 1}: those its calibration records predicted or were "
+            f"labelled with) but these records predict class {c}, which has no place in the {k}-class "
+            f"prediction matrix it was fitted on. Fix: calibrate on labelled data that includes class {c} "
+            f"('relmon calibrate'), or leave {who} out of the estimators")
+    return preds
 
 
 def _probability_matrix(samples: pd.DataFrame, preds: np.ndarray, k: int) -> np.ndarray:
@@ -505,7 +633,18 @@ class COT(_WindowEstimator):
     Estimated error of a window = the optimal-transport cost (POT's exact ``ot.emd2``) between its
     samples' probability vectors (uniform weights) and the source label distribution (one-hot vectors
     ``e_y`` weighted by the labelled records' class frequencies), with ground cost ``‖p − e_y‖_∞``.
-    Estimate = 1 − cost. The only fitted quantity is the label distribution.
+    Estimate = 1 − cost. The fitted quantity is the label distribution over the calibration's ``K``
+    classes (1 + the largest class predicted or labelled in the labelled calibration records, also for
+    the leave-one-shift-type-out copies; a class never labelled has weight 0).
+
+    **Classes not seen in calibration** (a prediction ``≥ K``) raise ``ValueError`` naming the class
+    and the fix, as in :class:`NuclearNorm`: the rebuilt probability vectors have ``K`` entries (the
+    non-top mass spread over ``K − 1`` classes), so such a prediction has no place in them; widening
+    ``K`` for one window would change every sample's vector and hence the cost scale the estimate is
+    read on, and folding the class into another would count predictions as agreeing with a class the
+    model did not predict. Either would be a confident wrong number; the estimator instead asks to be
+    calibrated on data that covers the class. Records without ``pred`` (or, to fit, ``label``) raise
+    ``ValueError`` naming the column.
     """
 
     _STATE_KEYS = ("label_distribution",)
@@ -516,8 +655,8 @@ class COT(_WindowEstimator):
         self.conformal = conformal
 
     def _fit(self, records):
-        labels = records.samples["label"].dropna().astype(int).to_numpy()
-        k = _n_classes(records.samples)
+        k = records.n_classes("COT")
+        labels = _class_column(records.samples, "label", "COT")
         self.label_distribution_ = (np.bincount(labels, minlength=k) / len(labels)).tolist()
 
     def _point(self, records):
@@ -526,9 +665,7 @@ class COT(_WindowEstimator):
         pi = np.asarray(self.label_distribution_, dtype=float)
         k = len(pi)
         s = records.samples
-        preds = s["pred"].to_numpy(dtype=int)
-        if preds.max() >= k:
-            raise ValueError(f"records predict class {int(preds.max())} but COT was fitted on {k} classes")
+        preds = _predicted_classes(s, k, "COT")
         out = {}
         for wid, idx in s.groupby("window_id").indices.items():
             p = _probability_matrix(s.iloc[idx], preds[idx], k)
@@ -549,7 +686,16 @@ class NuclearNorm(_WindowEstimator):
 
     Window feature ``‖P‖_* / sqrt(n · min(n, K))`` of the ``(n, K)`` prediction matrix; accuracy is
     linear in it, the line fitted (scikit-learn ``LinearRegression``) on the calibration windows (the
-    paper fits it on synthetically shifted sets, i.e. pooled).
+    paper fits it on synthetically shifted sets, i.e. pooled). ``K`` is the calibration's class count
+    (1 + the largest class predicted or labelled in the labelled calibration records, also for the
+    leave-one-shift-type-out copies), kept with the line.
+
+    **Classes not seen in calibration** (a prediction ``≥ K``) raise ``ValueError`` naming the class
+    and the fix, as in :class:`COT`. The line holds for the ``K``-column matrix and its normaliser
+    ``sqrt(n · min(n, K))``: widening ``K`` would move the feature off the fitted line, and folding the
+    class into column ``K − 1`` (what this estimator once did) adds agreement with a class the model
+    did not predict, raising the norm and the estimate — a confident wrong number. Records without
+    ``pred`` raise ``ValueError`` naming the column.
     """
 
     _STATE_KEYS = ("n_classes", "coef", "intercept")
@@ -560,16 +706,20 @@ class NuclearNorm(_WindowEstimator):
         self.conformal = conformal
 
     def _norms(self, records, k):
+        return records.per_window(("nuclear_norm", k), lambda data: self._window_norms(data, k))
+
+    @staticmethod
+    def _window_norms(records, k):
         s = records.samples
-        preds = s["pred"].to_numpy(dtype=int)
+        preds = _predicted_classes(s, k, "NuclearNorm")
         out = {}
         for wid, idx in s.groupby("window_id").indices.items():
-            p = _probability_matrix(s.iloc[idx], np.minimum(preds[idx], k - 1), k)
+            p = _probability_matrix(s.iloc[idx], preds[idx], k)
             out[wid] = float(np.linalg.norm(p, ord="nuc") / math.sqrt(len(idx) * min(len(idx), k)))
         return pd.Series(out).sort_index()
 
     def _fit(self, records):
-        k = _n_classes(records.samples)
+        k = records.n_classes("NuclearNorm")
         x = self._norms(records, k)
         y = records.windows.set_index("window_id")["accuracy"].reindex(x.index)
         if len(x) < 3 or float(np.ptp(y)) == 0.0:
@@ -804,10 +954,11 @@ class MedianOf(_WindowEstimator):
             raise ValueError("MedianOf needs at least one member estimator name")
         self.members_ = []
         for n in names:
-            member = make_estimator(n).set_params(conformal=False)
+            # the same configuration's point fit on the same samples as the candidate's own (shared
+            # when select_estimator evaluates both)
+            member = records.point_fit(make_estimator(n).set_params(conformal=False))
             member.model_ = getattr(self, "model_", "")
             member.model_version_ = getattr(self, "model_version_", "")
-            member._fit_point(records)
             member.n_residuals_, member.tau_, member.q_, member.interval_kind_ = 0, 0.0, _z(member.interval), "sampling"
             self.members_.append(member)
 

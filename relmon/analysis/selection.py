@@ -21,6 +21,7 @@ import pandas as pd
 from relmon.analysis.estimators import (
     ESTIMATORS,
     MEDIAN_PREFIX,
+    _Data,
     _WindowEstimator,
     _z,
     make_estimator,
@@ -110,10 +111,13 @@ def select_estimator(records: pd.DataFrame, candidates: Sequence[str] | None = N
         raise ValueError(f"select_estimator needs windows of at least 2 shift types besides 'clean' (window ids "
                          f"'<shift>/...'); got {sorted(groups)}. Fix: calibrate with calibration_shifts")
     names = list(candidates) if candidates is not None else list(ESTIMATORS)
+    # The per-sample and window features, the leave-one-shift-type-out subsets, per-window values and
+    # point fits shared by several candidates (a median's members) are computed once for all of them.
+    data = _Data.of(records)
     fitted, errors, rows = {}, {}, []
     for name in names:
         try:
-            est = make_estimator(name).set_params(interval=level).fit(records)
+            est = make_estimator(name).set_params(interval=level).fit(data)
         except (ValueError, KeyError) as err:
             errors[name] = str(err)
             continue
@@ -127,7 +131,7 @@ def select_estimator(records: pd.DataFrame, candidates: Sequence[str] | None = N
         best = [n for n in summary.index if not n.startswith(MEDIAN_PREFIX)][:combine]
         name = MEDIAN_PREFIX + "+".join(best)
         try:
-            est = make_estimator(name).set_params(interval=level).fit(records)
+            est = make_estimator(name).set_params(interval=level).fit(data)
             fitted[name] = est
             table = pd.concat([table, pd.DataFrame(_held_out_rows(name, est, level))], ignore_index=True)
             summary = _summary(table)
