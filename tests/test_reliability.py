@@ -744,3 +744,35 @@ def test_atomic_write_removes_its_temporary_when_the_writer_fails(tmp_path):
         atomic_write(tmp_path / "r.parquet", half)
     assert [p.name for p in tmp_path.iterdir()] == ["r.parquet"]
     assert (tmp_path / "r.parquet").read_bytes() == b"previous"  # the old file is untouched
+
+
+def test_an_estimator_that_cannot_score_the_window_publishes_nothing_and_loses_nothing(tmp_path, calibration,
+                                                                                       caplog):
+    """COT and NuclearNorm refuse a window that predicts a class calibration never saw (a ValueError that
+    names the class): the job keeps the records and the other estimators, and that estimator's gauges are
+    removed rather than left at an earlier run's value."""
+    from relmon.jobs import MonitorJob
+
+    class Refuses:
+        def predict(self, records):
+            raise ValueError("class 7 was never predicted in calibration (K=5); fix: re-run 'relmon calibrate'")
+
+    cfg = MonitorConfig(**FAST, calibration=str(calibration.path), records=str(tmp_path / "rec"))
+    registry = CollectorRegistry()
+    job = MonitorJob(cfg, registry=registry)
+    first = job.run(outputs=False)
+    assert "atc" in first.estimates and not first.estimate_errors
+    assert registry.get_sample_value("relmon_estimated_accuracy_ratio",
+                                     {**job.metrics.base, "estimator": "atc"}) is not None
+    job.calibration.estimators["atc"] = Refuses()
+    with caplog.at_level("WARNING", logger="relmon.jobs"):
+        second = job.run(outputs=False)
+    assert "atc" not in second.estimates and "class 7" in second.estimate_errors["atc"]
+    assert "average_confidence" in second.estimates and second.scored == 16
+    assert "estimator atc cannot score this window" in caplog.text
+    assert "atc" in second.table() and "cannot score this window" in second.table()
+    for name in ("relmon_estimated_accuracy_ratio", "relmon_estimated_accuracy_lower_ratio",
+                 "relmon_estimated_accuracy_upper_ratio"):
+        assert registry.get_sample_value(name, {**job.metrics.base, "estimator": "atc"}) is None, name
+        assert registry.get_sample_value(name, {**job.metrics.base, "estimator": "average_confidence"}) is not None
+    assert read_records(tmp_path / "rec")["run_id"].nunique() == 2  # both runs' records written

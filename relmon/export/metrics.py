@@ -269,6 +269,17 @@ class RelmonMetrics:
         self._set("relmon_estimated_accuracy_lower_ratio", lower, estimator=estimator)
         self._set("relmon_estimated_accuracy_upper_ratio", upper, estimator=estimator)
 
+    def clear_estimate(self, estimator: str) -> None:
+        """Remove ``estimator``'s estimate and interval (it could not score this window): no stale value
+        stays exposed by a long-lived registry."""
+        check_label("estimator", estimator)
+        for name in ("relmon_estimated_accuracy_ratio", "relmon_estimated_accuracy_lower_ratio",
+                     "relmon_estimated_accuracy_upper_ratio"):
+            try:
+                self._metrics[name].remove(*self.base.values(), estimator)
+            except KeyError:
+                pass
+
     def set_method(
         self,
         method: str,

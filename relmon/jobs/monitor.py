@@ -60,6 +60,7 @@ class MonitorSummary:
     calibration_timestamp: float | None = None
     calibration_version_mismatch: bool = False
     default_estimator: str | None = None  # the estimator of the headline estimate (chosen by calibration)
+    estimate_errors: dict[str, str] = field(default_factory=dict)  # estimator -> why it gave no estimate
     outputs: dict[str, Any] = field(default_factory=dict)
 
     def table(self) -> str:
@@ -80,6 +81,9 @@ class MonitorSummary:
         for name, (est, lo, hi) in self.estimates.items():
             mark = "  <- headline (default)" if name == self.default_estimator else ""
             lines.append(f"{name:<34} {est:8.3f} [{lo:6.3f}, {hi:6.3f}]{mark}")
+        for name, why in self.estimate_errors.items():
+            mark = "  <- headline (default)" if name == self.default_estimator else ""
+            lines.append(f"{name:<34} {'none':>8} (cannot score this window: {why}){mark}")
         if self.accuracy is not None:
             lines.append(f"{'(true accuracy, labels known)':<34} {self.accuracy:8.3f}")
         lines.append(f"mean confidence {self.confidence:.3f}")
@@ -192,13 +196,20 @@ class MonitorJob:
         accuracy = float(labelled.astype(float).mean()) if len(labelled) else None
 
         estimates: dict[str, tuple[float, float, float]] = {}
+        estimate_errors: dict[str, str] = {}
         drift_p, alarm = None, None
         if len(records) and self.calibration is not None:
             from relmon.analysis import ks_drift
 
             one = records.assign(window_id=records["window_id"].iloc[0])  # the job's window is one window
             for name, est in self.calibration.estimators.items():
-                row = est.predict(one).iloc[-1]
+                try:
+                    row = est.predict(one).iloc[-1]
+                except ValueError as err:  # e.g. a class this window predicts that calibration never saw
+                    estimate_errors[name] = str(err)
+                    log.warning("estimator %s cannot score this window, so it publishes no estimate this run "
+                                "(the records and the other estimators are kept): %s", name, err)
+                    continue
                 estimates[name] = (float(row["estimate"]), float(row["lower"]), float(row["upper"]))
             from relmon.explain import canonical_method
 
@@ -215,6 +226,8 @@ class MonitorJob:
         m = self.metrics
         for name, (est, lo, hi) in estimates.items():
             m.set_estimate(name, est, lo, hi)
+        for name in estimate_errors:  # no stale value from an earlier run of a long-lived registry (serve)
+            m.clear_estimate(name)
         png = records.groupby("method")["png_bytes"].mean() if len(records) else pd.Series(dtype=float)
         for method, s in summary.items():
             if method == RANDOM_METHOD:
@@ -259,6 +272,7 @@ class MonitorJob:
             calibration_timestamp=self.calibration.timestamp if self.calibration else None,
             calibration_version_mismatch=self.version_mismatch,
             default_estimator=self.default_estimator,
+            estimate_errors=estimate_errors,
         )
         return result, records
 
