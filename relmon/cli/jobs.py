@@ -23,8 +23,11 @@ import warnings
 
 from relmon.config import ConfigError, add_config_flags, config_from_args
 
+# The one definition of the jobs' exit codes (relmon.jobs.signals re-exports 5, 6 and 7).
 EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_OUTPUT = 0, 2, 3, 4
-EXIT_INTERRUPTED, EXIT_EMPTY, EXIT_TIMEOUT = 5, 6, 7  # = relmon.jobs.signals.EXIT_*
+EXIT_INTERRUPTED = 5  # SIGTERM or SIGINT: finished batches' records written, no metrics pushed
+EXIT_EMPTY = 6  # the window held nothing to score (sampling selected nothing, no readable or new input)
+EXIT_TIMEOUT = 7  # run_timeout_seconds passed: finished batches' records written, no metrics pushed
 EXIT_CODES_HELP = (
     "Exit codes: 0 success, 2 usage error, 3 bad input or configuration (incl. a calibration "
     "for another model), 4 output failure (push, records, textfile, endpoint; the computed summary is "
