@@ -6,8 +6,9 @@ and of CPU time (user + sys of the child, less sensitive to other jobs on a shar
 ratio of each median to that of ``import torch`` measured in the same run.
 
 "job: first forward" runs ``relmon monitor`` (the scheduled job, shipped sample) in-process with a
-global forward pre-hook that ends the process at the first module call: the time until the job
-could start computing, i.e. its start-up (imports, config, data, model, Trainer).
+global forward pre-hook that ends the process at the first module call on data (calls made while
+``torch.fx`` traces the model are skipped): the time until the job could start computing, i.e. its
+start-up (imports, config, data, model, LRP composite; the Trainer with ``runner: lightning``).
 
     python benchmarks/bench_startup.py [--repeats 7] [--markdown out/startup.md] [--json out/startup.json]
 """
@@ -31,9 +32,11 @@ import os, sys
 from relmon.cli import main
 import torch
 def _first_forward(module, args):
+    if any(isinstance(a, torch.fx.Proxy) for a in args):
+        return  # torch.fx tracing the model (LRP's layer graph), not a forward on data
     os._exit(0)
 torch.nn.modules.module.register_module_forward_pre_hook(_first_forward)
-sys.argv = ["relmon", "monitor", "--n", "16", "--methods", {methods}]
+sys.argv = ["relmon", "monitor", "--n", "16", "--methods", {methods}, *{extra}]
 sys.exit(main())
 """
 
@@ -48,8 +51,11 @@ CASES: dict[str, list[str]] = {
     "import torch, pytorch_lightning": ["-c", "import torch, pytorch_lightning"],
     "import relmon.explain": ["-c", "import relmon.explain"],
     "import relmon.lightning": ["-c", "import relmon.lightning"],
-    "job: first forward (lrp)": ["-c", _JOB.format(methods='"lrp"')],
-    "job: first forward (sensitivity)": ["-c", _JOB.format(methods='"sensitivity"')],
+    "import relmon.jobs.runner": ["-c", "import relmon.jobs.runner"],
+    "job: first forward (lrp)": ["-c", _JOB.format(methods='"lrp"', extra=[])],
+    "job: first forward (sensitivity)": ["-c", _JOB.format(methods='"sensitivity"', extra=[])],
+    "job: first forward (lrp, runner lightning)": ["-c", _JOB.format(methods='"lrp"',
+                                                                      extra=["--runner", "lightning"])],
 }
 
 
