@@ -80,9 +80,10 @@ def test_runners_agree_on_a_folder_with_a_bad_file(tmp_path):
     assert s_plain["_inputs"]["bad"] == 1 and s_plain["_inputs"]["seen"] == 6
 
 
-def test_plain_runner_puts_the_model_in_eval_mode_and_restores_it():
-    """Dropout in train mode would make every forward random: the runner scores in eval mode (as
-    Lightning's predict loop) and hands the model back in the mode it had."""
+def test_plain_runner_scores_a_train_mode_model_deterministically_and_restores_its_mode():
+    """Dropout in train mode would make every forward random: the scoring runs in eval mode (the runner
+    sets it, as Lightning's predict loop; explain and the perturbation engine set it too), and the
+    runner hands the model back in the mode it had."""
     from relmon.data.streams import TensorStream, stream_loader
     from relmon.jobs.runner import run_plain
     from relmon.models import Preprocessing, attach_preprocessing
