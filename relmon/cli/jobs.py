@@ -152,6 +152,23 @@ def _setup() -> None:
     warnings.filterwarnings("ignore", message=".*treespec.*")
 
 
+@contextlib.contextmanager
+def _bulk_imports():
+    """The job's imports (torch, pandas, ...) with the garbage collector off, then frozen: they make
+    hundreds of thousands of long-lived objects, and the full collections they trigger find nothing to
+    free (about 0.1-0.3 s of start-up). ``gc.freeze`` keeps them out of the job's later collections."""
+    import gc
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
+
 def _input_errors():
     from relmon.jobs import CalibrationMismatchError
 
@@ -223,9 +240,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_monitor(args: argparse.Namespace) -> int:
     _setup()
-    from relmon.jobs import JobError, run_monitor
-    from relmon.jobs.monitor import EmptyWindowError
-    from relmon.jobs.signals import RunInterrupted, stop_on_signals
+    with _bulk_imports():
+        from relmon.jobs import JobError, run_monitor
+        from relmon.jobs.monitor import EmptyWindowError
+        from relmon.jobs.signals import RunInterrupted, stop_on_signals
 
     try:
         cfg = config_from_args(args)
@@ -256,8 +274,9 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     _setup()
-    from relmon.jobs import ServeError, serve
-    from relmon.jobs.signals import stop_on_signals
+    with _bulk_imports():
+        from relmon.jobs import ServeError, serve
+        from relmon.jobs.signals import stop_on_signals
 
     stop = threading.Event()
     out = sys.stdout  # with --json: one JSON object per line (each run's summary, then the totals)
