@@ -292,3 +292,14 @@ def test_window_accumulator_matches_the_torchmetrics_states_with_non_finite_valu
     a, b = plain.mean_ci(), metric.compute()
     assert a == b and a["n"] == 5 and a["nan_count"] == 2
     assert a["mean"] == pytest.approx(2.0) and a["ci_low"] < 2.0 < a["ci_high"]
+
+
+@pytest.mark.parametrize("dof", [1, 2, 7, 19, 255, 10_000])
+def test_t_quantile_is_scipy_stats_t_ppf(dof):
+    from scipy.stats import t
+
+    from relmon.scoring import t_quantile
+
+    assert t_quantile(0.95, dof) == pytest.approx(float(t.ppf(0.975, dof)), rel=1e-12)
+    assert t_quantile(0.8, dof) == pytest.approx(float(t.ppf(0.9, dof)), rel=1e-12)
+

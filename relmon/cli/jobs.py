@@ -55,6 +55,7 @@ _CALIBRATE_FIELDS = [
     "batch_size",
     "seed",
     "accelerator",
+    "runner",
     "step_stride",
     "max_batch_bytes",
     "estimators",
