@@ -57,6 +57,7 @@ def test_plain_and_lightning_runners_give_identical_records_and_summaries():
     plain, s_plain, _ = score_stream(cfg, model, stream)
     light, s_light, monitor = score_stream(replace(cfg, runner="lightning"), model, stream)
     assert type(monitor).__name__ == "RelevanceMonitor"  # the Lightning runner really ran
+    assert not monitor.trainer.predict_loop.predictions  # the frames are held once, by the StopCallback
     assert len(plain) > 20 and plain["sample_id"].nunique() == 20  # the cap bit, the subset is partial
     assert 0 < (plain["method"] == "random").sum() < 20
     pd.testing.assert_frame_equal(plain, light, check_exact=True)
