@@ -114,7 +114,8 @@ def test_unavailable_accelerator_is_named():
     from relmon.jobs.runner import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else resolve_device("auto").type)
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA device is available; fix: set accelerator: cpu"):
             resolve_device("gpu")
