@@ -2,8 +2,8 @@
 
 The stream cycles through the shipped Fashion-MNIST sample (2,000 images) with a unique ``sample_id``
 per position, so ``sample_rate`` selects a fresh subset everywhere; it runs through
-:func:`relmon.jobs.common.score_stream` (a real ``pl.Trainer.predict`` of ``RelevanceMonitor``, as
-``relmon monitor`` does). The process's resident set size (``VmRSS``) is read every 1,000 images.
+:func:`relmon.jobs.common.score_stream`, as ``relmon monitor`` does (``--runner``: the default
+Lightning-free loop, or a real ``pl.Trainer.predict`` of ``RelevanceMonitor``). The process's resident set size (``VmRSS``) is read every 1,000 images.
 Reported: RSS after the first thousand images (the working buffers are allocated by then) and at the
 end, the growth between them, the peak, and the rate.
 
@@ -51,7 +51,7 @@ class CyclingStream(Dataset):
 
 
 def soak(images: int = 5000, sample_rate: float = 0.02, steps: int = 8, region: int = 7,
-         batch_size: int = 250) -> dict[str, Any]:
+         batch_size: int = 250, runner: str = "plain") -> dict[str, Any]:
     """Score a stream of ``images`` with sampling; returns the RSS trace and its summary (MiB)."""
     from relmon.config import MonitorConfig
     from relmon.data import load_sample
@@ -62,7 +62,8 @@ def soak(images: int = 5000, sample_rate: float = 0.02, steps: int = 8, region: 
     prep = get_preprocessing(model)
     pixels, _ = load_sample()
     stream = CyclingStream(torch.from_numpy(pixels), images, prep)
-    cfg = MonitorConfig(steps=steps, region=region, sample_rate=sample_rate, batch_size=batch_size, n=None)
+    cfg = MonitorConfig(steps=steps, region=region, sample_rate=sample_rate, batch_size=batch_size, n=None,
+                        runner=runner)
     t0 = time.perf_counter()
     records, _, _ = score_stream(cfg, model, stream)
     seconds = time.perf_counter() - t0
@@ -73,6 +74,7 @@ def soak(images: int = 5000, sample_rate: float = 0.02, steps: int = 8, region: 
     last = [trace[-1][1]]
     return {
         "images": images,
+        "runner": runner,
         "scored": int(records["sample_id"].nunique()) if len(records) else 0,
         "sample_rate": sample_rate,
         "seconds": round(seconds, 1),
@@ -91,10 +93,12 @@ def main() -> None:
     p.add_argument("--sample-rate", type=float, default=0.02)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--runner", choices=("plain", "lightning"), default="plain",
+                   help="the job's scoring loop (config field runner)")
     p.add_argument("--json", action="store_true", help="print the whole trace as JSON")
     a = p.parse_args()
     torch.set_num_threads(1)
-    out = soak(a.images, a.sample_rate, a.steps, batch_size=a.batch_size)
+    out = soak(a.images, a.sample_rate, a.steps, batch_size=a.batch_size, runner=a.runner)
     if a.json:
         print(json.dumps(out, indent=1))
         return

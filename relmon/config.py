@@ -63,6 +63,7 @@ class MonitorConfig:
     max_batch_bytes: int = 256 * 2**20
     random_fraction: float = 1.0
     threads: int | None = None
+    runner: str = "plain"
     # calibration and analysis
     calibration: str | None = None
     calibration_data: str | None = None
@@ -280,6 +281,8 @@ FIELDS: dict[str, tuple[str, str]] = {
         "its error is in benchmarks/RESULTS.md)",
     ),
     "threads": ("int+?", "CPU threads of the job's forwards (null: torch's default)"),
+    "runner": ("runner", "scoring loop: plain (one process, no Lightning import: fastest start-up) or "
+               "lightning (pl.Trainer.predict with RelevanceMonitor); both give the same records"),
     "calibration": ("str?", "calibration folder written by 'relmon calibrate'"),
     "calibration_data": ("str?", "labelled data for 'relmon calibrate': a folder with one sub-folder "
                          "per class, or a CSV/Parquet manifest with columns path and label"),
@@ -357,9 +360,11 @@ _EXAMPLES = {
     "preprocessing": "a mapping {mean: [..], std: [..], low: 0.0, high: 1.0}",
     "window": "mtime",
     "accelerator": "one of cpu, gpu, cuda, mps, auto",
+    "runner": "plain or lightning",
 }
 
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+RUNNERS = ("plain", "lightning")
 _PREP_KEYS = ("mean", "std", "low", "high")
 
 
@@ -404,6 +409,10 @@ def _coerce(name: str, value: Any) -> Any:
             raise _bad(
                 name, kind, value, f" ({value!r} is not supported: relmon runs on {', '.join(ACCELERATORS)})"
             )
+        return value.lower()
+    if base == "runner":
+        if not isinstance(value, str) or value.lower() not in RUNNERS:
+            raise _bad(name, kind, value)
         return value.lower()
     if base in ("str", "shift"):
         if not isinstance(value, str) or not value:

@@ -43,8 +43,10 @@ from relmon.models.preprocessing import input_bounds
 ORDERS = ("morf", "lerf", "random")
 PERTURBATIONS = ("uniform", "constant", "mean", "blur", "black")
 SCORES = ("logit", "softmax")
-# The paper's L (on 227x227 images with 9x9 regions); the default L is derived from DEFAULT_FRACTION.
-DEFAULT_STEPS = 100
+# relmon's default L (the job's `steps` and RelevanceMonitor's default): DEFAULT_FRACTION of the 49
+# regions of 4x4 pixels on a 28x28 image, steps_for_fraction(28, 28, 4, 0.16) = 8. (The paper's L is
+# 100, on 227x227 images with 9x9 regions: the same share of the image.)
+DEFAULT_STEPS = 8
 # The paper perturbs L = 100 regions of 9x9 pixels on 227x227 images: 8100 of 51529 pixels, about
 # 16 % of the image. relmon's default perturbs the same share of the image's regions.
 DEFAULT_FRACTION = 0.16

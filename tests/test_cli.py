@@ -41,7 +41,7 @@ def test_json_stdout_holds_only_json_even_with_a_progress_bar(capsys):
     captured = capsys.readouterr()
     summary = json.loads(captured.out)  # the whole of stdout is one JSON document
     assert summary["scored"] == 8 and summary["model"] == "fmnist_cnn"
-    assert "Predicting" in captured.err  # Lightning's progress bar went to stderr
+    assert "Scoring" in captured.err and "/2 " in captured.err  # the runner's progress bar went to stderr
 
 
 def test_calibrate_input_flag_points_at_calibration_data(tmp_path, capsys):

@@ -22,8 +22,8 @@ __all__ = [
     "to_tensor",
 ]
 
-# Input streams (relmon.data.streams) are exported lazily: that module imports pytorch_lightning,
-# which would slow down every `import relmon.data` by seconds.
+# Input streams (relmon.data.streams) are exported lazily: that module imports torch (and its
+# StreamDataModule, made on first use, pytorch_lightning), which `import relmon.data` does not need.
 _STREAM_EXPORTS = (
     "BadInputWarning",
     "BadSample",

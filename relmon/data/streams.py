@@ -45,7 +45,6 @@ from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
@@ -730,56 +729,104 @@ def is_empty_batch(batch: dict[str, Any]) -> bool:
     return batch.get("x") is None
 
 
-class StreamDataModule(pl.LightningDataModule):
-    """Serve a stream (or a :class:`~torch.utils.data.Subset` of one) to ``Trainer.predict``/``validate``.
+def window_subset(stream: Dataset, window_id: str | None = None) -> Dataset:
+    """``stream`` restricted to window ``window_id`` (a :class:`~torch.utils.data.Subset`); the stream
+    itself for None. A ``KeyError`` names the stream's windows when it has no such window."""
+    if window_id is None:
+        return stream
+    windows = window_indices(stream)
+    if window_id not in windows:
+        raise KeyError(f"window {window_id!r} is not in the stream; its windows: {list(windows)}")
+    return Subset(stream, windows[window_id])
 
-    Order is deterministic (no shuffling); under DDP Lightning adds its own distributed sampler.
-    ``window_id`` restricts the loaders to one window of the stream. Batches are made by
-    :func:`collate_skip_bad`.
-    """
 
-    def __init__(
-        self,
-        stream: Dataset,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        *,
-        window_id: str | None = None,
-        collate_fn: Callable[[list], Any] = collate_skip_bad,
-        pin_memory: bool = False,
-    ):
-        super().__init__()
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
-        if window_id is not None:
-            windows = window_indices(stream)
-            if window_id not in windows:
-                raise KeyError(f"window {window_id!r} is not in the stream; its windows: {list(windows)}")
-            stream = Subset(stream, windows[window_id])
-        self.stream = stream
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.collate_fn = collate_fn
-        self.pin_memory = pin_memory
+def _check_loader_args(batch_size: int, num_workers: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
 
-    def _loader(self) -> DataLoader:
-        return DataLoader(
-            self.stream,
-            batch_size=self.batch_size,
-            shuffle=False,
-            num_workers=self.num_workers,
-            collate_fn=self.collate_fn,
-            pin_memory=self.pin_memory,
-            persistent_workers=False,
-        )
 
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader()
+def stream_loader(
+    stream: Dataset,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    *,
+    window_id: str | None = None,
+    collate_fn: Callable[[list], Any] = collate_skip_bad,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """The DataLoader of a stream (or of its window ``window_id``): stream order, no shuffling,
+    batches made by :func:`collate_skip_bad`. The same loader :class:`StreamDataModule` serves to
+    Lightning; this function needs torch only."""
+    _check_loader_args(batch_size, num_workers)
+    return _loader(window_subset(stream, window_id), batch_size, num_workers, collate_fn, pin_memory)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader()
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader()
+def _loader(stream: Dataset, batch_size: int, num_workers: int, collate_fn, pin_memory: bool) -> DataLoader:
+    return DataLoader(
+        stream,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+    )
+
+
+def _make_stream_datamodule() -> type:
+    import pytorch_lightning as pl
+
+    class StreamDataModule(pl.LightningDataModule):
+        """Serve a stream (or a :class:`~torch.utils.data.Subset` of one) to ``Trainer.predict``/``validate``.
+
+        Order is deterministic (no shuffling); under DDP Lightning adds its own distributed sampler.
+        ``window_id`` restricts the loaders to one window of the stream. Batches are made by
+        :func:`collate_skip_bad`; the loaders are those of :func:`stream_loader`.
+        """
+
+        def __init__(
+            self,
+            stream: Dataset,
+            batch_size: int = 32,
+            num_workers: int = 0,
+            *,
+            window_id: str | None = None,
+            collate_fn: Callable[[list], Any] = collate_skip_bad,
+            pin_memory: bool = False,
+        ):
+            super().__init__()
+            _check_loader_args(batch_size, num_workers)
+            self.stream = window_subset(stream, window_id)
+            self.batch_size = batch_size
+            self.num_workers = num_workers
+            self.collate_fn = collate_fn
+            self.pin_memory = pin_memory
+
+        def _loader(self) -> DataLoader:
+            return _loader(self.stream, self.batch_size, self.num_workers, self.collate_fn, self.pin_memory)
+
+        def predict_dataloader(self) -> DataLoader:
+            return self._loader()
+
+        def val_dataloader(self) -> DataLoader:
+            return self._loader()
+
+        def test_dataloader(self) -> DataLoader:
+            return self._loader()
+
+    StreamDataModule.__module__ = __name__
+    StreamDataModule.__qualname__ = "StreamDataModule"
+    return StreamDataModule
+
+
+def __getattr__(name: str):
+    # StreamDataModule is a LightningDataModule: made on first use, so that importing this module (and
+    # the job's plain runner, which uses stream_loader) does not import pytorch_lightning.
+    if name == "StreamDataModule":
+        cls = globals().get("_STREAM_DATAMODULE")
+        if cls is None:
+            cls = globals()["_STREAM_DATAMODULE"] = _make_stream_datamodule()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

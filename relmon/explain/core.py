@@ -10,6 +10,7 @@ from torch import nn
 from relmon.explain import lrp as _lrp
 from relmon.explain._state import evaluation_state, gradients_enabled
 from relmon.explain._validate import check_input, resolve_target
+from relmon.explain._zennit import zennit_module as _zennit_module
 
 PLAIN_METHODS = ("sensitivity", "deconvnet", "gradient_x_input", "random")
 _OPTIONS = {
@@ -115,7 +116,7 @@ def explain_full(model: nn.Module, x: torch.Tensor, method: str = "lrp", target=
             grad, logits, idx = _gradient(model, xg, target, True, composite, strict, canonizers)
             relevance = grad
         elif family == "deconvnet":
-            import zennit.composites as zc
+            zc = _zennit_module("composites")
 
             canonizers = options.get("canonizers")
             canonizers = _lrp.default_canonizers(model) if canonizers is None else list(canonizers)

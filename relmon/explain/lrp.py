@@ -27,9 +27,11 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from relmon.explain._zennit import zennit_module
 from relmon.models.preprocessing import input_bounds
 
-# zennit is imported inside the functions that use it, so that ``import relmon.explain`` stays light.
+# zennit is imported inside the functions that use it, so that ``import relmon.explain`` stays light, and
+# through zennit_module, which skips zennit's package __init__ (it imports torchvision).
 
 DEFAULT_COMPOSITE = "epsilon_plus_flat"
 
@@ -40,9 +42,8 @@ class UnsupportedModelError(ValueError):
 
 def _paper_composite(rule_name, **rule_kwargs):
     def build(zero_params=None, canonizers=None, **_):
-        import zennit.composites as zc
-        import zennit.rules as zr
-        from zennit.types import Convolution
+        zc, zr = zennit_module("composites"), zennit_module("rules")
+        Convolution = zennit_module("types").Convolution
 
         def rule():
             return getattr(zr, rule_name)(zero_params=zero_params, **rule_kwargs)
@@ -55,16 +56,13 @@ def _paper_composite(rule_name, **rule_kwargs):
 
 def _zennit_composite(class_name):
     def build(zero_params=None, canonizers=None, **_):
-        import zennit.composites as zc
-
-        return getattr(zc, class_name)(zero_params=zero_params, canonizers=canonizers)
+        return getattr(zennit_module("composites"), class_name)(zero_params=zero_params, canonizers=canonizers)
 
     return build
 
 
 def _gamma_box(zero_params=None, canonizers=None, model=None, x=None, low=None, high=None, gamma=0.25, **_):
-    import zennit.composites as zc
-
+    zc = zennit_module("composites")
     lo, hi = input_bounds(model, x.shape[1], low, high, needed_for="lrp:epsilon_gamma_box")
     shape = (1, x.shape[1], 1, 1)
     lo = lo.to(x.device, x.dtype).view(shape).expand_as(x)
@@ -95,14 +93,15 @@ def default_canonizers(model: nn.Module, example: torch.Tensor | None = None) ->
     input is the output of the layer run just before it); without an example, registration order is
     the fallback.
     """
-    import torchvision.models as tvm
-    from zennit.canonizers import NamedMergeBatchNorm, SequentialMergeBatchNorm
-    from zennit.torchvision import ResNetCanonizer, VGGCanonizer
-
-    if isinstance(model, tvm.ResNet):
-        return [ResNetCanonizer()]
-    if isinstance(model, tvm.VGG):
-        return [VGGCanonizer()]
+    canon = zennit_module("canonizers")
+    NamedMergeBatchNorm, SequentialMergeBatchNorm = canon.NamedMergeBatchNorm, canon.SequentialMergeBatchNorm
+    # A torchvision model's class comes from torchvision.models: where that is not loaded, the model is
+    # none of them (so models without torchvision never import it, nor zennit.torchvision).
+    tvm = sys.modules.get("torchvision.models")
+    if tvm is not None and isinstance(model, tvm.ResNet):
+        return [zennit_module("torchvision").ResNetCanonizer()]
+    if tvm is not None and isinstance(model, tvm.VGG):
+        return [zennit_module("torchvision").VGGCanonizer()]
     graph = _traced_graph(model)
     if graph is None:
         if example is None:
@@ -353,9 +352,7 @@ def _forward_problems(model: nn.Module, example: torch.Tensor | None = None) -> 
 
 
 def _supported_leaves() -> tuple:
-    import zennit.layer
-
-    return (*_SUPPORTED_LEAVES, zennit.layer.Sum)
+    return (*_SUPPORTED_LEAVES, zennit_module("layer").Sum)
 
 
 def check_supported(model: nn.Module, canonizers: list, example: torch.Tensor | None = None) -> None:
@@ -416,7 +413,7 @@ def composite_for(name: str, model: nn.Module, x: torch.Tensor, zero_bias: bool 
                   canonizers: list | None = None, **options):
     """A fresh zennit composite for ``lrp:<name>`` (one instance per call: composites hold state), its
     first-layer rule pinned to the first layer in execution order."""
-    from zennit.composites import SpecialFirstLayerMapComposite
+    SpecialFirstLayerMapComposite = zennit_module("composites").SpecialFirstLayerMapComposite
 
     if name not in COMPOSITES:
         raise ValueError(f"unknown LRP composite {name!r}; known: {', '.join(sorted(COMPOSITES))}")

@@ -2,7 +2,8 @@
 
 - :func:`load_job_model` — the model named by the config (embedded name or ``package.module:factory``);
 - :func:`build_stream` — one window of inputs (the shipped sample, optionally shifted, or a folder);
-- :func:`score_stream` — :class:`~relmon.lightning.RelevanceMonitor` in a real ``pl.Trainer.predict``.
+- :func:`score_stream` — the scoring pass: the Lightning-free loop of :mod:`relmon.jobs.runner` (default)
+  or :class:`~relmon.lightning.RelevanceMonitor` in a real ``pl.Trainer.predict`` (``runner: lightning``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from relmon.config import MonitorConfig
 
@@ -237,6 +237,21 @@ def _quiet_lightning() -> None:
 
 
 def score_stream(cfg: MonitorConfig, model, stream, progress: bool = False, window_id: str | None = None):
+    """Score ``stream`` (only window ``window_id`` if given): ``(records, window summary, scorer)``.
+
+    ``cfg.runner``: ``plain`` (default) runs :func:`relmon.jobs.runner.score_plain`, a one-process loop
+    that imports neither Lightning nor torchmetrics; ``lightning`` runs
+    :class:`~relmon.lightning.RelevanceMonitor` in ``pl.Trainer.predict`` (the third item is then the
+    monitor). Both give the same records and summary.
+    """
+    if getattr(cfg, "runner", "plain") == "plain":
+        from relmon.jobs.runner import score_plain
+
+        return score_plain(cfg, model, stream, progress=progress, window_id=window_id)
+    return score_stream_lightning(cfg, model, stream, progress=progress, window_id=window_id)
+
+
+def score_stream_lightning(cfg: MonitorConfig, model, stream, progress: bool = False, window_id: str | None = None):
     """Run :class:`RelevanceMonitor` over ``stream`` (only window ``window_id`` if given) in
     ``pl.Trainer.predict``: (records, window summary, monitor)."""
     import pytorch_lightning as pl
@@ -260,6 +275,7 @@ def score_stream(cfg: MonitorConfig, model, stream, progress: bool = False, wind
         random_fraction=cfg.random_fraction,
         threads=cfg.threads,
     )
+    stop = stop_callback()  # SIGTERM/SIGINT and run_timeout_seconds stop between batches; keeps the records
     trainer = pl.Trainer(
         accelerator=cfg.accelerator,
         devices=1,
@@ -267,10 +283,10 @@ def score_stream(cfg: MonitorConfig, model, stream, progress: bool = False, wind
         enable_checkpointing=False,
         enable_model_summary=False,
         enable_progress_bar=progress,
-        callbacks=[stop_callback()],  # SIGTERM/SIGINT and run_timeout_seconds stop between batches
+        callbacks=[stop],
     )
     data = StreamDataModule(stream, batch_size=cfg.batch_size, window_id=window_id)
-    frames = trainer.predict(monitor, datamodule=data) or []
-    frames = [f for f in frames if f is not None and len(f)]
-    records = pd.concat(frames, ignore_index=True) if frames else empty_records()
+    trainer.predict(monitor, datamodule=data, return_predictions=False)  # the frames are kept once, by `stop`
+    records = stop.records()
+    records = records if records is not None else empty_records()
     return records, monitor.last_summary or monitor.window_summary(), monitor

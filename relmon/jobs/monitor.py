@@ -1,5 +1,6 @@
-"""``relmon monitor``: one window of unlabelled inputs → records through
-:class:`~relmon.lightning.RelevanceMonitor` in a real ``pl.Trainer.predict`` → window aggregates, drift
+"""``relmon monitor``: one window of unlabelled inputs → records (the scoring pass of
+:func:`relmon.jobs.common.score_stream`: a Lightning-free loop, or ``pl.Trainer.predict`` with
+``runner: lightning``) → window aggregates, drift
 against the calibration's reference, accuracy estimates → metrics → textfile / Pushgateway. Returns a
 :class:`MonitorSummary`. Without a calibration the estimate is the confidence baseline (mean
 max-softmax, ``estimator="average_confidence"``) and there are no drift metrics.

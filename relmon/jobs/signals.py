@@ -5,10 +5,12 @@ on scoring; a KeyboardInterrupt makes it call ``sys.exit(1)``). :func:`stop_on_s
 handlers that request a stop; Lightning chains them. While a scoring trainer runs (between its
 ``on_predict_start`` and ``on_predict_end``) the handler raises :class:`RunInterrupted` at once, in the
 middle of the batch (whose records are dropped); elsewhere (outputs, ``serve`` waiting) it only sets the
-request. :class:`StopCallback`, added to every scoring trainer, keeps each finished batch's records,
-checks the request and the run deadline before each batch, and hands the finished records to the
-exception, so the job writes them and exits with :data:`EXIT_INTERRUPTED` (signal) or
-:data:`EXIT_TIMEOUT` (deadline).
+request. :class:`StopCallback`, added to every scoring trainer, keeps each finished batch's records
+(the scoring pass reads them there: ``trainer.predict(..., return_predictions=False)``, so each frame
+is held once), checks the request and the run deadline before each batch, and hands the finished
+records to the exception, so the job writes them and exits with :data:`EXIT_INTERRUPTED` (signal) or
+:data:`EXIT_TIMEOUT` (deadline). The Lightning-free loop of :mod:`relmon.jobs.runner` does the same
+checks itself.
 
 A second SIGINT/SIGTERM while a stop is already pending raises ``KeyboardInterrupt`` at once.
 """
@@ -23,10 +25,8 @@ from contextlib import contextmanager
 
 import pandas as pd
 
-# Exit codes of 'relmon monitor' / 'relmon serve' beyond 0/2/3/4 (see relmon/cli/jobs.py).
-EXIT_INTERRUPTED = 5  # SIGTERM or SIGINT: finished batches' records written, no metrics pushed
-EXIT_EMPTY = 6  # the window held nothing to score (sampling selected nothing, no readable or new input)
-EXIT_TIMEOUT = 7  # run_timeout_seconds passed: finished batches' records written, no metrics pushed
+# Exit codes of 'relmon monitor' / 'relmon serve' beyond 0/2/3/4, defined in relmon/cli/jobs.py.
+from relmon.cli.jobs import EXIT_EMPTY, EXIT_INTERRUPTED, EXIT_TIMEOUT
 
 
 class RunInterrupted(RuntimeError):
@@ -141,8 +141,9 @@ def _make_callback():
     import pytorch_lightning as pl
 
     class StopCallback(pl.Callback):
-        """Keeps each finished batch's records; before each batch, raises :class:`RunInterrupted` (with
-        them) when a stop was requested or the run deadline passed."""
+        """Keeps each finished batch's records (:meth:`records`; run ``predict`` with
+        ``return_predictions=False`` so Lightning does not keep them too); before each batch, raises
+        :class:`RunInterrupted` (with them) when a stop was requested or the run deadline passed."""
 
         def __init__(self) -> None:
             self.frames: list[pd.DataFrame] = []

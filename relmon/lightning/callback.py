@@ -55,28 +55,30 @@ from relmon.explain import canonical_method, explain_full, to_heatmap
 from relmon.explain import lrp as _lrp
 from relmon.explain._validate import first_layer_channels
 from relmon.explain.core import parse_method
-from relmon.lightning.monitor import (
+from relmon.metrics import AOPC, AOPCMinusRandom, HeatmapEntropy
+from relmon.models.preprocessing import ATTRIBUTE as _PREPROCESSING_ATTRIBUTE
+from relmon.models.preprocessing import MissingPreprocessingError, Preprocessing
+from relmon.perturbation import (
+    DEFAULT_FRACTION,
+    DEFAULT_MAX_BATCH_BYTES,
+    PERTURBATIONS,
+    SCORES,
+    evaluate_heatmaps,
+    num_regions,
+    steps_for_fraction,
+)
+from relmon.scoring import (
     batch_size_of,
     global_positions,
     keep_mask,
     loader_sampler,
     padding_flags,
 )
-from relmon.metrics import AOPC, AOPCMinusRandom, HeatmapEntropy
-from relmon.models.preprocessing import ATTRIBUTE as _PREPROCESSING_ATTRIBUTE
-from relmon.models.preprocessing import MissingPreprocessingError, Preprocessing
-from relmon.perturbation import (
-    DEFAULT_MAX_BATCH_BYTES,
-    PERTURBATIONS,
-    SCORES,
-    evaluate_heatmaps,
-    num_regions,
-)
 
 #: Attributes searched, in this order, for the classifier when ``model_attr`` is not given.
 CLASSIFIER_ATTRIBUTES = ("model", "net", "classifier")
-#: Default share of the regions perturbed (L = round(fraction × regions)) when ``steps`` is not given.
-DEFAULT_FRACTION = 0.16  # the paper's protocol: ~16 % of the image (L = 8 of 49 regions)
+# DEFAULT_FRACTION (relmon.perturbation): the default share of the regions perturbed when ``steps`` is
+# not given, L = steps_for_fraction(H, W, region, fraction); the paper's ~16 % (L = 8 of 49 regions).
 #: Default region grid side: ``region = ceil(min(H, W) / GRID)`` when ``region`` is not given.
 DEFAULT_GRID = 7
 #: ``max_samples=None``: this share of the validation set, clipped to [AUTO_MIN_SAMPLES, AUTO_MAX_SAMPLES]
@@ -179,8 +181,8 @@ class HeatmapQualityCallback(pl.Callback):
         on 28 × 28 images). Larger than the images: a ``ValueError`` before training.
     steps, fraction:
         ``L``, the perturbation steps, given directly (``steps``) or as the share of the regions
-        perturbed (``fraction`` in ``(0, 1]``, L = max(1, round(fraction × regions))); give at most
-        one; default ``fraction = 0.16`` (the paper's ≈ 16 %). ``steps`` above the number of regions is a ``ValueError``
+        perturbed (``fraction`` in ``(0, 1]``, L from :func:`relmon.perturbation.steps_for_fraction`:
+        ``round(fraction × regions)``, halves up, at least 1); give at most one; default ``fraction = 0.16`` (the paper's ≈ 16 %). ``steps`` above the number of regions is a ``ValueError``
         before training (never silently capped).
     step_stride:
         Evaluate every ``step_stride``-th step and interpolate the rest (trapezoid rule, see
@@ -371,7 +373,7 @@ class HeatmapQualityCallback(pl.Callback):
                 )
             steps = self.steps
         else:
-            steps = max(1, round(self.fraction * n_regions))
+            steps = steps_for_fraction(height, width, region, self.fraction)
         self._geometry = (height, width)
         self.region_used, self.steps_used = region, steps
         return region, steps
