@@ -231,19 +231,19 @@ def relmon_root():
 
 
 def test_calibrate_and_monitor_resolve_the_same_steps_from_fraction(tmp_path, monkeypatch):
-    import relmon.lightning
+    import relmon.jobs.runner
     from relmon.data.streams import TensorStream
     from relmon.jobs import CalibrationMismatchError, MonitorJob, calibrate
     from relmon.models import FASHION_MNIST_PREPROCESSING
 
     seen_steps = []
 
-    class Spy(relmon.lightning.RelevanceMonitor):
+    class Spy(relmon.jobs.runner.BatchScorer):  # the job's scorer (runner: plain, the default)
         def __init__(self, *args, steps, **kwargs):
             seen_steps.append(steps)
             super().__init__(*args, steps=steps, **kwargs)
 
-    monkeypatch.setattr(relmon.lightning, "RelevanceMonitor", Spy)
+    monkeypatch.setattr(relmon.jobs.runner, "BatchScorer", Spy)
     # region 7 on 28x28: 16 regions; fraction 0.25 -> L = 4
     settings = dict(region=7, steps=None, fraction=0.25, batch_size=64, n=16)
     cfg = MonitorConfig(**settings, calibration_n=16, calibration_shifts=("blur",), calibration_severities=(3,),

@@ -107,12 +107,13 @@ def run_plain(scorer: BatchScorer, loader: Any, device: torch.device | str = "cp
 def score_plain(cfg, model, stream, progress: bool = False, window_id: str | None = None):
     """The job's scoring pass with :func:`run_plain`: ``(records, window summary, scorer)``."""
     from relmon.data.streams import stream_loader
+    from relmon.jobs.common import job_steps
 
     scorer = BatchScorer(
         model,
         methods=cfg.methods,
         region=cfg.region,
-        steps=cfg.steps,
+        steps=job_steps(cfg, stream),
         sample_rate=cfg.sample_rate,
         max_samples=cfg.max_samples,
         seed=cfg.seed,
