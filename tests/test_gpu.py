@@ -45,13 +45,14 @@ class _DeviceSeen:
         self.types.add(args[0].device.type)
 
 
-def test_monitor_job_on_the_device_matches_cpu():
+@pytest.mark.parametrize("runner", ["plain", "lightning"])
+def test_monitor_job_on_the_device_matches_cpu(runner):
     x = _images(48)
     out = {}
     for accelerator in ("cpu", ACCELERATOR):
         model = load_embedded("fmnist_cnn")
         seen = _DeviceSeen(next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d)))
-        summary, records = relmon.monitor(model, x, accelerator=accelerator, batch_size=16, seed=3)
+        summary, records = relmon.monitor(model, x, accelerator=accelerator, batch_size=16, seed=3, runner=runner)
         seen.handle.remove()
         assert seen.types == {DEVICE if accelerator != "cpu" else "cpu"}, (accelerator, seen.types)
         out[accelerator] = records.set_index(["sample_id", "method"]).sort_index()
