@@ -208,6 +208,14 @@ def input_size(stream) -> tuple[int, int] | None:
     return tuple(int(v) for v in x.shape[-2:]) if x is not None else None
 
 
+def scoring_options(cfg: MonitorConfig, stream) -> dict:
+    """The keyword arguments of the job's scorer (:class:`~relmon.scoring.BatchScorer`, or
+    :class:`~relmon.lightning.RelevanceMonitor` with ``runner: lightning``) on ``stream``."""
+    return dict(methods=cfg.methods, region=cfg.region, steps=job_steps(cfg, stream), sample_rate=cfg.sample_rate,
+                max_samples=cfg.max_samples, seed=cfg.seed, step_stride=cfg.step_stride,
+                max_batch_bytes=cfg.max_batch_bytes, random_fraction=cfg.random_fraction, threads=cfg.threads)
+
+
 def job_steps(cfg: MonitorConfig, stream) -> int:
     """``L`` of the job on ``stream``: :meth:`MonitorConfig.resolve_steps` on the stream's image size
     (with ``fraction``; ``steps`` is a count and needs no size)."""
@@ -262,19 +270,7 @@ def score_stream_lightning(cfg: MonitorConfig, model, stream, progress: bool = F
     from relmon.records import empty_records
 
     _quiet_lightning()
-    monitor = RelevanceMonitor(
-        model,
-        methods=cfg.methods,
-        region=cfg.region,
-        steps=job_steps(cfg, stream),
-        sample_rate=cfg.sample_rate,
-        max_samples=cfg.max_samples,
-        seed=cfg.seed,
-        step_stride=cfg.step_stride,
-        max_batch_bytes=cfg.max_batch_bytes,
-        random_fraction=cfg.random_fraction,
-        threads=cfg.threads,
-    )
+    monitor = RelevanceMonitor(model, **scoring_options(cfg, stream))
     stop = stop_callback()  # SIGTERM/SIGINT and run_timeout_seconds stop between batches; keeps the records
     trainer = pl.Trainer(
         accelerator=cfg.accelerator,

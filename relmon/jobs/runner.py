@@ -107,21 +107,9 @@ def run_plain(scorer: BatchScorer, loader: Any, device: torch.device | str = "cp
 def score_plain(cfg, model, stream, progress: bool = False, window_id: str | None = None):
     """The job's scoring pass with :func:`run_plain`: ``(records, window summary, scorer)``."""
     from relmon.data.streams import stream_loader
-    from relmon.jobs.common import job_steps
+    from relmon.jobs.common import scoring_options
 
-    scorer = BatchScorer(
-        model,
-        methods=cfg.methods,
-        region=cfg.region,
-        steps=job_steps(cfg, stream),
-        sample_rate=cfg.sample_rate,
-        max_samples=cfg.max_samples,
-        seed=cfg.seed,
-        step_stride=cfg.step_stride,
-        max_batch_bytes=cfg.max_batch_bytes,
-        random_fraction=cfg.random_fraction,
-        threads=cfg.threads,
-    )
+    scorer = BatchScorer(model, **scoring_options(cfg, stream))
     loader = stream_loader(stream, batch_size=cfg.batch_size, window_id=window_id)
     records, sink = run_plain(scorer, loader, resolve_device(cfg.accelerator), progress=progress)
     return records, sink.summary(), scorer
