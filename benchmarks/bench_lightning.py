@@ -83,7 +83,24 @@ def bench_predict(args):
         sync(args.accelerator)
         plain = time.perf_counter() - t0
     best = min(times)
-    row = {"accelerator": args.accelerator, "model": args.model, "n": args.n, "region": args.region, "L": steps,
+    # the same scoring in the monitoring job's Lightning-free loop (relmon/jobs/runner.py)
+    from relmon.data.streams import stream_loader
+    from relmon.jobs.runner import resolve_device, run_plain
+    from relmon.scoring import BatchScorer
+
+    scorer = BatchScorer(model, methods=("lrp",), region=args.region, steps=args.steps)
+    loader = stream_loader(stream, batch_size=args.batch)
+    dev = resolve_device("gpu" if args.accelerator == "gpu" else "cpu")
+    run_plain(scorer, stream_loader(fashion_mnist_stream(use_sample=True, n=16), batch_size=16), dev)
+    plain_runner = []
+    for _ in range(args.repeats):
+        sync(args.accelerator)
+        t0 = time.perf_counter()
+        run_plain(scorer, loader, dev)
+        sync(args.accelerator)
+        plain_runner.append(time.perf_counter() - t0)
+    row = {"accelerator": args.accelerator, "model": args.model, "n": args.n, "batch": args.batch, "region": args.region,
+           "L": steps, "plain_runner_images_per_s": args.n / min(plain_runner),
            "images_per_s": args.n / best, "forwards_per_s": forwards / best, "plain_forwards_per_s": forwards / plain,
            "seconds": best}
     print(f"predict: {row}", flush=True)

@@ -89,6 +89,7 @@ _PANDAS_DTYPES = {
     "entropy_bits": "Float64", "png_bytes": "Int64", "jpeg_bytes": "Int64", "gini": "Float64",
     "run_id": "string", "run_time": "Float64",
 }
+_DTYPE_OBJECTS = {name: pd.api.types.pandas_dtype(dtype) for name, dtype in _PANDAS_DTYPES.items()}
 # Columns added after the first schema: files without them are read with the column null.
 _ADDED_COLUMNS = ("aopc_early", "run_id", "run_time")
 TMP_SUFFIX = ".tmp"
@@ -138,12 +139,7 @@ def make_records(n: int | None = None, **columns) -> pd.DataFrame:
     if unknown:
         raise RecordSchemaError(f"unknown record column(s) {sorted(unknown)}; known: {list(RECORD_COLUMNS)}")
     if n is None:
-        for value in columns.values():
-            if isinstance(value, (torch.Tensor, np.ndarray, list, tuple)):
-                n = len(value)
-                break
-        else:
-            raise RecordSchemaError("cannot tell the number of rows: pass n= or at least one array column")
+        n = _rows(columns)
     data = {}
     for name in RECORD_COLUMNS:
         if name in columns:
@@ -158,6 +154,33 @@ def make_records(n: int | None = None, **columns) -> pd.DataFrame:
     if "correct" not in columns:
         frame["correct"] = (frame["label"] == frame["pred"].astype("Int64")).astype("boolean")
     return validate_records(frame)
+
+
+def _rows(columns: dict) -> int:
+    for value in columns.values():
+        if isinstance(value, (torch.Tensor, np.ndarray, list, tuple)):
+            return len(value)
+    raise RecordSchemaError("cannot tell the number of rows: pass n= or at least one array column")
+
+
+def make_records_of_parts(*parts: dict) -> pd.DataFrame:
+    """One validated records frame from groups of rows, each a dict of columns as :func:`make_records`
+    takes them: the frame that concatenating ``make_records(**part)`` for each part gives, built and
+    validated once (the per-call cost of pandas dominates a batch's records on a GPU). A column that a
+    part does not give is null in its rows."""
+    if len(parts) == 1:
+        return make_records(**parts[0])
+    sized = [(_rows(part), part) for part in parts]
+    columns = {}
+    for name in RECORD_COLUMNS:
+        if not any(name in part for _, part in sized):
+            continue
+        values = [_values(part[name], n, name) if name in part else [None] * n for n, part in sized]
+        if all(isinstance(v, np.ndarray) for v in values):
+            columns[name] = np.concatenate(values)
+        else:
+            columns[name] = [x for v in values for x in (v.tolist() if isinstance(v, np.ndarray) else v)]
+    return make_records(n=sum(n for n, _ in sized), **columns)
 
 
 def empty_records() -> pd.DataFrame:
@@ -184,6 +207,9 @@ def validate_records(frame: pd.DataFrame) -> pd.DataFrame:
         col = frame[name]
         if not RECORD_SCHEMA.field(name).nullable and bool(col.isna().any()):
             raise RecordSchemaError(f"column {name!r} must not hold nulls")
+        if col.dtype == _DTYPE_OBJECTS[name]:
+            out[name] = col  # already the schema's dtype (frames made by make_records, read back, ...)
+            continue
         try:
             out[name] = col.astype(_PANDAS_DTYPES[name])
         except (TypeError, ValueError) as err:

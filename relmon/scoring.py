@@ -47,7 +47,7 @@ from relmon.perturbation import (
     region_perturbation,
     steps_for_fraction,
 )
-from relmon.records import RANDOM_METHOD, confidence_signals, empty_records, make_records
+from relmon.records import RANDOM_METHOD, confidence_signals, empty_records, make_records_of_parts
 
 # Two-sided 95 % quantile of the normal distribution (the CI uses Student's t where scipy exists).
 _Z95 = 1.959963984540054
@@ -501,7 +501,7 @@ class BatchScorer:
         # features for the label-free accuracy estimators (relmon.analysis.features).
         early = early_steps(tuple(x.shape[-2:]), self.region, frames[0][1].num_steps)  # rnd may be None
         for method, morf, ev, comp in frames:
-            parts.append(make_records(
+            parts.append(dict(
                 aopc_early=early_aopc(morf, early),
                 **common, method=method, score0=morf.score0, aopc=morf.aopc, aopc_rel=morf.aopc_rel,
                 aopc_lerf=ev.aopc_lerf if self.lerf else None, abpc=ev.abpc if self.lerf else None,
@@ -510,9 +510,9 @@ class BatchScorer:
             ))
         if rnd is not None:
             sub = {k: _take(v, subset) for k, v in common.items()}
-            parts.append(make_records(**sub, method=RANDOM_METHOD, score0=rnd.score0, aopc=rnd.aopc,
-                                      aopc_rel=rnd.aopc_rel, aopc_early=early_aopc(rnd, early)))
-        frame = pd.concat(parts, ignore_index=True)
+            parts.append(dict(**sub, method=RANDOM_METHOD, score0=rnd.score0, aopc=rnd.aopc,
+                              aopc_rel=rnd.aopc_rel, aopc_early=early_aopc(rnd, early)))
+        frame = make_records_of_parts(*parts)  # one frame built and validated once per batch
         if self.keep_heatmaps:
             frame.attrs["heatmaps"] = heatmaps
             frame.attrs["heatmap_ids"] = list(sample_ids)

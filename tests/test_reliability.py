@@ -777,3 +777,27 @@ def test_an_estimator_that_cannot_score_the_window_publishes_nothing_and_loses_n
         assert registry.get_sample_value(name, {**job.metrics.base, "estimator": "atc"}) is None, name
         assert registry.get_sample_value(name, {**job.metrics.base, "estimator": "average_confidence"}) is not None
     assert read_records(tmp_path / "rec")["run_id"].nunique() == 2  # both runs' records written
+
+
+def test_records_of_parts_equal_the_concatenated_records_of_each_part():
+    """The scorer builds a batch's records once (make_records_of_parts): the same frame, dtypes and
+    nulls as concatenating one make_records per method and the random order."""
+    import torch
+
+    from relmon.records import make_records, make_records_of_parts
+
+    n, m = 5, 3
+    common = dict(sample_id=[f"s{i}" for i in range(n)], window_id="w", model="m", model_version="v",
+                  pred=torch.tensor([0, 1, 2, 1, 0]), confidence=torch.rand(n, dtype=torch.float64),
+                  softmax_entropy=torch.rand(n), margin=np.linspace(0, 1, n), label=torch.tensor([0, -1, 2, 3, -1]))
+    lrp = dict(common, method="lrp", score0=torch.rand(n), aopc=torch.rand(n), aopc_rel=torch.rand(n),
+               aopc_early=torch.rand(n), aopc_lerf=None, entropy_bits=torch.rand(n),
+               png_bytes=torch.arange(n) + 100, jpeg_bytes=torch.arange(n) + 200, gini=torch.rand(n))
+    sub = {k: (v[:m] if not isinstance(v, str) else v) for k, v in common.items()}
+    rnd = dict(sub, method="random", score0=torch.rand(m), aopc=torch.rand(m), aopc_rel=torch.rand(m),
+               aopc_early=torch.rand(m))
+    expected = pd.concat([make_records(**lrp), make_records(**rnd)], ignore_index=True)
+    got = make_records_of_parts(lrp, rnd)
+    pd.testing.assert_frame_equal(got, expected)
+    assert got["label"].isna().sum() == 3 and got["png_bytes"].isna().sum() == m
+    pd.testing.assert_frame_equal(make_records_of_parts(lrp), make_records(**lrp))
