@@ -55,6 +55,9 @@ def test_monitor_job_on_the_device_matches_cpu(runner):
         summary, records = relmon.monitor(model, x, accelerator=accelerator, batch_size=16, seed=3, runner=runner)
         seen.handle.remove()
         assert seen.types == {DEVICE if accelerator != "cpu" else "cpu"}, (accelerator, seen.types)
+        # the caller's model is where it was: a later CPU forward (calibrate, a class check) must work
+        assert {p.device.type for p in model.parameters()} == {"cpu"}, (runner, accelerator)
+        model(x[:2])
         out[accelerator] = records.set_index(["sample_id", "method"]).sort_index()
     cpu, dev = out["cpu"], out[ACCELERATOR]
     assert len(cpu) == len(dev) == 2 * 48  # the method and the random order for every image

@@ -298,3 +298,22 @@ def test_a_given_listing_of_a_file_is_still_refused_as_not_a_folder(tmp_path):
     assert folder.sample_ids == [str(tmp_path / "one.png")] and set(folder.file_info) == set(folder.sample_ids)
     with pytest.raises(NotADirectoryError, match="one.png' is a file; expected a folder"):
         ImageFolderStream(tmp_path / "one.png", listing=find_files(str(tmp_path / "one.png")))
+
+
+def test_steps_null_without_fraction_is_checked_against_the_calibration_on_the_inputs_size(tmp_path):
+    """'steps: null' with no fraction means the default fraction 0.16: L then depends on the image size,
+    so inputs of another size than the calibration's must be refused like an explicit fraction."""
+    from relmon.data.streams import TensorStream
+    from relmon.jobs import CalibrationMismatchError, MonitorJob, calibrate
+    from relmon.models import FASHION_MNIST_PREPROCESSING
+
+    settings = dict(region=7, steps=None, fraction=None, batch_size=64, n=16)  # 16 regions: L = 3 on 28x28
+    cfg = MonitorConfig(**settings, calibration_n=16, calibration_shifts=("blur",), calibration_severities=(3,),
+                        estimators=("average_confidence",)).validated()
+    cal = calibrate(cfg, tmp_path / "cal")
+    assert cal.meta["steps"] == 3
+    job = MonitorJob(MonitorConfig(**settings), calibration=cal, registry=CollectorRegistry(),
+                     stream=TensorStream(torch_zeros(4, 1, 56, 56), preprocessing=FASHION_MNIST_PREPROCESSING))
+    with pytest.raises(CalibrationMismatchError, match=r"fraction=0.16 gives L = 10 steps on the input's 56x56 "
+                                                       r"images.*L = 3"):
+        job.run(outputs=False)

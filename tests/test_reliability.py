@@ -801,3 +801,59 @@ def test_records_of_parts_equal_the_concatenated_records_of_each_part():
     pd.testing.assert_frame_equal(got, expected)
     assert got["label"].isna().sum() == 3 and got["png_bytes"].isna().sum() == m
     pd.testing.assert_frame_equal(make_records_of_parts(lrp), make_records(**lrp))
+
+
+def test_a_non_finite_estimate_removes_the_estimators_gauges():
+    """In a long-lived registry (serve) a NaN estimate must not leave the previous window's value exposed."""
+    from relmon.export.metrics import RelmonMetrics
+
+    registry = CollectorRegistry()
+    metrics = RelmonMetrics("m", "v", "s", registry=registry)
+    labels = {**metrics.base, "estimator": "atc"}
+    metrics.set_estimate("atc", 0.9, 0.8, 0.95)
+    metrics.set_estimate("doc", 0.7, 0.6, 0.8)
+    assert registry.get_sample_value("relmon_estimated_accuracy_ratio", labels) == 0.9
+    metrics.set_estimate("atc", float("nan"), 0.8, 0.95)
+    for name in ("relmon_estimated_accuracy_ratio", "relmon_estimated_accuracy_lower_ratio",
+                 "relmon_estimated_accuracy_upper_ratio"):
+        assert registry.get_sample_value(name, labels) is None, name
+    assert registry.get_sample_value("relmon_estimated_accuracy_ratio", {**metrics.base, "estimator": "doc"}) == 0.7
+
+
+def test_folder_lock_says_when_it_had_to_wait(tmp_path):
+    """serve hands its listing to the run; a run that waited for another's lock lists again (on_wait)."""
+    import fcntl
+
+    from relmon.jobs.state import LOCK_FILE, folder_lock
+
+    calls = []
+    with folder_lock(tmp_path, on_wait=lambda: calls.append("waited")):
+        pass
+    assert calls == []
+    holder = open(tmp_path / LOCK_FILE, "a+")
+    fcntl.flock(holder.fileno(), fcntl.LOCK_EX)
+    got = threading.Event()
+
+    def take():
+        with folder_lock(tmp_path, on_wait=lambda: calls.append("waited")):
+            got.set()
+
+    t = threading.Thread(target=take)
+    t.start()
+    time.sleep(0.35)
+    assert not got.is_set()
+    fcntl.flock(holder.fileno(), fcntl.LOCK_UN)
+    holder.close()
+    t.join(10)
+    assert got.is_set() and calls == ["waited"]  # once, however long the wait
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_an_accelerator_this_machine_lacks_is_a_config_error_before_any_work(tmp_path, capsys):
+    from relmon.cli import main
+
+    rc = main(["monitor", "--n", "4", "--accelerator", "gpu", "--records", str(tmp_path / "rec")])
+    err = capsys.readouterr().err
+    assert rc == 3, err
+    assert "accelerator 'gpu': no CUDA device is available; fix: set accelerator: cpu (or auto)" in err
+    assert "Traceback" not in err and not (tmp_path / "rec").exists()

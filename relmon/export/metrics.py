@@ -264,7 +264,11 @@ class RelmonMetrics:
     # -- setters -------------------------------------------------------------------------------------
 
     def set_estimate(self, estimator: str, estimate: float, lower: float, upper: float) -> None:
-        """Estimated accuracy of ``estimator`` with its interval (ratios in [0, 1])."""
+        """Estimated accuracy of ``estimator`` with its interval (ratios in [0, 1]). A non-finite value
+        removes the estimator's gauges (:meth:`clear_estimate`): no earlier run's estimate stays exposed."""
+        if not all(_finite(v) for v in (estimate, lower, upper)):
+            self.clear_estimate(estimator)
+            return
         self._set("relmon_estimated_accuracy_ratio", estimate, estimator=estimator)
         self._set("relmon_estimated_accuracy_lower_ratio", lower, estimator=estimator)
         self._set("relmon_estimated_accuracy_upper_ratio", upper, estimator=estimator)

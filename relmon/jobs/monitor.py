@@ -142,6 +142,10 @@ class MonitorJob:
 
         self.cfg = cfg
         self.progress = progress
+        if cfg.runner == "plain":  # an accelerator this machine lacks is a config error, before any work
+            from relmon.jobs.runner import resolve_device
+
+            resolve_device(cfg.accelerator)
         self.push_url, self.push_security = push_security(cfg)  # secrets read (and checked) up front
         self.model = load_job_model(cfg) if model is None else model
         self.stream = stream
@@ -281,13 +285,19 @@ class MonitorJob:
         """With ``fraction``, the L resolved on the stream's images must be the calibration's L."""
         from relmon.jobs.common import CalibrationMismatchError, input_size, job_steps
 
-        if self.cfg.fraction is None or self.calibration is None or input_size(stream) is None:
+        # steps given as a count needs no image size; else L comes from fraction (or the default
+        # fraction when neither is set, 'steps: null')
+        if (self.cfg.fraction is None and self.cfg.steps is not None) or self.calibration is None \
+                or input_size(stream) is None:
             return
         steps, made = job_steps(self.cfg, stream), self.calibration.meta["steps"]
         if steps != made:
+            from relmon.perturbation import DEFAULT_FRACTION
+
             h, w = input_size(stream)
+            fraction = self.cfg.fraction if self.cfg.fraction is not None else DEFAULT_FRACTION
             raise CalibrationMismatchError(
-                f"fraction={self.cfg.fraction:g} gives L = {steps} steps on the input's {h}x{w} images, but "
+                f"fraction={fraction:g} gives L = {steps} steps on the input's {h}x{w} images, but "
                 f"calibration {str(self.calibration.path)!r} was made with L = {made}: AOPC is not comparable; "
                 f"fix: set image_size to the calibration's size {self.calibration.meta.get('input_size')}, "
                 f"or steps: {made} (and fraction: null), or re-run 'relmon calibrate'"
@@ -356,7 +366,8 @@ class MonitorJob:
         cfg = self.cfg
         run_id, run_time = new_run_id()
         lock = (
-            folder_lock(stream_folder(cfg.records, cfg.stream))
+            # a listing serve made before another run held the lock may be stale: list again inside it
+            folder_lock(stream_folder(cfg.records, cfg.stream), on_wait=lambda: setattr(self, "input_listing", None))
             if cfg.records and (cfg.only_new or getattr(self, "serve_only_new", False))
             else nullcontext()
         )

@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from relmon.config import ConfigError
 from relmon.jobs import signals
 from relmon.records import empty_records
 from relmon.scoring import BatchScorer, WindowAccumulator
@@ -29,7 +30,7 @@ from relmon.scoring import BatchScorer, WindowAccumulator
 
 def resolve_device(accelerator: str = "cpu") -> torch.device:
     """The torch device of a config ``accelerator``: ``cpu``; ``gpu``/``cuda``; ``mps``; ``auto`` (CUDA if
-    available, else MPS if available, else CPU, as Lightning's ``auto``). A ``RuntimeError`` names the fix
+    available, else MPS if available, else CPU, as Lightning's ``auto``). A :class:`~relmon.config.ConfigError` names the fix
     when the accelerator asked for is not available."""
     name = str(accelerator).lower()
     if name == "auto":
@@ -41,18 +42,18 @@ def resolve_device(accelerator: str = "cpu") -> torch.device:
         return torch.device("cpu")
     if name in ("gpu", "cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError(f"accelerator {accelerator!r}: no CUDA device is available; fix: set accelerator: "
+            raise ConfigError(f"accelerator {accelerator!r}: no CUDA device is available; fix: set accelerator: "
                                "cpu (or auto)")
         return torch.device("cuda", 0)
     if name == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
-            raise RuntimeError(f"accelerator {accelerator!r}: MPS is not available; fix: set accelerator: cpu "
+            raise ConfigError(f"accelerator {accelerator!r}: MPS is not available; fix: set accelerator: cpu "
                                "(or auto)")
         return torch.device("mps")
     if name == "cpu":
         return torch.device("cpu")
-    raise ValueError(f"unknown accelerator {accelerator!r}; choose one of cpu, gpu, cuda, mps, auto")
+    raise ConfigError(f"unknown accelerator {accelerator!r}; choose one of cpu, gpu, cuda, mps, auto")
 
 
 def _records(frames: list[pd.DataFrame]) -> pd.DataFrame | None:
@@ -79,6 +80,8 @@ def run_plain(scorer: BatchScorer, loader: Any, device: torch.device | str = "cp
     sink = WindowAccumulator(scorer.methods) if sink is None else sink
     model = scorer.model
     modes = [(m, m.training) for m in model.modules()]
+    home = next(iter(model.parameters()), next(iter(model.buffers()), None))
+    home = home.device if home is not None else None  # moved back afterwards: the caller's model stays put
     model.to(device)
     model.eval()
     scorer.reset_window()
@@ -92,6 +95,7 @@ def run_plain(scorer: BatchScorer, loader: Any, device: torch.device | str = "cp
                 frame = scorer.score_loader_batch(batch, sink, device=device)
                 if isinstance(frame, pd.DataFrame) and len(frame):
                     frames.append(frame)
+        signals.STOP.in_predict = False  # a signal from here on is handled between runs, not mid-cleanup
     except signals.RunInterrupted as exc:
         if exc.records is None:
             exc.records = _records(frames)
@@ -100,6 +104,8 @@ def run_plain(scorer: BatchScorer, loader: Any, device: torch.device | str = "cp
         signals.STOP.in_predict = False
         for m, mode in modes:
             m.training = mode
+        if home is not None and home != device:
+            model.to(home)
     records = _records(frames)
     return (records if records is not None else empty_records()), sink
 

@@ -18,7 +18,7 @@ import fcntl
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -158,11 +158,13 @@ class SeenFiles:
 
 
 @contextmanager
-def folder_lock(folder: str | os.PathLike, timeout: float | None = None) -> Iterator[Path]:
+def folder_lock(folder: str | os.PathLike, timeout: float | None = None,
+                on_wait: Callable[[], None] | None = None) -> Iterator[Path]:
     """An exclusive ``fcntl`` lock on ``folder/.relmon.lock``; waits while another run holds it.
 
     The wait polls, so SIGTERM/SIGINT (:mod:`relmon.jobs.signals`) stop it; with ``timeout`` seconds it
-    gives up with a :class:`StateError` naming the lock file.
+    gives up with a :class:`StateError` naming the lock file. ``on_wait`` is called once when the lock
+    is held by another run (what was read before the wait may be stale by the time it is acquired).
     """
     import time
 
@@ -178,6 +180,9 @@ def folder_lock(folder: str | os.PathLike, timeout: float | None = None) -> Iter
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if on_wait is not None:
+                    on_wait()
+                    on_wait = None
                 check()  # a stop request or the run deadline ends the wait
                 if timeout is not None and time.monotonic() - start > timeout:
                     raise StateError(
