@@ -111,13 +111,14 @@ def test_runner_field_is_validated_and_plain_by_default():
 
 
 def test_unavailable_accelerator_is_named():
+    from relmon.config import ConfigError
     from relmon.jobs.runner import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="no CUDA device is available; fix: set accelerator: cpu"):
+        with pytest.raises(ConfigError, match="no CUDA device is available; fix: set accelerator: cpu"):
             resolve_device("gpu")
 
 
