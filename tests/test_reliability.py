@@ -61,6 +61,30 @@ def write_pngs(folder: Path, n: int, start: int = 0) -> list[Path]:
     return out
 
 
+def signal_after(proc: subprocess.Popen, pipe: str, marker: str, delay: float, sig: int) -> tuple[str, str, float]:
+    """Wait for a line holding ``marker`` on ``proc``'s ``pipe`` ("stdout"/"stderr"), sleep ``delay``, send
+    ``sig`` and wait for the exit: ``(stdout, stderr, seconds from the signal to the exit)``. The process
+    is killed if anything fails on the way."""
+    try:
+        deadline = time.monotonic() + 300
+        lines = []
+        while time.monotonic() < deadline:
+            line = getattr(proc, pipe).readline()
+            lines.append(line)
+            if marker in line or not line:
+                break
+        assert any(marker in x for x in lines), lines
+        time.sleep(delay)
+        t0 = time.monotonic()
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+        return out, err, time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def metric_value(text: str, name: str) -> float:
     total = 0.0
     for fam in text_string_to_metric_families(text):
@@ -543,25 +567,8 @@ def test_sigterm_stops_monitor_within_seconds_and_keeps_finished_batches(tmp_pat
                    "--textfile", str(tmp_path / "m.prom")),
         env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    try:
-        deadline = time.monotonic() + 300
-        lines = []
-        while time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            lines.append(line)
-            if "scoring sample" in line or not line:
-                break
-        assert any("scoring sample" in x for x in lines), lines
-        time.sleep(8)  # a few batches of 8 finish (about 1 s each)
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-        stopped_after = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    err = proc.stderr.read()
+    # a few batches of 8 finish (about 1 s each) before the signal
+    _, err, stopped_after = signal_after(proc, "stderr", "scoring sample", 8, signal.SIGTERM)
     assert proc.returncode == 5, err[-2000:]
     assert "stopped by SIGTERM" in err and "records of the finished batches" in err
     assert stopped_after < 15  # one batch of 8 images, not the remaining ~2000
@@ -603,21 +610,7 @@ def test_sigint_stops_serve_while_it_waits(tmp_path):
                    "--http-addr", "127.0.0.1", "--http-port", "0", "--interval-seconds", "600"),
         env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if line.startswith("relmon monitor:") or not line:
-                break
-        time.sleep(0.5)
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-        stopped_after = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    out, err, stopped_after = signal_after(proc, "stdout", "relmon monitor:", 0.5, signal.SIGINT)
     assert proc.returncode == 0, err[-2000:]
     assert "served 1 run(s), 0 failed" in out
     assert stopped_after < 10  # not the 600 s interval
@@ -658,21 +651,7 @@ def test_sigterm_stops_serve_during_a_run_and_exits_5(tmp_path):
                    "--http-addr", "127.0.0.1", "--http-port", "0"),
         env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if "scoring sample" in line or not line:
-                break
-        time.sleep(4)
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-        stopped_after = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    out, err, stopped_after = signal_after(proc, "stderr", "scoring sample", 4, signal.SIGTERM)
     assert proc.returncode == 5, err[-2000:]
     assert "run stopped: stopped by SIGTERM" in err and "served 1 run(s)" in out
     assert stopped_after < 15
