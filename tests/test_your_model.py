@@ -210,22 +210,18 @@ def test_class_names_that_do_not_match_the_model_are_refused(user_project, capsy
     from relmon.cli import main
 
     cfg = yaml.safe_load((user_project["tmp"] / "relmon.yaml").read_text())
-    cfg["classes"] = CLASSES[:9] + ["ten", "eleven"]  # 11 names for a 10-output model; 'nine' missing
     path = user_project["tmp"] / "badclasses.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    sys.path.insert(0, str(user_project["tmp"]))
-    try:
-        assert main(["calibrate", "--config", str(path), "--out", str(user_project["tmp"] / "y")]) == 3
-    finally:
-        sys.path.remove(str(user_project["tmp"]))
-    err = capsys.readouterr().err
+
+    def calibrate_with(classes) -> str:
+        path.write_text(yaml.safe_dump({**cfg, "classes": classes}))
+        sys.path.insert(0, str(user_project["tmp"]))
+        try:
+            assert main(["calibrate", "--config", str(path), "--out", str(user_project["tmp"] / "y")]) == 3
+        finally:
+            sys.path.remove(str(user_project["tmp"]))
+        return capsys.readouterr().err
+
+    err = calibrate_with(CLASSES[:9] + ["ten", "eleven"])  # 11 names for a 10-output model; 'nine' missing
     assert "class(es) ['nine'] that are not in the configured classes" in err
-    cfg["classes"] = CLASSES + ["ten"]
-    path.write_text(yaml.safe_dump(cfg))
-    sys.path.insert(0, str(user_project["tmp"]))
-    try:
-        assert main(["calibrate", "--config", str(path), "--out", str(user_project["tmp"] / "y")]) == 3
-    finally:
-        sys.path.remove(str(user_project["tmp"]))
-    err = capsys.readouterr().err
+    err = calibrate_with(CLASSES + ["ten"])
     assert "names 11 classes" in err and "the model outputs 10 class scores" in err
