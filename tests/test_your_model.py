@@ -225,3 +225,34 @@ def test_class_names_that_do_not_match_the_model_are_refused(user_project, capsy
     assert "class(es) ['nine'] that are not in the configured classes" in err
     err = calibrate_with(CLASSES + ["ten"])
     assert "names 11 classes" in err and "the model outputs 10 class scores" in err
+
+
+def test_the_lightning_runner_agrees_and_a_fraction_is_checked_on_the_users_model(user_project, capsys):
+    """The user's model and images: `runner: lightning` gives the default (plain) runner's records and
+    estimates; a fraction that resolves to another L than the calibration's (0.16 of the 16 regions of
+    4 px on 16x16: L = 3, calibrated with 15) is refused with the fix."""
+    from relmon.cli import main
+    from relmon.lightning import read_records
+
+    tmp = user_project["tmp"]
+    args = ["monitor", "--config", str(tmp / "relmon.yaml"), "--calibration", str(tmp / "cal")]
+    sys.path.insert(0, str(tmp))
+    try:
+        rc = main([*args, "--json", "--runner", "lightning", "--records", str(tmp / "rec_lightning")])
+        out = capsys.readouterr().out
+        rc_fraction = main([*args, "--steps", "none", "--fraction", "0.16", "--records", str(tmp / "rec_f")])
+        err = capsys.readouterr().err
+    finally:
+        sys.path.remove(str(tmp))
+    assert rc == 0
+    plain, lightning = json.loads(user_project["runs"][0].stdout), json.loads(out)
+    for name, value in plain["estimates"].items():
+        assert lightning["estimates"][name] == pytest.approx(value, abs=1e-9), name
+    first_run = sorted((tmp / "records").rglob("*.parquet"))[0]
+    keys = ["sample_id", "method"]
+    a = pd.read_parquet(first_run).drop(columns=["run_id", "run_time"]).sort_values(keys).reset_index(drop=True)
+    b = read_records(tmp / "rec_lightning").drop(columns=["run_id", "run_time"]).sort_values(keys).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-6)
+    assert rc_fraction == 3, err
+    assert "'steps': 15" in err and "'steps': 3" in err and "re-run 'relmon calibrate'" in err
+    assert not (tmp / "rec_f").exists()
