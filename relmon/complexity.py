@@ -75,8 +75,8 @@ def render_uint8(heatmap: torch.Tensor) -> np.ndarray:
     return scaled.round().clamp(0, 255).to(torch.uint8).reshape(b, *shape).cpu().numpy()
 
 
-def _encoded_sizes(heatmap: torch.Tensor, fmt: str, **options) -> torch.Tensor:
-    images = render_uint8(heatmap)
+def _encoded_sizes(images: np.ndarray, fmt: str, **options) -> torch.Tensor:
+    """Encoded sizes of :func:`render_uint8`'s images."""
     sizes = []
     for img in images:  # the encoders take one image at a time
         buf = io.BytesIO()
@@ -87,22 +87,31 @@ def _encoded_sizes(heatmap: torch.Tensor, fmt: str, **options) -> torch.Tensor:
 
 def png_bytes(heatmap: torch.Tensor) -> torch.Tensor:
     """``(B,)`` int64 size in bytes of the PNG (zlib level 9) of :func:`render_uint8`'s image."""
-    return _encoded_sizes(heatmap, "PNG", optimize=False, compress_level=9)
+    return _png_sizes(render_uint8(heatmap))
+
+
+def _png_sizes(images: np.ndarray) -> torch.Tensor:
+    return _encoded_sizes(images, "PNG", optimize=False, compress_level=9)
 
 
 def jpeg_bytes(heatmap: torch.Tensor, quality: int = JPEG_QUALITY) -> torch.Tensor:
     """``(B,)`` int64 size in bytes of the baseline JPEG (``quality``, default 90) of the rendering."""
+    return _jpeg_sizes(render_uint8(heatmap), quality)
+
+
+def _jpeg_sizes(images: np.ndarray, quality: int) -> torch.Tensor:
     if not 1 <= int(quality) <= 95:
         raise ValueError(f"JPEG quality must be in 1..95, got {quality}")
-    return _encoded_sizes(heatmap, "JPEG", quality=int(quality), optimize=False)
+    return _encoded_sizes(images, "JPEG", quality=int(quality), optimize=False)
 
 
 def heatmap_complexity(heatmap: torch.Tensor, jpeg_quality: int = JPEG_QUALITY) -> dict[str, torch.Tensor]:
     """All complexity measures of a batch: ``entropy_bits``, ``png_bytes``, ``jpeg_bytes``, ``gini``."""
+    images = render_uint8(heatmap)  # one rendering for both encoders
     return {
         "entropy_bits": entropy_bits(heatmap),
-        "png_bytes": png_bytes(heatmap),
-        "jpeg_bytes": jpeg_bytes(heatmap, jpeg_quality),
+        "png_bytes": _png_sizes(images),
+        "jpeg_bytes": _jpeg_sizes(images, jpeg_quality),
         "gini": gini(heatmap),
     }
 
