@@ -59,6 +59,7 @@ TABLE = {
     "relmon_last_success_timestamp_seconds": ("gauge", None),
     "relmon_calibration_timestamp_seconds": ("gauge", None),
     "relmon_calibration_accuracy_ratio": ("gauge", None),
+    "relmon_accuracy_alert_threshold_ratio": ("gauge", None),
     "relmon_default_estimator_info": ("gauge", "estimator"),
     "relmon_run_samples": ("gauge", None),
     "relmon_run_input_errors": ("gauge", "reason"),

@@ -176,7 +176,14 @@ METRIC_SPECS: tuple[MetricSpec, ...] = (
         "gauge",
         None,
         "Accuracy of the model on the calibration's clean (labelled) window (0-1); absent without "
-        "calibration. The accuracy alert compares the default estimate's upper bound with it.",
+        "calibration. The accuracy alert's threshold is derived from it (relmon_accuracy_alert_threshold_ratio).",
+    ),
+    MetricSpec(
+        "relmon_accuracy_alert_threshold_ratio",
+        "gauge",
+        None,
+        "Accuracy threshold of the accuracy alert (0-1): the one-sided 95 % lower bound of the calibration's "
+        "clean accuracy minus the alert margin (relmon.analysis.alerts); absent without calibration.",
     ),
     MetricSpec(
         "relmon_default_estimator_info",
@@ -353,6 +360,14 @@ class RelmonMetrics:
         if _finite(accuracy) and not 0.0 <= float(accuracy) <= 1.0:
             raise ValueError(f"calibration accuracy must be a ratio in [0, 1], got {accuracy!r}")
         self._set("relmon_calibration_accuracy_ratio", accuracy)
+
+    def set_alert_threshold(self, threshold: float | None) -> None:
+        """The accuracy alert's threshold, a ratio in [0, 1] (``ValueError`` outside); ``None``: none."""
+        if threshold is None:
+            return
+        if _finite(threshold) and not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"alert threshold must be a ratio in [0, 1], got {threshold!r}")
+        self._set("relmon_accuracy_alert_threshold_ratio", threshold)
 
     def set_default_estimator(self, estimator: str) -> None:
         """Mark ``estimator`` as the default (value 1); any previously marked one is removed."""

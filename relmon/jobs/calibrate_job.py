@@ -202,6 +202,10 @@ def calibrate_model(model, data, cfg: MonitorConfig, out: str | os.PathLike | No
             .items()
         },
     }
+    from relmon.analysis.alerts import reference_warning  # the alert threshold's clean reference is too small
+
+    if meta["window_accuracy"].get("clean") is not None and (why := reference_warning(meta["window_accuracy"]["clean"], n)):
+        log.warning("%s", why)
     cal = Calibration(
         path=Path(out) if out is not None else None,
         meta=meta,

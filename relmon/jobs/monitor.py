@@ -63,6 +63,10 @@ class MonitorSummary:
     default_estimator: str | None = None  # the estimator of the headline estimate (chosen by calibration)
     estimate_errors: dict[str, str] = field(default_factory=dict)  # estimator -> why it gave no estimate
     outputs: dict[str, Any] = field(default_factory=dict)
+    calibration_accuracy: float | None = None  # the clean reference the alert threshold hangs on ...
+    calibration_n: int | None = None  # ... and its number of images
+    alert_threshold: float | None = None  # relmon.analysis.alerts.accuracy_threshold of the two
+    alerts: list[dict[str, str]] = field(default_factory=list)  # relmon.analysis.alerts.accuracy_alerts
 
     def table(self) -> str:
         """A plain-text summary table."""
@@ -98,6 +102,8 @@ class MonitorSummary:
         if self.calibration:
             flag = " — MADE FOR ANOTHER MODEL VERSION" if self.calibration_version_mismatch else ""
             lines.append(f"calibration: {self.calibration}{flag}")
+        for a in self.alerts:
+            lines.append(f"ALERT {a['name']} ({a['severity']}): {a['reason']}")
         for k, v in self.outputs.items():
             lines.append(f"{k}: {v}")
         return "\n".join(lines)
@@ -167,6 +173,10 @@ class MonitorJob:
             clean = (self.calibration.meta.get("window_accuracy") or {}).get("clean")
             if clean is not None:
                 self.metrics.set_calibration_accuracy(clean)
+            from relmon.analysis.alerts import accuracy_threshold
+
+            self.reference = clean, self.calibration.meta.get("n_per_window")  # the alert's clean reference
+            self.metrics.set_alert_threshold(accuracy_threshold(*self.reference) if clean is not None else None)
         meta = self.calibration.meta if self.calibration is not None else {}
         self.default_estimator = meta.get("default_estimator", BASELINE_ESTIMATOR)
         self.metrics.set_default_estimator(self.default_estimator)
@@ -279,6 +289,12 @@ class MonitorJob:
             default_estimator=self.default_estimator,
             estimate_errors=estimate_errors,
         )
+        if self.calibration is not None and self.reference[0] is not None:
+            from relmon.analysis.alerts import accuracy_alerts, accuracy_threshold
+
+            result.calibration_accuracy, result.calibration_n = self.reference
+            result.alert_threshold = accuracy_threshold(*self.reference)
+            result.alerts = accuracy_alerts(result)
         return result, records
 
     def _check_fraction_steps(self, stream) -> None:
