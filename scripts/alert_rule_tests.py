@@ -170,7 +170,7 @@ def main(argv=None) -> None:
     meta = json.loads((Path(args.calibration) / "calibration.json").read_text())
     lines = [f"calibration: model {meta['model']}, {meta['n_per_window']} images per window, default estimator "
              f"{meta['default_estimator']}; windows of {args.n} shipped-sample images (true accuracy in the comment)"]
-    for text, s in runs:
+    for _, s in runs:
         d = s["default_estimator"]
         e, lo, hi = s["estimates"][d]
         fired = ", ".join(a["severity"] for a in s["alerts"]) or "none"

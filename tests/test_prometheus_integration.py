@@ -637,6 +637,7 @@ def test_dashboard_imports_into_an_existing_grafana_and_has_the_panels():
         "relmon_run_duration_seconds",
         "relmon_calibration_timestamp_seconds",
         "relmon_calibration_accuracy_ratio",
+        "relmon_accuracy_alert_threshold_ratio",
         "relmon_run_input_errors",
     ):
         assert re.search(rf"\b{metric}\{{", exprs), metric
@@ -646,7 +647,7 @@ def test_dashboard_imports_into_an_existing_grafana_and_has_the_panels():
 def test_alert_rules_have_summary_description_and_runbook():
     groups = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"]
     rules = [r for g in groups for r in g["rules"]]
-    assert len(rules) == 5
+    assert len(rules) == 6  # RelmonEstimatedAccuracyLow has two severities
     for rule in rules:
         assert {"summary", "description", "runbook"} <= set(rule["annotations"]), rule["alert"]
         assert rule["labels"]["severity"] in ("warning", "critical")
