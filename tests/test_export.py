@@ -87,6 +87,7 @@ def filled_metrics() -> RelmonMetrics:
     m.set_run(1.5, 1.7e9)
     m.set_calibration_timestamp(1.6e9)
     m.set_calibration_accuracy(0.9)
+    m.set_alert_threshold(0.83)
     m.set_default_estimator("atc")
     m.set_run_inputs(16, {"decode_error": 2})
     return m
