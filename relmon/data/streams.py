@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
-from relmon.models.preprocessing import Preprocessing
+from relmon.preprocessing import Preprocessing
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 # Closed set of reasons, usable as the ``reason`` label of ``relmon_input_errors_total``.

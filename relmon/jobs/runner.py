@@ -24,6 +24,7 @@ import torch
 
 from relmon.config import ConfigError
 from relmon.jobs import signals
+from relmon.preprocessing import eval_mode
 from relmon.records import empty_records
 from relmon.scoring import BatchScorer, WindowAccumulator
 
@@ -79,16 +80,14 @@ def run_plain(scorer: BatchScorer, loader: Any, device: torch.device | str = "cp
     device = torch.device(device)
     sink = WindowAccumulator(scorer.methods) if sink is None else sink
     model = scorer.model
-    modes = [(m, m.training) for m in model.modules()]
     home = next(iter(model.parameters()), next(iter(model.buffers()), None))
     home = home.device if home is not None else None  # moved back afterwards: the caller's model stays put
     model.to(device)
-    model.eval()
     scorer.reset_window()
     frames: list[pd.DataFrame] = []
     signals.STOP.in_predict = True  # a signal during a batch raises at once (see relmon.jobs.signals)
     try:
-        with torch.inference_mode():
+        with eval_mode(model), torch.inference_mode():
             for batch in _progress(loader, progress):
                 if signals.should_stop():
                     signals.check(_records(frames))
@@ -102,8 +101,6 @@ def run_plain(scorer: BatchScorer, loader: Any, device: torch.device | str = "cp
         raise
     finally:
         signals.STOP.in_predict = False
-        for m, mode in modes:
-            m.training = mode
         if home is not None and home != device:
             model.to(home)
     records = _records(frames)
