@@ -9,6 +9,9 @@ Lightning) is built on it. ``import relmon.perturbation`` must not load a datase
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "relmon"
 
 CORE = ("relmon.explain", "relmon.perturbation", "relmon.complexity", "relmon.metrics", "relmon.scoring",
-        "relmon.preprocessing", "relmon.model_info")
+        "relmon.preprocessing", "relmon.identity")
 EDGE = ("relmon.data", "relmon.models.loading", "relmon.jobs", "relmon.cli", "relmon.export", "relmon.report",
         "relmon.lightning")
 
@@ -114,7 +117,6 @@ def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
     return seen
 
 
-# the package's __init__ files that only export lazily (PEP 562) do not pull their submodules in
 def test_relmon_has_no_import_cycle():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
@@ -148,3 +150,14 @@ def test_the_graph_sees_module_level_in_function_and_relative_imports(tmp_path):
     assert find_cycle(graph) == ["relmon.b", "relmon.sub", "relmon.sub.a", "relmon.b"]
     (pkg / "sub" / "a.py").write_text("def f():\n    return 1\n")
     assert find_cycle(import_graph(pkg)) is None
+
+
+@pytest.mark.parametrize("module", ["relmon.perturbation", "relmon.explain", "relmon.scoring", "relmon.preprocessing"])
+def test_importing_the_core_loads_no_dataset_reader_and_no_model_loading(module):
+    """At run time too (``relmon.Preprocessing`` included): no relmon.data, relmon.models.loading or jobs."""
+    code = (f"import sys, relmon, {module}; relmon.Preprocessing; "
+            "print(sorted(m for m in sys.modules if m.startswith(('relmon.data', 'relmon.models', 'relmon.jobs'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)}, cwd=PACKAGE.parent)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

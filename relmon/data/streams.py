@@ -356,7 +356,7 @@ class ImageFolderStream(_Stream):
     transform:
         Called last on each ``(C, H, W)`` tensor (after resizing and normalisation).
     preprocessing:
-        The model's :class:`~relmon.models.preprocessing.Preprocessing`; images are scaled to
+        The model's :class:`~relmon.preprocessing.Preprocessing`; images are scaled to
         ``[0, 1]`` and normalised with it. Without it ``x`` is the image in ``[0, 1]``.
     image_size:
         ``int`` (square) or ``(height, width)``: resize every image (bilinear, antialiased, aspect

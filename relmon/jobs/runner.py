@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from relmon.config import ConfigError
+from relmon.data.streams import stream_loader
 from relmon.jobs import signals
 from relmon.preprocessing import eval_mode
 from relmon.records import empty_records
@@ -107,12 +108,10 @@ def run_plain(scorer: BatchScorer, loader: Any, device: torch.device | str = "cp
     return (records if records is not None else empty_records()), sink
 
 
-def score_plain(cfg, model, stream, progress: bool = False, window_id: str | None = None):
-    """The job's scoring pass with :func:`run_plain`: ``(records, window summary, scorer)``."""
-    from relmon.data.streams import stream_loader
-    from relmon.jobs.common import scoring_options
-
-    scorer = BatchScorer(model, **scoring_options(cfg, stream))
+def score_plain(cfg, model, stream, options: dict, progress: bool = False, window_id: str | None = None):
+    """The job's scoring pass with :func:`run_plain`: ``(records, window summary, scorer)``; ``options``
+    are the scorer's settings (:func:`relmon.jobs.scoring.scoring_options`)."""
+    scorer = BatchScorer(model, **options)
     loader = stream_loader(stream, batch_size=cfg.batch_size, window_id=window_id)
     records, sink = run_plain(scorer, loader, resolve_device(cfg.accelerator), progress=progress)
     return records, sink.summary(), scorer
