@@ -61,7 +61,7 @@ def score_stream_lightning(cfg: MonitorConfig, model, stream, progress: bool = F
     ``pl.Trainer.predict``: (records, window summary, monitor)."""
     import pytorch_lightning as pl
 
-    from relmon.data.streams import StreamDataModule  # a LightningDataModule, made on first use
+    from relmon.data.datamodule import StreamDataModule  # a LightningDataModule, made on first use
     from relmon.lightning import RelevanceMonitor
 
     _quiet_lightning()
