@@ -1,0 +1,182 @@
+"""A listing of image files that scales to millions of entries: listed lazily, held compactly.
+
+:func:`list_images` walks a folder (local: ``os.scandir``, one directory at a time; any other fsspec
+URL: ``fs.walk``, one directory's entries at a time) and keeps, per image file, only its path and —
+when asked — its size and modification time, in a :class:`FileListing` (a sorted ``list`` of paths and
+two NumPy arrays: about 100 bytes per file plus the path's characters, no per-file dict). Nothing is
+opened or decoded. A local walk does not even ``stat`` a file unless sizes or times are asked for.
+
+:func:`select_indices` samples a listing *before decoding* (DESIGN §2b): a file is kept iff its
+``selection_hash(seed, sample_id) < sample_rate`` (the hash the scorer uses), and at most
+``max_samples`` per window, the first ones in listing order. :func:`shard_indices` keeps the files of
+shard ``I/N`` (:func:`relmon.runs.shard_of` on the path relative to the root). Both work on the
+sample ids alone, so a stream of 10 million files decodes only what is scored.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class FileListing:
+    """The image files under a root: ``paths`` sorted, with ``sizes`` (int64, -1 = unknown) and ``mtimes``
+    (float64 seconds, NaN = unknown) aligned to them when the walk asked for them (else None)."""
+
+    root: str
+    paths: list[str]
+    sizes: np.ndarray | None = None
+    mtimes: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def relative(self, index: int) -> str:
+        """Path of file ``index`` relative to the root, with ``/`` separators."""
+        path, root = self.paths[index], self.root.rstrip("/")
+        rel = path[len(root):] if path.startswith(root) else path
+        return rel.replace(os.sep, "/").lstrip("/")
+
+    def signatures(self) -> dict[str, tuple[int | None, float | None]]:
+        """``{path: (size, mtime)}`` (None where unknown), built on demand (only-new scoring needs it)."""
+        out = {}
+        for i, p in enumerate(self.paths):
+            size = None if self.sizes is None or self.sizes[i] < 0 else int(self.sizes[i])
+            mtime = None if self.mtimes is None or not np.isfinite(self.mtimes[i]) else float(self.mtimes[i])
+            out[p] = (size, mtime)
+        return out
+
+
+def _has_ext(name: str, extensions: tuple[str, ...]) -> bool:
+    return os.path.splitext(name)[1].lower() in extensions
+
+
+def _walk_local(root: str, extensions: tuple[str, ...], stat: bool):
+    """Yield ``(path, size, mtime)`` of the image files under a local ``root``, one directory at a time."""
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = os.scandir(folder)
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                        continue
+                    if not _has_ext(entry.name, extensions) or not entry.is_file():
+                        continue
+                    if stat:
+                        st = entry.stat()
+                        yield entry.path, st.st_size, st.st_mtime
+                    else:
+                        yield entry.path, -1, float("nan")
+                except OSError:  # vanished meanwhile: not listed
+                    continue
+
+
+def _walk_fsspec(fs, path: str, extensions: tuple[str, ...], mtime_of: Callable[[dict, str], float] | None):
+    for _folder, _dirs, files in fs.walk(path, detail=True):
+        for info in files.values():
+            name = info["name"]
+            if info.get("type", "file") != "file" or not _has_ext(name, extensions):
+                continue
+            size = info.get("size")
+            mtime = float("nan")
+            if mtime_of is not None:
+                mtime = mtime_of(info, name)
+            yield name, -1 if size is None else int(size), mtime
+
+
+def list_images(root: str | os.PathLike, extensions: Sequence[str], *, storage_options: dict | None = None,
+                with_info: bool = False, mtime_of: Callable[[dict, str], float] | None = None) -> FileListing:
+    """The image files (``extensions``, lower-case with the dot) under ``root``, sorted by path.
+
+    ``with_info``: also keep sizes and modification times (``mtime_of(info, path)`` reads the time from
+    an fsspec info dict; local files use ``stat``). Without it a local walk reads only directory
+    entries. Paths are local paths, or the file system's paths (no protocol) for other URLs.
+    """
+    import fsspec
+
+    root = os.fspath(root)
+    exts = tuple(extensions)
+    protocol = fsspec.utils.get_protocol(root)
+    if protocol in ("file", "local"):
+        local = root[len("file://"):] if root.startswith("file://") else root
+        rows = _walk_local(local, exts, with_info)
+        base = local
+    else:
+        fs, path = fsspec.core.url_to_fs(root, **(storage_options or {}))
+        rows = _walk_fsspec(fs, path, exts, mtime_of if with_info else None)
+        base = path
+    paths: list[str] = []
+    sizes: list[int] = []
+    mtimes: list[float] = []
+    for p, size, mtime in rows:
+        paths.append(p)
+        if with_info:
+            sizes.append(size)
+            mtimes.append(mtime)
+    order = sorted(range(len(paths)), key=paths.__getitem__)
+    paths = [paths[i] for i in order]
+    out = FileListing(base, paths)
+    if with_info:
+        idx = np.asarray(order, dtype=np.int64)
+        out.sizes = np.asarray(sizes, dtype=np.int64)[idx] if len(idx) else np.zeros(0, np.int64)
+        out.mtimes = np.asarray(mtimes, dtype=np.float64)[idx] if len(idx) else np.zeros(0, np.float64)
+    return out
+
+
+def select_indices(sample_ids: Sequence[str], window_ids: Sequence[str] | Callable[[int], str] | None = None, *,
+                   seed: int = 0, sample_rate: float = 1.0, max_samples: int | None = None,
+                   candidates: Sequence[int] | None = None) -> list[int]:
+    """Indices of the files to decode and score: the scorer's seeded selection done on the ids alone.
+
+    A file is kept iff ``selection_hash(seed, sample_id) < sample_rate``; then at most ``max_samples``
+    per window (``window_ids``: a sequence or ``index -> window id``; None: one window), the first in
+    the order of ``candidates`` (default: all, in listing order). A capped file that turns out to be
+    unreadable is not replaced: the window scores fewer files (sampling happens before decoding).
+    """
+    from relmon.scoring import selection_hash
+
+    order = range(len(sample_ids)) if candidates is None else candidates
+    window_of: Callable[[int], Any]
+    if window_ids is None:
+        window_of = lambda i: ""  # noqa: E731
+    elif callable(window_ids):
+        window_of = window_ids
+    else:
+        window_of = window_ids.__getitem__
+    counts: dict[Any, int] = {}
+    out = []
+    for i in order:
+        if sample_rate < 1.0 and selection_hash(seed, sample_ids[i]) >= sample_rate:
+            continue
+        if max_samples is not None:
+            w = window_of(i)
+            if counts.get(w, 0) >= max_samples:
+                continue
+            counts[w] = counts.get(w, 0) + 1
+        out.append(i)
+    return out
+
+
+def shard_indices(relative_paths: Sequence[str] | Callable[[int], str], n: int, shard: tuple[int, int]) -> list[int]:
+    """Indices ``0 .. n-1`` whose relative path falls in shard ``(I, N)`` (:func:`relmon.runs.shard_of`)."""
+    from relmon.runs import shard_of
+
+    index, count = shard
+    rel = relative_paths if callable(relative_paths) else relative_paths.__getitem__
+    if count == 1:
+        return list(range(n))
+    return [i for i in range(n) if shard_of(rel(i), count) == index]
+
+
+__all__ = ["FileListing", "list_images", "select_indices", "shard_indices"]
