@@ -340,3 +340,50 @@ def test_shards_then_merge_equal_one_run_and_an_incomplete_merge_is_refused(proj
     _run([*shard_args, "--shard", "1/2", "--steps", "5"], env)
     mixed = _run(["merge", str(run), "--calibration", str(tmp / "cal")], env, check=False)
     assert mixed.returncode == 3 and "mixed run" in mixed.stderr and "settings" in mixed.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# the Kubernetes Indexed Job
+
+
+def test_k8s_indexed_job_runs_one_shard_per_index_then_one_merge(tmp_path):
+    """deploy/k8s/sharded-cronjob.yaml: pod k < SHARDS runs shard k/SHARDS, pod SHARDS merges the run
+    named after the Job; the script is run here with a stand-in ``relmon`` that prints its arguments,
+    which the real CLI parser then accepts."""
+    from relmon.cli import build_parser
+    from relmon.config import config_from_dict
+    from relmon.runs import parse_shard
+
+    docs = {d["metadata"]["name"]: d for f in (ROOT / "deploy" / "k8s").glob("*.yaml")
+            for d in yaml.safe_load_all(f.read_text())}
+    job = docs["relmon-monitor-sharded"]["spec"]["jobTemplate"]["spec"]
+    pod = job["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    shards = int(env["SHARDS"]["value"])
+    assert job["completionMode"] == "Indexed" and job["completions"] == job["parallelism"] == shards + 1
+    assert env["RELMON_RUN_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.labels['batch.kubernetes.io/job-name']"
+    cm = docs[pod["volumes"][0]["configMap"]["name"]]
+    cfg = config_from_dict(yaml.safe_load(cm["data"]["relmon.yaml"]))
+    assert job["activeDeadlineSeconds"] > cfg.run_timeout_seconds
+
+    fake = tmp_path / "bin" / "relmon"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done\n')
+    fake.chmod(0o755)
+    seen_shards, merges = [], 0
+    for index in range(shards + 1):
+        run_env = {"PATH": f"{fake.parent}:/usr/bin:/bin", "JOB_COMPLETION_INDEX": str(index),
+                   "SHARDS": str(shards), "RELMON_RUN_ID": "relmon-monitor-sharded-29112026"}
+        out = subprocess.run([*container["command"], *container["args"]], env=run_env, capture_output=True,
+                             text=True, timeout=30, check=True).stdout.splitlines()
+        args = build_parser().parse_args(out)
+        assert args.config == "/etc/relmon/relmon.yaml" and args.run_id == "relmon-monitor-sharded-29112026"
+        if args.command == "monitor":
+            seen_shards.append(parse_shard(args.shard))
+            assert args.only_new is False  # only-new state is per stream, not per shard
+        else:
+            assert args.command == "merge" and index == shards and args.wait_seconds > 0
+            merges += 1
+    assert seen_shards == [(k, shards) for k in range(shards)] and merges == 1
