@@ -88,7 +88,7 @@ def main() -> None:
         r = measure(args.n, 2, 1, args.batch)
         ddp.append(r["images_per_second"])
         print(json.dumps(r), flush=True)
-    ratios = [d / t for d, t in zip(ddp, threaded)]
+    ratios = [d / t for d, t in zip(ddp, threaded, strict=True)]
     print(json.dumps({"threaded_1x2_images_per_second": statistics.median(threaded),
                       "ddp_2x1_images_per_second": statistics.median(ddp),
                       "ratio_ddp_over_threaded_median": statistics.median(ratios),

@@ -120,6 +120,21 @@ def test_selection_before_decoding_equals_the_scorers_selection():
     assert 0 < len(picked) < 27  # the rate and the cap both bit (3 windows of at most 9)
 
 
+def test_plan_of_the_shards_partitions_the_plan_of_the_window():
+    """Shards split the run's selection (rate, cap) without changing it, and the left-out counts add up."""
+    from relmon.data.listing import plan_indices
+    from relmon.data.streams import TensorStream
+
+    stream = TensorStream(torch.zeros(200, 1, 4, 4), ids=[f"cam/{i:04d}.png" for i in range(200)], window_size=80)
+    opts = dict(seed=1, sample_rate=0.5, max_samples=30)
+    full, left = plan_indices(stream, window_id="default:80", **opts)
+    assert len(full) == 30 and left == 80 - 30 and all(80 <= i < 160 for i in full)
+    parts = [plan_indices(stream, window_id="default:80", shard=(k, 3), **opts) for k in range(3)]
+    assert sorted(i for idx, _ in parts for i in idx) == full
+    assert all(idx for idx, _ in parts) and sum(n for _, n in parts) == left
+    assert plan_indices(stream)[0] == list(range(200))  # no sampling, no window: everything
+
+
 # --------------------------------------------------------------------------------------------------
 # unit level: the summary from records, parts
 
@@ -272,7 +287,7 @@ def _same_numbers(a, b, path=""):
             _same_numbers(a[k], b[k], f"{path}.{k}")
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), path
-        for i, (va, vb) in enumerate(zip(a, b)):
+        for i, (va, vb) in enumerate(zip(a, b, strict=True)):
             _same_numbers(va, vb, f"{path}[{i}]")
     elif isinstance(a, float) or isinstance(b, float):
         if a is None or b is None:

@@ -179,4 +179,78 @@ def shard_indices(relative_paths: Sequence[str] | Callable[[int], str], n: int, 
     return [i for i in range(n) if shard_of(rel(i), count) == index]
 
 
-__all__ = ["FileListing", "list_images", "select_indices", "shard_indices"]
+def item_keys(stream) -> tuple[Any, Callable[[int], str], Callable[[int], str], Callable[[int], str]]:
+    """``(base stream, sample id of i, window id of i, relative path of i)`` for the items of ``stream``
+    (a relmon stream, a :class:`~torch.utils.data.Subset` of one, or an only-new selection), read from
+    the listing alone: nothing is opened or decoded."""
+    from torch.utils.data import Subset
+
+    maps: list[Sequence[int]] = []
+    base = stream
+    while isinstance(base, Subset) or (hasattr(base, "base") and hasattr(base, "indices")):
+        maps.append(base.indices)
+        base = base.dataset if isinstance(base, Subset) else base.base
+
+    def resolve(i: int) -> int:
+        for m in reversed(maps):
+            i = m[i]
+        return i
+
+    def sample_id(i: int) -> str:
+        return base._sample_id(resolve(i))
+
+    def window_id(i: int) -> str:
+        return base.window_id(resolve(i))
+
+    def relative(i: int) -> str:
+        j = resolve(i)
+        rel = getattr(base, "relative_path", None)
+        return rel(j) if rel is not None else base._sample_id(j)
+
+    return base, sample_id, window_id, relative
+
+
+def plan_indices(stream, *, seed: int = 0, sample_rate: float = 1.0, max_samples: int | None = None,
+                 window_id: str | None = None, shard: tuple[int, int] | None = None) -> tuple[list[int], int]:
+    """Which items of ``stream`` a run decodes and scores: ``(indices, not_selected)``.
+
+    The items of window ``window_id`` (all items without one), sampled by :func:`select_indices` (rate,
+    then the per-window cap in stream order), then those of shard ``(I, N)`` (:func:`shard_indices`).
+    ``not_selected`` counts the window's items of this shard that the sampling left out (never read,
+    counted as seen by the job). Deterministic: every rank and shard computes the same plan.
+    """
+    from relmon.data.streams import window_indices
+
+    _, sid, wid, rel = item_keys(stream)
+    n = len(stream)
+    candidates: Sequence[int] = range(n) if window_id is None else window_indices(stream)[window_id]
+    if sample_rate >= 1.0 and max_samples is None:
+        chosen = list(candidates)
+    else:
+        chosen = select_indices(_Lazy(sid, n), wid, seed=seed, sample_rate=sample_rate, max_samples=max_samples,
+                                candidates=candidates)
+    total = len(candidates)
+    if shard is not None and shard[1] > 1:
+        index, count = shard
+        from relmon.runs import shard_of
+
+        in_shard = {i for i in candidates if shard_of(rel(i), count) == index}
+        total = len(in_shard)
+        chosen = [i for i in chosen if i in in_shard]
+    return chosen, total - len(chosen)
+
+
+class _Lazy:
+    """A read-only sequence view ``i -> f(i)`` of length ``n``."""
+
+    def __init__(self, f: Callable[[int], str], n: int):
+        self.f, self.n = f, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> str:
+        return self.f(i)
+
+
+__all__ = ["FileListing", "item_keys", "list_images", "plan_indices", "select_indices", "shard_indices"]
