@@ -3,10 +3,10 @@
 Makes ``--n`` empty ``.png`` files in a temporary folder (``--per-folder`` per sub-folder; kept for
 re-runs with ``--keep``), then, in a fresh process for each measurement:
 
-- ``listing``: :func:`relmon.data.listing.list_images` alone;
+- ``listing``: :func:`relmon.data.file_listing.list_images` alone;
 - ``stream``: what a monitor run does before decoding anything: build the ``ImageFolderStream``
   (``image_size`` given, count windows of ``--window-size``), split it in windows, and select the
-  files to score (``sample_rate``, ``max_samples`` per window) — :func:`relmon.data.listing.select_indices`
+  files to score (``sample_rate``, ``max_samples`` per window) — :func:`relmon.data.file_listing.select_indices`
   on the sample ids;
 - ``shard``: the same, plus ``--shard 0/8`` (one shard's files).
 
@@ -60,7 +60,7 @@ def child(mode: str, root: str, n_memory: int, window_size: int, sample_rate: fl
         root = "memory://bench"
     import torch  # noqa: F401  (what the job has imported before it lists)
 
-    from relmon.data.listing import list_images, select_indices, shard_indices
+    from relmon.data.file_listing import list_images, select_indices, shard_indices
     from relmon.data.streams import IMAGE_EXTENSIONS, ImageFolderStream
 
     base = rss_mib()

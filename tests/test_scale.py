@@ -75,7 +75,7 @@ def test_shards_partition_the_listing_whatever_its_order_and_root():
 def test_list_images_equals_fsspec_find_and_stats_only_when_asked(tmp_path):
     import fsspec
 
-    from relmon.data.listing import list_images
+    from relmon.data.file_listing import list_images
 
     for i, rel in enumerate(["a/x1.png", "a/b/x2.JPG", "c/x3.jpeg", "x0.png", "a/notes.txt", "c/d/.hidden.png"]):
         p = tmp_path / rel
@@ -102,7 +102,7 @@ def test_list_images_equals_fsspec_find_and_stats_only_when_asked(tmp_path):
 
 def test_selection_before_decoding_equals_the_scorers_selection():
     """select_indices on the ids alone picks exactly the samples the scorer picks from decoded batches."""
-    from relmon.data.listing import select_indices
+    from relmon.data.file_listing import select_indices
     from relmon.data.streams import TensorStream, stream_loader
     from relmon.scoring import BatchScorer, WindowAccumulator
 
@@ -122,14 +122,15 @@ def test_selection_before_decoding_equals_the_scorers_selection():
 
 def test_plan_of_the_shards_partitions_the_plan_of_the_window():
     """Shards split the run's selection (rate, cap) without changing it, and the left-out counts add up."""
-    from relmon.data.listing import plan_indices
-    from relmon.data.streams import TensorStream
+    from relmon.data.file_listing import plan_indices
+    from relmon.data.streams import TensorStream, window_indices
 
     stream = TensorStream(torch.zeros(200, 1, 4, 4), ids=[f"cam/{i:04d}.png" for i in range(200)], window_size=80)
     opts = dict(seed=1, sample_rate=0.5, max_samples=30)
-    full, left = plan_indices(stream, window_id="default:80", **opts)
+    window = window_indices(stream)["default:80"]
+    full, left = plan_indices(stream, candidates=window, **opts)
     assert len(full) == 30 and left == 80 - 30 and all(80 <= i < 160 for i in full)
-    parts = [plan_indices(stream, window_id="default:80", shard=(k, 3), **opts) for k in range(3)]
+    parts = [plan_indices(stream, candidates=window, shard=(k, 3), **opts) for k in range(3)]
     assert sorted(i for idx, _ in parts for i in idx) == full
     assert all(idx for idx, _ in parts) and sum(n for _, n in parts) == left
     assert plan_indices(stream)[0] == list(range(200))  # no sampling, no window: everything

@@ -124,13 +124,13 @@ def list_images(root: str | os.PathLike, extensions: Sequence[str], *, storage_o
         if with_info:
             sizes.append(size)
             mtimes.append(mtime)
-    order = sorted(range(len(paths)), key=paths.__getitem__)
-    paths = [paths[i] for i in order]
-    out = FileListing(base, paths)
-    if with_info:
-        idx = np.asarray(order, dtype=np.int64)
-        out.sizes = np.asarray(sizes, dtype=np.int64)[idx] if len(idx) else np.zeros(0, np.int64)
-        out.mtimes = np.asarray(mtimes, dtype=np.float64)[idx] if len(idx) else np.zeros(0, np.float64)
+    if not with_info:
+        paths.sort()  # in place: no second list of a million strings
+        return FileListing(base, paths)
+    idx = np.asarray(sorted(range(len(paths)), key=paths.__getitem__), dtype=np.int64)
+    out = FileListing(base, [paths[i] for i in idx])
+    out.sizes = np.asarray(sizes, dtype=np.int64)[idx] if len(idx) else np.zeros(0, np.int64)
+    out.mtimes = np.asarray(mtimes, dtype=np.float64)[idx] if len(idx) else np.zeros(0, np.float64)
     return out
 
 
@@ -211,19 +211,19 @@ def item_keys(stream) -> tuple[Any, Callable[[int], str], Callable[[int], str], 
 
 
 def plan_indices(stream, *, seed: int = 0, sample_rate: float = 1.0, max_samples: int | None = None,
-                 window_id: str | None = None, shard: tuple[int, int] | None = None) -> tuple[list[int], int]:
+                 candidates: Sequence[int] | None = None,
+                 shard: tuple[int, int] | None = None) -> tuple[list[int], int]:
     """Which items of ``stream`` a run decodes and scores: ``(indices, not_selected)``.
 
-    The items of window ``window_id`` (all items without one), sampled by :func:`select_indices` (rate,
-    then the per-window cap in stream order), then those of shard ``(I, N)`` (:func:`shard_indices`).
-    ``not_selected`` counts the window's items of this shard that the sampling left out (never read,
-    counted as seen by the job). Deterministic: every rank and shard computes the same plan.
+    The ``candidates`` (a window's indices, e.g. from :func:`relmon.data.streams.window_indices`; all
+    items by default), sampled by :func:`select_indices` (rate, then the per-window cap in stream
+    order), then those of shard ``(I, N)`` (:func:`shard_indices`). ``not_selected`` counts the
+    candidates of this shard that the sampling left out (never read, counted as seen by the job).
+    Deterministic: every rank and shard computes the same plan.
     """
-    from relmon.data.streams import window_indices
-
     _, sid, wid, rel = item_keys(stream)
     n = len(stream)
-    candidates: Sequence[int] = range(n) if window_id is None else window_indices(stream)[window_id]
+    candidates = range(n) if candidates is None else candidates
     if sample_rate >= 1.0 and max_samples is None:
         chosen = list(candidates)
     else:
