@@ -353,7 +353,7 @@ def test_shards_then_merge_equal_one_run_and_an_incomplete_merge_is_refused(proj
     assert f'relmon_run_samples{{model="tiny",model_version="{out["model_version"]}",stream="cams"}} ' \
            f'{float(out["scored"])}' in text
     # a shard of another configuration in the same run folder: refused as a mixed run
-    _run([*shard_args, "--shard", "1/2", "--steps", "5"], env)
+    _run([*shard_args, "--shard", "1/2", "--sample-rate", "0.8"], env)
     mixed = _run(["merge", str(run), "--calibration", str(tmp / "cal")], env, check=False)
     assert mixed.returncode == 3 and "mixed run" in mixed.stderr and "settings" in mixed.stderr
 
