@@ -93,10 +93,11 @@ def settings_fingerprint(settings: Mapping[str, Any]) -> str:
 
 
 def part_manifest(*, run_id: str, run_time: float, part: int, parts: int, kind: str, model: str,
-                  model_version: str, stream: str, settings: Mapping[str, Any], inputs: Mapping[str, int],
+                  model_version: str, stream: str, settings: Mapping[str, Any], inputs: Mapping[str, int] | None,
                   errors: Mapping[str, int], listed: int | None = None, window_id: str | None = None,
                   calibration: str | None = None) -> dict[str, Any]:
-    """The manifest stored in a part's Parquet metadata (see the module docstring)."""
+    """The manifest stored in a part's Parquet metadata (see the module docstring). ``inputs`` is None for
+    a DDP rank (its counts are synced across the ranks, and rank 0 writes the window's summary)."""
     if kind not in PART_KINDS:
         raise ValueError(f"kind must be one of {PART_KINDS}, got {kind!r}")
     if not 0 <= int(part) < int(parts):
@@ -106,7 +107,7 @@ def part_manifest(*, run_id: str, run_time: float, part: int, parts: int, kind: 
         "parts": int(parts), "kind": kind, "model": str(model), "model_version": str(model_version),
         "stream": str(stream), "window_id": window_id, "settings": dict(settings),
         "fingerprint": settings_fingerprint(settings), "calibration": calibration,
-        "inputs": {k: int(inputs.get(k, 0)) for k in ("seen", "bad", "padding_skipped")},
+        "inputs": None if inputs is None else {k: int(inputs.get(k, 0)) for k in ("seen", "bad", "padding_skipped")},
         "errors": {str(k): int(v) for k, v in dict(errors).items() if int(v)},
         "listed": None if listed is None else int(listed),
     }

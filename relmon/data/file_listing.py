@@ -32,6 +32,7 @@ class FileListing:
     paths: list[str]
     sizes: np.ndarray | None = None
     mtimes: np.ndarray | None = None
+    others: int = 0  # files of other extensions seen (named in the error when no image is found)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -56,7 +57,7 @@ def _has_ext(name: str, extensions: tuple[str, ...]) -> bool:
     return os.path.splitext(name)[1].lower() in extensions
 
 
-def _walk_local(root: str, extensions: tuple[str, ...], stat: bool):
+def _walk_local(root: str, extensions: tuple[str, ...], stat: bool, others: list[int]):
     """Yield ``(path, size, mtime)`` of the image files under a local ``root``, one directory at a time."""
     stack = [root]
     while stack:
@@ -71,7 +72,10 @@ def _walk_local(root: str, extensions: tuple[str, ...], stat: bool):
                     if entry.is_dir(follow_symlinks=False):
                         stack.append(entry.path)
                         continue
-                    if not _has_ext(entry.name, extensions) or not entry.is_file():
+                    if not entry.is_file():
+                        continue
+                    if not _has_ext(entry.name, extensions):
+                        others[0] += 1
                         continue
                     if stat:
                         st = entry.stat()
@@ -82,40 +86,28 @@ def _walk_local(root: str, extensions: tuple[str, ...], stat: bool):
                     continue
 
 
-def _walk_fsspec(fs, path: str, extensions: tuple[str, ...], mtime_of: Callable[[dict, str], float] | None):
-    for _folder, _dirs, files in fs.walk(path, detail=True):
-        for info in files.values():
-            name = info["name"]
-            if info.get("type", "file") != "file" or not _has_ext(name, extensions):
-                continue
-            size = info.get("size")
-            mtime = float("nan")
-            if mtime_of is not None:
-                mtime = mtime_of(info, name)
-            yield name, -1 if size is None else int(size), mtime
-
-
 def list_images(root: str | os.PathLike, extensions: Sequence[str], *, storage_options: dict | None = None,
                 with_info: bool = False, mtime_of: Callable[[dict, str], float] | None = None) -> FileListing:
     """The image files (``extensions``, lower-case with the dot) under ``root``, sorted by path.
 
-    ``with_info``: also keep sizes and modification times (``mtime_of(info, path)`` reads the time from
-    an fsspec info dict; local files use ``stat``). Without it a local walk reads only directory
-    entries. Paths are local paths, or the file system's paths (no protocol) for other URLs.
+    A local folder is walked one directory at a time (``os.scandir``); ``with_info`` adds sizes and
+    modification times (``stat``), without it only directory entries are read. Any other fsspec URL is
+    listed with one ``fs.find`` (flat and paginated on object stores), sizes and times always kept
+    (``mtime_of(info, path)`` reads the time from an info dict). Paths are local absolute paths, or the
+    file system's paths (no protocol).
     """
     import fsspec
 
     root = os.fspath(root)
     exts = tuple(extensions)
-    protocol = fsspec.utils.get_protocol(root)
-    if protocol in ("file", "local"):
-        local = root[len("file://"):] if root.startswith("file://") else root
-        rows = _walk_local(local, exts, with_info)
-        base = local
-    else:
-        fs, path = fsspec.core.url_to_fs(root, **(storage_options or {}))
-        rows = _walk_fsspec(fs, path, exts, mtime_of if with_info else None)
-        base = path
+    fs, path = fsspec.core.url_to_fs(root, **(storage_options or {}))
+    others = [0]
+    if fsspec.utils.get_protocol(root) not in ("file", "local"):
+        # an object store lists flat and fast with one find (paginated), sizes and times included: keep
+        # them (free), but only compactly (the info dicts are dropped as they are read)
+        return listing_from_find(path, fs.find(path, detail=True), exts, mtime_of or _no_mtime)
+    rows = _walk_local(path, exts, with_info, others)  # fsspec's absolute path: the ids fs.find gives
+    base = path
     paths: list[str] = []
     sizes: list[int] = []
     mtimes: list[float] = []
@@ -126,12 +118,34 @@ def list_images(root: str | os.PathLike, extensions: Sequence[str], *, storage_o
             mtimes.append(mtime)
     if not with_info:
         paths.sort()  # in place: no second list of a million strings
-        return FileListing(base, paths)
+        return FileListing(base, paths, others=others[0])
     idx = np.asarray(sorted(range(len(paths)), key=paths.__getitem__), dtype=np.int64)
-    out = FileListing(base, [paths[i] for i in idx])
+    out = FileListing(base, [paths[i] for i in idx], others=others[0])
     out.sizes = np.asarray(sizes, dtype=np.int64)[idx] if len(idx) else np.zeros(0, np.int64)
     out.mtimes = np.asarray(mtimes, dtype=np.float64)[idx] if len(idx) else np.zeros(0, np.float64)
     return out
+
+
+def _no_mtime(info: dict, path: str) -> float:
+    return float("nan")
+
+
+def listing_from_find(root: str, found: dict[str, dict], extensions: Sequence[str],
+                      mtime_of: Callable[[dict, str], float]) -> FileListing:
+    """A :class:`FileListing` of an ``fs.find(path, detail=True)`` result (an object store's listing, or
+    the one ``relmon serve`` makes once per iteration and hands on); ``found`` is emptied as it is read."""
+    exts = tuple(extensions)
+    total = len(found)
+    rows = []
+    while found:
+        p, info = found.popitem()
+        if info.get("type", "file") == "file" and _has_ext(p, exts):
+            rows.append((p, -1 if info.get("size") is None else int(info["size"]), mtime_of(info, p)))
+    rows.sort()
+    paths = [r[0] for r in rows]
+    sizes = np.asarray([r[1] for r in rows], dtype=np.int64)
+    mtimes = np.asarray([r[2] for r in rows], dtype=np.float64)
+    return FileListing(root, paths, sizes, mtimes, others=total - len(paths))
 
 
 def select_indices(sample_ids: Sequence[str], window_ids: Sequence[str] | Callable[[int], str] | None = None, *,
@@ -253,4 +267,5 @@ class _Lazy:
         return self.f(i)
 
 
-__all__ = ["FileListing", "item_keys", "list_images", "plan_indices", "select_indices", "shard_indices"]
+__all__ = ["FileListing", "item_keys", "list_images", "listing_from_find", "plan_indices", "select_indices",
+           "shard_indices"]
