@@ -225,7 +225,7 @@ class MonitorConfig:
         """The declared ``preprocessing`` as a :class:`~relmon.models.Preprocessing` (None if not set)."""
         if self.preprocessing is None:
             return None
-        from relmon.models import Preprocessing
+        from relmon.preprocessing import Preprocessing
 
         p = self.preprocessing
         return Preprocessing(

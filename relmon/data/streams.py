@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
-from relmon.models.preprocessing import Preprocessing
+from relmon.preprocessing import Preprocessing
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 # Closed set of reasons, usable as the ``reason`` label of ``relmon_input_errors_total``.
@@ -356,7 +356,7 @@ class ImageFolderStream(_Stream):
     transform:
         Called last on each ``(C, H, W)`` tensor (after resizing and normalisation).
     preprocessing:
-        The model's :class:`~relmon.models.preprocessing.Preprocessing`; images are scaled to
+        The model's :class:`~relmon.preprocessing.Preprocessing`; images are scaled to
         ``[0, 1]`` and normalised with it. Without it ``x`` is the image in ``[0, 1]``.
     image_size:
         ``int`` (square) or ``(height, width)``: resize every image (bilinear, antialiased, aspect
