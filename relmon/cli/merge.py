@@ -34,14 +34,14 @@ def add_merge_command(subparsers, common, epilog: str) -> None:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from relmon.cli.jobs import EXIT_EMPTY, EXIT_INPUT, EXIT_OK, EXIT_OUTPUT, _input_errors, _print, _setup
+    from relmon.cli.jobs import _input_errors, _print, _setup
     from relmon.config import config_from_args
+    from relmon.exitcodes import EXIT_EMPTY, EXIT_INPUT, EXIT_OK, EXIT_OUTPUT
 
     _setup()
     try:
-        from relmon.jobs import JobError
+        from relmon.jobs.errors import EmptyWindowError, JobError
         from relmon.jobs.merge import run_merge
-        from relmon.jobs.monitor import EmptyWindowError
 
         cfg = config_from_args(args)
         summary = run_merge(cfg, args.run, wait_seconds=args.wait_seconds)
