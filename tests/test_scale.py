@@ -441,3 +441,27 @@ def test_scale_out_settings_are_checked_with_a_fix(args, message, capsys):
     assert main(args) == 3
     err = capsys.readouterr().err
     assert re.search(message, err), err
+
+
+@pytest.mark.integration
+def test_calibrate_on_two_ddp_processes_equals_one_process(project):
+    """``relmon calibrate --devices 2``: rank 0 writes the calibration fitted on every rank's records."""
+    from relmon.jobs.calibration import load_calibration
+    from relmon.records import read_record_files
+
+    tmp, env = project["tmp"], project["env"]
+    ddp = _run(["calibrate", "--config", str(tmp / "relmon.yaml"), "--out", str(tmp / "cal_ddp"), "--json",
+                "--runner", "lightning", "--devices", "2", "--strategy", "ddp"], env)
+    meta = json.loads(ddp.stdout)  # printed once, by rank 0
+    one, two = load_calibration(tmp / "cal"), load_calibration(tmp / "cal_ddp")
+    assert meta["window_accuracy"] == one.meta["window_accuracy"] == two.meta["window_accuracy"]
+    assert two.meta["default_estimator"] == one.meta["default_estimator"]
+    key = ["window_id", "sample_id", "method"]
+    a, b = (read_record_files([tmp / name / "records.parquet"]).sort_values(key).reset_index(drop=True)
+            .drop(columns=RUN_COLUMNS) for name in ("cal", "cal_ddp"))
+    assert len(a) == len(b) > 0
+    _same_records(b, a, rtol=DDP_RTOL)
+    for name in one.estimators:  # the fitted estimators predict the same on the same window
+        got = two.estimators[name].predict(a.assign(window_id="w")).iloc[-1]
+        want = one.estimators[name].predict(a.assign(window_id="w")).iloc[-1]
+        assert got["estimate"] == pytest.approx(want["estimate"], rel=DDP_RTOL, abs=1e-9)
