@@ -6,14 +6,15 @@ import argparse
 import sys
 
 MERGE_FIELDS = [
-    "calibration", "records", "stream", "run_id", "textfile", "pushgateway", "job", "push_timeout",
-    "push_retries", "push_backoff", "push_username", "push_password_file", "push_tls_ca", "drift_alpha",
+    "calibration", "allow_version_mismatch", "records", "stream", "run_id", "textfile", "pushgateway", "job",
+    "push_timeout", "push_retries", "push_backoff", "push_username", "push_password_file", "push_password_env",
+    "push_tls_ca_file", "push_tls_cert_file", "push_tls_key_file", "drift_alpha",
 ]
 
 
 def add_merge_command(subparsers, common, epilog: str) -> None:
     """Register ``merge`` (``common`` adds --config/--progress/--json)."""
-    from relmon.config import FIELDS, add_config_flags
+    from relmon.config import add_config_flags
 
     p = subparsers.add_parser(
         "merge",
@@ -29,7 +30,7 @@ def add_merge_command(subparsers, common, epilog: str) -> None:
     p.add_argument("--wait-seconds", type=float, default=0.0, metavar="S",
                    help="wait up to S seconds for missing parts before refusing the run (default 0)")
     common(p)
-    add_config_flags(p, [f for f in MERGE_FIELDS if f in FIELDS])
+    add_config_flags(p, MERGE_FIELDS)
     p.set_defaults(func=cmd_merge)
 
 
