@@ -465,3 +465,42 @@ def test_calibrate_on_two_ddp_processes_equals_one_process(project):
         got = two.estimators[name].predict(a.assign(window_id="w")).iloc[-1]
         want = one.estimators[name].predict(a.assign(window_id="w")).iloc[-1]
         assert got["estimate"] == pytest.approx(want["estimate"], rel=DDP_RTOL, abs=1e-9)
+
+
+# --------------------------------------------------------------------------------------------------
+# the collective steps, on a real 2-process gloo group
+
+
+def _collective_worker(rank: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from relmon.distributed import broadcast, check_same, gather, rank_and_world
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        result = {"rank_world": rank_and_world(), "gather": gather(f"r{rank}"), "broadcast": broadcast(f"b{rank}")}
+        check_same("same listing", "the inputs")
+        try:
+            check_same(f"listing seen by rank {rank}", "the window's inputs")
+            result["differ"] = None
+        except ValueError as err:
+            result["differ"] = str(err)
+        Path(out, f"{rank}.json").write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_gather_agree_and_refuse_different_listings(tmp_path):
+    import torch.multiprocessing as mp
+
+    from relmon.distributed import check_same, gather, rank_and_world
+
+    assert rank_and_world() == (0, 1) and gather("x") == ["x"]  # without a group: one process
+    check_same("anything", "the inputs")
+    mp.start_processes(_collective_worker, args=(f"file://{tmp_path / 'store'}", str(tmp_path)), nprocs=2,
+                       start_method="spawn")
+    results = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
+    for rank, res in enumerate(results):
+        assert res["rank_world"] == [rank, 2]
+        assert res["gather"] == ["r0", "r1"] and res["broadcast"] == "b0"
+        assert "rank(s) [1] differ from rank 0" in res["differ"] and "fix: run again" in res["differ"]
