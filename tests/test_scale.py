@@ -504,3 +504,24 @@ def test_ranks_gather_agree_and_refuse_different_listings(tmp_path):
         assert res["rank_world"] == [rank, 2]
         assert res["gather"] == ["r0", "r1"] and res["broadcast"] == "b0"
         assert "rank(s) [1] differ from rank 0" in res["differ"] and "fix: run again" in res["differ"]
+
+
+@pytest.mark.integration
+def test_ddp_with_fewer_inputs_than_ranks(project):
+    """One image, two ranks: the padding sampler gives rank 1 a repeat, which is dropped (Lightning's own
+    predict sampler refuses a rank without an item)."""
+    tmp, env = project["tmp"], project["env"]
+    one_image = tmp / "one_image"
+    one_image.mkdir()
+    first = sorted((tmp / "unlabelled").rglob("*.png"))[0]
+    (one_image / first.name).write_bytes(first.read_bytes())
+    args = [*project["base"], "--input", str(one_image), "--sample-rate", "1"]
+    plain = json.loads(_run([*args, "--records", str(tmp / "one_image_plain")], env).stdout)
+    ddp = json.loads(_run([*args, "--runner", "lightning", "--devices", "2", "--records", str(tmp / "one_image_ddp")],
+                          env).stdout)
+    assert ddp["seen"] == ddp["scored"] == plain["scored"] == 1
+    parts = sorted((tmp / "one_image_ddp").rglob("part-*.parquet"))
+    assert [len(pd.read_parquet(p)) for p in parts] == [2, 0]  # lrp + random rows on rank 0; rank 1: the repeat, dropped
+    _same_records(_records(tmp / "one_image_ddp"), _records(tmp / "one_image_plain"), rtol=DDP_RTOL)
+    for key in _SAME_KEYS:
+        _same_numbers(ddp[key], plain[key], key, rel=DDP_RTOL)

@@ -4,9 +4,9 @@
   (``sample_rate``, ``max_samples``: :func:`relmon.data.file_listing.plan_indices`), then its shard
   (``shard: I/N``). Every rank and shard computes the same plan from the listing alone.
 - :func:`lightning_trainer`: ``pl.Trainer`` with the config's ``devices``, ``strategy`` and
-  ``num_nodes``; under DDP a callback first checks that every rank listed the same inputs. For predict
-  Lightning splits the window with its ``UnrepeatedDistributedSampler`` (nothing repeated, nothing
-  dropped; a padding ``DistributedSampler`` is also handled, see :mod:`relmon.scoring`).
+  ``num_nodes``; under DDP a callback first checks that every rank listed the same inputs, and
+  :func:`distributed_datamodule` splits the window with a padding ``DistributedSampler`` whose repeats
+  the scorer drops (nothing scored twice, nothing dropped, no rank empty).
 - :func:`gather_window`: after the predict loop, every rank's records and input-error counts are
   gathered on every rank; the window summary is computed from all records
   (:func:`relmon.runs.summary_from_records`), so rank 0's estimates, drift and metrics are those of
@@ -82,6 +82,29 @@ def lightning_trainer(cfg, progress: bool, callbacks: list, dataset=None):
     )
 
 
+def distributed_datamodule(stream, batch_size: int):
+    """The window under DDP: a plain ``DistributedSampler`` (no shuffling), which Lightning keeps.
+
+    It pads every rank to ``ceil(N / world)`` items by repeating the first ones, so no rank is empty
+    when the window holds fewer items than ranks (Lightning's own unrepeated predict sampler refuses
+    that, and a rank without a batch would skip the collective hooks). The padded items are the global
+    positions ``>= N``; the scorer drops them (:func:`relmon.scoring.padding_flags`): nothing is scored
+    or counted twice, nothing is dropped.
+    """
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from relmon.data.streams import collate_skip_bad
+
+    class PaddedWindow(pl.LightningDataModule):
+        def predict_dataloader(self) -> DataLoader:
+            sampler = DistributedSampler(stream, num_replicas=self.trainer.world_size, rank=self.trainer.global_rank,
+                                         shuffle=False, drop_last=False)
+            return DataLoader(stream, batch_size=batch_size, sampler=sampler, collate_fn=collate_skip_bad)
+
+    return PaddedWindow()
+
+
 def stream_errors(stream) -> dict[str, int]:
     """This process's bad-input counts per reason (``stream.errors`` through Subsets and selections)."""
     from torch.utils.data import Subset
@@ -133,5 +156,5 @@ def write_part_file(records: pd.DataFrame, folder: Path, manifest: dict) -> Path
     return path
 
 
-__all__ = ["gather_window", "lightning_trainer", "plan_window", "scoring_settings", "stream_errors",
+__all__ = ["distributed_datamodule", "gather_window", "lightning_trainer", "plan_window", "scoring_settings", "stream_errors",
            "write_part_file"]

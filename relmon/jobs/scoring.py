@@ -64,7 +64,7 @@ def score_stream_lightning(cfg: MonitorConfig, model, stream, progress: bool = F
     rank's records back (:func:`relmon.jobs.scaleout.gather_window`): the summary is computed from all
     of them, and ``summary["_dist"]`` says which rank this is and holds its own records."""
     from relmon.data.streams import StreamDataModule  # a LightningDataModule, made on first use
-    from relmon.jobs.scaleout import gather_window, lightning_trainer
+    from relmon.jobs.scaleout import distributed_datamodule, gather_window, lightning_trainer
     from relmon.lightning import RelevanceMonitor
 
     _quiet_lightning()
@@ -72,6 +72,8 @@ def score_stream_lightning(cfg: MonitorConfig, model, stream, progress: bool = F
     stop = stop_callback()  # SIGTERM/SIGINT and run_timeout_seconds stop between batches; keeps the records
     data = StreamDataModule(stream, batch_size=cfg.batch_size, window_id=window_id)
     trainer = lightning_trainer(cfg, progress, [stop], data.stream)
+    if trainer.world_size > 1:  # padded split: no rank is empty, the repeats are dropped
+        data = distributed_datamodule(data.stream, cfg.batch_size)
     trainer.predict(monitor, datamodule=data, return_predictions=False)  # the frames are kept once, by `stop`
     records = stop.records()
     records = records if records is not None else empty_records()
