@@ -14,6 +14,7 @@ import argparse
 import difflib
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -121,6 +122,27 @@ class MonitorConfig:
         "plain", "runner",
         "scoring loop: plain (one process, no Lightning import: fastest start-up) or lightning "
         "(pl.Trainer.predict with RelevanceMonitor); both give the same records",
+    )
+    # scale out (issue 20): Lightning DDP in one job, or shard jobs merged by 'relmon merge'
+    devices: int = setting(
+        1, "int+",
+        "devices (processes) per node that score one window together (Lightning DDP; needs runner: lightning); "
+        "results equal one device's",
+    )
+    strategy: str = setting(
+        "auto", "strategy", "Lightning strategy with devices > 1: auto or ddp (one process per device)"
+    )
+    num_nodes: int = setting(
+        1, "int+", "nodes of a multi-node DDP run (needs runner: lightning; the cluster starts the ranks)"
+    )
+    shard: str | None = setting(
+        None, "shard?",
+        "I/N: score only shard I of N of the window (files split by a hash of their relative path) and write "
+        "records/<stream>/<run_id>/part-I.parquet; 'relmon merge' makes the window",
+    )
+    run_id: str | None = setting(
+        None, "runid?",
+        "the run id of a sharded run, the same for all its shards and the merge (letters, digits, ._-)",
     )
     # calibration and analysis
     calibration: str | None = setting(None, "str?", "calibration folder written by 'relmon calibrate'")
@@ -262,6 +284,7 @@ class MonitorConfig:
                 f"size_policy must be 'resize' or 'skip', got {self.size_policy!r}; fix: 'resize' brings folder "
                 "images of another size to the first image's size, 'skip' skips and counts them (size_mismatch)"
             )
+        self._check_scale_out()
         # reliability (B)
         if self.only_new and _is_sample(self.input):
             raise ConfigError(
@@ -274,6 +297,31 @@ class MonitorConfig:
                 "records is not set; fix: set records: FOLDER (flag --records)"
             )
         return self
+
+    @property
+    def world_size(self) -> int:
+        """Processes scoring one window together: ``devices x num_nodes``."""
+        return int(self.devices) * int(self.num_nodes)
+
+    def _check_scale_out(self) -> None:
+        if self.world_size > 1 and self.runner != "lightning":
+            raise ConfigError(
+                f"devices: {self.devices} and num_nodes: {self.num_nodes} need runner: lightning (the plain runner "
+                "scores on one device); fix: set runner: lightning (flag --runner lightning)")
+        if self.shard is None:
+            return
+        if not self.records:
+            raise ConfigError("shard writes its part of the window to the records folder, but records is not set; "
+                              "fix: set records: FOLDER (flag --records), the same for every shard")
+        if self.run_id is None:
+            raise ConfigError("shard needs run_id, the same for every shard of the window and for 'relmon merge' "
+                              "(e.g. the Kubernetes Job's name); fix: pass --run-id ID")
+        if self.only_new:
+            raise ConfigError("only_new keeps one state per stream, which shards would race for; fix: set "
+                              "only_new: false (flag --no-only-new) for sharded runs")
+        if self.world_size > 1:
+            raise ConfigError("shard with devices/num_nodes > 1 is not supported: run each shard on one device, "
+                              "or one DDP job without shard")
 
     def to_dict(self) -> dict[str, Any]:
         out = {}
@@ -339,6 +387,7 @@ _MAXIMA: dict[str, float] = {
 
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 RUNNERS = ("plain", "lightning")
+STRATEGIES = ("auto", "ddp")
 _PREP_KEYS = ("mean", "std", "low", "high")
 
 
@@ -396,6 +445,29 @@ def _runner(name: str, kind: str, value: Any) -> str:
     if not isinstance(value, str) or value.lower() not in RUNNERS:
         raise _bad(name, kind, value)
     return value.lower()
+
+
+def _strategy(name: str, kind: str, value: Any) -> str:
+    if not isinstance(value, str) or value.lower() not in STRATEGIES:
+        raise _bad(name, kind, value, " (the job supports one process per device: ddp; spawn-based and "
+                                      "sharded-model strategies are not supported)")
+    return value.lower()
+
+
+def _shard(name: str, kind: str, value: Any) -> str:
+    from relmon.runs import parse_shard
+
+    try:
+        index, count = parse_shard(value)
+    except ValueError:
+        raise _bad(name, kind, value) from None
+    return f"{index}/{count}"
+
+
+def _run_id(name: str, kind: str, value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", value):
+        raise _bad(name, kind, value)
+    return value
 
 
 def _string(name: str, kind: str, value: Any) -> str:
@@ -511,6 +583,9 @@ KINDS: dict[str, tuple[str, Any]] = {
     "window": ("mtime", _window),
     "accelerator": ("one of cpu, gpu, cuda, mps, auto", _accelerator),
     "runner": ("plain or lightning", _runner),
+    "strategy": ("auto or ddp", _strategy),
+    "shard": ("I/N with 0 <= I < N, e.g. 0/4", _shard),
+    "runid": ("a name of letters, digits, '.', '_' or '-', e.g. nightly-2026-12-03", _run_id),
 }
 
 

@@ -55,6 +55,9 @@ _CALIBRATE_FIELDS = [
     "seed",
     "accelerator",
     "runner",
+    "devices",
+    "strategy",
+    "num_nodes",
     "step_stride",
     "max_batch_bytes",
     "estimators",
@@ -208,6 +211,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         cfg = config_from_args(args)
         with _job_output():
             cal = calibrate(cfg, args.out, progress=_progress(args))
+        from relmon.distributed import env_rank
+
+        if env_rank() != 0:  # a DDP rank Lightning launched: rank 0 writes and prints the calibration
+            return EXIT_OK
     except _input_errors() as err:
         print(f"relmon calibrate: error: {err}", file=sys.stderr)
         return EXIT_INPUT
@@ -249,6 +256,10 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         cfg = config_from_args(args)
         with stop_on_signals(), _job_output():
             summary = run_monitor(cfg, progress=_progress(args))
+        from relmon.distributed import env_rank
+
+        if env_rank() != 0:  # a DDP rank Lightning launched: rank 0 prints the window's summary
+            return EXIT_OK
     except RunInterrupted as err:
         where = f"; records of the finished batches: {err.written}" if err.written else ""
         print(f"relmon monitor: {err}{where}", file=sys.stderr)

@@ -10,12 +10,15 @@ scikit-learn/scipy through :mod:`relmon.analysis`, tqdm).
 - :mod:`relmon.jobs.model` — the job's model (:func:`~relmon.jobs.model.load_job_model`) and class checks;
 - :mod:`relmon.jobs.inputs` — one window of inputs (:func:`~relmon.jobs.inputs.build_stream`);
 - :mod:`relmon.jobs.runner` — the Lightning-free scoring loop;
+- :mod:`relmon.jobs.scaleout` — one window over DDP ranks or shards: the run's plan (sampled before
+  decoding, its shard), the DDP trainer and the gathering of the ranks' records, part files;
 - :mod:`relmon.jobs.scoring` — the job's scoring pass (:func:`~relmon.jobs.scoring.score_stream`);
 - :mod:`relmon.jobs.only_new` — only-new scoring state and the records folder's lock;
 - :mod:`relmon.jobs.calibration` — :class:`Calibration`, :func:`load_calibration`, :func:`check_calibration`;
 - :mod:`relmon.jobs.calibrate_job` — :func:`calibrate`: labelled data → a calibration folder;
 - :mod:`relmon.jobs.monitor` — :class:`MonitorJob` / :func:`run_monitor`: one window → metrics;
-- :mod:`relmon.jobs.serve_job` — :func:`serve`: the /metrics endpoint and the re-run loop.
+- :mod:`relmon.jobs.serve_job` — :func:`serve`: the /metrics endpoint and the re-run loop;
+- :mod:`relmon.jobs.merge` — :func:`~relmon.jobs.merge.run_merge`: a sharded run's parts → the window's outputs.
 
 ``relmon.jobs.common`` and ``relmon.jobs.state`` only re-export (their names moved), for existing imports.
 

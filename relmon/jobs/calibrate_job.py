@@ -206,7 +206,9 @@ def calibrate_model(model, data, cfg: MonitorConfig, out: str | os.PathLike | No
         reference=records[records["window_id"] == "clean"],
         records=records,
     )
-    if out is None:
+    from relmon.distributed import env_rank
+
+    if out is None or env_rank() != 0:  # under DDP every rank fitted the same; rank 0 writes
         return cal
     cal.save(out)
     return Calibration.load(out)

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from relmon.config import MonitorConfig
+from relmon.distributed import broadcast, env_rank, gather
 from relmon.explain import canonical_method
 from relmon.export.metrics import RelmonMetrics
 from relmon.export.outputs import PushError, push, write_textfile
@@ -32,6 +33,7 @@ from relmon.jobs.inputs import build_stream, input_size, latest_window
 from relmon.jobs.model import check_stream_classes, load_job_model
 from relmon.jobs.only_new import STATE_FILE, SeenFiles, folder_lock, stream_folder
 from relmon.jobs.runner import resolve_device
+from relmon.jobs.scaleout import plan_window, scoring_settings, write_part_file
 from relmon.jobs.scoring import job_steps, score_stream
 from relmon.jobs.signals import run_deadline
 from relmon.jobs.summary import BASELINE_ESTIMATOR, MonitorSummary, confidence_estimate
@@ -43,6 +45,7 @@ from relmon.records import (
     run_file_name,
     write_records,
 )
+from relmon.runs import SUMMARY_FILE, part_manifest, window_summary_document, write_window_summary
 
 log = logging.getLogger("relmon.jobs")
 
@@ -64,11 +67,14 @@ class MonitorJob:
         calibration=None,
         stream=None,
         only_new: bool | None = None,
+        identity: tuple[str, str] | None = None,
     ):
         """``model`` (an ``nn.Module`` with preprocessing), ``calibration`` (a :class:`Calibration` or
         a folder) and ``stream`` (a relmon stream) replace what ``cfg`` names (Python API).
         ``only_new`` (default ``cfg.only_new``): score only the new or changed files of a folder input
-        (``serve`` turns it on for every folder input)."""
+        (``serve`` turns it on for every folder input). ``identity`` (``(model name, version)``) makes a
+        job that loads no model and scores nothing: it finishes a window scored elsewhere (``relmon
+        merge``, :meth:`finish`)."""
         self.cfg = cfg
         self.progress = progress
         self.only_new = cfg.only_new if only_new is None else bool(only_new)
@@ -77,10 +83,17 @@ class MonitorJob:
         if cfg.runner == "plain":  # an accelerator this machine lacks is a config error, before any work
             resolve_device(cfg.accelerator)
         self.push_url, self.push_security = push_security(cfg)  # secrets read (and checked) up front
-        self.model = load_job_model(cfg) if model is None else model
         self.stream = stream
-        info = model_info(self.model)
-        self.model_name, self.model_version = str(info.name), str(info.version)
+        self._dist: dict | None = None  # under DDP: this rank, the world size, its own records (see compute)
+        self._steps: int | None = None  # the L of the last scored window
+        self._window: str | None = None  # the id of the last scored mtime window (None: one window)
+        if identity is not None:
+            self.model = None
+            self.model_name, self.model_version = str(identity[0]), str(identity[1])
+        else:
+            self.model = load_job_model(cfg) if model is None else model
+            info = model_info(self.model)
+            self.model_name, self.model_version = str(info.name), str(info.version)
         if calibration is None and cfg.calibration:
             calibration = cfg.calibration
         if calibration is not None and not isinstance(calibration, Calibration):
@@ -113,14 +126,26 @@ class MonitorJob:
         stream = self.stream if self.stream is not None else build_stream(cfg, self.model, listing=listing)
         stream = self._prepare_stream(stream)  # only-new scoring: the new or changed files only
         self._check_fraction_steps(stream)
+        self._steps = job_steps(cfg, stream)
         if cfg.classes is not None and not self._classes_checked:
             check_stream_classes(self.model, cfg.classes, stream)  # once per job: a forward on one input
             self._classes_checked = True
-        records, summary, _ = score_stream(
-            cfg, self.model, stream, progress=self.progress, window_id=latest_window(stream)
-        )
+        # the window's items, sampled before decoding, of this shard (shard: I/N); the same on every rank
+        self._window = latest_window(stream)  # None: the stream is one window (the same on every shard)
+        planned, not_selected = plan_window(cfg, stream, self._window)
+        records, summary, _ = score_stream(cfg, self.model, planned, progress=self.progress)
+        self._dist = summary.pop("_dist", None)
         inputs = summary.pop("_inputs")
-        errors = dict(getattr(stream, "errors", {}) or {})
+        inputs["seen"] += not_selected  # listed, left out by the sampling: seen, never read
+        errors = dict(self._dist["errors"]) if self._dist else dict(getattr(stream, "errors", {}) or {})
+        return self.finish(records, summary, inputs, errors, t0)
+
+    def finish(self, records: pd.DataFrame, summary: dict, inputs: dict, errors: dict,
+               t0: float) -> tuple[MonitorSummary, pd.DataFrame]:
+        """The window's estimates, drift and metrics from its records and summary (after scoring, or from
+        the parts of a sharded run: ``relmon merge``); ``t0`` (``time.perf_counter()``) starts the run's
+        duration."""
+        cfg = self.cfg
         if sum(errors.values()) < inputs["bad"]:  # bad items seen by the batches but not by this process
             errors["read_error"] = errors.get("read_error", 0) + inputs["bad"] - sum(errors.values())
         samples = records.drop_duplicates(["window_id", "sample_id"]) if len(records) else records
@@ -252,6 +277,55 @@ class MonitorJob:
         remove_stale_temporaries(folder)
         return str(path)
 
+    # -- split runs (DDP ranks, shards) and the per-window summary file ------------------------------
+
+    def run_folder(self, run_id: str, run_time: float) -> Path:
+        """``<records>/<stream>/<run>``: the folder of a split run (a shard run's is named by ``run_id``)."""
+        name = self.cfg.run_id if self.cfg.shard else run_file_name(run_id, run_time, suffix="")
+        return stream_folder(self.cfg.records, self.cfg.stream) / name
+
+    def settings(self) -> dict[str, Any]:
+        """The scoring settings of this job's records (in the parts' manifests and the window summary)."""
+        return scoring_settings(self.cfg, self._steps if self._steps is not None else -1,
+                                [canonical_method(m) for m in self.cfg.methods])
+
+    def _write_part(self, records: pd.DataFrame, summary: MonitorSummary, run_id: str, run_time: float):
+        """Write this DDP rank's or this shard's part of the window. Returns None on DDP rank 0 (which then
+        writes the window's outputs), else ``summary`` (the run ends here)."""
+        cfg, dist = self.cfg, self._dist
+        if dist is not None:
+            part, parts, kind, local = dist["rank"], dist["world"], "ddp", dist["local"]
+            inputs, errors = None, {}  # a rank's counts are synced: rank 0 holds the window's
+        else:
+            part, parts = (int(v) for v in cfg.shard.split("/"))
+            kind, local = "shard", records
+            inputs = {"seen": summary.seen, "bad": sum(summary.input_errors.values()), "padding_skipped": 0}
+            errors = summary.input_errors
+        try:
+            if cfg.records:
+                manifest = part_manifest(
+                    run_id=cfg.run_id if kind == "shard" else run_id, run_time=run_time, part=part, parts=parts,
+                    kind=kind, model=self.model_name, model_version=self.model_version, stream=cfg.stream,
+                    settings=self.settings(), inputs=inputs, errors=errors,
+                    window_id=self._window, calibration=summary.calibration)
+                summary.outputs["records"] = str(write_part_file(local, self.run_folder(run_id, run_time), manifest))
+        finally:
+            if dist is not None:
+                gather(None)  # a barrier: rank 0 writes the window's summary once every part is there
+        return None if dist is not None and dist["rank"] == 0 else summary
+
+    def _write_summary(self, summary: MonitorSummary, run_id: str, run_time: float) -> Path:
+        """The per-window summary file: ``summary.json`` in a split run's folder, else
+        ``<UTC time>_<run id>.summary.json`` beside the run's records."""
+        if self._dist is not None:
+            path = self.run_folder(run_id, run_time) / SUMMARY_FILE
+            run = {"run_id": run_id, "run_time": run_time, "parts": self._dist["world"], "kind": "ddp"}
+        else:
+            path = stream_folder(self.cfg.records, self.cfg.stream) / run_file_name(run_id, run_time, ".summary.json")
+            run = {"run_id": run_id, "run_time": run_time, "parts": 1, "kind": "single"}
+        doc = window_summary_document(summary.to_dict(), settings=self.settings(), run=run)
+        return write_window_summary(path, doc)
+
     def run(self, outputs: bool = True, listing: dict | None = None) -> MonitorSummary:
         """:meth:`compute` (on ``listing``, the caller's listing of the input folder, if given), then
         write the records and textfile and push; every output is tried even when another fails.
@@ -282,8 +356,8 @@ class MonitorJob:
 
         lock = (
             folder_lock(stream_folder(cfg.records, cfg.stream), on_wait=stale)
-            if cfg.records and self.only_new
-            else nullcontext()
+            if cfg.records and self.only_new and env_rank() == 0
+            else nullcontext()  # DDP: rank 0 holds the lock for the ranks it launches
         )
         with run_deadline(cfg.run_timeout_seconds), lock:  # the deadline also bounds the wait for the lock
             seen = self._seen_files()
@@ -303,15 +377,36 @@ class MonitorJob:
                 if seen is not None:
                     seen.discard()
                 raise
+            if self._dist is not None:  # DDP: every rank names the run as rank 0 does
+                run_id, run_time = broadcast((run_id, run_time))
             summary.outputs["run_id"] = run_id
             failures: list[str] = []
-            try:
-                written = self._write_run_records(records, run_id, run_time)
-                if written:
-                    summary.outputs["records"] = written
-            except OSError as err:
-                failures.append(_output_error("records", cfg.records, err, "records: FOLDER"))
-                summary.outputs["records"] = f"FAILED: {err}"
+            if self._dist is not None or cfg.shard:
+                try:
+                    done = self._write_part(records, summary, run_id, run_time)
+                except OSError as err:
+                    done = summary
+                    failures.append(_output_error("records part", cfg.records, err, "records: FOLDER"))
+                    summary.outputs["records"] = f"FAILED: {err}"
+                if done is not None:  # another rank's part, or one shard's: the window is made elsewhere
+                    if seen is not None:
+                        seen.discard()
+                    if failures:
+                        raise JobError("; ".join(failures), summary)
+                    return summary
+            else:
+                try:
+                    written = self._write_run_records(records, run_id, run_time)
+                    if written:
+                        summary.outputs["records"] = written
+                except OSError as err:
+                    failures.append(_output_error("records", cfg.records, err, "records: FOLDER"))
+                    summary.outputs["records"] = f"FAILED: {err}"
+            if cfg.records and not failures:
+                try:
+                    summary.outputs["summary"] = str(self._write_summary(summary, run_id, run_time))
+                except OSError as err:
+                    failures.append(_output_error("window summary", cfg.records, err, "records: FOLDER"))
             if outputs:
                 if cfg.textfile:
                     try:

@@ -58,29 +58,29 @@ def score_stream(cfg: MonitorConfig, model, stream, progress: bool = False, wind
 
 def score_stream_lightning(cfg: MonitorConfig, model, stream, progress: bool = False, window_id: str | None = None):
     """Run :class:`RelevanceMonitor` over ``stream`` (only window ``window_id`` if given) in
-    ``pl.Trainer.predict``: (records, window summary, monitor)."""
-    import pytorch_lightning as pl
+    ``pl.Trainer.predict``: (records, window summary, monitor).
 
+    With ``devices``/``num_nodes`` > 1 (DDP) every rank scores its share of the window and gets every
+    rank's records back (:func:`relmon.jobs.scaleout.gather_window`): the summary is computed from all
+    of them, and ``summary["_dist"]`` says which rank this is and holds its own records."""
     from relmon.data.datamodule import StreamDataModule  # a LightningDataModule, made on first use
+    from relmon.jobs.scaleout import distributed_datamodule, gather_window, lightning_trainer
     from relmon.lightning import RelevanceMonitor
 
     _quiet_lightning()
     monitor = RelevanceMonitor(model, **scoring_options(cfg, stream))
     stop = stop_callback()  # SIGTERM/SIGINT and run_timeout_seconds stop between batches; keeps the records
-    trainer = pl.Trainer(
-        accelerator=cfg.accelerator,
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=progress,
-        callbacks=[stop],
-    )
     data = StreamDataModule(stream, batch_size=cfg.batch_size, window_id=window_id)
+    trainer = lightning_trainer(cfg, progress, [stop], data.stream)
+    if trainer.world_size > 1:  # padded split: no rank is empty, the repeats are dropped
+        data = distributed_datamodule(data.stream, cfg.batch_size)
     trainer.predict(monitor, datamodule=data, return_predictions=False)  # the frames are kept once, by `stop`
     records = stop.records()
     records = records if records is not None else empty_records()
-    return records, monitor.last_summary or monitor.window_summary(), monitor
+    summary = monitor.last_summary or monitor.window_summary()
+    if trainer.world_size > 1:
+        records, summary = gather_window(records, summary, monitor.methods, stream)
+    return records, summary, monitor
 
 
 __all__ = ["job_steps", "score_stream", "score_stream_lightning", "scoring_options"]

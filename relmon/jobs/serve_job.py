@@ -81,6 +81,14 @@ def serve(
     textfile writes follow each run when configured.
     """
     stop = stop or threading.Event()
+    if cfg.world_size > 1 or cfg.shard:
+        from relmon.config import ConfigError
+
+        raise ConfigError(
+            "relmon serve runs each window on one device (its loop, listing and /metrics endpoint are one "
+            "process's); fix: remove devices/num_nodes/shard here, and for several devices schedule 'relmon "
+            "monitor --runner lightning --devices N' (DDP) or sharded jobs with 'relmon merge' (README "
+            "\"Scaling out\")")
     security = endpoint_security(cfg)  # TLS / basic auth settings checked before the model loads
     # only-new scoring on every folder input: count every input once (see the module docstring)
     job = MonitorJob(cfg, registry=registry, progress=progress, only_new=cfg.only_new or cfg.input != "sample")
