@@ -96,6 +96,16 @@ def test_reference_warning_names_the_size_and_the_fix():
     assert reference_warning(0.925, 600) is None
 
 
+def test_the_window_summary_file_carries_the_accuracy_alerts():
+    from relmon.runs import window_summary_document
+
+    s = {**summary(est=0.70, upper=0.80), "drift_p_values": {"aopc": 0.001, "confidence": 0.2}}
+    s["alerts"] = accuracy_alerts(s)
+    assert [a["severity"] for a in s["alerts"]] == ["warning", "critical"]
+    doc = window_summary_document(s)
+    assert doc["alerts"] == [{"alert": "drift", "features": ["aopc", "confidence"]}, *s["alerts"]]
+
+
 # --------------------------------------------------------------------------------------------------
 # the function and the Prometheus rules on the same real windows
 
