@@ -31,6 +31,7 @@ class MonitorConfig:
     model_kwargs: dict[str, Any] | None = None
     checkpoint: str | None = None
     lightning_module: str | None = None
+    model_attr: str | None = None
     preprocessing: dict[str, Any] | None = None
     classes: tuple[str, ...] | None = None
     model_name: str | None = None
@@ -156,6 +157,11 @@ class MonitorConfig:
                 "lightning_module needs checkpoint (the Lightning .ckpt file to load); "
                 "fix: set checkpoint or remove lightning_module"
             )
+        if self.model_attr is not None and self.lightning_module is None:
+            raise ConfigError(
+                f"model_attr ({self.model_attr!r}) applies to a Lightning checkpoint, but lightning_module is not "
+                "set; fix: set lightning_module: 'package.module:Class' (and checkpoint), or remove model_attr"
+            )
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
             dup = sorted({c for c in self.classes if self.classes.count(c) > 1})
             raise ConfigError(f"config field 'classes' names {dup} more than once; fix: list each class once")
@@ -244,6 +250,8 @@ FIELDS: dict[str, tuple[str, str]] = {
     "model_kwargs": ("mapping?", "keyword arguments passed to the model factory"),
     "checkpoint": ("str?", "weights-only state_dict, or a Lightning .ckpt with lightning_module"),
     "lightning_module": ("str?", "'package.module:Class' of the LightningModule the checkpoint holds"),
+    "model_attr": ("str?", "with lightning_module: the LightningModule attribute holding the classifier (default: "
+                           "model / net / classifier, else its forward without its torchmetrics children)"),
     "preprocessing": ("preprocessing?", "the model's input space: {mean, std, low, high} (scalars or per channel)"),
     "classes": ("list[str]?", "class names in the model's output order (count checked against the model)"),
     "model_name": ("str?", "the 'model' label (default: embedded name or the factory's name)"),

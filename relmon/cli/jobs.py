@@ -40,6 +40,7 @@ _CALIBRATE_FIELDS = [
     "model_kwargs",
     "checkpoint",
     "lightning_module",
+    "model_attr",
     "preprocessing",
     "classes",
     "model_name",
