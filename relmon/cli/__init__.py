@@ -11,6 +11,7 @@ import sys
 
 from relmon.cli.jobs import EXIT_CODES_HELP, EXIT_INPUT, EXIT_OK, EXIT_USAGE, add_commands
 from relmon.cli.report import add_commands as add_report_commands
+from relmon.extras import MissingExtraError
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -81,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return args.func(args)
+    except MissingExtraError as err:  # an optional dependency of this command is not installed
+        print(f"relmon {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_INPUT
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"relmon: error: {err}", file=sys.stderr)
         return EXIT_INPUT

@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from relmon.cli.jobs import EXIT_INPUT, EXIT_OK  # one set of exit codes for every command
+from relmon.extras import require
 
 
 def add_commands(subparsers) -> None:
@@ -109,6 +110,7 @@ def _examples(args, records, calibration):
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    require("matplotlib", "relmon report")  # before any work: the page's figures need it
     try:
         from relmon.report.html import write_report
 
@@ -129,6 +131,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_trend(args: argparse.Namespace) -> int:
+    if args.figure:
+        require("matplotlib", "relmon trend --figure")
     try:
         from relmon.report.trend import format_trend, trend_figure, trend_table
 

@@ -98,8 +98,9 @@ def compute_examples(model, images, methods: Sequence[str], region: int = 4, ste
 
 
 def _figure(**kw):
-    from matplotlib.figure import Figure  # no pyplot: works headless and leaves the user's backend alone
+    from relmon.extras import require
 
+    Figure = require("matplotlib.figure", "relmon report (figures)").Figure  # no pyplot: headless, user's backend untouched
     fig = Figure(**kw)
     return fig, fig.subplots()
 
