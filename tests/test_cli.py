@@ -82,3 +82,22 @@ def test_serve_json_prints_one_json_document_per_line(capsys):
     docs = [json.loads(line) for line in captured.out.splitlines()]
     assert docs[0]["scored"] == 8 and docs[-1] == {"runs": 1, "failures": 0, "empty": 0, "interrupted": False}
     assert "serving metrics at http://127.0.0.1:" in captured.err
+
+
+def test_empty_ok_makes_an_empty_window_exit_0(tmp_path, capsys):
+    """For a Kubernetes CronJob: a run with nothing to score must not be a failed Job (deploy/k8s)."""
+    from relmon.lightning.monitor import selection_hash
+
+    assert all(selection_hash(0, str(i)) >= 0.01 for i in range(3))  # sample_rate 0.01 selects none of them
+    args = ["monitor", "--n", "3", "--region", "7", "--steps", "8", "--sample-rate", "0.01"]
+    assert main([*args, "--textfile", str(tmp_path / "a.prom")]) == 6
+    capsys.readouterr()
+    assert main([*args, "--textfile", str(tmp_path / "b.prom"), "--empty-ok"]) == 0
+    out, err = capsys.readouterr()
+    assert "empty window" in out and "(--empty-ok: exit 0)" in err
+    # still not a success: the last-success time is not advanced (written as 0, as without the flag)
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values = {s.name: s.value for fam in text_string_to_metric_families((tmp_path / "b.prom").read_text())
+              for s in fam.samples}
+    assert values.get("relmon_last_success_timestamp_seconds", 0.0) == 0.0 and values["relmon_run_duration_seconds"] > 0
