@@ -135,6 +135,8 @@ def _read_inputs(cfg, sample_ids: list[str]):
 
 def _examples(args, records, calibration, cfg, notes: list[str]):
     """Heatmaps and curves of the worst-scoring inputs, recomputed with the job's model."""
+    from pathlib import Path
+
     from relmon.jobs.common import load_job_model
     from relmon.report.html import compute_examples
     from relmon.report.samples import class_name, worst_samples
@@ -146,11 +148,16 @@ def _examples(args, records, calibration, cfg, notes: list[str]):
     model = load_job_model(cfg)
     method = choose_method(records, args.method)
     classes = (calibration.meta.get("classes") if calibration is not None else None) or cfg.classes
+    if classes is None and cfg.is_embedded:
+        from relmon.data import FASHION_MNIST_CLASSES
+
+        classes = list(FASHION_MNIST_CLASSES)
     picked: dict[str, str] = {}  # sample_id -> caption, worst first, each input once
     for label, frame in worst_samples(records.assign(_window=_window_key(records)), method, k=n).items():
-        for row in frame.itertuples():
-            picked.setdefault(str(row.sample_id), f"{str(row.sample_id)[-18:]}\npred {class_name(row.pred, classes)}"
-                                                   f"\n{label.replace('lowest ', 'low ')}")
+        for _, row in frame.iterrows():
+            sid = str(row["sample_id"])
+            picked.setdefault(sid, f"{row['_window']} · {Path(sid).name[-16:]}\n{class_name(row['pred'], classes)}"
+                                   f"\n{label.replace('lowest ', 'low ')}")
     images, found, source = _read_inputs(cfg, list(picked))
     if len(found) < len(picked):
         notes.append(f"{len(picked) - len(found)} of the {len(picked)} worst inputs were not found in "

@@ -194,8 +194,10 @@ def _curves_png(ex: Examples) -> str:
                 **style)
     if ex.region and xmax >= PAPER_FRACTION * 0.9:  # only where the axis is the image's share and reaches it
         ax.axvline(PAPER_FRACTION, color="grey", lw=0.8, ls=":")
-        ax.text(PAPER_FRACTION, ax.get_ylim()[1], " 16 % of the image (the paper's protocol)", fontsize=7,
-                va="top", ha="right" if PAPER_FRACTION > 0.8 * xmax else "left", color="grey")
+        right = PAPER_FRACTION > 0.8 * xmax
+        ax.text(PAPER_FRACTION, 0.97, "16 % of the image (the paper's protocol) " if right else
+                " 16 % of the image (the paper's protocol)", fontsize=7, va="top", ha="right" if right else "left",
+                color="grey", transform=ax.get_xaxis_transform())
     ax.set_xlabel("share of the image perturbed" if ex.region else "share of the L steps done (k / L)", fontsize=8)
     ax.set_ylabel("mean f(x^(k)) / f(x^(0))", fontsize=8)
     ax.legend(fontsize=7)
@@ -388,6 +390,8 @@ def render_report(
     method = choose_method(records, method)
     if classes is None and calibration is not None:
         classes = calibration.meta.get("classes")
+    if classes is None:
+        classes = _embedded_classes(records)
     from relmon.report.trend import _window_key
 
     records = records.assign(_window=_window_key(records))
@@ -523,6 +527,11 @@ def render_report(
         n = int(np.asarray(next(iter(examples.curves.values()))).shape[0])
         c.append(_p(f"Mean MoRF curves and the random order, recomputed for {n} example inputs "
                     f"({examples.source}); the records hold AOPC numbers, not curves. A good heatmap "
+                    "makes its curve fall well below the random order's; these are the worst-scoring inputs, "
+                    "chosen for a MoRF curve no better than random."
+                    if "worst" in examples.source else
+                    f"Mean MoRF curves and the random order, recomputed for {n} example inputs "
+                    f"({examples.source}); the records hold AOPC numbers, not curves. A good heatmap "
                     "makes its curve fall well below the random order's."))
         c.append(_img(_curves_png(examples), "mean MoRF and random curves"))
     else:
@@ -548,6 +557,17 @@ def render_report(
         '<link rel="icon" href="data:,">'
         f"<style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
+
+
+def _embedded_classes(records: pd.DataFrame) -> list[str] | None:
+    """Fashion-MNIST's class names when every record comes from one of relmon's embedded models."""
+    from relmon.models import list_embedded
+
+    if set(records["model"].astype(str)) <= set(list_embedded()):
+        from relmon.data import FASHION_MNIST_CLASSES
+
+        return list(FASHION_MNIST_CLASSES)
+    return None
 
 
 def _estimates_table(estimates: pd.DataFrame, trend: pd.DataFrame, default: str | None) -> str:
