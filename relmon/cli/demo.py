@@ -13,7 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
-from relmon.cli.jobs import EXIT_OK
+from relmon.exitcodes import EXIT_OK
 
 
 def run_job_demo(args: argparse.Namespace) -> None:

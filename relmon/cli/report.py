@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from relmon.cli.jobs import EXIT_INPUT, EXIT_OK  # one set of exit codes for every command
+from relmon.exitcodes import EXIT_INPUT, EXIT_OK  # one set of exit codes for every command
 from relmon.extras import require
 
 
@@ -104,7 +104,7 @@ def _read_inputs(cfg, sample_ids: list[str]):
     import torch
 
     if cfg.input == "sample":
-        from relmon.jobs.common import sample_images
+        from relmon.jobs.inputs import sample_images
 
         images, _ = sample_images(cfg.n, cfg.shift, cfg.severity, cfg.seed)
         found = [s for s in sample_ids if str(s).isdigit() and int(s) < len(images)]
@@ -137,7 +137,7 @@ def _examples(args, records, calibration, cfg, notes: list[str]):
     """Heatmaps and curves of the worst-scoring inputs, recomputed with the job's model."""
     from pathlib import Path
 
-    from relmon.jobs.common import load_job_model
+    from relmon.jobs.model import load_job_model
     from relmon.report.html import compute_examples
     from relmon.report.samples import class_name, worst_samples
     from relmon.report.trend import _window_key, choose_method
