@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from torch import nn
 
 import relmon
 from relmon.config import ConfigError, MonitorConfig, config_from_dict
-from relmon.jobs.common import load_job_model
+from relmon.jobs.model import load_job_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = [str(i) for i in range(10)]
@@ -207,3 +208,36 @@ def test_model_attr_names_the_classifier(project):
 def test_model_attr_needs_a_lightning_module():
     with pytest.raises(ConfigError, match=r"model_attr \('net'\) applies to a Lightning checkpoint"):
         config_from_dict({"model": "a:b", "model_attr": "net"})
+
+
+def test_relmon_report_draws_the_worst_inputs_of_a_lightning_checkpoint(project, tmp_path):
+    """relmon report --lightning-module/--checkpoint/--preprocessing/--input: the worst inputs' heatmaps
+    come from the checkpoint's classifier, re-read from the monitored folder."""
+    from relmon.cli import main
+    from relmon.jobs import run_monitor
+
+    p = project
+    live = tmp_path / "live"
+    live.mkdir()
+    u8 = (p["x"][1000:1024, 0] * 255).round().to(torch.uint8).numpy()
+    for i, img in enumerate(u8):
+        Image.fromarray(img).save(live / f"digit_{i:03d}.png")
+    prep = json.dumps({"mean": [MEAN], "std": [STD], "low": 0.0, "high": 1.0})
+    sys.path.insert(0, str(p["tmp"]))
+    try:
+        run_monitor(_cfg(p, "LitNet").with_overrides(
+            {"input": str(live), "records": str(tmp_path / "records"), "methods": ["lrp:epsilon_0_01"],
+             "region": 2, "steps": 4, "n": None}))
+        out = tmp_path / "report.html"
+        rc = main(["report", str(tmp_path / "records"), "--lightning-module", "litnets:LitNet",
+                   "--checkpoint", str(p["ckpt"]["LitNet"]), "--preprocessing", prep, "--input", str(live),
+                   "--examples", "3", "--out", str(out)])
+    finally:
+        sys.path.remove(str(p["tmp"]))
+    assert rc == 0
+    page = out.read_text()
+    section = page.split('<section id="heatmaps">')[1].split("</section>")[0]
+    assert 'alt="inputs and heatmaps"' in section
+    assert re.search(r"\(\d worst inputs re-read from files under ", section)
+    assert len(set(re.findall(r"digit_\d{3}\.png", section))) >= 3  # the worst inputs' files are named
+    assert "were not found" not in page

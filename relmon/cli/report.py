@@ -118,7 +118,7 @@ def _read_inputs(cfg, sample_ids: list[str]):
     stream = ImageFolderStream(cfg.input, channels=cfg.channels, image_size=cfg.image_size)
     index: dict[str, int] = {}
     root = str(cfg.input).rstrip("/")
-    for i, sid in enumerate(stream.sample_ids()):
+    for i, sid in enumerate(stream.sample_ids):
         index.setdefault(sid, i)
         if sid.startswith(root + "/"):
             index.setdefault(sid[len(root) + 1:], i)  # ids relative to the input root

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from relmon.report.samples import class_name, per_class_table, worst_samples
+from relmon.report.samples import as_float, class_name, per_class_table, worst_samples
 from relmon.report.trend import RANDOM_METHOD, choose_method, trend_figure, trend_table
 
 SECTIONS = ("summary", "trend", "drift", "heatmaps", "classes", "curves", "validation")
@@ -497,8 +497,8 @@ def render_report(
             "window": frame["_window"],
             "input": frame["sample_id"],
             "predicted": [class_name(p, classes) for p in frame["pred"]],
-            "label": [class_name(v, classes) if v is not None and v == v and v >= 0 else "–"
-                      for v in frame.get("label", pd.Series([None] * len(frame)))],
+            "label": [class_name(v, classes) for v in
+                      (as_float(frame["label"]) if "label" in frame else [np.nan] * len(frame))],
             "confidence": frame["confidence"],
             "AOPC − random": frame["gap"],
             "AOPC / score0": frame["aopc_rel"],

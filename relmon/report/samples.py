@@ -57,9 +57,15 @@ def worst_samples(records: pd.DataFrame, method: str, k: int = 4) -> dict[str, p
             "lowest confidence": by_conf.head(k).reset_index(drop=True)}
 
 
+def as_float(values) -> np.ndarray:
+    """A column (numpy, pandas nullable or object) as float64 with NaN for missing values."""
+    return pd.Series(values).astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+
+
 def class_name(index, classes: Sequence[str] | None) -> str:
-    """``classes[index]`` with the index, or the index alone when no names are known."""
-    if index is None or (isinstance(index, float) and np.isnan(index)):
+    """``classes[index]`` with the index, or the index alone when no names are known (``–`` when missing
+    or negative, relmon's "no label")."""
+    if index is None or index is pd.NA or (isinstance(index, float) and np.isnan(index)) or index < 0:
         return "–"
     i = int(index)
     return f"{i} {classes[i]}" if classes is not None and 0 <= i < len(classes) else str(i)
@@ -70,11 +76,11 @@ def per_class_table(records: pd.DataFrame, method: str, classes: Sequence[str] |
     ``AOPC / score0``, mean ``AOPC − random`` and ``accuracy`` (realised, over the labelled inputs of
     that predicted class — the precision of the class; ``–`` without labels)."""
     scores = sample_scores(records, method)
-    labelled = scores["label"].notna() & (scores["label"].astype(float) >= 0) if "label" in scores else None
-    scores = scores.assign(
-        _correct=np.where(labelled, (scores["pred"] == scores["label"]).astype(float), np.nan)
-        if labelled is not None else np.nan
-    )
+    if "label" in scores:
+        label, pred = as_float(scores["label"]), as_float(scores["pred"])
+        scores = scores.assign(_correct=np.where(label >= 0, (pred == label).astype(float), np.nan))
+    else:
+        scores = scores.assign(_correct=np.nan)
     g = scores.groupby("pred", sort=True)
     table = pd.DataFrame({
         "inputs": g.size(),
