@@ -181,10 +181,11 @@ def test_serialisation_round_trip(tmp_path, name):
     est = make_estimator(name).fit(train)
     path = est.save(tmp_path / f"{name}.json")
     data = json.loads(path.read_text())
-    assert data["format_version"] == 2 and data["model"] == "synth" and data["features"]
+    assert data["format_version"] == 3 and data["model"] == "synth" and data["features"]
     loaded = load_estimator(path, model="synth")
     assert type(loaded) is type(est) and loaded.get_params() == est.get_params()
-    assert (loaded.tau_, loaded.q_, loaded.interval_kind_) == (est.tau_, est.q_, "conformal-loso")
+    assert (loaded.tau_, loaded.q_, loaded.interval_kind_) == (est.tau_, est.q_, "conformal-loso-shift")
+    assert (loaded.interval_scale_, loaded.shift_reference_) == (est.interval_scale_, est.shift_reference_)
     pd.testing.assert_frame_equal(loaded.predict(test), est.predict(test))
 
 
@@ -384,7 +385,7 @@ def test_interval_coverage_on_held_out_shift_types():
     calib = synth_records(shifted_windows(types, 3, seed=3, prefix="c"), seed=3)
     new = synth_records(shifted_windows([f"u{i}" for i in range(20)], 2, seed=4, prefix="n"), seed=4)
     est = RelevanceEstimator(feature_set="relevance+confidence", alpha=1e-3).fit(calib)
-    assert est.interval_kind_ == "conformal-loso" and est.n_residuals_ == 30
+    assert est.interval_kind_ == "conformal-loso-shift" and est.n_residuals_ == 30
     pred = est.predict(new).set_index("window_id")
     acc = window_features(new).set_index("window_id")["accuracy"]
     covered = ((pred["lower"] <= acc) & (acc <= pred["upper"])).mean()

@@ -85,9 +85,20 @@ from relmon.analysis.features import (
     sample_features,
     window_features_from_samples,
 )
+from relmon.analysis.intervals import (
+    between_shift_variance,
+    conditioned_quantile,
+    conformal_quantile,
+    conformal_rank,
+    scale_of,
+    shift_reference,
+    shift_scores,
+)
 
 FORMAT = "relmon-estimator"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: held-out coverage below which a shift type is named as one the calibration cannot cover
+UNCOVERED_BELOW = 0.5
 CLEAN = "clean"
 
 
@@ -125,28 +136,6 @@ def sampling_variance(estimate: np.ndarray, n: np.ndarray, level: float = 0.9) -
     n = np.maximum(np.asarray(n, dtype=float), 0.0)
     p = (n * np.clip(np.asarray(estimate, dtype=float), 0.0, 1.0) + z2 / 2.0) / (n + z2)
     return p * (1.0 - p) / (n + z2)
-
-
-def conformal_rank(m: int, level: float) -> int:
-    """The split-conformal rank ``⌈(m + 1) · level⌉`` (1-based) of ``m`` calibration scores at ``level``."""
-    # the small tolerance keeps e.g. (9 + 1) * 0.9 = 9.000000000000002 at rank 9, not 10
-    return math.ceil((m + 1) * float(level) - 1e-9)
-
-
-def conformal_quantile(scores, level: float) -> float:
-    """Split-conformal quantile of ``scores`` at ``level``: the ``⌈(m + 1) · level⌉``-th smallest of the
-    ``m`` scores, ``+inf`` when that rank exceeds ``m`` (too few scores for the level: the interval is
-    unbounded, i.e. ``[0, 1]`` for an accuracy). Coverage ≥ ``level`` for an exchangeable new score."""
-    scores = np.sort(np.asarray(scores, dtype=float))
-    k = conformal_rank(len(scores), level)
-    return float(scores[k - 1]) if 1 <= k <= len(scores) else math.inf
-
-
-def between_shift_variance(residuals, variances) -> float:
-    """``τ²`` = mean squared held-out residual minus the mean sampling variance of those windows, at
-    least 0: the part of the residuals that window sampling does not explain (bias between shifts)."""
-    r, v = np.asarray(residuals, dtype=float), np.asarray(variances, dtype=float)
-    return max(0.0, float(np.mean(r ** 2) - np.mean(v)))
 
 
 def _result(window_id, estimate, lower, upper) -> pd.DataFrame:
@@ -337,6 +326,9 @@ class _WindowEstimator(BaseEstimator):
         data = data.labelled()
         self._fit_point(data)
         data.remember_point_fit(self)
+        clean = data.of_shift_type(CLEAN, keep=True)
+        reference = clean if not clean.samples.empty else data  # no clean windows: all calibration windows
+        self.shift_reference_ = shift_reference(reference.samples["confidence"].to_numpy(dtype=float))
         self._fit_interval(data)
         return self
 
@@ -364,34 +356,75 @@ class _WindowEstimator(BaseEstimator):
                                       "accuracy": truth.reindex(pred.index).to_numpy(),
                                       "n": sizes.reindex(pred.index).to_numpy()}))
         cols = ["window_id", "shift_type", "estimate", "accuracy", "n"]
-        return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=cols)
+        out = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=cols)
+        if getattr(self, "shift_reference_", None) is not None:
+            out["shift_score"] = self.shift_score(data).reindex(out["window_id"]).to_numpy(dtype=float)
+        return out
+
+    def shift_score(self, records) -> pd.Series:
+        """Per window (indexed by window_id): the KS statistic of its confidences against the clean
+        calibration reference this estimator was fitted with (:func:`relmon.analysis.intervals.shift_scores`);
+        NaN for an estimator loaded from a file without a reference."""
+        data = _Data.of(records)
+        ref = getattr(self, "shift_reference_", None)
+        if ref is None:
+            return pd.Series(np.nan, index=data.sizes().index, dtype=float)
+        key = ("shift_score", len(ref), float(np.sum(ref)), float(ref[0]), float(ref[-1]))
+        return data.per_window(key, lambda d: shift_scores(d.samples, ref))
 
     def _fit_interval(self, records) -> None:
         self.tau_, self.q_, self.n_residuals_, self.interval_kind_ = 0.0, _z(float(self.interval)), 0, "sampling"
+        self.interval_scale_, self.held_out_coverage_, self.uncovered_shift_types_ = None, {}, []
         if not getattr(self, "conformal", False):
             return
         loso = self.loso_predictions(records)
         if loso["shift_type"].nunique() >= 2:
             self.loso_ = loso
             self.set_residuals(loso)
+            table = held_out_intervals(self, loso)
+            self.held_out_coverage_ = {
+                str(g): {"coverage": float(p["covered"].mean()), "mean_width": float(p["width"].mean()),
+                         "n_windows": len(p)} for g, p in table.groupby("shift_type")}
+            self.uncovered_shift_types_ = sorted(g for g, c in self.held_out_coverage_.items()
+                                                 if c["coverage"] < UNCOVERED_BELOW)
 
-    def set_residuals(self, loso: pd.DataFrame) -> _WindowEstimator:
-        """Calibrate the interval from held-out residuals (columns estimate, accuracy, n)."""
+    def set_residuals(self, loso: pd.DataFrame, conditioned: bool | None = None) -> _WindowEstimator:
+        """Calibrate the interval from held-out residuals (columns estimate, accuracy, n; with a
+        ``shift_score`` column the scale is shift-conditioned, :mod:`relmon.analysis.intervals`).
+        ``conditioned=False`` forces the unconditioned scale ``sqrt(v + τ²)``."""
         level = float(self.interval)
         est = np.clip(loso["estimate"].to_numpy(dtype=float), 0, 1)
         r = loso["accuracy"].to_numpy(dtype=float) - est
         v = sampling_variance(est, loso["n"].to_numpy(dtype=float), level)
+        d = loso["shift_score"].to_numpy(dtype=float) if "shift_score" in loso.columns else np.full(len(r), np.nan)
         ok = np.isfinite(r) & np.isfinite(v)
-        r, v = r[ok], v[ok]
+        r, v, d = r[ok], v[ok], d[ok]
         if len(r) < 2:
             return self
         tau2 = between_shift_variance(r, v)
-        scores = np.abs(r) / np.sqrt(v + tau2)
         self.tau_ = math.sqrt(tau2)
-        self.q_ = conformal_quantile(scores, level)
         self.n_residuals_ = len(r)
-        self.interval_kind_ = "conformal-loso"
+        if conditioned is None:
+            conditioned = bool(np.isfinite(d).all())
+        if conditioned:
+            self.q_, a, b = conditioned_quantile(r, v, d, level)
+            self.interval_scale_ = [a, b]
+            self.interval_kind_ = "conformal-loso-shift"
+        else:
+            self.q_ = conformal_quantile(np.abs(r) / np.sqrt(v + tau2), level)
+            self.interval_scale_ = None
+            self.interval_kind_ = "conformal-loso"
         return self
+
+    def half_width(self, estimate, n, shift=None) -> np.ndarray:
+        """The interval's half-width ``q · s`` for windows of point ``estimate``, size ``n`` and shift
+        score ``shift`` (used by the shift-conditioned scale only)."""
+        v = sampling_variance(estimate, n, float(self.interval))
+        scale = getattr(self, "interval_scale_", None)
+        if scale is None:
+            return self.q_ * np.sqrt(v + self.tau_ ** 2)
+        d = np.full(len(np.atleast_1d(v)), np.nan) if shift is None else np.asarray(shift, dtype=float)
+        return self.q_ * np.sqrt(v + scale_of(d, scale[0], scale[1]) ** 2)
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -411,7 +444,8 @@ class _WindowEstimator(BaseEstimator):
         point = self._point(data).clip(0.0, 1.0)
         n = data.sizes().reindex(point.index).to_numpy(dtype=float)
         est = point.to_numpy(dtype=float)
-        half = self.q_ * np.sqrt(sampling_variance(est, n, float(self.interval)) + self.tau_ ** 2)
+        shift = self.shift_score(data).reindex(point.index) if getattr(self, "interval_scale_", None) else None
+        half = self.half_width(est, n, shift)
         return _result(point.index, est, est - half, est + half).sort_values("window_id", ignore_index=True)
 
     def score(self, records: pd.DataFrame, y=None) -> float:
@@ -439,7 +473,11 @@ class _WindowEstimator(BaseEstimator):
             # q is +inf when the calibration has too few residuals for the level (JSON null)
             "interval": {"tau": self.tau_, "q": self.q_ if math.isfinite(self.q_) else None,
                          "n_residuals": self.n_residuals_,
-                         "kind": self.interval_kind_},
+                         "kind": self.interval_kind_,
+                         "scale": getattr(self, "interval_scale_", None),
+                         "shift_reference": getattr(self, "shift_reference_", None),
+                         "held_out": getattr(self, "held_out_coverage_", {}),
+                         "uncovered_shift_types": getattr(self, "uncovered_shift_types_", [])},
             "state": self._state(),
         }
 
@@ -999,6 +1037,25 @@ class MedianOf(_WindowEstimator):
         self.members_ = [_from_dict(d, "member") for d in state["members"]]
 
 
+def held_out_intervals(est: _WindowEstimator, loso: pd.DataFrame, conditioned: bool | None = None) -> pd.DataFrame:
+    """The LOSO windows of ``est`` with the interval each would get from a calibration WITHOUT its own
+    shift type: for every held-out type ``g`` the interval (scale and quantile) is calibrated on the
+    other types' residuals only. Columns of ``loso`` plus ``lower, upper, width, covered``."""
+    level = float(est.interval)
+    parts = []
+    for g, part in loso.groupby("shift_type"):
+        other = est.__class__(**est.get_params())
+        other.tau_, other.q_, other.interval_scale_ = 0.0, _z(level), None
+        other.set_residuals(loso[loso["shift_type"] != g], conditioned=conditioned)
+        e = np.clip(part["estimate"].to_numpy(dtype=float), 0.0, 1.0)
+        shift = part["shift_score"].to_numpy(dtype=float) if "shift_score" in part.columns else None
+        half = other.half_width(e, part["n"].to_numpy(dtype=float), shift)
+        lo, hi = np.clip(e - half, 0, 1), np.clip(e + half, 0, 1)
+        y = part["accuracy"].to_numpy(dtype=float)
+        parts.append(part.assign(lower=lo, upper=hi, width=hi - lo, covered=(lo <= y) & (y <= hi)))
+    return pd.concat(parts, ignore_index=True) if parts else loso.assign(lower=[], upper=[], width=[], covered=[])
+
+
 def heatmap_methods_from_features(feats: pd.DataFrame) -> list[str]:
     return sorted({c.partition("@")[2] for c in feats.columns if "@" in c} - {"random"})
 
@@ -1102,6 +1159,11 @@ def _from_dict(data: Any, where: str) -> _WindowEstimator:
     est.q_ = math.inf if q is None else float(q)  # null: too few residuals for the level (unbounded)
     est.n_residuals_ = int(interval.get("n_residuals", 0))
     est.interval_kind_ = str(interval.get("kind", "sampling"))
+    scale, reference = interval.get("scale"), interval.get("shift_reference")  # format 3
+    est.interval_scale_ = [float(scale[0]), float(scale[1])] if scale is not None and reference is not None else None
+    est.shift_reference_ = [float(x) for x in reference] if reference is not None else None
+    est.held_out_coverage_ = dict(interval.get("held_out") or {})
+    est.uncovered_shift_types_ = [str(g) for g in interval.get("uncovered_shift_types") or []]
     if est.tau_ < 0 or est.q_ <= 0:
         raise ValueError(f"{where}: interval tau {est.tau_} / q {est.q_} out of range (tau >= 0, q > 0)")
     try:
@@ -1149,6 +1211,9 @@ __all__ = [
     "MedianOf",
     "NuclearNorm",
     "RelevanceEstimator",
+    "conformal_quantile",
+    "conformal_rank",
+    "held_out_intervals",
     "load_estimator",
     "make_estimator",
     "sampling_variance",
