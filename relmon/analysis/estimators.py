@@ -32,6 +32,8 @@ Estimators (named configurations in :data:`ESTIMATORS`):
 - :class:`COT` — confidence optimal transport (Lu et al., NeurIPS 2023), POT's exact solver.
 - :class:`NuclearNorm` — normalised nuclear norm of the prediction matrix (Deng et al. 2023), linear
   in accuracy, fitted on the calibration windows.
+- :class:`MaNo` — the ℓ4 matrix norm of the softmax prediction matrix (Xie et al., NeurIPS 2024),
+  linear in accuracy, fitted on the calibration windows.
 - :class:`CorrectnessEstimator` — a calibrated per-sample classifier of P(correct | features)
   (logistic regression on standardised features + isotonic calibration, scikit-learn); window
   estimate = mean P(correct). Feature sets ``confidence`` and ``confidence+relevance``.
@@ -41,14 +43,16 @@ Estimators (named configurations in :data:`ESTIMATORS`):
 The baselines take ``source="clean"`` ("as published": fitted on the clean source windows only) or
 ``source="all"`` (pooled over every calibration window, the same labelled data as relmon's own).
 
-**Records carry the top-1 probability only** (``confidence``, ``margin``), not the softmax vector:
-:class:`COT` and :class:`NuclearNorm` rebuild each sample's probability vector as ``confidence`` on
-the predicted class and the rest spread evenly over the other classes. Their pseudo-label-shift
-term (predicted class frequencies vs the source label frequencies) is exact; the dispersion of the
-non-top classes is not seen. Both work in the calibration's class space (``K`` = 1 + the largest class
-predicted or labelled there) and both refuse records predicting a class outside it, with an error
-naming the class and the fix (their docstrings say why); a records frame without ``pred`` (or, to
-fit COT, ``label``) raises ``ValueError`` naming the column.
+**Class probabilities.** :class:`COT`, :class:`NuclearNorm` and :class:`MaNo` read each sample's
+probability vector from the records' ``probs`` column (schema version 2: the softmax vector, or its top
+20 entries plus the remaining mass for larger ``K``; :mod:`relmon.records`). Records written before
+that column existed keep the top-1 probability only; for them the vector is rebuilt as ``confidence``
+on the predicted class and the rest spread evenly over the other classes (the pseudo-label-shift term
+is exact, the dispersion of the non-top classes is not seen). All three work in the calibration's class
+space (``K`` = 1 + the largest class predicted or labelled there, or the length of the full probability
+vectors where larger) and refuse records predicting a class outside it, with an error naming the
+class and the fix (their docstrings say why); a records frame without ``pred`` (or, to fit COT,
+``label``) raises ``ValueError`` naming the column.
 
 Estimators are saved as versioned JSON (:meth:`save` / :func:`load_estimator`), never pickle. Loading
 checks the format, the kind, the state's keys and that every number is finite, and raises
@@ -657,11 +661,22 @@ def _class_column(samples: pd.DataFrame, column: str, who: str) -> np.ndarray:
 
 
 def _n_classes(samples: pd.DataFrame, who: str) -> int:
-    """The class count K of the calibration: 1 + the largest class predicted or labelled in it."""
+    """The class count K of the calibration: 1 + the largest class predicted or labelled in it, or the
+    length of the records' full probability vectors where that is larger (the model's own K)."""
     top = int(_class_column(samples, "pred", who).max())
     if "label" in samples.columns and samples["label"].notna().any():
         top = max(top, int(_class_column(samples, "label", who).max()))
-    return top + 1
+    return max(top + 1, _full_probs_length(samples))
+
+
+def _full_probs_length(samples: pd.DataFrame) -> int:
+    """The length of the full probability vectors in ``samples`` (0 where none are full vectors)."""
+    if "probs" not in samples.columns:
+        return 0
+    full = samples["probs"].notna()
+    if "probs_classes" in samples.columns:
+        full &= samples["probs_classes"].isna()
+    return max((len(v) for v in samples.loc[full, "probs"]), default=0)
 
 
 def _predicted_classes(samples: pd.DataFrame, k: int, who: str) -> np.ndarray:
@@ -681,11 +696,36 @@ def _predicted_classes(samples: pd.DataFrame, k: int, who: str) -> np.ndarray:
 
 
 def _probability_matrix(samples: pd.DataFrame, preds: np.ndarray, k: int) -> np.ndarray:
-    """``(n, k)``: ``confidence`` on the predicted class, the rest spread evenly (records keep top-1 only)."""
+    """``(n, k)`` class probabilities of the samples in the calibration's class space of ``k`` classes.
+
+    From the records' ``probs`` where present (schema version 2): a full vector is used as it is
+    (entries of classes ``>= k`` — never predicted nor labelled in calibration — are dropped, which
+    removes at most their small mass); a top-k vector (``probs_classes``) gets the remaining mass
+    spread evenly over the classes not listed. Records without ``probs`` (older files) get
+    ``confidence`` on the predicted class and the rest spread evenly over the other classes."""
     conf = samples["confidence"].to_numpy(dtype=float)
     rest = (1.0 - conf) / max(k - 1, 1)
     p = np.repeat(rest[:, None], k, axis=1)
     p[np.arange(len(conf)), preds] = conf
+    if "probs" not in samples.columns:
+        return p
+    probs = samples["probs"].to_numpy(dtype=object)
+    classes = (samples["probs_classes"].to_numpy(dtype=object) if "probs_classes" in samples.columns
+               else np.full(len(probs), None, dtype=object))
+    for i, (v, c) in enumerate(zip(probs, classes, strict=True)):
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            continue  # an older record: the rebuilt row stays
+        v = np.asarray(v, dtype=float)
+        if c is None or (isinstance(c, float) and np.isnan(c)):
+            row = np.zeros(k)
+            row[:min(k, len(v))] = v[:k]
+        else:
+            c = np.asarray(c, dtype=np.int64)
+            inside = c < k
+            free = k - int(inside.sum())
+            row = np.full(k, max(0.0, 1.0 - float(v.sum())) / free if free > 0 else 0.0)
+            row[c[inside]] = v[inside]
+        p[i] = row
     return p
 
 
@@ -798,6 +838,78 @@ class NuclearNorm(_WindowEstimator):
 
     def _set_state(self, state):
         self.n_classes_, self.coef_, self.intercept_ = int(state["n_classes"]), state["coef"], state["intercept"]
+
+
+def mano_score(p: np.ndarray, order: float = 4.0) -> float:
+    """MaNo's score of an ``(N, K)`` matrix of normalised (softmax) predictions: the entrywise
+    ``L_order`` norm divided by ``(N·K)^(1/order)`` (Xie et al., NeurIPS 2024, Eq. 4; ``order`` 4)."""
+    p = np.asarray(p, dtype=float)
+    return float((np.sum(np.abs(p) ** order) / p.size) ** (1.0 / order))
+
+
+def mano_criterion(p: np.ndarray) -> float:
+    """MaNo's calibration criterion ``Φ = −1/(N·K) Σ_i Σ_k log p_ik`` (the cross-entropy of the uniform
+    distribution against the predictions); the paper switches to its Taylor normalisation when Φ
+    exceeds 5 (over-confident logits)."""
+    p = np.clip(np.asarray(p, dtype=float), 1e-300, 1.0)
+    return float(-np.mean(np.log(p)))
+
+
+class MaNo(_WindowEstimator):
+    """MaNo (Xie, Odonnat, Feofanov et al., NeurIPS 2024): the matrix-norm score of a window's softmax
+    prediction matrix, mapped to accuracy by a line fitted on the calibration windows.
+
+    Window score ``S = (Σ_ik p_ik^4 / (N·K))^(1/4)`` (:func:`mano_score`; the paper's ``p = 4``); accuracy
+    ``= intercept + coef · S`` (scikit-learn ``LinearRegression`` over the labelled calibration windows,
+    as for :class:`NuclearNorm`; the paper reports the score's linear correlation with accuracy over
+    shifted sets). The paper normalises with softmax, or with a second-order Taylor approximation of
+    softmax where its criterion ``Φ`` (:func:`mano_criterion`) exceeds 5; the Taylor form needs the raw
+    logits, which records do not keep (``probs`` holds softmax), so this estimator uses softmax and
+    records the calibration's ``Φ`` (``criterion_``) to show when the paper would have switched.
+    ``K`` and the class rules are those of :class:`NuclearNorm`; records without ``probs`` use the
+    vectors rebuilt from ``confidence``.
+    """
+
+    _STATE_KEYS = ("n_classes", "coef", "intercept")
+
+    def __init__(self, source: str = "all", interval: float = 0.9, conformal: bool = True):
+        self.source = source
+        self.interval = interval
+        self.conformal = conformal
+
+    @staticmethod
+    def _window_scores(records, k):
+        s = records.samples
+        preds = _predicted_classes(s, k, "MaNo")
+        out = {}
+        for wid, idx in s.groupby("window_id").indices.items():
+            out[wid] = mano_score(_probability_matrix(s.iloc[idx], preds[idx], k))
+        return pd.Series(out).sort_index()
+
+    def _scores(self, records, k):
+        return records.per_window(("mano", k), lambda data: self._window_scores(data, k))
+
+    def _fit(self, records):
+        k = records.n_classes("MaNo")
+        x = self._scores(records, k)
+        y = records.windows.set_index("window_id")["accuracy"].reindex(x.index)
+        if len(x) < 3 or float(np.ptp(y)) == 0.0:
+            raise ValueError(f"MaNo needs at least 3 labelled windows of different accuracy, got {len(x)}")
+        reg = LinearRegression().fit(x.to_numpy()[:, None], y.to_numpy())
+        s = records.samples
+        self.criterion_ = mano_criterion(_probability_matrix(s, _predicted_classes(s, k, "MaNo"), k))
+        self.n_classes_, self.coef_, self.intercept_ = k, float(reg.coef_[0]), float(reg.intercept_)
+
+    def _point(self, records):
+        return self.intercept_ + self.coef_ * self._scores(records, self.n_classes_)
+
+    def _state(self):
+        return {"n_classes": self.n_classes_, "coef": self.coef_, "intercept": self.intercept_,
+                "criterion": self.criterion_}
+
+    def _set_state(self, state):
+        self.n_classes_, self.coef_, self.intercept_ = int(state["n_classes"]), state["coef"], state["intercept"]
+        self.criterion_ = state.get("criterion")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -1066,6 +1178,7 @@ KINDS: dict[str, type[_WindowEstimator]] = {
     "DoC": DoC,
     "COT": COT,
     "NuclearNorm": NuclearNorm,
+    "MaNo": MaNo,
     "CorrectnessEstimator": CorrectnessEstimator,
     "RelevanceEstimator": RelevanceEstimator,
     "MedianOf": MedianOf,
@@ -1086,6 +1199,7 @@ ESTIMATORS: dict[str, tuple[str, dict[str, Any]]] = {
     "cot": ("COT", {}),
     "cot_source": ("COT", {"source": "clean"}),
     "nuclear_norm": ("NuclearNorm", {}),
+    "mano": ("MaNo", {}),
     "correctness_confidence": ("CorrectnessEstimator", {"feature_set": "confidence"}),
     "correctness_relevance": ("CorrectnessEstimator", {"feature_set": "confidence+relevance"}),
     "regression_confidence": ("RelevanceEstimator", {"feature_set": "confidence"}),
@@ -1208,6 +1322,7 @@ __all__ = [
     "CorrectnessEstimator",
     "DoC",
     "EstimatorMismatchError",
+    "MaNo",
     "MedianOf",
     "NuclearNorm",
     "RelevanceEstimator",
@@ -1216,6 +1331,8 @@ __all__ = [
     "held_out_intervals",
     "load_estimator",
     "make_estimator",
+    "mano_criterion",
+    "mano_score",
     "sampling_variance",
     "shift_type",
 ]
