@@ -76,6 +76,7 @@ class MonitorConfig:
         "doc",
         "cot",
         "nuclear_norm",
+        "mano",  # issue 18
         "correctness_confidence",
         "correctness_relevance",
         "regression_relevance",

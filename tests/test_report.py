@@ -178,6 +178,14 @@ def test_report_is_self_contained_with_every_section(report, monitored):
         assert f"<th>{name}</th>" in page
     for window in ("w0:0", "w1:0", "w2:0"):
         assert f"<td>{window}</td>" in page
+    # issue 18: the default's coverage and width per held-out shift type, uncovered types marked
+    validation = load_calibration(monitored / "cal").meta["validation"]
+    section = page[page.index('<section id="validation">'):]
+    assert f"held-out shift type ({validation['chosen']})" in section
+    for row in validation["per_shift_type"]:
+        if row["estimator"] == validation["chosen"]:
+            assert f"<th>{row['held_out']}</th>" in section and f"{row['coverage']:.3f}" in section
+    assert section.count("unreliable (uncovered)") == len(validation["unreliable_under"])
 
 
 def test_report_drift_alarm_on_the_strong_shift_only(report):

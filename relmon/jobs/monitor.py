@@ -63,6 +63,14 @@ class MonitorSummary:
     default_estimator: str | None = None  # the estimator of the headline estimate (chosen by calibration)
     estimate_errors: dict[str, str] = field(default_factory=dict)  # estimator -> why it gave no estimate
     outputs: dict[str, Any] = field(default_factory=dict)
+    # issue 18 (relmon.analysis.robust): the headline after the disagreement check, |default − median of
+    # all estimates|, the default's members (a median's estimators), the window's shift score (KS of its
+    # confidences against the clean calibration) and the shift types the calibration cannot cover
+    headline: dict[str, Any] = field(default_factory=dict)
+    estimator_disagreement: float | None = None
+    default_members: list[str] = field(default_factory=list)
+    shift_score: float | None = None
+    unreliable_under: list[str] = field(default_factory=list)
 
     def table(self) -> str:
         """A plain-text summary table."""
@@ -85,6 +93,18 @@ class MonitorSummary:
         for name, why in self.estimate_errors.items():
             mark = "  <- headline (default)" if name == self.default_estimator else ""
             lines.append(f"{name:<34} {'none':>8} (cannot score this window: {why}){mark}")
+        if self.headline.get("fallback"):
+            lines.append(f"{'headline: median of all (estimators disagree)':<34} {self.headline['estimate']:8.3f} "
+                         f"[{self.headline['lower']:6.3f}, {self.headline['upper']:6.3f}]")
+        if self.estimator_disagreement is not None and math.isfinite(self.estimator_disagreement):
+            lines.append(f"estimator disagreement |default - median| {self.estimator_disagreement:.3f}"
+                         + (f"; shift score (KS vs clean calibration) {self.shift_score:.3f}"
+                            if self.shift_score is not None and math.isfinite(self.shift_score) else ""))
+        if self.default_members and len(self.default_members) > 1:
+            lines.append(f"default = median of {', '.join(self.default_members)}")
+        if self.unreliable_under:
+            lines.append(f"estimates unreliable under: {', '.join(self.unreliable_under)} "
+                         "(calibration's held-out interval coverage below 0.5)")
         if self.accuracy is not None:
             lines.append(f"{'(true accuracy, labels known)':<34} {self.accuracy:8.3f}")
         lines.append(f"mean confidence {self.confidence:.3f}")
@@ -106,6 +126,24 @@ class MonitorSummary:
         from dataclasses import asdict
 
         return asdict(self)
+
+
+def window_robustness(calibration, estimates, default, records) -> dict[str, Any]:
+    """The issue-18 summary fields of a window (:mod:`relmon.analysis.robust`): headline after the
+    disagreement check, the disagreement, the default's members, its shift score, the uncovered types."""
+    from relmon.analysis.robust import headline
+
+    head = headline(estimates, default)
+    validation = (calibration.meta.get("validation") or {}) if calibration is not None else {}
+    shift = None
+    est = calibration.estimators.get(default) if calibration is not None else None
+    if est is not None and records is not None and hasattr(est, "shift_score"):
+        one = records.assign(window_id=records["window_id"].iloc[0])
+        value = est.shift_score(one)
+        shift = float(value.iloc[-1]) if len(value) else None
+    return {"headline": head, "estimator_disagreement": head["disagreement"],
+            "default_members": list(validation.get("default_members") or ([default] if default else [])),
+            "shift_score": shift, "unreliable_under": list(validation.get("unreliable_under") or [])}
 
 
 def confidence_estimate(confidence: np.ndarray) -> tuple[float, float, float]:
@@ -169,7 +207,8 @@ class MonitorJob:
                 self.metrics.set_calibration_accuracy(clean)
         meta = self.calibration.meta if self.calibration is not None else {}
         self.default_estimator = meta.get("default_estimator", BASELINE_ESTIMATOR)
-        self.metrics.set_default_estimator(self.default_estimator)
+        members = (meta.get("validation") or {}).get("default_members") or []
+        self.metrics.set_default_estimator(self.default_estimator, members if len(members) > 1 else ())
 
     @property
     def registry(self):
@@ -227,6 +266,8 @@ class MonitorJob:
             drift_p, alarm = dict(res.p_values), bool(res.alarm)
         if BASELINE_ESTIMATOR not in estimates:
             estimates[BASELINE_ESTIMATOR] = confidence_estimate(conf)
+        robust = window_robustness(self.calibration, estimates, self.default_estimator,
+                                   records if len(records) else None)
 
         m = self.metrics
         for name, (est, lo, hi) in estimates.items():
@@ -251,6 +292,7 @@ class MonitorJob:
         m.set_confidence(float(conf.mean()) if conf.size else math.nan)
         if drift_p is not None:
             m.set_drift(drift_p, alarm)
+        m.set_disagreement(robust["estimator_disagreement"])
         m.add_samples(len(samples))
         m.add_input_errors(errors)
         m.set_run_inputs(len(samples), errors)
@@ -278,6 +320,7 @@ class MonitorJob:
             calibration_version_mismatch=self.version_mismatch,
             default_estimator=self.default_estimator,
             estimate_errors=estimate_errors,
+            **robust,
         )
         return result, records
 

@@ -233,6 +233,14 @@ def _validation_table(value) -> pd.DataFrame | None:
         if isinstance(value, list):
             return pd.DataFrame(value)
         if isinstance(value, dict):
+            if isinstance(value.get("per_shift_type"), list) and value.get("chosen"):
+                # issue 18: the default estimator's coverage and width per held-out shift type, and the types
+                # its interval cannot cover named as such (not hidden in an average)
+                rows = pd.DataFrame(value["per_shift_type"])
+                rows = rows[rows["estimator"] == value["chosen"]].drop(columns="estimator")
+                uncovered = set(value.get("unreliable_under") or [])
+                rows["estimates"] = ["unreliable (uncovered)" if g in uncovered else "" for g in rows["held_out"]]
+                return rows.set_index("held_out").rename_axis(f"held-out shift type ({value['chosen']})")
             if "columns" in value and "data" in value:  # pandas' orient="split"
                 return pd.DataFrame(value["data"], columns=value["columns"])
             if all(isinstance(v, dict) for v in value.values()):
