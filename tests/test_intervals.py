@@ -247,3 +247,23 @@ def test_uncovered_shift_type_is_named():
     assert "odd" in est.uncovered_shift_types_
     assert all(est.held_out_coverage_[g]["coverage"] >= 0.5 for g in est.held_out_coverage_
                if g not in est.uncovered_shift_types_)
+
+
+def test_format_2_file_loads_with_the_unconditioned_interval(tmp_path):
+    """An estimator file written before issue 18 (format 2: no scale, no shift reference) still loads
+    and predicts with ``q·sqrt(v + τ²)``, computed here by hand."""
+    import json
+
+    from relmon.analysis import load_estimator
+    from tests.test_analysis import shifted_windows, synth_records
+
+    train = synth_records(shifted_windows(["clean", "a", "b", "c"], 2, seed=1), seed=1)
+    data = ATC().fit(train).to_dict()
+    data["format_version"] = 2
+    data["interval"] = {"tau": 0.04, "q": 1.5, "n_residuals": 6, "kind": "conformal-loso"}
+    (tmp_path / "v2.json").write_text(json.dumps(data))
+    old = load_estimator(tmp_path / "v2.json")
+    assert old.interval_scale_ is None and old.shift_reference_ is None and old.uncovered_shift_types_ == []
+    row = old.predict(train[train["window_id"] == "a/0"]).iloc[0]
+    half = 1.5 * math.sqrt(agresti_coull_variance(row["estimate"], 150) + 0.04 ** 2)
+    assert row["upper"] - row["lower"] == pytest.approx(min(1, row["estimate"] + half) - max(0, row["estimate"] - half))

@@ -23,6 +23,15 @@ interval of ``[0, 1]`` — when that rank exceeds ``m``; :func:`conformal_quanti
 fewer than two shift types (or ``conformal=False``) the interval is the sampling part alone
 (``q = z``, ``τ = 0``) and ``interval_kind_`` says ``"sampling"``.
 
+**Shift-conditioned intervals** (issue 18, ``interval_kind_ == "conformal-loso-shift"``, the default
+since estimator file format 3): ``τ`` is replaced by ``m(d_w) = max(a + b·d_w, 0)``, a line in the
+window's label-free shift score ``d_w`` (KS statistic of its confidences against the clean calibration
+windows', :meth:`_WindowEstimator.shift_score`) fitted through the held-out ``|r_j|``; ``q`` is the
+conformal quantile of ``|r_j| / sqrt(v_j + m(d_j)²)`` (:mod:`relmon.analysis.intervals`). ``fit`` also
+keeps each held-out shift type's coverage and width under an interval calibrated on the other types
+(``held_out_coverage_``) and names the types below 0.5 coverage (``uncovered_shift_types_``: estimates
+are unreliable under them). Files of format 2 load with the unconditioned interval.
+
 Estimators (named configurations in :data:`ESTIMATORS`):
 
 - :class:`AverageConfidence` — mean max-softmax; ``calibrate=True``: isotonic confidence → P(correct)
