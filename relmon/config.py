@@ -64,6 +64,12 @@ class MonitorConfig:
     random_fraction: float = 1.0
     threads: int | None = None
     runner: str = "plain"
+    # scale out (issue 20): Lightning DDP in one job, or shard jobs merged by 'relmon merge'
+    devices: int = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    shard: str | None = None
+    run_id: str | None = None
     # calibration and analysis
     calibration: str | None = None
     calibration_data: str | None = None
@@ -171,6 +177,7 @@ class MonitorConfig:
                 f"size_policy must be 'resize' or 'skip', got {self.size_policy!r}; fix: 'resize' brings folder "
                 "images of another size to the first image's size, 'skip' skips and counts them (size_mismatch)"
             )
+        self._check_scale_out()
         # reliability (B)
         if self.only_new and _is_sample(self.input):
             raise ConfigError(
@@ -183,6 +190,31 @@ class MonitorConfig:
                 "records is not set; fix: set records: FOLDER (flag --records)"
             )
         return self
+
+    @property
+    def world_size(self) -> int:
+        """Processes scoring one window together: ``devices x num_nodes``."""
+        return int(self.devices) * int(self.num_nodes)
+
+    def _check_scale_out(self) -> None:
+        if self.world_size > 1 and self.runner != "lightning":
+            raise ConfigError(
+                f"devices: {self.devices} and num_nodes: {self.num_nodes} need runner: lightning (the plain runner "
+                "scores on one device); fix: set runner: lightning (flag --runner lightning)")
+        if self.shard is None:
+            return
+        if not self.records:
+            raise ConfigError("shard writes its part of the window to the records folder, but records is not set; "
+                              "fix: set records: FOLDER (flag --records), the same for every shard")
+        if self.run_id is None:
+            raise ConfigError("shard needs run_id, the same for every shard of the window and for 'relmon merge' "
+                              "(e.g. the Kubernetes Job's name); fix: pass --run-id ID")
+        if self.only_new:
+            raise ConfigError("only_new keeps one state per stream, which shards would race for; fix: set "
+                              "only_new: false (flag --no-only-new) for sharded runs")
+        if self.world_size > 1:
+            raise ConfigError("shard with devices/num_nodes > 1 is not supported: run each shard on one device, "
+                              "or one DDP job without shard")
 
     def to_dict(self) -> dict[str, Any]:
         out = {}
@@ -226,7 +258,7 @@ class MonitorConfig:
         """The declared ``preprocessing`` as a :class:`~relmon.models.Preprocessing` (None if not set)."""
         if self.preprocessing is None:
             return None
-        from relmon.models import Preprocessing
+        from relmon.preprocessing import Preprocessing
 
         p = self.preprocessing
         return Preprocessing(
@@ -284,6 +316,14 @@ FIELDS: dict[str, tuple[str, str]] = {
     "threads": ("int+?", "CPU threads of the job's forwards (null: torch's default)"),
     "runner": ("runner", "scoring loop: plain (one process, no Lightning import: fastest start-up) or "
                "lightning (pl.Trainer.predict with RelevanceMonitor); both give the same records"),
+    "devices": ("int+", "devices (processes) per node that score one window together (Lightning DDP; needs "
+                        "runner: lightning); results equal one device's"),
+    "strategy": ("strategy", "Lightning strategy with devices > 1: auto or ddp (one process per device)"),
+    "num_nodes": ("int+", "nodes of a multi-node DDP run (needs runner: lightning; the cluster starts the ranks)"),
+    "shard": ("shard?", "I/N: score only shard I of N of the window (files split by a hash of their relative "
+                        "path) and write records/<stream>/<run_id>/part-I.parquet; 'relmon merge' makes the window"),
+    "run_id": ("runid?", "the run id of a sharded run, the same for all its shards and the merge (letters, "
+                         "digits, ._-)"),
     "calibration": ("str?", "calibration folder written by 'relmon calibrate'"),
     "calibration_data": ("str?", "labelled data for 'relmon calibrate': a folder with one sub-folder "
                          "per class, or a CSV/Parquet manifest with columns path and label"),
@@ -362,7 +402,11 @@ _EXAMPLES = {
     "window": "mtime",
     "accelerator": "one of cpu, gpu, cuda, mps, auto",
     "runner": "plain or lightning",
+    "strategy": "auto or ddp",
+    "shard": "I/N with 0 <= I < N, e.g. 0/4",
+    "runid": "a name of letters, digits, '.', '_' or '-', e.g. nightly-2026-12-03",
 }
+STRATEGIES = ("auto", "ddp")
 
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 RUNNERS = ("plain", "lightning")
@@ -415,6 +459,25 @@ def _coerce(name: str, value: Any) -> Any:
         if not isinstance(value, str) or value.lower() not in RUNNERS:
             raise _bad(name, kind, value)
         return value.lower()
+    if base == "strategy":
+        if not isinstance(value, str) or value.lower() not in STRATEGIES:
+            raise _bad(name, kind, value, " (the job supports one process per device: ddp; spawn-based and "
+                                          "sharded-model strategies are not supported)")
+        return value.lower()
+    if base == "shard":
+        from relmon.runs import parse_shard
+
+        try:
+            index, count = parse_shard(value)
+        except ValueError:
+            raise _bad(name, kind, value) from None
+        return f"{index}/{count}"
+    if base == "runid":
+        import re
+
+        if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", value):
+            raise _bad(name, kind, value)
+        return value
     if base in ("str", "shift"):
         if not isinstance(value, str) or not value:
             raise _bad(name, kind, value)

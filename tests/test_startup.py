@@ -259,8 +259,11 @@ def test_exit_codes_are_defined_once():
     import relmon.jobs.signals as sig
 
     assert (sig.EXIT_INTERRUPTED, sig.EXIT_EMPTY, sig.EXIT_TIMEOUT) == (5, 6, 7)
-    source = (ROOT / "relmon" / "jobs" / "signals.py").read_text()
-    assert "EXIT_TIMEOUT = " not in source and "from relmon.cli.jobs import" in source
+    defining = [p.relative_to(ROOT).as_posix() for p in sorted((ROOT / "relmon").rglob("*.py"))
+                if "EXIT_TIMEOUT = " in p.read_text()]
+    assert defining == ["relmon/exitcodes.py"]
+    for module in ("jobs/signals.py", "jobs/errors.py", "cli/jobs.py"):
+        assert "from relmon.exitcodes import" in (ROOT / "relmon" / module).read_text(), module
     assert sig.RunInterrupted("x", "timeout").exit_code == cli.EXIT_TIMEOUT
 
 

@@ -39,4 +39,21 @@ def headline(estimates: Mapping[str, tuple[float, float, float]], default: str |
             "disagreement": disagreement, "ensemble": ensemble}
 
 
-__all__ = ["headline"]
+def window_robustness(calibration, estimates, default, records) -> dict:
+    """The issue-18 fields of a monitored window's summary: ``headline`` (:func:`headline`),
+    ``estimator_disagreement``, ``default_members`` and ``unreliable_under`` (from the calibration's
+    validation) and ``shift_score`` (the default estimator's KS shift score of ``records``, one window).
+    ``calibration``: anything with ``meta`` and ``estimators`` (a relmon calibration), or None."""
+    head = headline(estimates, default)
+    validation = (calibration.meta.get("validation") or {}) if calibration is not None else {}
+    shift = None
+    est = calibration.estimators.get(default) if calibration is not None else None
+    if est is not None and records is not None and len(records) and hasattr(est, "shift_score"):
+        value = est.shift_score(records.assign(window_id=records["window_id"].iloc[0]))
+        shift = float(value.iloc[-1]) if len(value) else None
+    return {"headline": head, "estimator_disagreement": head["disagreement"],
+            "default_members": list(validation.get("default_members") or ([default] if default else [])),
+            "shift_score": shift, "unreliable_under": list(validation.get("unreliable_under") or [])}
+
+
+__all__ = ["headline", "window_robustness"]

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
-from relmon.models.preprocessing import Preprocessing
+from relmon.preprocessing import Preprocessing
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 # Closed set of reasons, usable as the ``reason`` label of ``relmon_input_errors_total``.
@@ -328,6 +328,13 @@ def _mtime(info: dict, path: str) -> float:
     )
 
 
+def _mtime_or_nan(info: dict, path: str) -> float:
+    try:
+        return _mtime(info, path)
+    except ValueError:
+        return math.nan
+
+
 def file_signatures(found: dict[str, dict]) -> dict[str, tuple[int | None, float | None]]:
     """``{path: (size, mtime)}`` of an ``fs.find(path, detail=True)`` listing (None where the file system
     does not report one)."""
@@ -356,7 +363,7 @@ class ImageFolderStream(_Stream):
     transform:
         Called last on each ``(C, H, W)`` tensor (after resizing and normalisation).
     preprocessing:
-        The model's :class:`~relmon.models.preprocessing.Preprocessing`; images are scaled to
+        The model's :class:`~relmon.preprocessing.Preprocessing`; images are scaled to
         ``[0, 1]`` and normalised with it. Without it ``x`` is the image in ``[0, 1]``.
     image_size:
         ``int`` (square) or ``(height, width)``: resize every image (bilinear, antialiased, aspect
@@ -447,10 +454,12 @@ class ImageFolderStream(_Stream):
         self.size_policy = size_policy
         self.max_pixels = max_pixels
 
+        from relmon.data.file_listing import list_images, listing_from_find
+
         self.storage_options = dict(storage_options or {})
         fs, path = fsspec.core.url_to_fs(self.root, **self.storage_options)
         if listing and path.rstrip("/") not in listing:  # the caller's listing of a folder holding files
-            found = dict(listing)
+            files = listing_from_find(path, dict(listing), exts, _mtime_or_nan)
         elif not fs.exists(path):
             raise FileNotFoundError(
                 f"image folder {self.root!r} does not exist; expected a folder (local path or fsspec URL) "
@@ -461,19 +470,28 @@ class ImageFolderStream(_Stream):
                 f"{self.root!r} is a file; expected a folder holding image files ({', '.join(exts)})"
             )
         else:
-            found = fs.find(path, detail=True)  # one listing: paths, sizes and modification times
-        with_mtime = self._windows.window == "mtime"
-        names = sorted(found)
-        paths = [p for p in names if os.path.splitext(p)[1].lower() in exts]
+            # one lazy walk: paths, sizes and modification times held compactly (no per-file dict), so a
+            # folder of millions of files lists in bounded memory (relmon.data.file_listing)
+            files = list_images(self.root, exts, storage_options=self.storage_options,
+                                with_info=self._windows.window == "mtime", mtime_of=_mtime_or_nan)
+        paths = files.paths
         if not paths:
             raise ValueError(
                 f"no images found under {self.root!r}: looked recursively for files ending in "
-                f"{', '.join(exts)} (case-insensitive) and found {len(names)} other file(s)"
+                f"{', '.join(exts)} (case-insensitive) and found {files.others} other file(s)"
             )
         self._fs = fs
+        self._files = files
+        self._no_file_info = False
+        self._root_path = path.rstrip("/")
         self._paths = paths
-        self._mtimes = [_mtime(found[p], p) for p in paths] if with_mtime else None
-        self.file_info: dict[str, tuple[int | None, float | None]] = file_signatures(found)
+        self._mtimes = None
+        if self._windows.window == "mtime":
+            missing = np.flatnonzero(~np.isfinite(files.mtimes))
+            if missing.size:  # the file system reports no time: the error names what it reports
+                p = paths[int(missing[0])]
+                _mtime(fs.info(p), p)
+            self._mtimes = files.mtimes
         local = fsspec.utils.get_protocol(self.root) in ("file", "local")
         self._ids = paths if local else [fs.unstrip_protocol(p) for p in paths]
         self.errors: Counter[str] = Counter()  # reason → count, in this process only
@@ -488,6 +506,31 @@ class ImageFolderStream(_Stream):
     @property
     def sample_ids(self) -> list[str]:
         return list(self._ids)
+
+    @property
+    def file_info(self) -> dict[str, tuple[int | None, float | None]]:
+        """``{path: (size, mtime)}`` of the listed images (None where unknown), built on demand (a local
+        folder listed without sizes and times is stat-ed then: only-new scoring needs them)."""
+        if self._no_file_info:
+            return None
+        if self._files.sizes is None:
+            from relmon.data.file_listing import list_images
+
+            again = list_images(self.root, self.extensions, storage_options=self.storage_options, with_info=True,
+                                mtime_of=_mtime_or_nan)
+            known = dict(zip(again.paths, zip(again.sizes.tolist(), again.mtimes.tolist(), strict=True), strict=True))
+            sizes = [known.get(p, (-1, math.nan)) for p in self._paths]
+            self._files.sizes = np.asarray([v[0] for v in sizes], dtype=np.int64)
+            self._files.mtimes = np.asarray([v[1] for v in sizes], dtype=np.float64)
+        return self._files.signatures()
+
+    @file_info.deleter
+    def file_info(self) -> None:  # a stream without its own listing: only-new scoring lists the folder itself
+        self._no_file_info = True
+
+    def relative_path(self, index: int) -> str:
+        """The path of image ``index`` relative to the root (``/`` separators): what ``shard`` hashes."""
+        return self._paths[index][len(self._root_path):].lstrip("/")
 
     def window_key(self, index: int) -> tuple[float, str]:
         mtime = None if self._mtimes is None else self._mtimes[index]
