@@ -507,9 +507,10 @@ def test_ranks_gather_agree_and_refuse_different_listings(tmp_path):
 
 
 @pytest.mark.integration
-def test_ddp_with_fewer_inputs_than_ranks(project):
+def test_fewer_inputs_than_ranks_or_shards(project):
     """One image, two ranks: the padding sampler gives rank 1 a repeat, which is dropped (Lightning's own
-    predict sampler refuses a rank without an item)."""
+    predict sampler refuses a rank without an item). One image, two shards: the empty shard's part
+    still completes the run."""
     tmp, env = project["tmp"], project["env"]
     one_image = tmp / "one_image"
     one_image.mkdir()
@@ -525,3 +526,10 @@ def test_ddp_with_fewer_inputs_than_ranks(project):
     _same_records(_records(tmp / "one_image_ddp"), _records(tmp / "one_image_plain"), rtol=DDP_RTOL)
     for key in _SAME_KEYS:
         _same_numbers(ddp[key], plain[key], key, rel=DDP_RTOL)
+    for k in (0, 1):
+        _run([*args, "--records", str(tmp / "one_image_shards"), "--run-id", "r1", "--shard", f"{k}/2"], env)
+    run = tmp / "one_image_shards" / "cams" / "r1"
+    merged = json.loads(_run(["merge", str(run), "--calibration", str(tmp / "cal"), "--json"], env).stdout)
+    assert sorted(len(pd.read_parquet(p)) for p in run.glob("part-*.parquet")) == [0, 2]
+    for key in _SAME_KEYS:
+        _same_numbers(merged[key], plain[key], key, rel=DDP_RTOL)

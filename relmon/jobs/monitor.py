@@ -86,6 +86,7 @@ class MonitorJob:
         self.stream = stream
         self._dist: dict | None = None  # under DDP: this rank, the world size, its own records (see compute)
         self._steps: int | None = None  # the L of the last scored window
+        self._window: str | None = None  # the id of the last scored mtime window (None: one window)
         if identity is not None:
             self.model = None
             self.model_name, self.model_version = str(identity[0]), str(identity[1])
@@ -131,7 +132,8 @@ class MonitorJob:
             check_stream_classes(self.model, cfg.classes, stream)  # once per job: a forward on one input
             self._classes_checked = True
         # the window's items, sampled before decoding, of this shard (shard: I/N); the same on every rank
-        planned, not_selected = plan_window(cfg, stream, latest_window(stream))
+        self._window = latest_window(stream)  # None: the stream is one window (the same on every shard)
+        planned, not_selected = plan_window(cfg, stream, self._window)
         records, summary, _ = score_stream(cfg, self.model, planned, progress=self.progress)
         self._dist = summary.pop("_dist", None)
         inputs = summary.pop("_inputs")
@@ -312,7 +314,7 @@ class MonitorJob:
                     run_id=cfg.run_id if kind == "shard" else run_id, run_time=run_time, part=part, parts=parts,
                     kind=kind, model=self.model_name, model_version=self.model_version, stream=cfg.stream,
                     settings=self.settings(), inputs=inputs, errors=errors,
-                    window_id=(summary.window_ids or [None])[0], calibration=summary.calibration)
+                    window_id=self._window, calibration=summary.calibration)
                 summary.outputs["records"] = str(write_part_file(local, self.run_folder(run_id, run_time), manifest))
         finally:
             if dist is not None:
