@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
+from conftest import write_sample_pngs
 
 from relmon.config import ConfigError, MonitorConfig, config_from_dict
 from relmon.jobs.common import build_stream, load_job_model, score_stream
@@ -66,11 +66,7 @@ def test_plain_and_lightning_runners_give_identical_records_and_summaries():
 
 
 def test_runners_agree_on_a_folder_with_a_bad_file(tmp_path):
-    from relmon.data import load_sample
-
-    images, _ = load_sample()
-    for i in range(6):
-        Image.fromarray(images[i]).save(tmp_path / f"img{i}.png")
+    write_sample_pngs(tmp_path, 6, name="img{}.png")
     (tmp_path / "broken.png").write_bytes(b"not a png")
     cfg = MonitorConfig(input=str(tmp_path), n=None, region=7, steps=4, batch_size=4, methods=("lrp",))
     model = load_job_model(cfg)

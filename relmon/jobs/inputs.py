@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import Subset
 
 from relmon.config import MonitorConfig
-from relmon.data.streams import ImageFolderStream, TensorStream, window_indices
+from relmon.data.streams import ImageFolderStream, TensorStream
+from relmon.data.windows import window_indices
 from relmon.preprocessing import get_preprocessing
 
 

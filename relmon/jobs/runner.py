@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from relmon.config import ConfigError
-from relmon.data.streams import stream_loader
+from relmon.data.batching import stream_loader
 from relmon.jobs import signals
 from relmon.preprocessing import eval_mode
 from relmon.records import empty_records

@@ -63,7 +63,7 @@ def score_stream_lightning(cfg: MonitorConfig, model, stream, progress: bool = F
     With ``devices``/``num_nodes`` > 1 (DDP) every rank scores its share of the window and gets every
     rank's records back (:func:`relmon.jobs.scaleout.gather_window`): the summary is computed from all
     of them, and ``summary["_dist"]`` says which rank this is and holds its own records."""
-    from relmon.data.streams import StreamDataModule  # a LightningDataModule, made on first use
+    from relmon.data.datamodule import StreamDataModule  # a LightningDataModule, made on first use
     from relmon.jobs.scaleout import distributed_datamodule, gather_window, lightning_trainer
     from relmon.lightning import RelevanceMonitor
 
