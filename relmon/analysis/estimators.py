@@ -684,7 +684,9 @@ class COT(_WindowEstimator):
         self.label_distribution_ = (np.bincount(labels, minlength=k) / len(labels)).tolist()
 
     def _point(self, records):
-        import ot
+        from relmon.extras import require
+
+        ot = require("ot", "the COT accuracy estimator")
 
         pi = np.asarray(self.label_distribution_, dtype=float)
         k = len(pi)

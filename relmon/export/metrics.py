@@ -16,9 +16,11 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
 from relmon.constants import AOPC_RELATIVE_BUCKETS
+from relmon.extras import optional_imports
+
+with optional_imports("relmon's Prometheus metrics (relmon calibrate | monitor | serve)"):
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 BASE_LABELS: tuple[str, ...] = ("model", "model_version", "stream")
 
