@@ -160,7 +160,7 @@ class MonitorConfig:
     # validation on the calibration windows
     estimators: tuple[str, ...] = setting(
         (
-            "average_confidence", "cbpe_isotonic", "atc", "doc", "cot", "nuclear_norm",
+            "average_confidence", "cbpe_isotonic", "atc", "doc", "cot", "nuclear_norm", "mano",
             "correctness_confidence", "correctness_relevance", "regression_relevance",
         ),
         "list[str]",

@@ -240,6 +240,16 @@ def test_report_calibration_validation_is_a_table(report, monitored):
     # the per-held-out-shift-type table: one column per shift type of the calibration
     header, *rows = _rows(per_type_table)
     assert sorted(header[1:]) == ["contrast", "gaussian_noise"] and len(rows) == len(expected)
+    # issue 18: the chosen estimator's coverage and width per held-out shift type, uncovered types marked
+    validation = cal.meta["validation"]
+    coverage_table = next(t for t in re.findall(r"<table.*?</table>", section, flags=re.S)
+                          if f"held-out shift type ({validation['chosen']})" in t)
+    header, *rows = _rows(coverage_table)
+    mine = [r for r in validation["per_shift_type"] if r["estimator"] == validation["chosen"]]
+    assert [r[0] for r in rows] == [m["held_out"] for m in mine]
+    assert [r[header.index("coverage")] for r in rows] == [f"{m['coverage']:.3f}" for m in mine]
+    assert [r[0] for r in rows if r[-1] == "unreliable (uncovered)"] == validation["unreliable_under"]
+    assert ("Estimates unreliable under" in section) == bool(validation["unreliable_under"])
 
 
 def test_report_lists_the_worst_inputs_from_the_records(report, monitored):

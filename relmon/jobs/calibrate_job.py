@@ -280,8 +280,13 @@ def fit_and_select(records: pd.DataFrame, candidates) -> tuple[dict[str, Any], s
     fitted = {(MEDIAN_LABEL if n.startswith(MEDIAN_PREFIX) else n): est for n, est in sel.fitted.items()}
     default = MEDIAN_LABEL if sel.chosen.startswith(MEDIAN_PREFIX) else sel.chosen
     validation = {
-        "chosen_by": "lowest mean absolute error over held-out shift types (leave-one-shift-type-out)",
+        "chosen_by": f"lowest {'worst per-type' if sel.criterion == 'worst' else 'mean'} absolute error over "
+                     "held-out shift types (leave-one-shift-type-out)",
+        "criterion": sel.criterion,
         "chosen": sel.chosen,
+        "default_members": sel.members,  # the median's estimators, or the one chosen
+        # held-out shift types whose interval coverage is below 0.5: estimates unreliable under them
+        "unreliable_under": list(getattr(fitted[default], "uncovered_shift_types_", [])),
         "summary": _json_safe(sel.summary.reset_index(names="estimator").to_dict(orient="records")),
         "per_shift_type": _json_safe(sel.table.to_dict(orient="records")),
         "errors": dict(sel.errors),

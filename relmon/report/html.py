@@ -324,12 +324,26 @@ def calibration_section(calibration, default: str | None) -> str:
                 wide = wide.reindex([e for e in summary["estimator"] if e in wide.index])
             v.append(_p("Mean absolute error per held-out shift type:"))
             v.append(_wide(_table(wide.reset_index())))
+            chosen = validation.get("chosen")
+            mine = per_type[per_type["estimator"] == chosen] if chosen else per_type.iloc[:0]
+            if len(mine) and {"coverage", "mean_width"} <= set(mine.columns):
+                # issue 18: the default's interval per held-out shift type; uncovered types named, not averaged
+                uncovered = set(validation.get("unreliable_under") or [])
+                cov = mine[["held_out", "mae", "coverage", "mean_width", "n_windows"]].rename(
+                    columns={"held_out": f"held-out shift type ({chosen})"})
+                cov["estimates"] = ["unreliable (uncovered)" if g in uncovered else "" for g in mine["held_out"]]
+                v.append(_p(f"Coverage and width of {chosen}'s 90 % interval per held-out shift type "
+                            "(calibrated without that type):"))
+                v.append(_table(cov))
+        if validation.get("unreliable_under"):
+            v.append(_p("Estimates unreliable under: " + ", ".join(validation["unreliable_under"])
+                        + " (the interval covered under half of those held-out windows)."))
         errors = validation.get("errors") or {}
         if errors:
             v.append(_p("Estimators that could not be validated: "
                         + "; ".join(f"{k}: {e}" for k, e in errors.items())))
         other = {k: x for k, x in validation.items()
-                 if k not in ("chosen_by", "chosen", "summary", "per_shift_type", "errors")}
+                 if k not in ("chosen_by", "chosen", "summary", "per_shift_type", "errors", "unreliable_under")}
         if other:
             v.append(_table(pd.DataFrame({"field": list(other), "value": [str(x) for x in other.values()]})))
     acc = meta.get("window_accuracy")
