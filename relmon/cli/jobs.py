@@ -200,8 +200,36 @@ def _json(obj, indent: int | None = 2) -> str:
     return json.dumps(d, indent=indent)
 
 
-def _print(summary, as_json: bool, file=None) -> None:
-    print(_json(summary.to_dict()) if as_json else summary.table(), file=file or sys.stdout, flush=True)
+def _print(summary, as_json: bool, file=None, error: dict | None = None) -> None:
+    if as_json:
+        d = summary.to_dict()
+        if error is not None:
+            d.update(error)
+        print(_json(d), file=file or sys.stdout, flush=True)
+    else:
+        print(summary.table(), file=file or sys.stdout, flush=True)
+
+
+_WRITABLE_FIX = "make the output location writable, or choose another"
+
+
+def error_object(code: int, err, fix: str | None = None) -> dict:
+    """``{"error": {"code", "message", "fix"}}`` for ``--json``: the message's ``; fix: ...`` tail (or
+    ``fix``) becomes ``fix``."""
+    message, _, tail = str(err).partition("; fix: ")
+    return {"error": {"code": int(code), "message": message, "fix": fix or tail or None}}
+
+
+def _fail(command: str, code: int, err, as_json: bool, fix: str | None = None, summary=None) -> int:
+    """Report a failure: the message on stderr, and with ``--json`` the error object on stdout (added to the
+    summary when there is one). Returns ``code``."""
+    obj = error_object(code, err, fix)
+    if summary is not None:
+        _print(summary, as_json, error=obj)
+    elif as_json:
+        print(_json(obj), flush=True)
+    print(f"relmon {command}: error: {err}" + (f"; fix: {fix}" if fix else ""), file=sys.stderr)
+    return code
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -224,12 +252,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         if env_rank() != 0:  # a DDP rank Lightning launched: rank 0 writes and prints the calibration
             return EXIT_OK
     except _input_errors() as err:
-        print(f"relmon calibrate: error: {err}", file=sys.stderr)
-        return EXIT_INPUT
+        return _fail("calibrate", EXIT_INPUT, err, args.json)
     except OSError as err:  # an output that cannot be written (after the inputs were read)
-        print(f"relmon calibrate: error: {err}; fix: make the output location writable, or choose another",
-              file=sys.stderr)
-        return EXIT_OUTPUT
+        return _fail("calibrate", EXIT_OUTPUT, err, args.json, fix=_WRITABLE_FIX)
     meta = cal.meta
     if args.json:
         print(_json(meta))
@@ -256,6 +281,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_monitor(args: argparse.Namespace) -> int:
     _setup()
     with _bulk_imports():
+        from relmon.data.file_listing import EmptyFolderError
         from relmon.jobs import JobError, run_monitor
         from relmon.jobs.monitor import EmptyWindowError
         from relmon.jobs.signals import RunInterrupted, stop_on_signals
@@ -270,26 +296,29 @@ def cmd_monitor(args: argparse.Namespace) -> int:
             return EXIT_OK
     except RunInterrupted as err:
         where = f"; records of the finished batches: {err.written}" if err.written else ""
+        if args.json:
+            print(_json(error_object(err.exit_code, f"{err}{where}")), flush=True)
         print(f"relmon monitor: {err}{where}", file=sys.stderr)
         return err.exit_code
     except EmptyWindowError as err:
-        _print(err.summary, args.json)
         if args.empty_ok:
+            _print(err.summary, args.json)
             print(f"relmon monitor: {err} (--empty-ok: exit 0)", file=sys.stderr)
             return EXIT_OK
-        print(f"relmon monitor: error: {err}", file=sys.stderr)
-        return EXIT_EMPTY
+        return _fail("monitor", EXIT_EMPTY, err, args.json, summary=err.summary)
+    except EmptyFolderError as err:  # no image at all under the input folder: an empty window too
+        if args.empty_ok:
+            if args.json:
+                print(_json({"scored": 0, "status": f"empty window: {err}"}), flush=True)
+            print(f"relmon monitor: {err} (--empty-ok: exit 0)", file=sys.stderr)
+            return EXIT_OK
+        return _fail("monitor", EXIT_EMPTY, err, args.json)
     except JobError as err:
-        _print(err.summary, args.json)
-        print(f"relmon monitor: error: {err}", file=sys.stderr)
-        return EXIT_OUTPUT
+        return _fail("monitor", EXIT_OUTPUT, err, args.json, summary=err.summary)
     except _input_errors() as err:
-        print(f"relmon monitor: error: {err}", file=sys.stderr)
-        return EXIT_INPUT
+        return _fail("monitor", EXIT_INPUT, err, args.json)
     except OSError as err:  # an output that cannot be written (after the inputs were read)
-        print(f"relmon monitor: error: {err}; fix: make the output location writable, or choose another",
-              file=sys.stderr)
-        return EXIT_OUTPUT
+        return _fail("monitor", EXIT_OUTPUT, err, args.json, fix=_WRITABLE_FIX)
     _print(summary, args.json)
     return EXIT_OK
 
@@ -316,15 +345,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
     except ServeError as err:
-        print(f"relmon serve: error: {err}", file=sys.stderr)
-        return EXIT_OUTPUT
+        return _fail("serve", EXIT_OUTPUT, err, args.json)
     except _input_errors() as err:
-        print(f"relmon serve: error: {err}", file=sys.stderr)
-        return EXIT_INPUT
+        return _fail("serve", EXIT_INPUT, err, args.json)
     except OSError as err:  # an output that cannot be written (after the inputs were read)
-        print(f"relmon serve: error: {err}; fix: make the output location writable, or choose another",
-              file=sys.stderr)
-        return EXIT_OUTPUT
+        return _fail("serve", EXIT_OUTPUT, err, args.json, fix=_WRITABLE_FIX)
     if args.json:
         print(json.dumps({"runs": result.runs, "failures": result.failures, "empty": result.empty,
                           "interrupted": result.interrupted}))

@@ -23,6 +23,10 @@ from typing import Any
 import numpy as np
 
 
+class EmptyFolderError(ValueError):
+    """The input folder holds no image file: an empty window (``relmon monitor`` exits 6, not 3)."""
+
+
 @dataclass
 class FileListing:
     """The image files under a root: ``paths`` sorted, with ``sizes`` (int64, -1 = unknown) and ``mtimes``

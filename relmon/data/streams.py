@@ -337,9 +337,12 @@ class ImageFolderStream(_Stream):
                                 with_info=self._windows.window == "mtime", mtime_of=_mtime_or_nan)
         paths = files.paths
         if not paths:
-            raise ValueError(
+            from relmon.data.file_listing import EmptyFolderError
+
+            raise EmptyFolderError(
                 f"no images found under {self.root!r}: looked recursively for files ending in "
-                f"{', '.join(exts)} (case-insensitive) and found {files.others} other file(s)"
+                f"{', '.join(exts)} (case-insensitive) and found {files.others} other file(s); fix: write the "
+                "images to score there (relmon monitor --empty-ok exits 0 on an empty folder)"
             )
         self._fs = fs
         self._files = files

@@ -104,9 +104,13 @@ class MonitorSummary:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
+        """The summary as plain data (``--json``): each estimate as ``{"estimate", "lower", "upper"}``."""
         from dataclasses import asdict
 
-        return asdict(self)
+        d = asdict(self)
+        d["estimates"] = {name: dict(zip(("estimate", "lower", "upper"), map(float, v), strict=True))
+                          for name, v in self.estimates.items()}
+        return d
 
 
 def confidence_estimate(confidence: np.ndarray) -> tuple[float, float, float]:
