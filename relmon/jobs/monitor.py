@@ -37,6 +37,7 @@ from relmon.jobs.scaleout import plan_window, scoring_settings, write_part_file
 from relmon.jobs.scoring import job_steps, score_stream
 from relmon.jobs.signals import run_deadline
 from relmon.jobs.summary import BASELINE_ESTIMATOR, MonitorSummary, confidence_estimate
+from relmon.jobs.window_ids import name_run_windows
 from relmon.perturbation import DEFAULT_FRACTION
 from relmon.records import (
     RANDOM_METHOD,
@@ -396,6 +397,9 @@ class MonitorJob:
                 raise
             if self._dist is not None:  # DDP: every rank names the run as rank 0 does
                 run_id, run_time = broadcast((run_id, run_time))
+            if self._window is None and len(records):  # one window (or count windows): named by this run
+                records = name_run_windows(records, cfg.stream, run_time, cfg.run_id if cfg.shard else None)
+                summary.window_ids = sorted(records["window_id"].unique().tolist())
             summary.outputs["run_id"] = run_id
             failures: list[str] = []
             if self._dist is not None or cfg.shard:
