@@ -29,6 +29,11 @@ def test_two_runs_of_one_folder_get_two_window_ids_and_estimates_are_objects(tmp
     assert all(w.startswith("cam:20") for w in first["window_ids"] + second["window_ids"])  # stream + start
     records = pd.concat([pd.read_parquet(p) for p in sorted((tmp_path / "rec").rglob("*.parquet"))])
     assert sorted(records["window_id"].unique()) == sorted(first["window_ids"] + second["window_ids"])
+    # sample ids relative to the input root, the root recorded once per run (--json and the summary file)
+    assert sorted(set(records["sample_id"])) == [f"img{i:04d}.png" for i in range(8)]
+    assert first["input_root"] == second["input_root"] == str((tmp_path / "in").resolve())
+    docs = [json.loads(p.read_text()) for p in sorted((tmp_path / "rec").rglob("*.summary.json"))]
+    assert [d["run"]["input_root"] for d in docs] == [first["input_root"]] * 2
     for summary in (first, second):
         (name, est), = summary["estimates"].items()  # no calibration: the baseline only
         assert set(est) == {"estimate", "lower", "upper"}

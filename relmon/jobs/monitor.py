@@ -37,7 +37,7 @@ from relmon.jobs.scaleout import plan_window, scoring_settings, write_part_file
 from relmon.jobs.scoring import job_steps, score_stream
 from relmon.jobs.signals import run_deadline
 from relmon.jobs.summary import BASELINE_ESTIMATOR, MonitorSummary, confidence_estimate
-from relmon.jobs.window_ids import name_run_windows
+from relmon.jobs.window_ids import input_root, name_run_windows, relative_sample_ids
 from relmon.perturbation import DEFAULT_FRACTION
 from relmon.records import (
     RANDOM_METHOD,
@@ -88,6 +88,7 @@ class MonitorJob:
         self._dist: dict | None = None  # under DDP: this rank, the world size, its own records (see compute)
         self._steps: int | None = None  # the L of the last scored window
         self._window: str | None = None  # the id of the last scored mtime window (None: one window)
+        self._input = None  # the last scored stream before only-new selection (its root: input_root)
         if identity is not None:
             self.model = None
             self.model_name, self.model_version = str(identity[0]), str(identity[1])
@@ -130,6 +131,7 @@ class MonitorJob:
         cfg = self.cfg
         t0 = time.perf_counter()
         stream = self.stream if self.stream is not None else build_stream(cfg, self.model, listing=listing)
+        self._input = stream  # the folder stream: the root the records' sample ids are relative to
         stream = self._prepare_stream(stream)  # only-new scoring: the new or changed files only
         self._check_fraction_steps(stream)
         self._steps = job_steps(cfg, stream)
@@ -337,10 +339,11 @@ class MonitorJob:
         ``<UTC time>_<run id>.summary.json`` beside the run's records."""
         if self._dist is not None:
             path = self.run_folder(run_id, run_time) / SUMMARY_FILE
-            run = {"run_id": run_id, "run_time": run_time, "parts": self._dist["world"], "kind": "ddp"}
+            run = {"run_id": run_id, "run_time": run_time, "parts": self._dist["world"], "kind": "ddp",
+                   "input_root": summary.input_root}
         else:
             path = stream_folder(self.cfg.records, self.cfg.stream) / run_file_name(run_id, run_time, ".summary.json")
-            run = {"run_id": run_id, "run_time": run_time, "parts": 1, "kind": "single"}
+            run = {"run_id": run_id, "run_time": run_time, "parts": 1, "kind": "single", "input_root": summary.input_root}
         doc = window_summary_document(summary.to_dict(), settings=self.settings(), run=run)
         return write_window_summary(path, doc)
 
@@ -400,6 +403,8 @@ class MonitorJob:
             if self._window is None and len(records):  # one window (or count windows): named by this run
                 records = name_run_windows(records, cfg.stream, run_time, cfg.run_id if cfg.shard else None)
                 summary.window_ids = sorted(records["window_id"].unique().tolist())
+            records = relative_sample_ids(records, self._input)  # no host path in the records ...
+            summary.input_root = input_root(self._input)  # ... the root once per run
             summary.outputs["run_id"] = run_id
             failures: list[str] = []
             if self._dist is not None or cfg.shard:

@@ -48,6 +48,7 @@ class MonitorSummary:
     unreliable_under: list[str] = field(default_factory=list)
     calibration_accuracy: float | None = None  # the clean reference the alert threshold hangs on ...
     calibration_n: int | None = None  # ... and its number of images
+    input_root: str | None = None  # the folder (or URL) the records' sample ids are relative to
     alert_threshold: float | None = None  # relmon.analysis.alerts.accuracy_threshold of the two
     alerts: list[dict[str, str]] = field(default_factory=list)  # relmon.analysis.alerts.accuracy_alerts
 
