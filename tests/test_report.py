@@ -171,6 +171,9 @@ def _assert_self_contained(page: str) -> None:
     assert not re.search(r"<script|@import|url\(", page, flags=re.I)
 
 
+WINDOW: dict[str, str] = {}  # stream -> the window id its run got (filled by `monitored`)
+
+
 @pytest.fixture(scope="module")
 def monitored(tmp_path_factory):
     """A calibration and three monitored windows (clean, noise, strong contrast) from the real jobs."""
@@ -182,8 +185,9 @@ def monitored(tmp_path_factory):
     calibrate(MonitorConfig(calibration_n=32, calibration_shifts=("gaussian_noise", "contrast"),
                             calibration_severities=(2, 5), **small), root / "cal")
     for i, (shift, sev) in enumerate([(None, 3), ("gaussian_noise", 2), ("contrast", 5)]):
-        run_monitor(MonitorConfig(n=32, shift=shift, severity=sev, stream=f"w{i}", records=str(root / "records"),
-                                  calibration=str(root / "cal"), **small))
+        summary = run_monitor(MonitorConfig(n=32, shift=shift, severity=sev, stream=f"w{i}",
+                                            records=str(root / "records"), calibration=str(root / "cal"), **small))
+        WINDOW[f"w{i}"], = summary.window_ids  # unique per run: <stream>:<UTC start of the run>
     return root
 
 
@@ -209,8 +213,8 @@ def test_report_is_self_contained_with_every_section(report, monitored):
 
     for name in load_calibration(monitored / "cal").estimators:
         assert f"<td>{name}</td>" in page  # one row per estimator in the estimates table
-    for window in ("w0:0", "w1:0", "w2:0"):
-        assert f"<td>{window}</td>" in page
+    for window in ("w0", "w1", "w2"):
+        assert f"<td>{WINDOW[window]}</td>" in page
     nav = page.split('<nav class="toc">')[1].split("</nav>")[0]
     assert re.findall(r'href="#(\w+)"', nav) == list(SECTIONS)
 
@@ -280,8 +284,8 @@ def test_report_drift_alarm_on_the_strong_shift_only(report):
         rows[cells[0]] = cells
     assert rows["window"][2] == "alarm"
     # the clean window holds the very images of the calibration's reference window: no alarm
-    assert rows["w0:0"][2] == "no"
-    assert rows["w2:0"][2] == "ALARM"  # contrast at severity 5 halves the accuracy
+    assert rows[WINDOW["w0"]][2] == "no"
+    assert rows[WINDOW["w2"]][2] == "ALARM"  # contrast at severity 5 halves the accuracy
 
 
 def test_report_no_images_leaves_out_inputs_and_heatmaps(monitored, tmp_path):
@@ -306,7 +310,7 @@ def test_report_on_one_window_file(monitored, tmp_path):
     assert main(["report", str(one), "--out", str(out)]) == 0
     page = out.read_text()
     _assert_self_contained(page)
-    assert "<td>w2:0</td>" in page and "<td>w0:0</td>" not in page
+    assert f"<td>{WINDOW['w2']}</td>" in page and f"<td>{WINDOW['w0']}</td>" not in page
     assert len(_embedded_images(page)) == 2
 
 

@@ -287,6 +287,13 @@ class MonitorJob:
             self._seen.reload()  # another process may have advanced it
         return self._seen
 
+    def _output_ids(self, records: pd.DataFrame, run_time: float) -> pd.DataFrame:
+        """The ids the records are written with: windows named by this run (one window or count windows),
+        sample ids relative to the input root (:mod:`relmon.jobs.window_ids`)."""
+        if self._window is None and len(records):
+            records = name_run_windows(records, self.cfg.stream, run_time, self.cfg.run_id if self.cfg.shard else None)
+        return relative_sample_ids(records, self._input)
+
     def _write_run_records(self, records: pd.DataFrame, run_id: str, run_time: float) -> str | None:
         if not self.cfg.records or not len(records):
             return None
@@ -400,11 +407,12 @@ class MonitorJob:
                 raise
             if self._dist is not None:  # DDP: every rank names the run as rank 0 does
                 run_id, run_time = broadcast((run_id, run_time))
-            if self._window is None and len(records):  # one window (or count windows): named by this run
-                records = name_run_windows(records, cfg.stream, run_time, cfg.run_id if cfg.shard else None)
+            records = self._output_ids(records, run_time)
+            if self._dist is not None:  # a DDP rank writes its own records as its part
+                self._dist["local"] = self._output_ids(self._dist["local"], run_time)
+            if len(records):
                 summary.window_ids = sorted(records["window_id"].unique().tolist())
-            records = relative_sample_ids(records, self._input)  # no host path in the records ...
-            summary.input_root = input_root(self._input)  # ... the root once per run
+            summary.input_root = input_root(self._input)  # the root of the sample ids, once per run
             summary.outputs["run_id"] = run_id
             failures: list[str] = []
             if self._dist is not None or cfg.shard:
