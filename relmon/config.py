@@ -123,7 +123,7 @@ class MonitorConfig:
         "scoring loop: plain (one process, no Lightning import: fastest start-up) or lightning "
         "(pl.Trainer.predict with RelevanceMonitor); both give the same records",
     )
-    # scale out (issue 20): Lightning DDP in one job, or shard jobs merged by 'relmon merge'
+    # scale out: Lightning DDP in one job, or shard jobs merged by 'relmon merge'
     devices: int = setting(
         1, "int+",
         "devices (processes) per node that score one window together (Lightning DDP; needs runner: lightning); "
@@ -340,20 +340,21 @@ class MonitorConfig:
             )
 
     def resolve_steps(self, height: int, width: int) -> int:
-        """The number of perturbation steps ``L`` on ``height x width`` images: ``steps`` as given, or
-        with ``fraction`` :func:`relmon.perturbation.resolve_steps` (``round(fraction x regions)``, at
-        least 1; ``fraction = 0.16`` with region 4 on 28x28 gives 8); neither set means fraction 0.16."""
-        if self.fraction is None and self.steps is not None:
-            return int(self.steps)
+        """The number of perturbation steps ``L`` on ``height x width`` images, by the one rule of
+        :func:`relmon.perturbation.resolve_steps`: ``steps`` as given (at most the number of regions), or
+        ``round(fraction x regions)``, at least 1 (``fraction = 0.16`` with region 4 on 28x28 gives 8);
+        neither set means fraction 0.16."""
         from relmon.perturbation import resolve_steps
 
         self._check_steps_or_fraction()  # also for a config built without validated()
         try:
             return resolve_steps(int(height), int(width), self.region, self.steps, self.fraction)
         except ValueError as err:
+            given = f"steps={self.steps}" if self.fraction is None else f"fraction={self.fraction}"
             raise ConfigError(
-                f"cannot resolve the perturbation steps from fraction={self.fraction} on {height}x{width} "
-                f"images with region {self.region}: {err}; fix: choose a region at most the image side, or give steps"
+                f"cannot resolve the perturbation steps from {given} on {height}x{width} "
+                f"images with region {self.region}: {err}; fix: choose a region at most the image side, or give "
+                f"{'fewer steps or fraction' if self.fraction is None else 'steps'}"
             ) from None
 
     @property

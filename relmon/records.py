@@ -1,4 +1,4 @@
-"""The per-sample record schema (DESIGN §2a), declared once: one row per (sample, method).
+"""The per-sample record schema, declared once: one row per (sample, method).
 
 Columns (:data:`RECORD_COLUMNS`, typed by :data:`RECORD_SCHEMA`):
 
@@ -270,12 +270,6 @@ def _umask() -> int:
     return 0o022
 
 
-def is_temporary(path: str | os.PathLike) -> bool:
-    """True for the temporary files of :func:`atomic_write` (``.<name>.<random>.tmp``)."""
-    name = Path(path).name
-    return name.startswith(".") and name.endswith(TMP_SUFFIX)
-
-
 def remove_stale_temporaries(folder: str | os.PathLike, older_than: float = 3600.0) -> list[Path]:
     """Delete temporary files of killed writes under ``folder`` last modified more than ``older_than``
     seconds ago (younger ones may belong to a writer still running); returns the removed paths."""
@@ -340,7 +334,6 @@ __all__ = [
     "RecordSchemaError",
     "atomic_write",
     "confidence_signals",
-    "is_temporary",
     "new_run_id",
     "remove_stale_temporaries",
     "run_file_name",

@@ -1,4 +1,4 @@
-"""Analysis layer (issue 5): features, estimators, serialisation, correlation, drift, evaluation script."""
+"""Analysis layer: features, estimators, serialisation, correlation, drift, evaluation script."""
 
 import importlib.util
 import json
@@ -312,7 +312,7 @@ def test_evaluate_estimators_tiny(tmp_path):
     # the held-out protocol never scores a window of a shift type the refitted estimator saw
     held = preds[preds["protocol"] == "held_out_type"]
     assert set(held["group"]) >= {"gaussian_noise", "blur+gaussian_noise"}
-    # issue 10 item 6: scored and selected with what 'relmon calibrate' ships
+    # scored and selected with what 'relmon calibrate' ships
     from relmon.config import MonitorConfig
 
     shipped = MonitorConfig()
@@ -328,7 +328,7 @@ def test_evaluate_estimators_tiny(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------
-# issue 10: methodology tests (each names the mutation it catches)
+# methodology tests (each names the mutation it catches)
 
 
 def shifted_windows(types, per_type, seed, n=150, bias_sd=0.08, prefix=""):
@@ -556,7 +556,7 @@ def test_monitor_records_early_aopc_of_the_first_16_percent():
 
 
 def test_format_1_files_still_load(tmp_path):
-    """Calibrations written before issue 10 (format 1: ATC's ``score`` parameter) keep working."""
+    """Calibrations of format 1 ( ATC's ``score`` parameter) keep working."""
     recs = synth_records(shifted_windows(["a", "b"], 2, seed=12), seed=12)
     data = ATC(conformal=False).fit(recs).to_dict()
     data["format_version"] = 1

@@ -1,4 +1,4 @@
-"""Reliability: nothing lost, no silent wrong numbers, bounded and stoppable (issue 12, issue 9.4).
+"""Reliability: nothing lost, no silent wrong numbers, bounded and stoppable.
 
 Real processes (two concurrent ``relmon monitor``; SIGTERM sent to a scoring one), a real trickling
 socket server on 127.0.0.1, real files; no mocks of the code under test.

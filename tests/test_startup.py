@@ -1,4 +1,4 @@
-"""The job's start-up path (issue 14.3): the Lightning-free runner gives the Lightning runner's records
+"""The job's start-up path: the Lightning-free runner gives the Lightning runner's records
 and summaries, the job's imports leave Lightning, torchmetrics and torchvision out, zennit loads without
 its package ``__init__`` and still works in full for a user; the review fixes (one fraction → L rounding,
 one default L, one definition of the exit codes). benchmarks/bench_startup.py measures the time.
@@ -246,8 +246,9 @@ def test_default_steps_are_the_jobs_and_the_papers_share():
 
     cfg = MonitorConfig()
     assert DEFAULT_STEPS == cfg.steps == steps_for_fraction(28, 28, cfg.region, DEFAULT_FRACTION) == 8
-    for cls in (RelevanceMonitor, BatchScorer):
-        assert inspect.signature(cls).parameters["steps"].default == DEFAULT_STEPS
+    assert inspect.signature(BatchScorer).parameters["steps"].default == DEFAULT_STEPS
+    # the monitor's settings are its scorer's (declared once, in BatchScorer)
+    assert RelevanceMonitor(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))).steps == DEFAULT_STEPS
 
 
 def test_exit_codes_are_defined_once():

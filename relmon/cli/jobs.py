@@ -172,6 +172,23 @@ def _bulk_imports():
             gc.enable()
 
 
+def _job_failure(command: str, err: Exception, as_json: bool) -> int:
+    """Print a failed job's summary (where it has one) and error, as ``relmon monitor`` and ``relmon merge``
+    do; the exit code: empty window, job (output) error, bad input, or an output that cannot be written."""
+    from relmon.jobs.errors import EmptyWindowError, JobError
+
+    fix = ""
+    if isinstance(err, (EmptyWindowError, JobError)):
+        _print(err.summary, as_json)
+        code = EXIT_EMPTY if isinstance(err, EmptyWindowError) else EXIT_OUTPUT
+    elif isinstance(err, _input_errors()):
+        code = EXIT_INPUT
+    else:  # an OSError after the inputs were read: the output cannot be written
+        code, fix = EXIT_OUTPUT, "; fix: make the output location writable, or choose another"
+    print(f"relmon {command}: error: {err}{fix}", file=sys.stderr)
+    return code
+
+
 def _input_errors():
     from relmon.jobs import CalibrationMismatchError
 
@@ -264,21 +281,8 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         where = f"; records of the finished batches: {err.written}" if err.written else ""
         print(f"relmon monitor: {err}{where}", file=sys.stderr)
         return err.exit_code
-    except EmptyWindowError as err:
-        _print(err.summary, args.json)
-        print(f"relmon monitor: error: {err}", file=sys.stderr)
-        return EXIT_EMPTY
-    except JobError as err:
-        _print(err.summary, args.json)
-        print(f"relmon monitor: error: {err}", file=sys.stderr)
-        return EXIT_OUTPUT
-    except _input_errors() as err:
-        print(f"relmon monitor: error: {err}", file=sys.stderr)
-        return EXIT_INPUT
-    except OSError as err:  # an output that cannot be written (after the inputs were read)
-        print(f"relmon monitor: error: {err}; fix: make the output location writable, or choose another",
-              file=sys.stderr)
-        return EXIT_OUTPUT
+    except (EmptyWindowError, JobError, *_input_errors(), OSError) as err:
+        return _job_failure("monitor", err, args.json)
     _print(summary, args.json)
     return EXIT_OK
 

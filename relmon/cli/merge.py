@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 MERGE_FIELDS = [
     "calibration", "allow_version_mismatch", "records", "stream", "run_id", "textfile", "pushgateway", "job",
@@ -35,9 +34,9 @@ def add_merge_command(subparsers, common, epilog: str) -> None:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from relmon.cli.jobs import _input_errors, _print, _setup
+    from relmon.cli.jobs import _input_errors, _job_failure, _print, _setup
     from relmon.config import config_from_args
-    from relmon.exitcodes import EXIT_EMPTY, EXIT_INPUT, EXIT_OK, EXIT_OUTPUT
+    from relmon.exitcodes import EXIT_OK
 
     _setup()
     try:
@@ -46,20 +45,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
         cfg = config_from_args(args)
         summary = run_merge(cfg, args.run, wait_seconds=args.wait_seconds)
-    except EmptyWindowError as err:
-        _print(err.summary, args.json)
-        print(f"relmon merge: error: {err}", file=sys.stderr)
-        return EXIT_EMPTY
-    except JobError as err:
-        _print(err.summary, args.json)
-        print(f"relmon merge: error: {err}", file=sys.stderr)
-        return EXIT_OUTPUT
-    except _input_errors() as err:
-        print(f"relmon merge: error: {err}", file=sys.stderr)
-        return EXIT_INPUT
-    except OSError as err:
-        print(f"relmon merge: error: {err}; fix: make the output location writable, or choose another",
-              file=sys.stderr)
-        return EXIT_OUTPUT
+    except (EmptyWindowError, JobError, *_input_errors(), OSError) as err:
+        return _job_failure("merge", err, args.json)
     _print(summary, args.json)
     return EXIT_OK

@@ -28,7 +28,7 @@ size is resized to it (``size_policy="resize"``, the default; a :class:`ResizedI
 the first one) or skipped and counted as ``size_mismatch`` (``size_policy="skip"``). Either way
 every batch has one size and a window is never aborted by one odd image.
 
-Windows (DESIGN §2a): ``window_id`` is ``f"{stream}:{start}"``, where start is the first index of a
+Windows: ``window_id`` is ``f"{stream}:{start}"``, where start is the first index of a
 count window (``window_size=N``) or the UTC start time of a modification-time window
 (``window="mtime"``, ``window_seconds``). :func:`window_indices` / :func:`iter_windows` split a stream
 into its windows so a job can process one window at a time.

@@ -249,7 +249,3 @@ def load_lightning_checkpoint(
     return _attach_info(module, ModelInfo(label, _digest(checkpoint)))
 
 
-def weights_path(name: str) -> Path:
-    """Filesystem path of a shipped weights file (for tools that want a path)."""
-    with resources.as_file(_weights_dir().joinpath(name)) as p:
-        return Path(p)
