@@ -2,7 +2,7 @@
 
 The stream cycles through the shipped Fashion-MNIST sample (2,000 images) with a unique ``sample_id``
 per position, so ``sample_rate`` selects a fresh subset everywhere; it runs through
-:func:`relmon.jobs.common.score_stream`, as ``relmon monitor`` does (``--runner``: the default
+:func:`relmon.jobs.scoring.score_stream`, as ``relmon monitor`` does (``--runner``: the default
 Lightning-free loop, or a real ``pl.Trainer.predict`` of ``RelevanceMonitor``). The process's resident set size (``VmRSS``) is read every 1,000 images.
 Reported: RSS after the first thousand images (the working buffers are allocated by then) and at the
 end, the growth between them, the peak, and the rate.
@@ -55,7 +55,7 @@ def soak(images: int = 5000, sample_rate: float = 0.02, steps: int = 8, region: 
     """Score a stream of ``images`` with sampling; returns the RSS trace and its summary (MiB)."""
     from relmon.config import MonitorConfig
     from relmon.data import load_sample
-    from relmon.jobs.common import score_stream
+    from relmon.jobs.scoring import score_stream
     from relmon.models import get_preprocessing, load_embedded
 
     model = load_embedded("fmnist_cnn")

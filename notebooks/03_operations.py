@@ -185,7 +185,7 @@ from relmon.config import MonitorConfig  # noqa: E402
 from relmon.data.shifts import apply_shift  # noqa: E402
 from relmon.data.streams import TensorStream  # noqa: E402
 from relmon.jobs import Calibration  # noqa: E402
-from relmon.jobs.common import score_stream  # noqa: E402
+from relmon.jobs.scoring import score_stream  # noqa: E402
 from relmon.models import get_preprocessing, load_model, model_info  # noqa: E402
 
 ckpt = work / "digits_cnn.pt"

@@ -384,8 +384,8 @@ class BatchScorer:
         self.threads = threads
         self.bounds = (None, None) if bounds is None else tuple(bounds)
         self.records = bool(records)
-        info = model_info(model)
-        self.model_name, self.model_version = str(info.name), str(info.version)
+        info = model_info(model) if self.records else None  # the records' columns (hashes the weights)
+        self.model_name, self.model_version = (str(info.name), str(info.version)) if info else ("", "")
         self.window_counts: Counter[str] = Counter()
         self.positions: Counter[int] = Counter()
 

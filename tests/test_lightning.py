@@ -646,3 +646,37 @@ def test_heatmap_strip_colours_signed_relevance():
     assert (image[:, 5] == 255).all()  # the gap
     with pytest.raises(ValueError, match=r"non-empty \(B, H, W\)"):
         heatmap_strip(torch.zeros(4, 5))
+
+
+def test_callback_scores_the_random_order_once_per_sample_not_per_method():
+    """Two methods: each is explained and perturbed once, the random order (which depends only on the seed
+    and the sample id) runs once for both; the logged gaps pair each method with that one baseline."""
+    _, _, loader = _digits_loaders(n=16)
+    module = _LitCNN("net")
+    sizes = []
+    handle = module.net.register_forward_hook(lambda _m, inputs, _o: sizes.append(inputs[0].shape[0]))
+    methods = ("lrp:epsilon_0_01", "sensitivity")
+    callback = HeatmapQualityCallback(methods=methods, max_samples=8, step_stride=4, seed=3,
+                                      preprocessing=FASHION_MNIST_PREPROCESSING, **SETTINGS)
+    try:
+        _trainer(callbacks=[callback], logger=False).validate(module, loader, verbose=False)
+    finally:
+        handle.remove()
+    # validation steps (16 items), one explanation pass per method (8), then MoRF per method and one
+    # random order, steps 4, 8, 12, 16 each (8 x 4); probe forwards of one item aside
+    assert sorted(s for s in sizes if s != 1) == sorted([16, 8, 8, 8 * 4, 8 * 4, 8 * 4])
+    plain = relmon.attach_preprocessing(module.net.eval(), FASHION_MNIST_PREPROCESSING)
+    x = torch.cat([b[0] for b in loader])[:8]
+    kw = dict(step_stride=4, seed=3, sample_ids=list(range(8)), **SETTINGS)
+    target = relmon.explain_full(plain, x, methods[0]).target
+    rnd = None
+    for method in methods:
+        expl = relmon.explain_full(plain, x, method, target=target)
+        heat = relmon.to_heatmap(expl.relevance, expl.method)
+        morf = region_perturbation(plain, x, heat, order="morf", target=target, **kw)
+        rnd = rnd or region_perturbation(plain, x, heat, order="random", target=target, **kw)
+        key = method.replace(":", "_")
+        assert callback.last_values[f"relmon/aopc_minus_random/{key}"] == pytest.approx(
+            float((morf.aopc - rnd.aopc).double().mean()), abs=1e-4)
+        assert callback.last_values[f"relmon/aopc_rel_minus_random/{key}"] == pytest.approx(
+            float((morf.aopc_rel - rnd.aopc_rel).double().mean()), abs=1e-5)

@@ -22,7 +22,9 @@ import torch
 from conftest import write_sample_pngs
 
 from relmon.config import ConfigError, MonitorConfig, config_from_dict
-from relmon.jobs.common import build_stream, load_job_model, score_stream
+from relmon.jobs.inputs import build_stream
+from relmon.jobs.model import load_job_model
+from relmon.jobs.scoring import score_stream
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,7 +150,9 @@ from relmon.explain import explain
 from relmon.explain.lrp import composite_for
 from relmon.models import list_embedded, load_embedded
 from relmon.config import MonitorConfig
-from relmon.jobs.common import build_stream, load_job_model, score_stream
+from relmon.jobs.inputs import build_stream
+from relmon.jobs.model import load_job_model
+from relmon.jobs.scoring import score_stream
 for name in list_embedded():
     model = load_embedded(name)
     x = torch.rand(2, 1, 28, 28)
