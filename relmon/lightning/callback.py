@@ -475,8 +475,9 @@ class HeatmapQualityCallback(pl.Callback):
         self._active = False
         model = self._model(pl_module)
         device = pl_module.device
-        for metric in self._window.aggregates():
-            metric.to(device)
+        with torch.inference_mode(False):  # states moved or recreated inside it would be inference tensors
+            for metric in self._window.aggregates():
+                metric.to(device)
         self._window.reset()
         self._heatmaps = {}
         try:
