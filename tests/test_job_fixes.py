@@ -30,7 +30,7 @@ def test_job_functions_do_not_shadow_submodules():
     assert callable(jobs.calibrate) and not isinstance(jobs.calibrate, ModuleType)
     # every submodule of relmon.jobs is reachable as an attribute of the package (no export shadows it)
     names = [info.name for info in pkgutil.iter_modules(jobs.__path__)]
-    assert {"calibrate_job", "serve_job", "monitor", "state"} <= set(names)
+    assert {"calibrate_job", "serve_job", "monitor", "only_new"} <= set(names)
     for name in names:
         module = importlib.import_module(f"relmon.jobs.{name}")
         assert getattr(jobs, name) is module, name
