@@ -38,6 +38,7 @@ _CALIBRATE_FIELDS = [
     "model_kwargs",
     "checkpoint",
     "lightning_module",
+    "model_attr",
     "preprocessing",
     "classes",
     "model_name",
@@ -118,6 +119,13 @@ def add_commands(subparsers) -> None:
         epilog=EXIT_CODES_HELP,
     )
     _common(mon)
+    mon.add_argument(
+        "--empty-ok",
+        action="store_true",
+        help="exit 0 instead of 6 when the window held nothing to score (e.g. a scheduled run with only_new "
+        "and no new file), so a Kubernetes Job does not count it as failed; the summary still says so and "
+        "the last-success time is still not advanced",
+    )
     add_config_flags(mon)
     mon.set_defaults(func=cmd_monitor)
 
@@ -281,7 +289,13 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         where = f"; records of the finished batches: {err.written}" if err.written else ""
         print(f"relmon monitor: {err}{where}", file=sys.stderr)
         return err.exit_code
-    except (EmptyWindowError, JobError, *_input_errors(), OSError) as err:
+    except EmptyWindowError as err:
+        if not args.empty_ok:
+            return _job_failure("monitor", err, args.json)
+        _print(err.summary, args.json)
+        print(f"relmon monitor: {err} (--empty-ok: exit 0)", file=sys.stderr)
+        return EXIT_OK
+    except (JobError, *_input_errors(), OSError) as err:
         return _job_failure("monitor", err, args.json)
     _print(summary, args.json)
     return EXIT_OK
