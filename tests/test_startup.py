@@ -168,6 +168,7 @@ print("LOADED:" + ",".join(m for m in ("pytorch_lightning", "lightning", "torchm
     assert _run(code) == "LOADED:"
 
 
+@pytest.mark.slow
 def test_streams_module_imports_no_lightning_and_its_datamodule_still_works():
     code = """
 import sys, pickle
@@ -184,6 +185,7 @@ print("BEFORE:" + str(before))
     assert _run(code) == "BEFORE:False"
 
 
+@pytest.mark.slow
 def test_zennit_without_its_init_still_works_in_full_for_a_user():
     """relmon loads zennit's submodules without its ``__init__`` (no torchvision); afterwards a user's
     ``import zennit`` still reaches every submodule, by attribute and by ``from`` import, and LRP gives
