@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from relmon.cli.jobs import EXIT_CODES_HELP, EXIT_INPUT, EXIT_OK, EXIT_USAGE, add_commands
+from relmon.cli.audit import add_commands as add_audit_commands
 from relmon.cli.report import add_commands as add_report_commands
 
 
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     methods.set_defaults(func=_methods)
     add_commands(sub)  # calibrate, monitor, serve
     add_report_commands(sub)  # report, trend (relmon/cli/report.py)
+    add_audit_commands(sub)  # audit (relmon/cli/audit.py)
     return parser
 
 
