@@ -5,7 +5,14 @@
 """
 
 from relmon.audit.core import DEFAULT_METHOD, AuditError, AuditResult, heatmaps_for, run_audit
-from relmon.audit.regions import MIN_EXCESS, MIN_LIFT, candidate_regions, rects_mask, relevance_shares, suspect
+from relmon.audit.regions import (
+    MIN_EXCESS,
+    MIN_LIFT,
+    candidate_regions,
+    rects_mask,
+    relevance_shares,
+    suspect,
+)
 from relmon.audit.spray import eigengap, spray, spray_features
 
 __all__ = [

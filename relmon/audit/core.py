@@ -7,8 +7,8 @@ method), groups the heatmaps by that class, and reports
   pixel share, and the regions the suspect rule flags (:mod:`relmon.audit.regions`);
 - per class: SpRAy clusters of the heatmaps (:mod:`relmon.audit.spray`) with their sizes,
   prototypes (mean heatmaps) and the regions the same rule flags in each cluster's mean shares;
-  a cluster is flagged when it holds at least ``min_cluster_share`` of its class and has a suspect
-  region.
+  a cluster is flagged when it holds at least ``min_cluster_share`` of its class and at least
+  ``min_class_n`` images, and has a suspect region (smaller clusters are too noisy to judge).
 
 The model is **flagged** when a class or a flagged cluster has a suspect region; the suspect regions
 (rectangles ``[top, left, height, width]``, in pixels of the input) are what
@@ -246,7 +246,8 @@ def run_audit(
             members = sub[result.labels == k]
             cshare = np.nanmean(shares[members], axis=0)
             frac = len(members) / len(sub)
-            cfound = _suspects(cshare, pix, regions, min_excess, min_lift) if frac >= min_cluster_share else []
+            judged = frac >= min_cluster_share and len(members) >= min_class_n
+            cfound = _suspects(cshare, pix, regions, min_excess, min_lift) if judged else []
             cl_list.append({"cluster": k, "size": int(len(members)), "share_of_class": float(frac),
                             "flagged": bool(cfound), "suspect": cfound,
                             "top_region": regions[int(np.argmax(cshare - pix))].name})

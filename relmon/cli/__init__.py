@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from relmon.cli.jobs import EXIT_CODES_HELP, EXIT_INPUT, EXIT_OK, EXIT_USAGE, add_commands
 from relmon.cli.audit import add_commands as add_audit_commands
+from relmon.cli.jobs import EXIT_CODES_HELP, EXIT_INPUT, EXIT_OK, EXIT_USAGE, add_commands
 from relmon.cli.report import add_commands as add_report_commands
 
 

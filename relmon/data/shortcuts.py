@@ -12,7 +12,7 @@ object:
   (orientation and frequency depend on the class), drawn over the image with ``max``.
 
 :func:`plant` writes the cue of each image's class into a share ``p`` of the images (the rest stay
-clean); ``wrong=True`` writes the cue of another, random class instead (a *misleading* window:
+clean); a share ``p_wrong`` gets the cue of another, random class instead (a *misleading* window:
 the shortcut now points away from the truth).
 """
 
@@ -81,23 +81,26 @@ def apply_cue(x: torch.Tensor, cls: int, kind: str, num_classes: int = 10) -> to
     return x
 
 
-def plant(images: torch.Tensor, labels, kind: str, p: float = 0.9, wrong: bool = False,
+def plant(images: torch.Tensor, labels, kind: str, p: float = 0.9, p_wrong: float = 0.0,
           num_classes: int = 10, seed: int = 0) -> torch.Tensor:
-    """A copy of raw ``images`` ``(N, C, H, W)`` in [0, 1] with the cue of each image's class (or,
-    with ``wrong``, of a random other class) in a seeded share ``p`` of them."""
+    """A copy of raw ``images`` ``(N, C, H, W)`` in [0, 1] where a seeded share ``p_wrong`` of the images
+    carries the cue of a random *other* class, and of the rest a share ``p`` the cue of their own class.
+    ``plant(x, y, kind, p=0.9)`` is the training distribution; ``p_wrong=0.25`` a misleading window."""
     if kind not in KINDS:
         raise ValueError(f"unknown shortcut kind {kind!r}; choose one of {', '.join(KINDS)}")
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"p must lie in [0, 1], got {p}")
+    for name, v in (("p", p), ("p_wrong", p_wrong)):
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1], got {v}")
     x = torch.as_tensor(images).clone()
     if x.ndim != 4 or min(x.shape[-2:]) < 12:
         raise ValueError(f"images must be (N, C, H, W) with H, W >= 12, got {tuple(x.shape)}")
     y = np.asarray(torch.as_tensor(labels).cpu()).astype(np.int64).reshape(-1)
     rng = np.random.default_rng(seed)
-    chosen = rng.random(len(x)) < p
+    wrong = rng.random(len(x)) < p_wrong
+    right = ~wrong & (rng.random(len(x)) < p)
     shift = rng.integers(1, num_classes, size=len(x))
-    for i in np.flatnonzero(chosen):
-        cls = int((y[i] + shift[i]) % num_classes) if wrong else int(y[i])
+    for i in np.flatnonzero(wrong | right):
+        cls = int((y[i] + shift[i]) % num_classes) if wrong[i] else int(y[i])
         apply_cue(x[i], cls, kind, num_classes)
     return x
 
