@@ -79,7 +79,7 @@ def location_features(
     ``(B, C, H, W)``, summed over channels) for the predicted classes ``pred``; the occlusion blanks
     the raw images (``raw``, or ``x`` mapped back with the model's preprocessing) and normalises again.
     """
-    from relmon.models import get_preprocessing
+    from relmon.preprocessing import get_preprocessing
 
     h = relevance.sum(1) if relevance.dim() == 4 else relevance
     h = h.detach().float()

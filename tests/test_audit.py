@@ -15,7 +15,7 @@ from relmon.audit import AuditError, candidate_regions, eigengap, relevance_shar
 from relmon.audit.regions import region_masks
 from relmon.data.fashion_mnist import MEAN, STD, load_sample
 from relmon.data.shortcuts import cue_regions, marker_box, plant
-from relmon.models import Preprocessing, attach_preprocessing
+from relmon.preprocessing import Preprocessing, attach_preprocessing
 
 # ---------------------------------------------------------------------------------------------
 # region shares and the rule

@@ -110,7 +110,7 @@ def heatmaps_for(model, images: torch.Tensor, method: str = DEFAULT_METHOD, batc
     """Heatmaps ``(N, H, W)`` of the predicted class, the predictions ``(N,)`` and the max softmax
     ``(N,)`` for raw ``images`` ``(N, C, H, W)`` in [0, 1] (normalised with the model's preprocessing)."""
     from relmon.explain import explain_full, to_heatmap
-    from relmon.models import get_preprocessing
+    from relmon.preprocessing import get_preprocessing
 
     prep = get_preprocessing(model, "the audit")
     maps, preds, confs = [], [], []
@@ -274,7 +274,7 @@ def run_audit(
 
 
 def get_prep(model):
-    from relmon.models import get_preprocessing
+    from relmon.preprocessing import get_preprocessing
 
     return get_preprocessing(model, "the audit")
 

@@ -42,8 +42,9 @@ def add_commands(subparsers) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from relmon.cli.jobs import EXIT_INPUT, EXIT_OK, EXIT_OUTPUT, _input_errors, _json
+    from relmon.cli.jobs import _input_errors, _json
     from relmon.config import config_from_args
+    from relmon.exitcodes import EXIT_INPUT, EXIT_OK, EXIT_OUTPUT
 
     try:
         import relmon
