@@ -126,6 +126,68 @@ def feature_matrix(s: dict[str, np.ndarray], names) -> np.ndarray:
     return np.nan_to_num(np.stack([s[n] for n in names], 1), nan=0.0)
 
 
+ESTIMATORS = ("confidence", "atc", "doc", "correctness_confidence", "confidence_variants", "location",
+              "location_gated")
+
+
+def markdown(results: dict) -> str:
+    """The tables of docs/shortcuts.md from the results JSON."""
+    import pandas as pd
+
+    out = []
+    a = pd.DataFrame(results["audits"])
+    out.append("### Audit\n")
+    out.append("| model | audited data | flagged | by a class mean | suspect rects | cue pixels covered | seconds |")
+    out.append("|---|---|---|---|---|---|---|")
+    for _, r in a.iterrows():
+        cov = "–" if pd.isna(r.get("cue_pixels_covered")) else f"{r['cue_pixels_covered']:.2f}"
+        out.append(f"| {r['model']} | {r['data']} | {'**yes**' if r['flagged'] else 'no'} | "
+                   f"{'yes' if r.get('class_flag') else 'no'} | {r['n_suspect']} | {cov} | {r['seconds']:.1f} |")
+    sc = a[a["kind"].notna()]
+    ctl = a[a["kind"].isna()]
+    out.append(f"\nRecall (shortcut models flagged): tuning kinds {int(sc[sc.kind.isin(TUNING)].flagged.sum())}/"
+               f"{int(sc.kind.isin(TUNING).sum())}, held-out {HELD_OUT} {int(sc[sc.kind == HELD_OUT].flagged.sum())}/"
+               f"{int((sc.kind == HELD_OUT).sum())}; false flags (control audits flagged): "
+               f"{int(ctl.flagged.sum())}/{len(ctl)}.\n")
+    m = results["models"]
+    out.append("### Models (accuracy on the test pool)\n")
+    out.append("| model | with its cue (90 %) | no cue | every image a wrong cue |")
+    out.append("|---|---|---|---|")
+    for name, v in m.items():
+        out.append(f"| {name} | {v['accuracy']:.3f} | {v.get('accuracy_no_cue', float('nan')):.3f} | "
+                   f"{v.get('accuracy_wrong_cue', float('nan')):.3f} |")
+    if results["windows"]:
+        w = pd.DataFrame(results["windows"])
+        for e in ESTIMATORS:
+            w[f"err_{e}"] = (w[e] - w["accuracy"]).abs()
+        w["group"] = np.where(w["kind"] == HELD_OUT, f"held-out ({HELD_OUT})", "tuning kinds")
+        out.append("\n### Window estimates: mean absolute error\n")
+        cols = ["accuracy", *[f"err_{e}" for e in ESTIMATORS], "gated"]
+        t = w.groupby(["group", "window"])[cols].mean()
+        t.insert(0, "windows", w.groupby(["group", "window"]).size())
+        out.append("| group | window | windows | accuracy | " + " | ".join(ESTIMATORS) + " | gated share |")
+        out.append("|---|---|---|---|" + "---|" * (len(ESTIMATORS) + 1))
+        for (g, win), r in t.iterrows():
+            out.append(f"| {g} | {win} | {int(r['windows'])} | {r['accuracy']:.3f} | "
+                       + " | ".join(f"{r[f'err_{e}']:.3f}" for e in ESTIMATORS) + f" | {r['gated']:.2f} |")
+        mis = w[w["window"].str.startswith("misleading")]
+        if len(mis) >= 2:
+            from scipy.stats import bootstrap
+
+            out.append("\nPaired bootstrap over misleading windows (90 % interval of the error difference; "
+                       "positive = the shortcut-aware estimator errs less):\n")
+            for g, part in mis.groupby("group"):
+                for base in ("confidence", "atc", "correctness_confidence", "confidence_variants"):
+                    d = (part[f"err_{base}"] - part["err_location_gated"]).to_numpy()
+                    if len(d) < 2:
+                        continue
+                    ci = bootstrap((d,), np.mean, confidence_level=0.9, n_resamples=2000,
+                                   random_state=0).confidence_interval
+                    out.append(f"- {g}: err({base}) − err(location_gated) = {d.mean():+.3f} "
+                               f"[{ci.low:+.3f}, {ci.high:+.3f}] over {len(d)} windows")
+    return "\n".join(out) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train-n", type=int, default=6000)
@@ -137,7 +199,11 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", default="out/shortcuts_cache")
     ap.add_argument("--out", default="out/shortcuts.json")
     ap.add_argument("--kinds", nargs="+", default=list(KINDS))
+    ap.add_argument("--tables", metavar="JSON", help="only print the markdown tables of an earlier --out")
     args = ap.parse_args(argv)
+    if args.tables:
+        print(markdown(json.loads(Path(args.tables).read_text())))
+        return 0
     t_start = time.time()
     from sklearn.linear_model import LogisticRegression
 
