@@ -150,6 +150,7 @@ def markdown(results: dict) -> str:
                f"{int((sc.kind == HELD_OUT).sum())}; false flags (control audits flagged): "
                f"{int(ctl.flagged.sum())}/{len(ctl)}.\n")
     m = results["models"]
+    out.append("" if m else "(model accuracies: in the JSON of a finished run)")
     out.append("### Models (accuracy on the test pool)\n")
     out.append("| model | with its cue (90 %) | no cue | every image a wrong cue |")
     out.append("|---|---|---|---|")
@@ -199,10 +200,25 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", default="out/shortcuts_cache")
     ap.add_argument("--out", default="out/shortcuts.json")
     ap.add_argument("--kinds", nargs="+", default=list(KINDS))
-    ap.add_argument("--tables", metavar="JSON", help="only print the markdown tables of an earlier --out")
+    ap.add_argument("--no-controls", action="store_true", help="skip the control models (another run does them)")
+    ap.add_argument("--controls-only", action="store_true", help="only the control models' audits")
+    ap.add_argument("--tables", metavar="JSON", nargs="+",
+                    help="only print the markdown tables of earlier --out files (runs split by --kinds are merged)")
     args = ap.parse_args(argv)
     if args.tables:
-        print(markdown(json.loads(Path(args.tables).read_text())))
+        merged = {"models": {}, "audits": [], "windows": [], "seconds": 0.0}
+        for f in args.tables:
+            text = Path(f).read_text()
+            if not f.endswith(".json"):  # the log of a run cut short: its printed rows
+                rows = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+                text = json.dumps({"models": {}, "audits": [r for r in rows if "data" in r],
+                                   "windows": [r for r in rows if "window" in r]})
+            part = json.loads(text)
+            merged["models"].update(part["models"])
+            merged["audits"] += part["audits"]
+            merged["windows"] += part["windows"]
+            merged["seconds"] += part.get("seconds", 0.0)
+        print(markdown(merged))
         return 0
     t_start = time.time()
     from sklearn.linear_model import LogisticRegression
@@ -218,7 +234,7 @@ def main(argv=None) -> int:
     test_x, test_y = xte[6000:6000 + args.pool_n], yte[6000:6000 + args.pool_n]
     results = {"settings": vars(args), "models": {}, "audits": [], "windows": []}
 
-    for arch in ARCHS:  # controls
+    for arch in () if args.no_controls else ARCHS:  # controls
         model = get_model(arch, None, xtr, ytr, args)
         results["models"][f"{arch}/control"] = {"accuracy": accuracy(model, test_x, test_y)}
         for data_kind in (None, *args.kinds):
@@ -233,7 +249,7 @@ def main(argv=None) -> int:
                                                         for i in r.per_class.values() if i["top_region"])})
             print(json.dumps(results["audits"][-1]), flush=True)
 
-    for kind in args.kinds:
+    for kind in () if args.controls_only else args.kinds:
         for arch in ARCHS:
             name = f"{arch}/{kind}"
             model = get_model(arch, kind, xtr, ytr, args)
