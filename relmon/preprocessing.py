@@ -83,6 +83,13 @@ class Preprocessing:
         std = self._per_channel(self.std, c, "std").to(x.device, x.dtype).view(1, c, 1, 1)
         return (x - mean) / std
 
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`normalize`: model inputs back to raw images (used by :mod:`relmon.location`)."""
+        c = x.shape[1]
+        mean = self._per_channel(self.mean, c, "mean").to(x.device, x.dtype).view(1, c, 1, 1)
+        std = self._per_channel(self.std, c, "std").to(x.device, x.dtype).view(1, c, 1, 1)
+        return x * std + mean
+
     def bounds(self, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel ``(low, high)`` of the model's input space, each of shape ``(channels,)``."""
         mean = self._per_channel(self.mean, channels, "mean")
