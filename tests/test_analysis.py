@@ -235,6 +235,7 @@ def test_correlation_table_and_grouped_bootstrap():
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_checkpoint_series_aopc_accuracy_spearman():
     """The paper's experiment on a subset: AOPC of LRP rises with accuracy across training checkpoints."""
     from relmon.data import load_sample, to_tensor
@@ -510,6 +511,7 @@ def _checkpoint_gap_rel(ckpt, x, heatmap_method: str) -> np.ndarray:
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_checkpoint_series_scale_free_relevance_signal():
     """Across training, LRP's most-relevant-first order beats the random order by a margin measured
     relative to the starting score (not in logits, whose scale grows with training). With the whole image
