@@ -295,6 +295,12 @@ def _squeeze_excitation_forward(self, input):
     return pass_through(input, gate * input)
 
 
+def _densenet_forward(self, x):
+    # DenseNet's head as modules (ReLU, then average pooling with its rule): the functional pooling's gradient
+    # would spread relevance evenly, onto positions the ReLU zeroed too, where it is lost
+    return self.classifier(torch.flatten(self.lrp_pool(self.lrp_relu(self.features(x))), 1))
+
+
 def canonized_blocks() -> dict:
     """Exact torchvision block class → (new forward, names of the Sum modules it needs)."""
     blocks = {}
@@ -307,6 +313,7 @@ def canonized_blocks() -> dict:
         ("torchvision.models.efficientnet", "MBConv", _residual_block_forward, ("lrp_sum",)),
         ("torchvision.models.mobilenetv3", "InvertedResidual", _residual_block_forward, ("lrp_sum",)),
         ("torchvision.ops.misc", "SqueezeExcitation", _squeeze_excitation_forward, ()),
+        ("torchvision.models.densenet", "DenseNet", _densenet_forward, ()),
     ):
         found = _torchvision(module, cls)
         if found is not None:
@@ -330,6 +337,8 @@ def blocks_canonizer():
         attributes.update({s: Sum() for s in sums})
         if forward is _encoder_block_forward:
             attributes["lrp_attention"] = SelfAttention(module.self_attention)
+        if forward is _densenet_forward:
+            attributes.update(lrp_relu=nn.ReLU(), lrp_pool=nn.AdaptiveAvgPool2d(1))
         return attributes
 
     canonizer = AttributeCanonizer(attribute_map)
