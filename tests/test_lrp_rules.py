@@ -249,3 +249,16 @@ def test_attention_option_is_checked():
     model = _realistic(tiny_vit())
     with pytest.raises(ValueError, match="unknown attention rule 'softmax'; choose one of attnlrp, cp"):
         relmon.explain(model, torch.randn(1, 3, 32, 32), "lrp", attention="softmax")
+
+
+def test_methods_check_prints_the_measured_verdict(capsys):
+    from relmon.cli import main
+
+    assert main(["methods", "--check", "torchvision.models:resnet18", "--image-size", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "torchvision.models:resnet18: LRP (lrp:epsilon_plus_flat) exact: relevance conserved within" in out
+    assert main(["methods", "--check", "swin_v2_t"]) == 3
+    out = capsys.readouterr().out
+    assert "swin_v2_t: LRP (lrp:epsilon_plus_flat) refused: 'features.1.0.attn' (ShiftedWindowAttentionV2" in out
+    assert main(["methods", "--check", "not_a_model"]) == 3  # the CLI's clear-error path (ValueError)
+    assert "unknown model 'not_a_model'" in capsys.readouterr().err
