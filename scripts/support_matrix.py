@@ -24,8 +24,8 @@ import torch.nn.functional as F
 import torchvision.models as tvm
 from torch import nn
 
-import relmon
 from relmon.explain import UnsupportedModelError, conservation, explain_full
+from relmon.explain.lrp import first_layer
 from relmon.explain.support import lrp_support
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,7 +116,7 @@ def constructed():
             try:
                 e = explain_full(model, x, "lrp", zero_bias=True)
                 err = conservation(e.relevance, e.logits, e.target).abs().max().item()
-                result, detail = "works", f"relevance conserved within {err:.1e}; first layer '{relmon.explain.first_layer(model)}'"
+                result, detail = "works", f"relevance conserved within {err:.1e}; first layer '{first_layer(model)}'"
                 if cls is HeadRegisteredFirst:
                     detail += f"; zennit's own EpsilonPlusFlat (Flat rule on 'fc'): {_zennit_correlation(model, x, e)}"
             except UnsupportedModelError as exc:
