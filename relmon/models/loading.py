@@ -41,6 +41,22 @@ def model_info(model: nn.Module) -> ModelInfo:
     return getattr(model, _INFO, None) or ModelInfo(name=type(model).__name__, version=weights_hash(model))
 
 
+#: Attribute a model may carry to declare its input size (an int, or (height, width)).
+INPUT_SIZE_ATTRIBUTE = "relmon_input_size"
+
+
+def declared_input_size(model: nn.Module) -> tuple[int, int] | None:
+    """The input size ``(H, W)`` the model declares in its ``relmon_input_size`` attribute (None when it
+    declares none or an unusable one)."""
+    size = getattr(model, INPUT_SIZE_ATTRIBUTE, None)
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return size, size
+    if isinstance(size, (tuple, list)) and len(size) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+        return int(size[0]), int(size[1])
+    return None
+
+
 def weights_hash(model: nn.Module) -> str:
     """A 12-hex-digit SHA-256 of the model's state_dict (names, dtypes, shapes and values)."""
     h = hashlib.sha256()
