@@ -127,6 +127,35 @@ def test_a_7000px_png_sorted_first_costs_no_more_than_512_mib(tmp_path):
     assert peak < peak0 + 512, (peak, peak0)
 
 
+def test_a_huge_image_is_reduced_before_it_becomes_floats_and_matches_the_full_resize(tmp_path, monkeypatch):
+    import torch
+
+    import relmon.data.safe_read as safe_read
+    from relmon.data.safe_read import shrink_for
+    from relmon.data.streams import ImageFolderStream
+
+    rng = np.random.default_rng(1)
+    full = np.kron(rng.integers(0, 255, (28, 28), dtype=np.uint8), np.ones((250, 250), np.uint8))  # 7000x7000
+    Image.fromarray(full).save(tmp_path / "a.png")
+    with Image.open(tmp_path / "a.png") as img:
+        assert shrink_for(img, (28, 28)).size == (56, 56)  # reduced by 125 before any float exists
+        assert shrink_for(img, (1800, 1800)) is img  # less than 4x larger: left as it is
+    seen = []
+
+    def spy(img, target):
+        out = shrink_for(img, target)
+        seen.append(out.size)
+        return out
+
+    monkeypatch.setattr(safe_read, "shrink_for", spy)
+    x = ImageFolderStream(tmp_path, target_size=(28, 28))[0]["x"]
+    assert seen == [(56, 56)]  # the stream decoded the reduced image
+    direct = torch.nn.functional.interpolate(torch.from_numpy(full).float().div(255)[None, None], size=(28, 28),
+                                             mode="bilinear", align_corners=False, antialias=True)[0]
+    assert x.shape == (1, 28, 28)
+    assert float((x - direct).abs().max()) < 0.02  # the same picture as resizing the full image
+
+
 # --------------------------------------------------------------------------------------------------
 # 2. a file name that is not UTF-8
 
