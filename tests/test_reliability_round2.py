@@ -254,6 +254,11 @@ def test_a_password_with_a_url_delimiter_never_shows(tmp_path, char, code):
         assert left not in text and right not in text
     if code == 3:
         assert "config field 'pushgateway'" in p.stderr and f"{char!r}" in p.stderr and "fix: percent-encode" in p.stderr
+        from relmon.config import ConfigError, config_from_dict
+
+        with pytest.raises(ConfigError, match="config field 'pushgateway'") as info:  # when the config loads
+            config_from_dict({"pushgateway": f"http://pusher:{left}{char}{right}@127.0.0.1:9/"})
+        assert left not in str(info.value) and right not in str(info.value)
     else:
         push = summary_json(p.stdout)["outputs"]["push"]  # the credentials went to the Authorization header
         assert push.startswith("FAILED: could not push to the Pushgateway at 'http://127.0.0.1:9/'"), push
