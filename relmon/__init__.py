@@ -18,7 +18,7 @@ _LAZY = {
     "calibrate": "relmon.api",
     "monitor": "relmon.api",
     "Calibration": "relmon.jobs.calibration",
-    "MonitorSummary": "relmon.jobs.monitor",
+    "MonitorSummary": "relmon.jobs.summary",
     "MonitorConfig": "relmon.config",
     "load_config": "relmon.config",
     "UnsupportedModelError": "relmon.explain",
@@ -28,8 +28,8 @@ _LAZY = {
     "explain": "relmon.explain",
     "explain_full": "relmon.explain",
     "to_heatmap": "relmon.explain",
-    "Preprocessing": "relmon.models",
-    "attach_preprocessing": "relmon.models",
+    "Preprocessing": "relmon.preprocessing",
+    "attach_preprocessing": "relmon.preprocessing",
     "load_embedded": "relmon.models",
     "load_model": "relmon.models",
     "evaluate_heatmaps": "relmon.perturbation",
@@ -80,6 +80,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
         to_heatmap,
     )
     from relmon.jobs.calibration import Calibration  # noqa: F401
-    from relmon.jobs.monitor import MonitorSummary  # noqa: F401
-    from relmon.models import Preprocessing, attach_preprocessing, load_embedded, load_model  # noqa: F401
+    from relmon.jobs.summary import MonitorSummary  # noqa: F401
+    from relmon.models import load_embedded, load_model  # noqa: F401
     from relmon.perturbation import evaluate_heatmaps, region_perturbation  # noqa: F401
+    from relmon.preprocessing import Preprocessing, attach_preprocessing  # noqa: F401

@@ -36,7 +36,7 @@ def _config(config: MonitorConfig | str | os.PathLike | Mapping | None, settings
 def _prepare_model(model, cfg: MonitorConfig, prep):
     from torch import nn
 
-    from relmon.jobs.common import load_job_model
+    from relmon.jobs.model import load_job_model
     from relmon.models import Preprocessing, attach_preprocessing, set_model_info
 
     if model is None or isinstance(model, str):  # loaded from the config: preprocessing is a config field

@@ -1,6 +1,8 @@
 """The monitoring job's configuration: a YAML file, validated field by field, mirrored by CLI flags.
 
-Every field has a type, a default and a help text (:data:`FIELDS`); :func:`load_config` reads a YAML
+Every field is declared once, in :class:`MonitorConfig`: its default, its kind (what values it accepts:
+one of :data:`KINDS`), its help text and, for some, a maximum (:func:`setting`); :data:`FIELDS` lists
+them (name -> (kind, help)). :func:`load_config` reads a YAML
 mapping, :meth:`MonitorConfig.with_overrides` applies flag values on top, and every problem raises
 :class:`ConfigError` naming the field, what was given and how to fix it. The CLI adds one flag per
 field (``region`` → ``--region``, ``http_port`` → ``--http-port``) with :func:`add_config_flags`.
@@ -12,8 +14,9 @@ import argparse
 import difflib
 import math
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,108 +25,219 @@ class ConfigError(ValueError):
     """A configuration value is missing, of the wrong type or out of range; the message names the fix."""
 
 
+def setting(default: Any, kind: str, help: str, maximum: float | None = None):
+    """A field of :class:`MonitorConfig`: ``default``, its ``kind`` (a key of :data:`KINDS`, with a
+    trailing ``?`` when null is allowed), the ``help`` text of its flag and error messages, and the
+    largest accepted value of a numeric field (a bigger one is a typo or overflows a timer / backoff)."""
+    return field(default=default, metadata={"kind": kind, "help": help, "maximum": maximum})
+
+
 @dataclass(frozen=True)
 class MonitorConfig:
     """Settings of ``relmon calibrate`` / ``monitor`` / ``serve`` (see :data:`FIELDS` for each one)."""
 
     # model
-    model: str = "fmnist_cnn"
-    model_kwargs: dict[str, Any] | None = None
-    checkpoint: str | None = None
-    lightning_module: str | None = None
-    preprocessing: dict[str, Any] | None = None
-    classes: tuple[str, ...] | None = None
-    model_name: str | None = None
-    model_version: str | None = None
+    model: str = setting(
+        "fmnist_cnn", "str",
+        "embedded model name (fmnist_cnn, fmnist_vgg) or 'package.module:factory'",
+    )
+    model_kwargs: dict[str, Any] | None = setting(None, "mapping?", "keyword arguments passed to the model factory")
+    checkpoint: str | None = setting(
+        None, "str?",
+        "weights-only state_dict, or a Lightning .ckpt with lightning_module",
+    )
+    lightning_module: str | None = setting(
+        None, "str?",
+        "'package.module:Class' of the LightningModule the checkpoint holds",
+    )
+    preprocessing: dict[str, Any] | None = setting(
+        None, "preprocessing?",
+        "the model's input space: {mean, std, low, high} (scalars or per channel)",
+    )
+    classes: tuple[str, ...] | None = setting(
+        None, "list[str]?",
+        "class names in the model's output order (count checked against the model)",
+    )
+    model_name: str | None = setting(None, "str?", "the 'model' label (default: embedded name or the factory's name)")
+    model_version: str | None = setting(None, "str?", "the 'model_version' label (default: a hash of the weights)")
     # input window
-    input: str = "sample"
-    shift: str | None = None
-    severity: int = 3
-    n: int | None = 256
-    channels: int = 1
-    image_size: int | None = None
-    size_policy: str = "resize"
-    max_pixels: int = 50_000_000
-    stream: str = "default"
-    window: str | None = None
-    window_seconds: float = 3600.0
+    input: str = setting(
+        "sample", "str",
+        "'sample' (the shipped Fashion-MNIST sample) or a folder / fsspec URL of images",
+    )
+    shift: str | None = setting(
+        None, "shift?",
+        "shift applied to the shipped sample (gaussian_noise, blur, contrast, ...)",
+    )
+    severity: int = setting(3, "severity", "severity 1..5 of the shift")
+    n: int | None = setting(256, "int+?", "images taken from the shipped sample")
+    channels: int = setting(1, "channels", "1 (grey) or 3 (RGB): folder images are converted to it")
+    image_size: int | None = setting(None, "int+?", "resize folder images to this square side")
+    size_policy: str = setting(
+        "resize", "str",
+        "without image_size, folder images of another size than the first: 'resize' or 'skip' (skipped ones "
+        "are counted as size_mismatch)",
+    )
+    max_pixels: int = setting(
+        50_000_000, "int+",
+        "folder images with more pixels (width x height, read from the header before decoding) are skipped "
+        "and counted as too_large",
+    )
+    stream: str = setting("default", "str", "stream name: the 'stream' label and the window id prefix")
+    window: str | None = setting(
+        None, "window?",
+        "folder input: null (the whole folder is one window) or mtime (score the newest window of "
+        "window_seconds by file modification time)",
+    )
+    window_seconds: float = setting(3600.0, "float+", "length of an mtime window in seconds")
     # scoring
     # the paper's protocol: perturb ~16 % of the image (8 of 49 4x4 regions on 28x28) with the method
     # that beat sensitivity there on both embedded models (README "The paper's comparison")
-    methods: tuple[str, ...] = ("lrp:epsilon_0_01",)
-    region: int = 4
-    steps: int | None = 8
-    fraction: float | None = None  # instead of steps: L = round(fraction x regions), see resolve_steps
-    sample_rate: float = 1.0
-    max_samples: int | None = None
-    batch_size: int = 64
-    seed: int = 0
-    accelerator: str = "cpu"
-    step_stride: int = 1
-    max_batch_bytes: int = 256 * 2**20
-    random_fraction: float = 1.0
-    threads: int | None = None
-    runner: str = "plain"
+    methods: tuple[str, ...] = setting(("lrp:epsilon_0_01",), "list[str]", "heatmap methods (see 'relmon methods')")
+    region: int = setting(4, "int+", "side in pixels of the perturbed square regions")
+    steps: int | None = setting(
+        8, "int+?",
+        "perturbation steps L (AOPC costs L+1 forwards per image and method); a count, whatever the image "
+        "size; null with fraction",
+    )
+    fraction: float | None = setting(
+        None, "float01?",
+        "instead of steps: the share of the image's regions perturbed, L = round(fraction x regions) on the "
+        "model's input size (the paper's protocol: 0.16); not with steps",
+    )  # instead of steps: L = round(fraction x regions), see resolve_steps
+    sample_rate: float = setting(1.0, "float01", "share of the window's inputs that are scored, in (0, 1]")
+    max_samples: int | None = setting(None, "int+?", "cap of scored inputs per window")
+    batch_size: int = setting(64, "int+", "images per batch")
+    seed: int = setting(0, "int>=0", "seed of sampling, noise and random orders")
+    accelerator: str = setting("cpu", "accelerator", "Lightning accelerator: cpu, gpu (cuda), mps or auto")
+    step_stride: int = setting(1, "int+", "evaluate every s-th perturbation step and interpolate (1: every step)")
+    max_batch_bytes: int = setting(256 * 2**20, "int+", "memory budget in bytes of one batch of perturbed images")
+    random_fraction: float = setting(
+        1.0, "float01",
+        "share of the scored samples whose random-order baseline is evaluated (1: all; less is cheaper, its "
+        "error is in benchmarks/RESULTS.md)",
+    )
+    threads: int | None = setting(None, "int+?", "CPU threads of the job's forwards (null: torch's default)")
+    runner: str = setting(
+        "plain", "runner",
+        "scoring loop: plain (one process, no Lightning import: fastest start-up) or lightning "
+        "(pl.Trainer.predict with RelevanceMonitor); both give the same records",
+    )
+    # scale out (issue 20): Lightning DDP in one job, or shard jobs merged by 'relmon merge'
+    devices: int = setting(
+        1, "int+",
+        "devices (processes) per node that score one window together (Lightning DDP; needs runner: lightning); "
+        "results equal one device's",
+    )
+    strategy: str = setting(
+        "auto", "strategy", "Lightning strategy with devices > 1: auto or ddp (one process per device)"
+    )
+    num_nodes: int = setting(
+        1, "int+", "nodes of a multi-node DDP run (needs runner: lightning; the cluster starts the ranks)"
+    )
+    shard: str | None = setting(
+        None, "shard?",
+        "I/N: score only shard I of N of the window (files split by a hash of their relative path) and write "
+        "records/<stream>/<run_id>/part-I.parquet; 'relmon merge' makes the window",
+    )
+    run_id: str | None = setting(
+        None, "runid?",
+        "the run id of a sharded run, the same for all its shards and the merge (letters, digits, ._-)",
+    )
     # calibration and analysis
-    calibration: str | None = None
-    calibration_data: str | None = None
+    calibration: str | None = setting(None, "str?", "calibration folder written by 'relmon calibrate'")
+    calibration_data: str | None = setting(
+        None, "str?",
+        "labelled data for 'relmon calibrate': a folder with one sub-folder per class, or a CSV/Parquet "
+        "manifest with columns path and label",
+    )
     # candidates; 'relmon calibrate' fits them all and picks the default by leave-one-shift-type-out
     # validation on the calibration windows
-    estimators: tuple[str, ...] = (
-        "average_confidence",
-        "cbpe_isotonic",
-        "atc",
-        "doc",
-        "cot",
-        "nuclear_norm",
-        "correctness_confidence",
-        "correctness_relevance",
-        "regression_relevance",
+    estimators: tuple[str, ...] = setting(
+        (
+            "average_confidence", "cbpe_isotonic", "atc", "doc", "cot", "nuclear_norm",
+            "correctness_confidence", "correctness_relevance", "regression_relevance",
+        ),
+        "list[str]",
+        "estimators fitted by 'relmon calibrate'",
     )
-    calibration_n: int = 100
-    calibration_shifts: tuple[str, ...] = (
-        "gaussian_noise",
-        "blur",
-        "contrast",
-        "brightness",
-        "rotation",
-        "occlusion",
-        "pixelation",
-        "jpeg",
+    calibration_n: int = setting(100, "int+", "images per calibration window")
+    calibration_shifts: tuple[str, ...] = setting(
+        (
+            "gaussian_noise", "blur", "contrast", "brightness", "rotation", "occlusion", "pixelation", "jpeg",
+        ),
+        "list[str]",
+        "shifts making the calibration windows",
     )
-    calibration_severities: tuple[int, ...] = (1, 3, 5)
-    drift_alpha: float = 0.01
-    allow_version_mismatch: bool = False
+    calibration_severities: tuple[int, ...] = setting((1, 3, 5), "list[int]", "severities of the calibration shifts")
+    drift_alpha: float = setting(0.01, "float01", "family-wise significance level of the drift alarm")
+    allow_version_mismatch: bool = setting(
+        False, "bool",
+        "use a calibration made for another version of the model (flagged)",
+    )
     # outputs
-    records: str | None = None
-    textfile: str | None = None
-    pushgateway: str | None = None
-    job: str = "relmon"
-    push_timeout: float = 10.0
-    push_retries: int = 3
-    push_backoff: float = 0.5
-    http_addr: str = "127.0.0.1"
-    http_port: int = 9108
+    records: str | None = setting(None, "str?", "folder for the per-sample records (Parquet)")
+    textfile: str | None = setting(None, "str?", "write the metrics to this file (atomically), e.g. for node-exporter")
+    pushgateway: str | None = setting(None, "str?", "Pushgateway address host:port to push the metrics to")
+    job: str = setting("relmon", "str", "Pushgateway job name")
+    push_timeout: float = setting(
+        10.0, "float+",
+        "seconds per push attempt, a deadline for the whole attempt (a gateway that trickles bytes is cut "
+        "off)",
+        maximum=86400.0,
+    )
+    push_retries: int = setting(3, "int>=0", "push retries after the first attempt (exponential backoff)", maximum=100)
+    push_backoff: float = setting(0.5, "float+", "seconds before the first retry (doubles each retry)", maximum=3600.0)
+    http_addr: str = setting(
+        "127.0.0.1", "str",
+        "address the /metrics endpoint of 'relmon serve' binds (loopback by default; 0.0.0.0: all interfaces)",
+    )
+    http_port: int = setting(9108, "port", "port of the /metrics endpoint (0: any free port)")
     # serve loop
-    interval_seconds: float = 60.0
-    watch: bool = False
-    max_iterations: int | None = None
+    interval_seconds: float = setting(
+        60.0, "float+",
+        "seconds between runs (serve) or between folder checks (watch)",
+        maximum=366 * 86400.0,
+    )
+    watch: bool = setting(False, "bool", "serve: re-run when the input folder changes instead of on every interval")
+    max_iterations: int | None = setting(None, "int+?", "serve: stop after this many runs (default: run until stopped)")
     # exporter security (C)
-    http_tls_cert_file: str | None = None
-    http_tls_key_file: str | None = None
-    http_tls_client_ca_file: str | None = None
-    http_auth_username: str | None = None
-    http_auth_password_file: str | None = None
-    http_auth_password_env: str | None = None
-    push_username: str | None = None
-    push_password_file: str | None = None
-    push_password_env: str | None = None
-    push_tls_ca_file: str | None = None
-    push_tls_cert_file: str | None = None
-    push_tls_key_file: str | None = None
+    http_tls_cert_file: str | None = setting(
+        None, "str?",
+        "PEM certificate of the /metrics endpoint (with http_tls_key_file: HTTPS)",
+    )
+    http_tls_key_file: str | None = setting(None, "str?", "PEM private key of http_tls_cert_file")
+    http_tls_client_ca_file: str | None = setting(
+        None, "str?",
+        "PEM CA bundle: scrapers must present a certificate it signed (mutual TLS)",
+    )
+    http_auth_username: str | None = setting(None, "str?", "basic-auth user the /metrics endpoint requires")
+    http_auth_password_file: str | None = setting(None, "str?", "file holding the endpoint's basic-auth password")
+    http_auth_password_env: str | None = setting(
+        None, "str?",
+        "environment variable holding the endpoint's basic-auth password",
+    )
+    push_username: str | None = setting(None, "str?", "basic-auth user for pushes to the Pushgateway")
+    push_password_file: str | None = setting(None, "str?", "file holding the push basic-auth password")
+    push_password_env: str | None = setting(None, "str?", "environment variable holding the push basic-auth password")
+    push_tls_ca_file: str | None = setting(
+        None, "str?",
+        "PEM CA bundle that verifies an https Pushgateway (default: system CAs)",
+    )
+    push_tls_cert_file: str | None = setting(None, "str?", "PEM client certificate for pushes (with push_tls_key_file)")
+    push_tls_key_file: str | None = setting(None, "str?", "PEM private key of push_tls_cert_file")
     # reliability (B)
-    run_timeout_seconds: float | None = None
-    only_new: bool = False
+    run_timeout_seconds: float | None = setting(
+        None, "float+?",
+        "stop scoring after this many seconds (checked between batches); the finished batches' records are "
+        "written and the run exits 7",
+        maximum=366 * 86400.0,
+    )
+    only_new: bool = setting(
+        False, "bool",
+        "score only files new or changed since the last successful run (state kept in the records folder)",
+    )
+
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> MonitorConfig:
         """A copy with ``overrides`` (None values ignored) applied and validated."""
@@ -170,6 +284,7 @@ class MonitorConfig:
                 f"size_policy must be 'resize' or 'skip', got {self.size_policy!r}; fix: 'resize' brings folder "
                 "images of another size to the first image's size, 'skip' skips and counts them (size_mismatch)"
             )
+        self._check_scale_out()
         # reliability (B)
         if self.only_new and _is_sample(self.input):
             raise ConfigError(
@@ -182,6 +297,31 @@ class MonitorConfig:
                 "records is not set; fix: set records: FOLDER (flag --records)"
             )
         return self
+
+    @property
+    def world_size(self) -> int:
+        """Processes scoring one window together: ``devices x num_nodes``."""
+        return int(self.devices) * int(self.num_nodes)
+
+    def _check_scale_out(self) -> None:
+        if self.world_size > 1 and self.runner != "lightning":
+            raise ConfigError(
+                f"devices: {self.devices} and num_nodes: {self.num_nodes} need runner: lightning (the plain runner "
+                "scores on one device); fix: set runner: lightning (flag --runner lightning)")
+        if self.shard is None:
+            return
+        if not self.records:
+            raise ConfigError("shard writes its part of the window to the records folder, but records is not set; "
+                              "fix: set records: FOLDER (flag --records), the same for every shard")
+        if self.run_id is None:
+            raise ConfigError("shard needs run_id, the same for every shard of the window and for 'relmon merge' "
+                              "(e.g. the Kubernetes Job's name); fix: pass --run-id ID")
+        if self.only_new:
+            raise ConfigError("only_new keeps one state per stream, which shards would race for; fix: set "
+                              "only_new: false (flag --no-only-new) for sharded runs")
+        if self.world_size > 1:
+            raise ConfigError("shard with devices/num_nodes > 1 is not supported: run each shard on one device, "
+                              "or one DDP job without shard")
 
     def to_dict(self) -> dict[str, Any]:
         out = {}
@@ -225,7 +365,7 @@ class MonitorConfig:
         """The declared ``preprocessing`` as a :class:`~relmon.models.Preprocessing` (None if not set)."""
         if self.preprocessing is None:
             return None
-        from relmon.models import Preprocessing
+        from relmon.preprocessing import Preprocessing
 
         p = self.preprocessing
         return Preprocessing(
@@ -237,148 +377,30 @@ def _is_sample(value: str) -> bool:
     return value == "sample"
 
 
-# name -> (kind, help); kind is one of str, str?, int+, int+?, int>=0, float01, float+, bool, port,
-# list[str], list[int], shift?, severity, channels
+# name -> (kind, help), in declaration order
 FIELDS: dict[str, tuple[str, str]] = {
-    "model": ("str", "embedded model name (fmnist_cnn, fmnist_vgg) or 'package.module:factory'"),
-    "model_kwargs": ("mapping?", "keyword arguments passed to the model factory"),
-    "checkpoint": ("str?", "weights-only state_dict, or a Lightning .ckpt with lightning_module"),
-    "lightning_module": ("str?", "'package.module:Class' of the LightningModule the checkpoint holds"),
-    "preprocessing": ("preprocessing?", "the model's input space: {mean, std, low, high} (scalars or per channel)"),
-    "classes": ("list[str]?", "class names in the model's output order (count checked against the model)"),
-    "model_name": ("str?", "the 'model' label (default: embedded name or the factory's name)"),
-    "model_version": ("str?", "the 'model_version' label (default: a hash of the weights)"),
-    "input": ("str", "'sample' (the shipped Fashion-MNIST sample) or a folder / fsspec URL of images"),
-    "shift": ("shift?", "shift applied to the shipped sample (gaussian_noise, blur, contrast, ...)"),
-    "severity": ("severity", "severity 1..5 of the shift"),
-    "n": ("int+?", "images taken from the shipped sample"),
-    "channels": ("channels", "1 (grey) or 3 (RGB): folder images are converted to it"),
-    "image_size": ("int+?", "resize folder images to this square side"),
-    "size_policy": ("str", "without image_size, folder images of another size than the first: 'resize' or 'skip' "
-                           "(skipped ones are counted as size_mismatch)"),
-    "max_pixels": ("int+", "folder images with more pixels (width x height, read from the header before "
-                           "decoding) are skipped and counted as too_large"),
-    "stream": ("str", "stream name: the 'stream' label and the window id prefix"),
-    "window": ("window?", "folder input: null (the whole folder is one window) or mtime (score the newest "
-               "window of window_seconds by file modification time)"),
-    "window_seconds": ("float+", "length of an mtime window in seconds"),
-    "methods": ("list[str]", "heatmap methods (see 'relmon methods')"),
-    "region": ("int+", "side in pixels of the perturbed square regions"),
-    "steps": ("int+?", "perturbation steps L (AOPC costs L+1 forwards per image and method); a count, "
-                       "whatever the image size; null with fraction"),
-    "fraction": ("float01?", "instead of steps: the share of the image's regions perturbed, L = round(fraction x "
-                             "regions) on the model's input size (the paper's protocol: 0.16); not with steps"),
-    "sample_rate": ("float01", "share of the window's inputs that are scored, in (0, 1]"),
-    "max_samples": ("int+?", "cap of scored inputs per window"),
-    "batch_size": ("int+", "images per batch"),
-    "seed": ("int>=0", "seed of sampling, noise and random orders"),
-    "accelerator": ("accelerator", "Lightning accelerator: cpu, gpu (cuda), mps or auto"),
-    "step_stride": ("int+", "evaluate every s-th perturbation step and interpolate (1: every step)"),
-    "max_batch_bytes": ("int+", "memory budget in bytes of one batch of perturbed images"),
-    "random_fraction": (
-        "float01",
-        "share of the scored samples whose random-order baseline is evaluated (1: all; less is cheaper, "
-        "its error is in benchmarks/RESULTS.md)",
-    ),
-    "threads": ("int+?", "CPU threads of the job's forwards (null: torch's default)"),
-    "runner": ("runner", "scoring loop: plain (one process, no Lightning import: fastest start-up) or "
-               "lightning (pl.Trainer.predict with RelevanceMonitor); both give the same records"),
-    "calibration": ("str?", "calibration folder written by 'relmon calibrate'"),
-    "calibration_data": ("str?", "labelled data for 'relmon calibrate': a folder with one sub-folder "
-                         "per class, or a CSV/Parquet manifest with columns path and label"),
-    "estimators": ("list[str]", "estimators fitted by 'relmon calibrate'"),
-    "calibration_n": ("int+", "images per calibration window"),
-    "calibration_shifts": ("list[str]", "shifts making the calibration windows"),
-    "calibration_severities": ("list[int]", "severities of the calibration shifts"),
-    "drift_alpha": ("float01", "family-wise significance level of the drift alarm"),
-    "allow_version_mismatch": ("bool", "use a calibration made for another version of the model (flagged)"),
-    "records": ("str?", "folder for the per-sample records (Parquet)"),
-    "textfile": ("str?", "write the metrics to this file (atomically), e.g. for node-exporter"),
-    "pushgateway": ("str?", "Pushgateway address host:port to push the metrics to"),
-    "job": ("str", "Pushgateway job name"),
-    "push_timeout": (
-        "float+",
-        "seconds per push attempt, a deadline for the whole attempt (a gateway that trickles bytes is cut off)",
-    ),
-    "push_retries": ("int>=0", "push retries after the first attempt (exponential backoff)"),
-    "push_backoff": ("float+", "seconds before the first retry (doubles each retry)"),
-    "http_addr": (
-        "str",
-        "address the /metrics endpoint of 'relmon serve' binds (loopback by default; 0.0.0.0: all interfaces)",
-    ),
-    "http_port": ("port", "port of the /metrics endpoint (0: any free port)"),
-    "interval_seconds": ("float+", "seconds between runs (serve) or between folder checks (watch)"),
-    "watch": ("bool", "serve: re-run when the input folder changes instead of on every interval"),
-    "max_iterations": ("int+?", "serve: stop after this many runs (default: run until stopped)"),
-    # exporter security (C)
-    "http_tls_cert_file": ("str?", "PEM certificate of the /metrics endpoint (with http_tls_key_file: HTTPS)"),
-    "http_tls_key_file": ("str?", "PEM private key of http_tls_cert_file"),
-    "http_tls_client_ca_file": ("str?", "PEM CA bundle: scrapers must present a certificate it signed (mutual TLS)"),
-    "http_auth_username": ("str?", "basic-auth user the /metrics endpoint requires"),
-    "http_auth_password_file": ("str?", "file holding the endpoint's basic-auth password"),
-    "http_auth_password_env": ("str?", "environment variable holding the endpoint's basic-auth password"),
-    "push_username": ("str?", "basic-auth user for pushes to the Pushgateway"),
-    "push_password_file": ("str?", "file holding the push basic-auth password"),
-    "push_password_env": ("str?", "environment variable holding the push basic-auth password"),
-    "push_tls_ca_file": ("str?", "PEM CA bundle that verifies an https Pushgateway (default: system CAs)"),
-    "push_tls_cert_file": ("str?", "PEM client certificate for pushes (with push_tls_key_file)"),
-    "push_tls_key_file": ("str?", "PEM private key of push_tls_cert_file"),
-    # reliability (B)
-    "run_timeout_seconds": (
-        "float+?",
-        "stop scoring after this many seconds (checked between batches); the finished batches' records "
-        "are written and the run exits 7",
-    ),
-    "only_new": (
-        "bool",
-        "score only files new or changed since the last successful run (state kept in the records folder)",
-    ),
+    f.name: (f.metadata["kind"], f.metadata["help"]) for f in fields(MonitorConfig)
 }
-
-# Largest accepted value per numeric field (a bigger one is a typo or overflows a timer / backoff).
 _MAXIMA: dict[str, float] = {
-    "push_retries": 100,
-    "push_timeout": 86400.0,
-    "push_backoff": 3600.0,
-    "interval_seconds": 366 * 86400.0,
-    "run_timeout_seconds": 366 * 86400.0,
-}
-
-_EXAMPLES = {
-    "int+": "a positive integer, e.g. 7",
-    "int>=0": "an integer >= 0, e.g. 3",
-    "float01": "a number in (0, 1], e.g. 0.5",
-    "float+": "a positive number, e.g. 10",
-    "bool": "true or false",
-    "port": "an integer in 0..65535, e.g. 9108",
-    "list[str]": "a list of strings, e.g. [lrp]",
-    "list[int]": "a list of integers, e.g. [1, 3]",
-    "str": "a non-empty string",
-    "severity": "an integer 1..5",
-    "channels": "1 or 3",
-    "mapping": "a mapping of name: value, e.g. {num_classes: 10}",
-    "preprocessing": "a mapping {mean: [..], std: [..], low: 0.0, high: 1.0}",
-    "window": "mtime",
-    "accelerator": "one of cpu, gpu, cuda, mps, auto",
-    "runner": "plain or lightning",
+    f.name: f.metadata["maximum"] for f in fields(MonitorConfig) if f.metadata["maximum"] is not None
 }
 
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 RUNNERS = ("plain", "lightning")
+STRATEGIES = ("auto", "ddp")
 _PREP_KEYS = ("mean", "std", "low", "high")
 
 
 def _bad(name: str, kind: str, value: Any, extra: str = "") -> ConfigError:
-    base = kind.rstrip("?")
-    hint = _EXAMPLES.get(base, "a name such as gaussian_noise")
     null = " or null" if kind.endswith("?") else ""
     return ConfigError(
-        f"config field {name!r}: expected {hint}{null}, got {value!r}{extra}; "
+        f"config field {name!r}: expected {KINDS[kind.rstrip('?')][0]}{null}, got {value!r}{extra}; "
         f"fix: set {name} ({FIELDS[name][1]})"
     )
 
 
 def _coerce(name: str, value: Any) -> Any:
+    """``value`` checked and converted for field ``name`` by the coercer of its kind (:data:`KINDS`)."""
     kind = FIELDS[name][0]
     if kind.endswith("?") and isinstance(value, str) and value.lower() in ("none", "null"):
         value = None  # lets a flag clear a file's value: --shift none
@@ -386,69 +408,111 @@ def _coerce(name: str, value: Any) -> Any:
         if kind.endswith("?"):
             return None
         raise _bad(name, kind, value)
-    base = kind.rstrip("?")
-    if base in ("mapping", "preprocessing") and isinstance(value, str):  # a flag: --model-kwargs '{a: 1}'
-        import yaml
+    return KINDS[kind.rstrip("?")][1](name, kind, value)
 
-        try:
-            value = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise _bad(name, kind, value) from None
-    if base == "mapping":
-        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-            raise _bad(name, kind, value)
-        return dict(value)
-    if base == "preprocessing":
-        return _coerce_preprocessing(name, kind, value)
-    if base == "window":
-        if value != "mtime":
-            raise _bad(name, kind, value, " (the whole folder is one window unless window: mtime)")
-        return value
-    if base == "accelerator":
-        if not isinstance(value, str) or value.lower() not in ACCELERATORS:
-            raise _bad(
-                name, kind, value, f" ({value!r} is not supported: relmon runs on {', '.join(ACCELERATORS)})"
-            )
-        return value.lower()
-    if base == "runner":
-        if not isinstance(value, str) or value.lower() not in RUNNERS:
-            raise _bad(name, kind, value)
-        return value.lower()
-    if base in ("str", "shift"):
-        if not isinstance(value, str) or not value:
-            raise _bad(name, kind, value)
-        if base == "shift":
-            from relmon.data.shifts import SHIFTS
 
-            if value not in SHIFTS:
-                raise _bad(name, kind, value, f" (known shifts: {', '.join(SHIFTS)})")
+def _yaml_value(name: str, kind: str, value: Any) -> Any:
+    if not isinstance(value, str):
         return value
-    if base == "bool":
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
+    import yaml  # a flag: --model-kwargs '{a: 1}'
+
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise _bad(name, kind, value) from None
+
+
+def _mapping(name: str, kind: str, value: Any) -> dict[str, Any]:
+    value = _yaml_value(name, kind, value)
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         raise _bad(name, kind, value)
-    if base in ("int+", "int>=0", "port", "severity", "channels"):
+    return dict(value)
+
+
+def _window(name: str, kind: str, value: Any) -> str:
+    if value != "mtime":
+        raise _bad(name, kind, value, " (the whole folder is one window unless window: mtime)")
+    return value
+
+
+def _accelerator(name: str, kind: str, value: Any) -> str:
+    if not isinstance(value, str) or value.lower() not in ACCELERATORS:
+        raise _bad(name, kind, value, f" ({value!r} is not supported: relmon runs on {', '.join(ACCELERATORS)})")
+    return value.lower()
+
+
+def _runner(name: str, kind: str, value: Any) -> str:
+    if not isinstance(value, str) or value.lower() not in RUNNERS:
+        raise _bad(name, kind, value)
+    return value.lower()
+
+
+def _strategy(name: str, kind: str, value: Any) -> str:
+    if not isinstance(value, str) or value.lower() not in STRATEGIES:
+        raise _bad(name, kind, value, " (the job supports one process per device: ddp; spawn-based and "
+                                      "sharded-model strategies are not supported)")
+    return value.lower()
+
+
+def _shard(name: str, kind: str, value: Any) -> str:
+    from relmon.runs import parse_shard
+
+    try:
+        index, count = parse_shard(value)
+    except ValueError:
+        raise _bad(name, kind, value) from None
+    return f"{index}/{count}"
+
+
+def _run_id(name: str, kind: str, value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", value):
+        raise _bad(name, kind, value)
+    return value
+
+
+def _string(name: str, kind: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _bad(name, kind, value)
+    return value
+
+
+def _shift(name: str, kind: str, value: Any) -> str:
+    from relmon.data.shifts import SHIFTS
+
+    if _string(name, kind, value) not in SHIFTS:
+        raise _bad(name, kind, value, f" (known shifts: {', '.join(SHIFTS)})")
+    return value
+
+
+def _bool(name: str, kind: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+        return value.lower() in ("true", "yes", "1")
+    raise _bad(name, kind, value)
+
+
+def _integer(accept):
+    """The coercer of an integer kind whose values satisfy ``accept``."""
+
+    def coerce(name: str, kind: str, value: Any) -> int:
         if isinstance(value, str):
             try:
                 value = int(value)
             except ValueError:
                 raise _bad(name, kind, value) from None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _bad(name, kind, value)
-        ok = {
-            "int+": value >= 1,
-            "int>=0": value >= 0,
-            "port": 0 <= value <= 65535,
-            "severity": 1 <= value <= 5,
-            "channels": value in (1, 3),
-        }[base]
-        if not ok:
+        if isinstance(value, bool) or not isinstance(value, int) or not accept(value):
             raise _bad(name, kind, value)
         _check_maximum(name, kind, value)
         return value
-    if base in ("float01", "float+"):
+
+    return coerce
+
+
+def _number(accept):
+    """The coercer of a real-number kind whose finite values satisfy ``accept``."""
+
+    def coerce(name: str, kind: str, value: Any) -> float:
         if isinstance(value, str):
             try:
                 value = float(value)
@@ -462,19 +526,25 @@ def _coerce(name: str, value: Any) -> Any:
             raise _bad(name, kind, value, " (not a finite number)") from None
         if not math.isfinite(value):
             raise _bad(name, kind, value, " (not a finite number)")
-        ok = 0.0 < value <= 1.0 if base == "float01" else value > 0.0
-        if not ok:
+        if not accept(value):
             raise _bad(name, kind, value)
         _check_maximum(name, kind, value)
         return value
-    if base in ("list[str]", "list[int]"):
+
+    return coerce
+
+
+def _list(item: type):
+    """The coercer of a non-empty list of ``item`` (str or int); one value is a list of one."""
+
+    def coerce(name: str, kind: str, value: Any) -> tuple:
         if isinstance(value, (str, int)) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, (list, tuple)) or not value:
             raise _bad(name, kind, value)
         if name == "classes":  # class names may be written as numbers in YAML
             value = [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
-        if base == "list[str]":
+        if item is str:
             if not all(isinstance(v, str) and v for v in value):
                 raise _bad(name, kind, value)
             return tuple(value)
@@ -485,7 +555,38 @@ def _coerce(name: str, value: Any) -> Any:
         if any(isinstance(v, bool) for v in value):
             raise _bad(name, kind, value)
         return out
-    raise AssertionError(kind)  # pragma: no cover
+
+    return coerce
+
+
+def _preprocessing(name: str, kind: str, value: Any) -> dict[str, Any]:
+    return _coerce_preprocessing(name, kind, _yaml_value(name, kind, value))
+
+
+#: kind -> (what it accepts, as error messages say it; coercer ``(name, kind, value) -> value``).
+#: A field's kind may end in ``?``: null (or "none"/"null" from a flag) is accepted too.
+KINDS: dict[str, tuple[str, Any]] = {
+    "str": ("a non-empty string", _string),
+    "shift": ("a name such as gaussian_noise", _shift),
+    "bool": ("true or false", _bool),
+    "int+": ("a positive integer, e.g. 7", _integer(lambda v: v >= 1)),
+    "int>=0": ("an integer >= 0, e.g. 3", _integer(lambda v: v >= 0)),
+    "port": ("an integer in 0..65535, e.g. 9108", _integer(lambda v: 0 <= v <= 65535)),
+    "severity": ("an integer 1..5", _integer(lambda v: 1 <= v <= 5)),
+    "channels": ("1 or 3", _integer(lambda v: v in (1, 3))),
+    "float01": ("a number in (0, 1], e.g. 0.5", _number(lambda v: 0.0 < v <= 1.0)),
+    "float+": ("a positive number, e.g. 10", _number(lambda v: v > 0.0)),
+    "list[str]": ("a list of strings, e.g. [lrp]", _list(str)),
+    "list[int]": ("a list of integers, e.g. [1, 3]", _list(int)),
+    "mapping": ("a mapping of name: value, e.g. {num_classes: 10}", _mapping),
+    "preprocessing": ("a mapping {mean: [..], std: [..], low: 0.0, high: 1.0}", _preprocessing),
+    "window": ("mtime", _window),
+    "accelerator": ("one of cpu, gpu, cuda, mps, auto", _accelerator),
+    "runner": ("plain or lightning", _runner),
+    "strategy": ("auto or ddp", _strategy),
+    "shard": ("I/N with 0 <= I < N, e.g. 0/4", _shard),
+    "runid": ("a name of letters, digits, '.', '_' or '-', e.g. nightly-2026-12-03", _run_id),
+}
 
 
 def _coerce_preprocessing(name: str, kind: str, value: Any) -> dict[str, Any]:
@@ -603,10 +704,12 @@ def config_from_args(args: argparse.Namespace) -> MonitorConfig:
 
 __all__ = [
     "FIELDS",
+    "KINDS",
     "ConfigError",
     "MonitorConfig",
     "add_config_flags",
     "config_from_args",
     "config_from_dict",
     "load_config",
+    "setting",
 ]

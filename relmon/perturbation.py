@@ -30,7 +30,7 @@ import contextlib
 import hashlib
 import math
 import operator
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from relmon.explain.heatmap import to_heatmap
-from relmon.models.preprocessing import input_bounds
+from relmon.preprocessing import eval_mode, input_bounds
 
 ORDERS = ("morf", "lerf", "random")
 PERTURBATIONS = ("uniform", "constant", "mean", "blur", "black")
@@ -476,18 +476,6 @@ def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
     for tensor in model.buffers():
         return tensor.device
     return fallback
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode and restore each one's own train/eval flag afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 def _leaf_activation_bytes(model: nn.Module, probe: torch.Tensor) -> int:

@@ -39,7 +39,7 @@ from torch.utils.data import DistributedSampler
 
 from relmon.complexity import heatmap_complexity
 from relmon.explain import canonical_method, explain_full, to_heatmap
-from relmon.models import model_info
+from relmon.identity import model_info
 from relmon.perturbation import (
     DEFAULT_MAX_BATCH_BYTES,
     DEFAULT_STEPS,

@@ -1,10 +1,47 @@
+import argparse
+import io
 import os
+from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from relmon.data import load_sample, to_tensor
 from relmon.models import load_embedded
+
+# --------------------------------------------------------------------------------------------------
+# shared helpers (import them: ``from conftest import run_cli``)
+
+
+def run_cli(argv: list[str]) -> int:
+    """Run ``relmon calibrate | monitor | serve`` in this process: the exit code the CLI returns."""
+    from relmon.cli import jobs as cli_jobs
+
+    parser = argparse.ArgumentParser(prog="relmon")
+    cli_jobs.add_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def sample_png_bytes(i: int) -> bytes:
+    """Image ``i`` of the shipped Fashion-MNIST sample, PNG-encoded."""
+    images, _ = load_sample()
+    buf = io.BytesIO()
+    Image.fromarray(images[i]).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_sample_pngs(folder: Path, n: int, start: int = 0, name: str = "img{:04d}.png") -> list[Path]:
+    """Images ``start .. start + n - 1`` of the shipped sample as PNG files ``folder / name.format(i)``."""
+    images, _ = load_sample()
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(start, start + n):
+        path = folder / name.format(i)
+        Image.fromarray(images[i]).save(path)
+        out.append(path)
+    return out
 
 
 @pytest.fixture(autouse=True)

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -341,15 +342,6 @@ def calibration(tmp_path_factory):
         estimators=("average_confidence", "atc", "regression_relevance"),
     )
     return calibrate(cfg, out)
-
-
-def run_cli(argv):
-    from relmon.cli import jobs as cli_monitor
-
-    parser = argparse.ArgumentParser(prog="relmon")
-    cli_monitor.add_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
 
 
 def test_monitor_with_calibration_fills_every_metric(calibration, tmp_path):

@@ -8,7 +8,6 @@ a free port chosen at run time and is shut down by the test.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import http.server
 import importlib.util
@@ -23,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 from prometheus_client import CollectorRegistry
 
 from relmon.config import ConfigError, MonitorConfig, config_from_dict
@@ -336,15 +336,6 @@ def test_push_over_https_verifies_the_gateway_with_a_ca_bundle(gateway, pki):
     assert server.requests[-1][0] == "/metrics/job/relmon"
     with pytest.raises(PushError, match="CERTIFICATE_VERIFY_FAILED"):
         push(metrics().registry, url, retries=0, security=PushSecurity(ca_file=str(pki / "other.pem")))
-
-
-def run_cli(argv):
-    from relmon.cli import jobs as cli_jobs
-
-    parser = argparse.ArgumentParser(prog="relmon")
-    cli_jobs.add_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
 
 
 def test_cli_never_prints_the_push_password(gateway, capsys, caplog, tmp_path, monkeypatch):

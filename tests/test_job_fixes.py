@@ -4,7 +4,6 @@ bounded resize bookkeeping, and the ``fraction`` config field."""
 from __future__ import annotations
 
 import importlib
-import io
 import pkgutil
 import threading
 from types import ModuleType
@@ -12,6 +11,7 @@ from types import ModuleType
 import fsspec
 import numpy as np
 import pytest
+from conftest import sample_png_bytes
 from fsspec.implementations.memory import MemoryFileSystem
 from PIL import Image
 from prometheus_client import CollectorRegistry
@@ -90,22 +90,13 @@ def counting_fs():
     CountingFS.finds.clear()
 
 
-def _png(i: int) -> bytes:
-    from relmon.data import load_sample
-
-    images, _ = load_sample()
-    buf = io.BytesIO()
-    Image.fromarray(images[i]).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def test_only_new_selection_uses_the_streams_storage_options_and_listing(counting_fs):
     from relmon.data.streams import ImageFolderStream
     from relmon.jobs.state import SeenFiles
 
     fs = counting_fs(token="secret")
     for i in range(3):
-        fs.pipe(f"/sel/img{i}.png", _png(i))
+        fs.pipe(f"/sel/img{i}.png", sample_png_bytes(i))
     with pytest.raises(PermissionError, match="token='secret'"):  # the options are needed
         fsspec.filesystem(counting_fs.protocol)
     stream = ImageFolderStream("relmoncount://sel", storage_options={"token": "secret"})
@@ -126,13 +117,13 @@ def test_serve_lists_the_input_once_per_iteration(counting_fs, watch):
 
     fs = counting_fs(token="secret")
     for i in range(3):
-        fs.pipe(f"/watch/img{i}.png", _png(i))
+        fs.pipe(f"/watch/img{i}.png", sample_png_bytes(i))
     runs = []
 
     def on_run(summary):
         runs.append(summary)
         if len(runs) == 1:
-            fs.pipe("/watch/img7.png", _png(7))  # a new file: the second iteration runs again
+            fs.pipe("/watch/img7.png", sample_png_bytes(7))  # a new file: the second iteration runs again
 
     stop = threading.Event()
     timer = threading.Timer(120, stop.set)  # safety net only

@@ -17,13 +17,12 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torchmetrics
-from PIL import Image
+from conftest import write_sample_pngs
 from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import relmon
 from relmon.complexity import heatmap_complexity
-from relmon.data import load_sample
 from relmon.data.streams import ImageFolderStream, StreamDataModule, fashion_mnist_stream
 from relmon.lightning import (
     HeatmapQualityCallback,
@@ -112,11 +111,8 @@ def test_predict_records_equal_functional_api_under_default_inference_mode(model
 
 
 def test_image_folder_stream_records_parquet_and_bad_file(model, tmp_path):
-    images, _ = load_sample()
     folder = tmp_path / "imgs"
-    folder.mkdir()
-    for i in range(10):
-        Image.fromarray(np.asarray(images[i], dtype=np.uint8)).save(folder / f"img{i:02d}.png")
+    write_sample_pngs(folder, 10, name="img{:02d}.png")
     (folder / "img05_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
     stream = ImageFolderStream(folder, preprocessing=FASHION_MNIST_PREPROCESSING, stream="cam")
     out_dir = tmp_path / "records"

@@ -15,7 +15,6 @@ provisioning; the dashboard's datasource UID exists; the Kubernetes manifests va
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
@@ -28,9 +27,9 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
+from conftest import run_cli, write_sample_pngs
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -111,26 +110,6 @@ class Server:
         self._fh.close()
 
 
-def run_cli(argv: list[str]) -> int:
-    from relmon.cli import jobs as cli_monitor
-
-    parser = argparse.ArgumentParser(prog="relmon")
-    cli_monitor.add_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-def write_images(folder: Path, start: int, n: int) -> None:
-    from PIL import Image
-
-    from relmon.data import load_sample
-
-    images, _ = load_sample()
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(start, start + n):
-        Image.fromarray(np.asarray(images[i])).save(folder / f"img_{i:04d}.png")
-
-
 # --------------------------------------------------------------------------------------------------
 # integration: real Prometheus and Pushgateway
 
@@ -155,7 +134,7 @@ def stack(tmp_path_factory):
         tmp / "cal",
     )
     inputs = tmp / "inputs"
-    write_images(inputs, 0, 16)
+    write_sample_pngs(inputs, 16, name="img_{:04d}.png")
     (inputs / "corrupt.png").write_bytes(b"not a png")
     prom_port, pg_port, relmon_port = free_port(), free_port(), free_port()
     servers: list[Server] = []
@@ -259,7 +238,7 @@ def test_a_prometheus_scrapes_relmon_serve(stack):
     assert float(errors[0]["value"][1]) == 1  # the corrupt file was counted, not fatal
     # A second iteration: a new file in the watched folder makes serve run again, scoring only the new
     # file (each input is counted once: 16 + 1, not 16 + 17).
-    write_images(stack["inputs"], 16, 1)
+    write_sample_pngs(stack["inputs"], 1, start=16, name="img_{:04d}.png")
     poll(
         lambda: [
             r
@@ -675,7 +654,7 @@ def test_k8s_manifests_structure():
                 for part in dotted.split("."):
                     node = node[part]
                 assert node, f"{path}: {dotted} is empty"
-            docs[doc["kind"]] = doc
+            docs.setdefault(doc["kind"], doc)  # the first of a kind: cronjob.yaml before sharded-cronjob.yaml
     cm, cron = docs["ConfigMap"], docs["CronJob"]
     config_from_dict(yaml.safe_load(cm["data"]["relmon.yaml"]))  # the shipped config validates
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]

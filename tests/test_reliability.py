@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import write_sample_pngs
 from PIL import Image
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -46,19 +47,6 @@ def env() -> dict[str, str]:
     e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
     e["OMP_NUM_THREADS"] = "1"
     return e
-
-
-def write_pngs(folder: Path, n: int, start: int = 0) -> list[Path]:
-    from relmon.data import load_sample
-
-    images, _ = load_sample()
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for i in range(start, start + n):
-        p = folder / f"img{i:04d}.png"
-        Image.fromarray(images[i]).save(p)
-        out.append(p)
-    return out
 
 
 def signal_after(proc: subprocess.Popen, pipe: str, marker: str, delay: float, sig: int) -> tuple[str, str, float]:
@@ -453,14 +441,14 @@ def test_only_new_scores_each_file_once_and_keeps_every_run(tmp_path):
     from relmon.jobs.monitor import EmptyWindowError
 
     imgs = tmp_path / "in"
-    write_pngs(imgs, 6)
+    write_sample_pngs(imgs, 6)
     (imgs / "broken.png").write_bytes(b"not a png")
     cfg = MonitorConfig(**{**FAST, "n": None}, input=str(imgs), records=str(tmp_path / "rec"), only_new=True)
     first = MonitorJob(cfg, registry=CollectorRegistry()).run()
     assert first.scored == 6 and sum(first.input_errors.values()) == 1
     with pytest.raises(EmptyWindowError, match=r"no new or changed input since the last successful run"):
         MonitorJob(cfg, registry=CollectorRegistry()).run()
-    write_pngs(imgs, 2, start=10)
+    write_sample_pngs(imgs, 2, start=10)
     third = MonitorJob(cfg, registry=CollectorRegistry()).run()
     assert third.scored == 2 and third.input_errors == {}
     recs = read_records(tmp_path / "rec")
@@ -481,14 +469,14 @@ def test_serve_counts_unchanged_inputs_once(tmp_path):
     from relmon.jobs import serve
 
     imgs = tmp_path / "in"
-    write_pngs(imgs, 5)
+    write_sample_pngs(imgs, 5)
     (imgs / "broken.png").write_bytes(b"\x89PNG broken")
     registry = CollectorRegistry()
     added = []
 
     def on_run(summary):
         if not added:
-            added.extend(write_pngs(imgs, 1, start=20))  # one new file after the first run
+            added.extend(write_sample_pngs(imgs, 1, start=20))  # one new file after the first run
 
     cfg = MonitorConfig(**{**FAST, "n": None}, input=str(imgs), http_addr="127.0.0.1", http_port=0,
                         interval_seconds=0.05, max_iterations=4)
@@ -584,7 +572,7 @@ def test_concurrent_only_new_runs_score_each_file_once(tmp_path):
     from relmon.jobs.monitor import EmptyWindowError
 
     imgs = tmp_path / "in"
-    write_pngs(imgs, 8)
+    write_sample_pngs(imgs, 8)
     cfg = MonitorConfig(**{**FAST, "n": None}, input=str(imgs), records=str(tmp_path / "rec"), only_new=True)
     jobs = [MonitorJob(cfg, registry=CollectorRegistry()) for _ in range(2)]
     results: list = []

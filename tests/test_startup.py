@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
+from conftest import write_sample_pngs
 
 from relmon.config import ConfigError, MonitorConfig, config_from_dict
 from relmon.jobs.common import build_stream, load_job_model, score_stream
@@ -66,11 +66,7 @@ def test_plain_and_lightning_runners_give_identical_records_and_summaries():
 
 
 def test_runners_agree_on_a_folder_with_a_bad_file(tmp_path):
-    from relmon.data import load_sample
-
-    images, _ = load_sample()
-    for i in range(6):
-        Image.fromarray(images[i]).save(tmp_path / f"img{i}.png")
+    write_sample_pngs(tmp_path, 6, name="img{}.png")
     (tmp_path / "broken.png").write_bytes(b"not a png")
     cfg = MonitorConfig(input=str(tmp_path), n=None, region=7, steps=4, batch_size=4, methods=("lrp",))
     model = load_job_model(cfg)
@@ -259,8 +255,11 @@ def test_exit_codes_are_defined_once():
     import relmon.jobs.signals as sig
 
     assert (sig.EXIT_INTERRUPTED, sig.EXIT_EMPTY, sig.EXIT_TIMEOUT) == (5, 6, 7)
-    source = (ROOT / "relmon" / "jobs" / "signals.py").read_text()
-    assert "EXIT_TIMEOUT = " not in source and "from relmon.cli.jobs import" in source
+    defining = [p.relative_to(ROOT).as_posix() for p in sorted((ROOT / "relmon").rglob("*.py"))
+                if "EXIT_TIMEOUT = " in p.read_text()]
+    assert defining == ["relmon/exitcodes.py"]
+    for module in ("jobs/signals.py", "jobs/errors.py", "cli/jobs.py"):
+        assert "from relmon.exitcodes import" in (ROOT / "relmon" / module).read_text(), module
     assert sig.RunInterrupted("x", "timeout").exit_code == cli.EXIT_TIMEOUT
 
 

@@ -18,7 +18,8 @@ them — and keeps the held-out residuals ``r_j = accuracy_j − estimate_j``. A
 ``estimate ± q · sqrt(v_w + τ²)``: ``v_w`` the window's sampling variance (Agresti–Coull: the
 binomial variance at ``(n·p + z²/2) / (n + z²)`` over ``n + z²``, never zero, so two images never give
 ``[1.0, 1.0]``), ``τ²`` the between-shift bias variance (``mean(r²) − mean(v_j)``, at least 0) and ``q``
-the split-conformal quantile (rank ``⌈(m+1)·level⌉`` of ``m``) of ``|r_j| / sqrt(v_j + τ²)``. With
+the split-conformal quantile (the ``⌈(m+1)·level⌉``-th smallest of the ``m`` scores, ``+inf`` — an
+interval of ``[0, 1]`` — when that rank exceeds ``m``; :func:`conformal_quantile`) of ``|r_j| / sqrt(v_j + τ²)``. With
 fewer than two shift types (or ``conformal=False``) the interval is the sampling part alone
 (``q = z``, ``τ = 0``) and ``interval_kind_`` says ``"sampling"``.
 
@@ -124,6 +125,28 @@ def sampling_variance(estimate: np.ndarray, n: np.ndarray, level: float = 0.9) -
     n = np.maximum(np.asarray(n, dtype=float), 0.0)
     p = (n * np.clip(np.asarray(estimate, dtype=float), 0.0, 1.0) + z2 / 2.0) / (n + z2)
     return p * (1.0 - p) / (n + z2)
+
+
+def conformal_rank(m: int, level: float) -> int:
+    """The split-conformal rank ``⌈(m + 1) · level⌉`` (1-based) of ``m`` calibration scores at ``level``."""
+    # the small tolerance keeps e.g. (9 + 1) * 0.9 = 9.000000000000002 at rank 9, not 10
+    return math.ceil((m + 1) * float(level) - 1e-9)
+
+
+def conformal_quantile(scores, level: float) -> float:
+    """Split-conformal quantile of ``scores`` at ``level``: the ``⌈(m + 1) · level⌉``-th smallest of the
+    ``m`` scores, ``+inf`` when that rank exceeds ``m`` (too few scores for the level: the interval is
+    unbounded, i.e. ``[0, 1]`` for an accuracy). Coverage ≥ ``level`` for an exchangeable new score."""
+    scores = np.sort(np.asarray(scores, dtype=float))
+    k = conformal_rank(len(scores), level)
+    return float(scores[k - 1]) if 1 <= k <= len(scores) else math.inf
+
+
+def between_shift_variance(residuals, variances) -> float:
+    """``τ²`` = mean squared held-out residual minus the mean sampling variance of those windows, at
+    least 0: the part of the residuals that window sampling does not explain (bias between shifts)."""
+    r, v = np.asarray(residuals, dtype=float), np.asarray(variances, dtype=float)
+    return max(0.0, float(np.mean(r ** 2) - np.mean(v)))
 
 
 def _result(window_id, estimate, lower, upper) -> pd.DataFrame:
@@ -362,11 +385,10 @@ class _WindowEstimator(BaseEstimator):
         r, v = r[ok], v[ok]
         if len(r) < 2:
             return self
-        tau2 = max(0.0, float(np.mean(r ** 2) - np.mean(v)))
+        tau2 = between_shift_variance(r, v)
         scores = np.abs(r) / np.sqrt(v + tau2)
-        rank = min(1.0, math.ceil((len(r) + 1) * level) / len(r))
         self.tau_ = math.sqrt(tau2)
-        self.q_ = float(np.quantile(scores, rank, method="higher"))
+        self.q_ = conformal_quantile(scores, level)
         self.n_residuals_ = len(r)
         self.interval_kind_ = "conformal-loso"
         return self
@@ -414,7 +436,9 @@ class _WindowEstimator(BaseEstimator):
             "model_version": self.model_version_,
             "feature_set": self.feature_set,
             "features": list(self.features_),
-            "interval": {"tau": self.tau_, "q": self.q_, "n_residuals": self.n_residuals_,
+            # q is +inf when the calibration has too few residuals for the level (JSON null)
+            "interval": {"tau": self.tau_, "q": self.q_ if math.isfinite(self.q_) else None,
+                         "n_residuals": self.n_residuals_,
                          "kind": self.interval_kind_},
             "state": self._state(),
         }
@@ -1074,7 +1098,8 @@ def _from_dict(data: Any, where: str) -> _WindowEstimator:
     est.features_ = list(data["features"])
     interval = data.get("interval") or {}
     est.tau_ = float(interval.get("tau", 0.0))
-    est.q_ = float(interval.get("q", _z(float(est.interval))))
+    q = interval.get("q", _z(float(est.interval)))
+    est.q_ = math.inf if q is None else float(q)  # null: too few residuals for the level (unbounded)
     est.n_residuals_ = int(interval.get("n_residuals", 0))
     est.interval_kind_ = str(interval.get("kind", "sampling"))
     if est.tau_ < 0 or est.q_ <= 0:

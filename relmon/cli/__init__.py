@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from relmon.cli.jobs import EXIT_CODES_HELP, EXIT_INPUT, EXIT_OK, EXIT_USAGE, add_commands
+from relmon.cli.jobs import add_commands
 from relmon.cli.report import add_commands as add_report_commands
+from relmon.exitcodes import EXIT_CODES_HELP, EXIT_INPUT, EXIT_OK, EXIT_USAGE
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -55,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     methods = sub.add_parser("methods", help="list the heatmap method ids")
     methods.set_defaults(func=_methods)
     add_commands(sub)  # calibrate, monitor, serve
+    from relmon.cli.jobs import _common
+    from relmon.cli.merge import add_merge_command
+
+    add_merge_command(sub, _common, EXIT_CODES_HELP)  # merge (relmon/cli/merge.py)
     add_report_commands(sub)  # report, trend (relmon/cli/report.py)
     return parser
 

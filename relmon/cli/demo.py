@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from relmon.cli.jobs import EXIT_OK
+from relmon.exitcodes import EXIT_OK
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -22,17 +22,15 @@ import threading
 import warnings
 
 from relmon.config import ConfigError, add_config_flags, config_from_args
-
-# The one definition of the jobs' exit codes (relmon.jobs.signals re-exports 5, 6 and 7).
-EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_OUTPUT = 0, 2, 3, 4
-EXIT_INTERRUPTED = 5  # SIGTERM or SIGINT: finished batches' records written, no metrics pushed
-EXIT_EMPTY = 6  # the window held nothing to score (sampling selected nothing, no readable or new input)
-EXIT_TIMEOUT = 7  # run_timeout_seconds passed: finished batches' records written, no metrics pushed
-EXIT_CODES_HELP = (
-    "Exit codes: 0 success, 2 usage error, 3 bad input or configuration (incl. a calibration "
-    "for another model), 4 output failure (push, records, textfile, endpoint; the computed summary is "
-    "still printed and the other outputs written), 5 stopped by SIGTERM/SIGINT, 6 empty window "
-    "(nothing scored), 7 run_timeout_seconds passed."
+from relmon.exitcodes import (  # the one definition of the exit codes (re-exported here)  # noqa: F401
+    EXIT_CODES_HELP,
+    EXIT_EMPTY,
+    EXIT_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_OUTPUT,
+    EXIT_TIMEOUT,
+    EXIT_USAGE,
 )
 
 _CALIBRATE_FIELDS = [
@@ -57,6 +55,9 @@ _CALIBRATE_FIELDS = [
     "seed",
     "accelerator",
     "runner",
+    "devices",
+    "strategy",
+    "num_nodes",
     "step_stride",
     "max_batch_bytes",
     "estimators",
@@ -239,6 +240,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         cfg = config_from_args(args)
         with _job_output():
             cal = calibrate(cfg, args.out, progress=_progress(args))
+        from relmon.distributed import env_rank
+
+        if env_rank() != 0:  # a DDP rank Lightning launched: rank 0 writes and prints the calibration
+            return EXIT_OK
     except _input_errors() as err:
         _error("calibrate", err)
         return EXIT_INPUT
@@ -279,6 +284,10 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         cfg = config_from_args(args)
         with stop_on_signals(), _job_output():
             summary = run_monitor(cfg, progress=_progress(args))
+        from relmon.distributed import env_rank
+
+        if env_rank() != 0:  # a DDP rank Lightning launched: rank 0 prints the window's summary
+            return EXIT_OK
     except RunInterrupted as err:
         where = f"; records of the finished batches: {err.written}" if err.written else ""
         if args.json:

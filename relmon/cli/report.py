@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from relmon.cli.jobs import EXIT_INPUT, EXIT_OK  # one set of exit codes for every command
+from relmon.exitcodes import EXIT_INPUT, EXIT_OK  # one set of exit codes for every command
 
 
 def add_commands(subparsers) -> None:
@@ -82,7 +82,7 @@ def _examples(args, records, calibration):
     if n < 1:
         raise ValueError(f"--examples must be >= 1, got {n}")
     if args.input == "sample":
-        from relmon.jobs.common import sample_images
+        from relmon.jobs.inputs import sample_images
 
         images, _ = sample_images(n)
         source = f"the first {n} shipped Fashion-MNIST inputs"

@@ -57,7 +57,7 @@ def _decode(data: bytes, channels: int, image_size: int | None, where: str):
     on the header, 16-bit depth kept, nothing printed), then a bilinear resize to ``image_size``."""
     import torch
 
-    from relmon.data.streams import DEFAULT_MAX_PIXELS, _decode_pil, _to_unit_float
+    from relmon.data.decoding import DEFAULT_MAX_PIXELS, _decode_pil, _to_unit_float
 
     try:
         x = _to_unit_float(_decode_pil(data, channels, DEFAULT_MAX_PIXELS))

@@ -32,6 +32,11 @@ Windows (DESIGN §2a): ``window_id`` is ``f"{stream}:{start}"``, where start is 
 count window (``window_size=N``) or the UTC start time of a modification-time window
 (``window="mtime"``, ``window_seconds``). :func:`window_indices` / :func:`iter_windows` split a stream
 into its windows so a job can process one window at a time.
+
+This module holds the streams and their listing; the concepts around them have their own modules,
+whose names it re-exports: :mod:`relmon.data.decoding` (decoding and the bad-input taxonomy),
+:mod:`relmon.data.windows`, :mod:`relmon.data.batching` (:func:`collate_skip_bad`,
+:func:`stream_loader`) and :mod:`relmon.data.datamodule` (``StreamDataModule``, Lightning).
 """
 
 from __future__ import annotations
@@ -40,26 +45,45 @@ import math
 import os
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset, default_collate
+from torch.utils.data import Dataset
 
-from relmon.models.preprocessing import Preprocessing
+# the decoding, windows and batching of streams live in their own modules; re-exported here
+from relmon.data.batching import (  # noqa: F401
+    _check_loader_args,
+    _loader,
+    collate_skip_bad,
+    is_empty_batch,
+    stream_loader,
+)
+from relmon.data.decoding import (  # noqa: F401
+    DECODE_ERROR,
+    DEFAULT_MAX_PIXELS,
+    INPUT_ERROR_REASONS,
+    NON_FINITE,
+    READ_ERROR,
+    SIZE_MISMATCH,
+    TOO_LARGE,
+    BadInputWarning,
+    BadSample,
+    ImageTooLargeError,
+    ResizedInputWarning,
+    _decode,
+    _decode_pil,
+    _header_size,
+    _open_image,
+    _to_unit_float,
+    pixel_ceiling,
+)
+from relmon.data.windows import _Windows, iter_windows, window_indices, window_subset  # noqa: F401
+from relmon.preprocessing import Preprocessing
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-# Closed set of reasons, usable as the ``reason`` label of ``relmon_input_errors_total``.
-READ_ERROR = "read_error"
-DECODE_ERROR = "decode_error"
-TOO_LARGE = "too_large"
-SIZE_MISMATCH = "size_mismatch"
-NON_FINITE = "non_finite"
-INPUT_ERROR_REASONS = (READ_ERROR, DECODE_ERROR, TOO_LARGE, SIZE_MISMATCH, NON_FINITE)
-#: Default pixel limit (width × height) of one decoded image.
-DEFAULT_MAX_PIXELS = 50_000_000
 SIZE_POLICIES = ("resize", "skip")
 # fs.info keys that hold a modification (or, failing that, creation) time, most specific first:
 # local and sftp give "mtime", s3fs "LastModified", gcsfs "updated", adlfs "last_modified",
@@ -67,64 +91,8 @@ SIZE_POLICIES = ("resize", "skip")
 _MTIME_KEYS = ("mtime", "LastModified", "last_modified", "updated", "modified", "created", "ctime")
 
 
-class BadInputWarning(UserWarning):
-    """An input could not be used (unreadable, undecodable, too large, odd size, non-finite); skipped and counted."""
-
-
-class ResizedInputWarning(UserWarning):
-    """An image of another size than the stream's reference size was resized to it."""
-
-
-class ImageTooLargeError(ValueError):
-    """An image's header declares more pixels than the stream's ``max_pixels``."""
-
-
-class BadSample(NamedTuple):
-    """The item a stream returns for an input it cannot read; dropped by :func:`collate_skip_bad`."""
-
-    sample_id: str
-    index: int
-    window_id: str
-    reason: str  # one of INPUT_ERROR_REASONS
-    error: str
-
-
 # ---------------------------------------------------------------------------------------------------
 # windows
-
-
-class _Windows:
-    """Window assignment shared by the streams: one window, count windows or mtime windows."""
-
-    def __init__(self, stream: str, window: str | None, window_size: int | None, window_seconds: float):
-        if not isinstance(stream, str) or not stream:
-            raise ValueError(f"stream must be a non-empty name, got {stream!r}")
-        if window is None:
-            window = "count" if window_size is not None else None
-        if window not in (None, "count", "mtime"):
-            raise ValueError(f"window must be None, 'count' or 'mtime', got {window!r}")
-        if window == "count":
-            if isinstance(window_size, bool) or not isinstance(window_size, int) or window_size < 1:
-                raise ValueError(f"window='count' needs window_size, a positive int, got {window_size!r}")
-        elif window_size is not None:
-            raise ValueError(f"window_size applies to count windows only, not to window={window!r}")
-        if window == "mtime" and not (isinstance(window_seconds, (int, float)) and window_seconds > 0):
-            raise ValueError(f"window_seconds must be a positive number of seconds, got {window_seconds!r}")
-        self.stream = stream
-        self.window = window
-        self.window_size = window_size
-        self.window_seconds = float(window_seconds)
-
-    def key(self, index: int, mtime: float | None = None) -> tuple[float, str]:
-        """``(sort key, window_id)`` of the item at ``index`` (with modification time ``mtime``)."""
-        if self.window is None:
-            return 0.0, f"{self.stream}:0"
-        if self.window == "count":
-            start = (index // self.window_size) * self.window_size
-            return float(start), f"{self.stream}:{start}"
-        start = math.floor(mtime / self.window_seconds) * self.window_seconds
-        iso = datetime.fromtimestamp(start, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return float(start), f"{self.stream}:{iso}"
 
 
 class _Stream(Dataset):
@@ -168,35 +136,6 @@ class _Stream(Dataset):
         return self.window_key(index)[1]
 
 
-def window_indices(stream: Dataset) -> dict[str, list[int]]:
-    """Window id → the stream indices in that window, windows in order of their start.
-
-    Works without decoding anything (folder streams read only the listing). ``stream`` is one of the
-    streams of this module or a :class:`~torch.utils.data.Subset` of one (indices then refer to the
-    subset).
-    """
-    base, mapping = stream, None
-    if isinstance(stream, Subset):
-        base, mapping = stream.dataset, list(stream.indices)
-    if not hasattr(base, "window_key"):
-        raise TypeError(f"expected a relmon stream (or a Subset of one), got {type(stream).__name__}")
-    n = len(mapping) if mapping is not None else len(base)
-    groups: dict[str, list[int]] = {}
-    starts: dict[str, float] = {}
-    for i in range(n):
-        start, wid = base.window_key(mapping[i] if mapping is not None else i)
-        groups.setdefault(wid, []).append(i)
-        starts.setdefault(wid, start)
-    # sorted() is stable, so windows with equal starts keep their order of first appearance.
-    return {wid: groups[wid] for wid in sorted(groups, key=starts.__getitem__)}
-
-
-def iter_windows(stream: Dataset) -> Iterator[tuple[str, Subset]]:
-    """Yield ``(window_id, Subset)`` for each window of ``stream``; the subsets decode lazily."""
-    for wid, idx in window_indices(stream).items():
-        yield wid, Subset(stream, idx)
-
-
 # ---------------------------------------------------------------------------------------------------
 # conversions
 
@@ -217,84 +156,6 @@ def _check_channels(preprocessing: Preprocessing | None, channels: int, what: st
 
 def _normalize(x: torch.Tensor, preprocessing: Preprocessing | None) -> torch.Tensor:
     return x if preprocessing is None else preprocessing.normalize(x.unsqueeze(0))[0]
-
-
-def _to_unit_float(x: torch.Tensor) -> torch.Tensor:
-    if x.dtype == torch.uint8:
-        return x.float().div_(255.0)
-    if x.dtype == torch.uint16:  # 16-bit PNG
-        return x.to(torch.int32).float().div_(65535.0)
-    return x.float()
-
-
-def pixel_ceiling() -> int | None:
-    """Largest image Pillow opens at all (``2 × PIL.Image.MAX_IMAGE_PIXELS``; None when unlimited)."""
-    from PIL import Image
-
-    limit = Image.MAX_IMAGE_PIXELS
-    return None if limit is None else 2 * int(limit)
-
-
-def _open_image(data: bytes, max_pixels: int | None):
-    """A lazily decoding PIL image of ``data`` whose header size is checked against ``max_pixels``.
-
-    Pillow reads only the header here. Its own decompression-bomb guard is left as it is (no global
-    state is changed): its warning is silenced (``max_pixels`` decides) and its error, raised above
-    :func:`pixel_ceiling`, is reported as :class:`ImageTooLargeError`.
-    """
-    import io
-
-    from PIL import Image
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            img = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError as exc:
-            raise ImageTooLargeError(f"{exc}; relmon's max_pixels is {max_pixels:,}") from None
-    width, height = img.size
-    if max_pixels is not None and width * height > max_pixels:
-        img.close()
-        raise ImageTooLargeError(
-            f"the image is {width}x{height} = {width * height:,} pixels, above max_pixels={max_pixels:,}; "
-            "it was not decoded (raise max_pixels= to accept such images)"
-        )
-    return img
-
-
-_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-
-
-def _decode_pil(data: bytes, channels: int, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
-    """Encoded image bytes → uint8 (uint16 for 16-bit grey PNG) tensor ``(channels, H, W)`` via Pillow."""
-    with _open_image(data, max_pixels) as img:
-        if img.mode in _SIXTEEN_BIT:  # 16-bit grey: keep the depth (Pillow's convert("L") would saturate)
-            arr = np.clip(np.asarray(img), 0, 65535).astype(np.uint16)[None]
-            if channels == 3:
-                arr = np.repeat(arr, 3, axis=0)
-            return torch.from_numpy(np.ascontiguousarray(arr))
-        arr = np.asarray(img.convert("L" if channels == 1 else "RGB"))
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return torch.from_numpy(np.array(arr, dtype=np.uint8, copy=True))
-
-
-def _decode(data: bytes, channels: int, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
-    """Encoded image bytes → ``(channels, H, W)`` tensor; raises for bad bytes, never prints.
-
-    Pillow decodes (torchvision's ``decode_image`` lets libpng print ``libpng error`` lines on the
-    process's stderr for corrupt files); its header is checked against ``max_pixels`` first.
-    """
-    return _decode_pil(data, channels, max_pixels)
-
-
-def _header_size(data: bytes, max_pixels: int | None) -> tuple[int, int]:
-    """``(height, width)`` from the header only."""
-    img = _open_image(data, max_pixels)
-    try:
-        width, height = img.size
-    finally:
-        img.close()
-    return height, width
 
 
 def _image_size(image_size: int | Sequence[int] | None) -> tuple[int, int] | None:
@@ -328,6 +189,13 @@ def _mtime(info: dict, path: str) -> float:
     )
 
 
+def _mtime_or_nan(info: dict, path: str) -> float:
+    try:
+        return _mtime(info, path)
+    except ValueError:
+        return math.nan
+
+
 def file_signatures(found: dict[str, dict]) -> dict[str, tuple[int | None, float | None]]:
     """``{path: (size, mtime)}`` of an ``fs.find(path, detail=True)`` listing (None where the file system
     does not report one)."""
@@ -356,7 +224,7 @@ class ImageFolderStream(_Stream):
     transform:
         Called last on each ``(C, H, W)`` tensor (after resizing and normalisation).
     preprocessing:
-        The model's :class:`~relmon.models.preprocessing.Preprocessing`; images are scaled to
+        The model's :class:`~relmon.preprocessing.Preprocessing`; images are scaled to
         ``[0, 1]`` and normalised with it. Without it ``x`` is the image in ``[0, 1]``.
     image_size:
         ``int`` (square) or ``(height, width)``: resize every image (bilinear, antialiased, aspect
@@ -447,10 +315,12 @@ class ImageFolderStream(_Stream):
         self.size_policy = size_policy
         self.max_pixels = max_pixels
 
+        from relmon.data.file_listing import list_images, listing_from_find
+
         self.storage_options = dict(storage_options or {})
         fs, path = fsspec.core.url_to_fs(self.root, **self.storage_options)
         if listing and path.rstrip("/") not in listing:  # the caller's listing of a folder holding files
-            found = dict(listing)
+            files = listing_from_find(path, dict(listing), exts, _mtime_or_nan)
         elif not fs.exists(path):
             raise FileNotFoundError(
                 f"image folder {self.root!r} does not exist; expected a folder (local path or fsspec URL) "
@@ -461,19 +331,28 @@ class ImageFolderStream(_Stream):
                 f"{self.root!r} is a file; expected a folder holding image files ({', '.join(exts)})"
             )
         else:
-            found = fs.find(path, detail=True)  # one listing: paths, sizes and modification times
-        with_mtime = self._windows.window == "mtime"
-        names = sorted(found)
-        paths = [p for p in names if os.path.splitext(p)[1].lower() in exts]
+            # one lazy walk: paths, sizes and modification times held compactly (no per-file dict), so a
+            # folder of millions of files lists in bounded memory (relmon.data.file_listing)
+            files = list_images(self.root, exts, storage_options=self.storage_options,
+                                with_info=self._windows.window == "mtime", mtime_of=_mtime_or_nan)
+        paths = files.paths
         if not paths:
             raise ValueError(
                 f"no images found under {self.root!r}: looked recursively for files ending in "
-                f"{', '.join(exts)} (case-insensitive) and found {len(names)} other file(s)"
+                f"{', '.join(exts)} (case-insensitive) and found {files.others} other file(s)"
             )
         self._fs = fs
+        self._files = files
+        self._no_file_info = False
+        self._root_path = path.rstrip("/")
         self._paths = paths
-        self._mtimes = [_mtime(found[p], p) for p in paths] if with_mtime else None
-        self.file_info: dict[str, tuple[int | None, float | None]] = file_signatures(found)
+        self._mtimes = None
+        if self._windows.window == "mtime":
+            missing = np.flatnonzero(~np.isfinite(files.mtimes))
+            if missing.size:  # the file system reports no time: the error names what it reports
+                p = paths[int(missing[0])]
+                _mtime(fs.info(p), p)
+            self._mtimes = files.mtimes
         local = fsspec.utils.get_protocol(self.root) in ("file", "local")
         self._ids = paths if local else [fs.unstrip_protocol(p) for p in paths]
         self.errors: Counter[str] = Counter()  # reason → count, in this process only
@@ -488,6 +367,31 @@ class ImageFolderStream(_Stream):
     @property
     def sample_ids(self) -> list[str]:
         return list(self._ids)
+
+    @property
+    def file_info(self) -> dict[str, tuple[int | None, float | None]]:
+        """``{path: (size, mtime)}`` of the listed images (None where unknown), built on demand (a local
+        folder listed without sizes and times is stat-ed then: only-new scoring needs them)."""
+        if self._no_file_info:
+            return None
+        if self._files.sizes is None:
+            from relmon.data.file_listing import list_images
+
+            again = list_images(self.root, self.extensions, storage_options=self.storage_options, with_info=True,
+                                mtime_of=_mtime_or_nan)
+            known = dict(zip(again.paths, zip(again.sizes.tolist(), again.mtimes.tolist(), strict=True), strict=True))
+            sizes = [known.get(p, (-1, math.nan)) for p in self._paths]
+            self._files.sizes = np.asarray([v[0] for v in sizes], dtype=np.int64)
+            self._files.mtimes = np.asarray([v[1] for v in sizes], dtype=np.float64)
+        return self._files.signatures()
+
+    @file_info.deleter
+    def file_info(self) -> None:  # a stream without its own listing: only-new scoring lists the folder itself
+        self._no_file_info = True
+
+    def relative_path(self, index: int) -> str:
+        """The path of image ``index`` relative to the root (``/`` separators): what ``shard`` hashes."""
+        return self._paths[index][len(self._root_path):].lstrip("/")
 
     def window_key(self, index: int) -> tuple[float, str]:
         mtime = None if self._mtimes is None else self._mtimes[index]
@@ -674,159 +578,12 @@ def fashion_mnist_stream(
     )
 
 
-# ---------------------------------------------------------------------------------------------------
-# batching
-
-
-def collate_skip_bad(items: Sequence[dict[str, Any] | BadSample | None]) -> dict[str, Any]:
-    """Collate stream items, dropping bad ones (:class:`BadSample` or ``None``) but counting them.
-
-    Returns ``{"x": (B, C, H, W), "sample_id": [str], "index": LongTensor (B,), "window_id": [str],
-    "label": LongTensor (B,), "n_bad": int, "bad_ids": [str], "bad_reasons": [str]}``. When every
-    item is bad the batch still comes back (so its ``n_bad`` reaches the consumer) with ``x = None``
-    and empty ids; check ``batch["x"] is None`` (or :func:`is_empty_batch`).
-
-    A last line of defence for datasets other than relmon's streams (which never produce these): a
-    good item whose ``x`` holds NaN/inf is dropped as ``non_finite``, and one whose ``x`` has another
-    shape than the batch's first good item is dropped as ``size_mismatch`` (both with a
-    :class:`BadInputWarning`); the batch is never refused.
-    """
-    good, bad = [], []
-    for it in items:
-        if it is None or isinstance(it, BadSample):
-            bad.append(it)
-            continue
-        x = it.get("x") if isinstance(it, dict) else None
-        reason = None
-        if isinstance(x, torch.Tensor):
-            if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-                reason, error = NON_FINITE, "ValueError: the input holds NaN or infinite values"
-            elif good and tuple(x.shape) != tuple(good[0]["x"].shape):
-                reason, error = SIZE_MISMATCH, (
-                    f"ValueError: shape {tuple(x.shape)} differs from the batch's {tuple(good[0]['x'].shape)}; "
-                    "pass image_size= to the stream")
-        if reason is None:
-            good.append(it)
-            continue
-        sid = str(it.get("sample_id", "?"))
-        warnings.warn(f"skipping {sid} ({reason}): {error}", BadInputWarning, stacklevel=2)
-        bad.append(BadSample(sid, int(it.get("index", -1)), str(it.get("window_id", "")), reason, error))
-    bad_ids = [b.sample_id for b in bad if b is not None]
-    bad_reasons = [b.reason for b in bad if b is not None]
-    if good:
-        batch = default_collate(good)
-    else:
-        batch = {"x": None, "sample_id": [], "index": torch.zeros(0, dtype=torch.long),
-                 "window_id": [], "label": torch.zeros(0, dtype=torch.long)}
-    batch["n_bad"] = len(bad)
-    batch["bad_ids"] = bad_ids
-    batch["bad_reasons"] = bad_reasons
-    return batch
-
-
-def is_empty_batch(batch: dict[str, Any]) -> bool:
-    """True for a batch of :func:`collate_skip_bad` in which every item was bad."""
-    return batch.get("x") is None
-
-
-def window_subset(stream: Dataset, window_id: str | None = None) -> Dataset:
-    """``stream`` restricted to window ``window_id`` (a :class:`~torch.utils.data.Subset`); the stream
-    itself for None. A ``KeyError`` names the stream's windows when it has no such window."""
-    if window_id is None:
-        return stream
-    windows = window_indices(stream)
-    if window_id not in windows:
-        raise KeyError(f"window {window_id!r} is not in the stream; its windows: {list(windows)}")
-    return Subset(stream, windows[window_id])
-
-
-def _check_loader_args(batch_size: int, num_workers: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
-
-
-def stream_loader(
-    stream: Dataset,
-    batch_size: int = 32,
-    num_workers: int = 0,
-    *,
-    window_id: str | None = None,
-    collate_fn: Callable[[list], Any] = collate_skip_bad,
-    pin_memory: bool = False,
-) -> DataLoader:
-    """The DataLoader of a stream (or of its window ``window_id``): stream order, no shuffling,
-    batches made by :func:`collate_skip_bad`. The same loader :class:`StreamDataModule` serves to
-    Lightning; this function needs torch only."""
-    _check_loader_args(batch_size, num_workers)
-    return _loader(window_subset(stream, window_id), batch_size, num_workers, collate_fn, pin_memory)
-
-
-def _loader(stream: Dataset, batch_size: int, num_workers: int, collate_fn, pin_memory: bool) -> DataLoader:
-    return DataLoader(
-        stream,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=collate_fn,
-        pin_memory=pin_memory,
-        persistent_workers=False,
-    )
-
-
-def _make_stream_datamodule() -> type:
-    import pytorch_lightning as pl
-
-    class StreamDataModule(pl.LightningDataModule):
-        """Serve a stream (or a :class:`~torch.utils.data.Subset` of one) to ``Trainer.predict``/``validate``.
-
-        Order is deterministic (no shuffling); under DDP Lightning adds its own distributed sampler.
-        ``window_id`` restricts the loaders to one window of the stream. Batches are made by
-        :func:`collate_skip_bad`; the loaders are those of :func:`stream_loader`.
-        """
-
-        def __init__(
-            self,
-            stream: Dataset,
-            batch_size: int = 32,
-            num_workers: int = 0,
-            *,
-            window_id: str | None = None,
-            collate_fn: Callable[[list], Any] = collate_skip_bad,
-            pin_memory: bool = False,
-        ):
-            super().__init__()
-            _check_loader_args(batch_size, num_workers)
-            self.stream = window_subset(stream, window_id)
-            self.batch_size = batch_size
-            self.num_workers = num_workers
-            self.collate_fn = collate_fn
-            self.pin_memory = pin_memory
-
-        def _loader(self) -> DataLoader:
-            return _loader(self.stream, self.batch_size, self.num_workers, self.collate_fn, self.pin_memory)
-
-        def predict_dataloader(self) -> DataLoader:
-            return self._loader()
-
-        def val_dataloader(self) -> DataLoader:
-            return self._loader()
-
-        def test_dataloader(self) -> DataLoader:
-            return self._loader()
-
-    StreamDataModule.__module__ = __name__
-    StreamDataModule.__qualname__ = "StreamDataModule"
-    return StreamDataModule
-
-
 def __getattr__(name: str):
-    # StreamDataModule is a LightningDataModule: made on first use, so that importing this module (and
-    # the job's plain runner, which uses stream_loader) does not import pytorch_lightning.
+    # StreamDataModule is a LightningDataModule, made on first use (relmon.data.datamodule), so that
+    # importing this module (and the job's plain runner, which uses stream_loader) does not import
+    # pytorch_lightning.
     if name == "StreamDataModule":
-        cls = globals().get("_STREAM_DATAMODULE")
-        if cls is None:
-            cls = globals()["_STREAM_DATAMODULE"] = _make_stream_datamodule()
-        return cls
+        from relmon.data import datamodule
+
+        return datamodule.StreamDataModule
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,6 +8,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from relmon.preprocessing import eval_mode
+
 
 @contextmanager
 def evaluation_state(model: nn.Module) -> Iterator[None]:
@@ -16,18 +18,8 @@ def evaluation_state(model: nn.Module) -> Iterator[None]:
     Parameters do not need gradients for heatmaps (only the input does), which saves the backward
     pass the weight gradients.
     """
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
+    with eval_mode(model, freeze=True):
         yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        for m, mode in modes:
-            m.training = mode
 
 
 @contextmanager

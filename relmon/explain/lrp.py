@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from relmon.explain._zennit import zennit_module
-from relmon.models.preprocessing import input_bounds
+from relmon.preprocessing import eval_mode, input_bounds
 
 # zennit is imported inside the functions that use it, so that ``import relmon.explain`` stays light, and
 # through zennit_module, which skips zennit's package __init__ (it imports torchvision).
@@ -266,16 +266,12 @@ def _probe(model: nn.Module, example: torch.Tensor) -> _ProbeResult:
         return record
 
     handles = [m.register_forward_hook(hook(n)) for n, m in _leaves(model)]
-    modes = [(m, m.training) for m in model.modules()]
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             out = model(example[:1])
     finally:
         for h in handles:
             h.remove()
-        for m, mode in modes:
-            m.training = mode
     modules = dict(model.named_modules())
     problems, pairs, order = [], [], []
     known: list[tuple[str, torch.Tensor]] = [("the input", example[:1].detach())]

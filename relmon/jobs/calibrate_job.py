@@ -22,14 +22,23 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
+import relmon
 from relmon.config import ConfigError, MonitorConfig
+from relmon.data import load_sample
+from relmon.data.labelled import from_tensors, read_labelled
+from relmon.data.shifts import apply_shift
+from relmon.data.streams import TensorStream
+from relmon.identity import model_info
 from relmon.jobs.calibration import (
     CALIBRATION_FORMAT,
     CALIBRATION_VERSION,
     Calibration,
 )
-from relmon.jobs.common import check_classes, load_job_model, model_outputs, score_stream
+from relmon.jobs.model import check_classes, load_job_model, model_outputs
+from relmon.jobs.scoring import score_stream
+from relmon.preprocessing import get_preprocessing
 
 log = logging.getLogger("relmon.jobs")
 
@@ -57,9 +66,6 @@ class CalibrationDataWarning(UserWarning):
 
 def sample_data():
     """The shipped labelled Fashion-MNIST sample as :class:`~relmon.data.labelled.LabelledImages`."""
-    from relmon.data import load_sample
-    from relmon.data.labelled import from_tensors
-
     images, labels = load_sample()
     data = from_tensors(images, labels)
     data.source.update(kind="sample", path="relmon.data.load_sample()")
@@ -69,8 +75,6 @@ def sample_data():
 def resolve_labelled_data(cfg: MonitorConfig):
     """The labelled data the config names: ``calibration_data``, else the shipped sample for an
     embedded model; a user model without labelled data is a clear error."""
-    from relmon.data.labelled import read_labelled
-
     if cfg.calibration_data is not None:
         return read_labelled(cfg.calibration_data, cfg.classes, channels=cfg.channels, image_size=cfg.image_size)
     if cfg.is_embedded:
@@ -118,13 +122,6 @@ def calibrate_model(model, data, cfg: MonitorConfig, out: str | os.PathLike | No
 
     Returns the :class:`Calibration`; with ``out`` it is also saved there (and read back).
     """
-    import torch
-
-    import relmon
-    from relmon.data.shifts import apply_shift
-    from relmon.data.streams import TensorStream
-    from relmon.models import get_preprocessing, model_info
-
     _check_estimator_names(cfg.estimators)  # before the (costly) scoring
     prep = get_preprocessing(model, "calibration")
     info = model_info(model)
@@ -209,7 +206,9 @@ def calibrate_model(model, data, cfg: MonitorConfig, out: str | os.PathLike | No
         reference=records[records["window_id"] == "clean"],
         records=records,
     )
-    if out is None:
+    from relmon.distributed import env_rank
+
+    if out is None or env_rank() != 0:  # under DDP every rank fitted the same; rank 0 writes
         return cal
     cal.save(out)
     return Calibration.load(out)

@@ -22,7 +22,9 @@ from typing import Any
 import pandas as pd
 
 from relmon.config import MonitorConfig
-from relmon.jobs.common import CalibrationMismatchError
+from relmon.explain import canonical_method
+from relmon.jobs.errors import CalibrationMismatchError
+from relmon.records import read_record_files, write_records
 
 log = logging.getLogger("relmon.jobs")
 
@@ -61,8 +63,6 @@ class Calibration:
         killed halfway leaves ``path`` as it was (plus a ``.<name>.tmp-*`` folder that the next save
         removes). ``path`` must not be a non-empty folder that is not a calibration.
         """
-        from relmon.records import write_records
-
         out = Path(path)
         parent = out.parent
         parent.mkdir(parents=True, exist_ok=True)
@@ -238,8 +238,7 @@ def load_calibration(path: str | os.PathLike) -> Calibration:
     The manifest's sha256 of every file is checked first, so a folder mixing two calibrations (a save
     killed halfway by an older relmon, a hand copy) is refused.
     """
-    from relmon.analysis import load_estimator
-    from relmon.records import read_record_files
+    from relmon.analysis import load_estimator  # scikit-learn / scipy: only when a calibration is read
 
     path = Path(path)
     meta_path = path / CALIBRATION_FILE
@@ -296,8 +295,6 @@ def calibration_steps(cal: Calibration, cfg: MonitorConfig) -> int:
 def check_calibration(cal: Calibration, model_name: str, model_version: str, cfg: MonitorConfig) -> bool:
     """Raise :class:`CalibrationMismatchError` if ``cal`` does not fit; True if only the version differs
     (allowed by ``cfg.allow_version_mismatch``)."""
-    from relmon.explain import canonical_method
-
     m = cal.meta
     if m["model"] != model_name:
         raise CalibrationMismatchError(

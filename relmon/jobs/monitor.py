@@ -1,5 +1,5 @@
 """``relmon monitor``: one window of unlabelled inputs → records (the scoring pass of
-:func:`relmon.jobs.common.score_stream`: a Lightning-free loop, or ``pl.Trainer.predict`` with
+:func:`relmon.jobs.scoring.score_stream`: a Lightning-free loop, or ``pl.Trainer.predict`` with
 ``runner: lightning``) → window aggregates, drift
 against the calibration's reference, accuracy estimates → metrics → textfile / Pushgateway. Returns a
 :class:`MonitorSummary`. Without a calibration the estimate is the confidence baseline (mean
@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+import threading
 import time
-from dataclasses import dataclass, field
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -19,103 +21,33 @@ import numpy as np
 import pandas as pd
 
 from relmon.config import MonitorConfig
+from relmon.distributed import broadcast, env_rank, gather
+from relmon.explain import canonical_method
 from relmon.export.metrics import RelmonMetrics
 from relmon.export.outputs import PushError, push, write_textfile
 from relmon.export.security import push_security, redact_url
-from relmon.jobs.calibration import check_calibration, load_calibration
-from relmon.jobs.common import (
-    JobError,
-    build_stream,
-    check_stream_classes,
-    latest_window,
-    load_job_model,
-    score_stream,
+from relmon.identity import model_info
+from relmon.jobs.calibration import Calibration, check_calibration, load_calibration
+from relmon.jobs.errors import CalibrationMismatchError, EmptyWindowError, JobError, RunInterrupted
+from relmon.jobs.inputs import build_stream, input_size, latest_window
+from relmon.jobs.model import check_stream_classes, load_job_model
+from relmon.jobs.only_new import STATE_FILE, SeenFiles, folder_lock, stream_folder
+from relmon.jobs.runner import resolve_device
+from relmon.jobs.scaleout import plan_window, scoring_settings, write_part_file
+from relmon.jobs.scoring import job_steps, score_stream
+from relmon.jobs.signals import run_deadline
+from relmon.jobs.summary import BASELINE_ESTIMATOR, MonitorSummary, confidence_estimate
+from relmon.perturbation import DEFAULT_FRACTION
+from relmon.records import (
+    RANDOM_METHOD,
+    new_run_id,
+    remove_stale_temporaries,
+    run_file_name,
+    write_records,
 )
+from relmon.runs import SUMMARY_FILE, part_manifest, window_summary_document, write_window_summary
 
 log = logging.getLogger("relmon.jobs")
-
-BASELINE_ESTIMATOR = "average_confidence"
-_Z90 = 1.6448536269514722  # two-sided 90 % normal quantile, the estimators' default interval
-
-
-@dataclass
-class MonitorSummary:
-    """What one run computed (also kept when an output fails)."""
-
-    model: str
-    model_version: str
-    stream: str
-    window_ids: list[str]
-    seen: int
-    scored: int
-    input_errors: dict[str, int]
-    methods: dict[str, dict[str, float]]
-    confidence: float
-    estimates: dict[str, tuple[float, float, float]]
-    drift_p_values: dict[str, float] | None
-    drift_alarm: bool | None
-    duration_seconds: float
-    finished_at: float
-    accuracy: float | None = None
-    calibration: str | None = None
-    calibration_timestamp: float | None = None
-    calibration_version_mismatch: bool = False
-    default_estimator: str | None = None  # the estimator of the headline estimate (chosen by calibration)
-    estimate_errors: dict[str, str] = field(default_factory=dict)  # estimator -> why it gave no estimate
-    outputs: dict[str, Any] = field(default_factory=dict)
-
-    def table(self) -> str:
-        """A plain-text summary table."""
-        lines = [
-            f"relmon monitor: model {self.model} (version {self.model_version}), stream {self.stream}, "
-            f"{self.scored} of {self.seen} inputs scored, {sum(self.input_errors.values())} bad, "
-            f"{self.duration_seconds:.1f} s"
-        ]
-        lines.append(f"\n{'method':<26} {'AOPC':>8} {'-random':>8} {'AOPC rel':>9} {'entropy':>8} {'n':>6}")
-        for method, s in self.methods.items():
-            lines.append(
-                f"{method:<26} {s.get('aopc', math.nan):8.3f} {s.get('aopc_minus_random', math.nan):8.3f} "
-                f"{s.get('aopc_rel', math.nan):9.3f} {s.get('entropy_bits', math.nan):8.3f} "
-                f"{int(s.get('n', 0)):6d}"
-            )
-        lines.append(f"\n{'estimator':<34} {'accuracy':>8} {'interval':>17}")
-        for name, (est, lo, hi) in self.estimates.items():
-            mark = "  <- headline (default)" if name == self.default_estimator else ""
-            lines.append(f"{name:<34} {est:8.3f} [{lo:6.3f}, {hi:6.3f}]{mark}")
-        for name, why in self.estimate_errors.items():
-            mark = "  <- headline (default)" if name == self.default_estimator else ""
-            lines.append(f"{name:<34} {'none':>8} (cannot score this window: {why}){mark}")
-        if self.accuracy is not None:
-            lines.append(f"{'(true accuracy, labels known)':<34} {self.accuracy:8.3f}")
-        lines.append(f"mean confidence {self.confidence:.3f}")
-        if self.drift_p_values is not None:
-            ps = ", ".join(f"{k} {v:.2g}" for k, v in self.drift_p_values.items())
-            lines.append(f"drift: {'ALARM' if self.drift_alarm else 'no alarm'} (KS p-values: {ps})")
-        elif self.calibration and self.scored == 0:
-            lines.append("drift: not tested (empty window: nothing scored)")
-        else:
-            lines.append("drift: not tested (no calibration)")
-        if self.calibration:
-            flag = " — MADE FOR ANOTHER MODEL VERSION" if self.calibration_version_mismatch else ""
-            lines.append(f"calibration: {self.calibration}{flag}")
-        for k, v in self.outputs.items():
-            lines.append(f"{k}: {v}")
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
-        return asdict(self)
-
-
-def confidence_estimate(confidence: np.ndarray) -> tuple[float, float, float]:
-    """The baseline without calibration: mean max-softmax with a 90 % Poisson-binomial interval."""
-    c = confidence[np.isfinite(confidence)]
-    if c.size == 0:
-        return math.nan, math.nan, math.nan
-    est = float(c.mean())
-    half = _Z90 * math.sqrt(float((c * (1 - c)).sum())) / c.size
-    return est, max(0.0, est - half), min(1.0, est + half)
 
 
 class MonitorJob:
@@ -134,23 +66,34 @@ class MonitorJob:
         model=None,
         calibration=None,
         stream=None,
+        only_new: bool | None = None,
+        identity: tuple[str, str] | None = None,
     ):
         """``model`` (an ``nn.Module`` with preprocessing), ``calibration`` (a :class:`Calibration` or
-        a folder) and ``stream`` (a relmon stream) replace what ``cfg`` names (Python API)."""
-        from relmon.jobs.calibration import Calibration
-        from relmon.models import model_info
-
+        a folder) and ``stream`` (a relmon stream) replace what ``cfg`` names (Python API).
+        ``only_new`` (default ``cfg.only_new``): score only the new or changed files of a folder input
+        (``serve`` turns it on for every folder input). ``identity`` (``(model name, version)``) makes a
+        job that loads no model and scores nothing: it finishes a window scored elsewhere (``relmon
+        merge``, :meth:`finish`)."""
         self.cfg = cfg
         self.progress = progress
+        self.only_new = cfg.only_new if only_new is None else bool(only_new)
+        self._seen: SeenFiles | None = None  # the only-new state, made on the first run
+        self._classes_checked = False  # the class names are checked once per job (a forward on one input)
         if cfg.runner == "plain":  # an accelerator this machine lacks is a config error, before any work
-            from relmon.jobs.runner import resolve_device
-
             resolve_device(cfg.accelerator)
         self.push_url, self.push_security = push_security(cfg)  # secrets read (and checked) up front
-        self.model = load_job_model(cfg) if model is None else model
         self.stream = stream
-        info = model_info(self.model)
-        self.model_name, self.model_version = str(info.name), str(info.version)
+        self._dist: dict | None = None  # under DDP: this rank, the world size, its own records (see compute)
+        self._steps: int | None = None  # the L of the last scored window
+        self._window: str | None = None  # the id of the last scored mtime window (None: one window)
+        if identity is not None:
+            self.model = None
+            self.model_name, self.model_version = str(identity[0]), str(identity[1])
+        else:
+            self.model = load_job_model(cfg) if model is None else model
+            info = model_info(self.model)
+            self.model_name, self.model_version = str(info.name), str(info.version)
         if calibration is None and cfg.calibration:
             calibration = cfg.calibration
         if calibration is not None and not isinstance(calibration, Calibration):
@@ -175,24 +118,34 @@ class MonitorJob:
     def registry(self):
         return self.metrics.registry
 
-    def compute(self) -> tuple[MonitorSummary, pd.DataFrame]:
-        """Score the window and fill the metrics (no outputs)."""
-        from relmon.records import RANDOM_METHOD
-
+    def compute(self, listing: dict | None = None) -> tuple[MonitorSummary, pd.DataFrame]:
+        """Score the window and fill the metrics (no outputs). ``listing``: the caller's fsspec listing
+        of the input folder (``serve`` lists it once per iteration), else the stream lists it."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        listing = getattr(self, "input_listing", None)  # serve's listing of this iteration (listed once)
         stream = self.stream if self.stream is not None else build_stream(cfg, self.model, listing=listing)
         stream = self._prepare_stream(stream)  # only-new scoring: the new or changed files only
         self._check_fraction_steps(stream)
-        if cfg.classes is not None and not getattr(self, "_classes_checked", False):
+        self._steps = job_steps(cfg, stream)
+        if cfg.classes is not None and not self._classes_checked:
             check_stream_classes(self.model, cfg.classes, stream)  # once per job: a forward on one input
             self._classes_checked = True
-        records, summary, _ = score_stream(
-            cfg, self.model, stream, progress=self.progress, window_id=latest_window(stream)
-        )
+        # the window's items, sampled before decoding, of this shard (shard: I/N); the same on every rank
+        self._window = latest_window(stream)  # None: the stream is one window (the same on every shard)
+        planned, not_selected = plan_window(cfg, stream, self._window)
+        records, summary, _ = score_stream(cfg, self.model, planned, progress=self.progress)
+        self._dist = summary.pop("_dist", None)
         inputs = summary.pop("_inputs")
-        errors = dict(getattr(stream, "errors", {}) or {})
+        inputs["seen"] += not_selected  # listed, left out by the sampling: seen, never read
+        errors = dict(self._dist["errors"]) if self._dist else dict(getattr(stream, "errors", {}) or {})
+        return self.finish(records, summary, inputs, errors, t0)
+
+    def finish(self, records: pd.DataFrame, summary: dict, inputs: dict, errors: dict,
+               t0: float) -> tuple[MonitorSummary, pd.DataFrame]:
+        """The window's estimates, drift and metrics from its records and summary (after scoring, or from
+        the parts of a sharded run: ``relmon merge``); ``t0`` (``time.perf_counter()``) starts the run's
+        duration."""
+        cfg = self.cfg
         if sum(errors.values()) < inputs["bad"]:  # bad items seen by the batches but not by this process
             errors["read_error"] = errors.get("read_error", 0) + inputs["bad"] - sum(errors.values())
         samples = records.drop_duplicates(["window_id", "sample_id"]) if len(records) else records
@@ -216,8 +169,6 @@ class MonitorJob:
                                 "(the records and the other estimators are kept): %s", name, err)
                     continue
                 estimates[name] = (float(row["estimate"]), float(row["lower"]), float(row["upper"]))
-            from relmon.explain import canonical_method
-
             res = ks_drift(
                 self.calibration.reference,
                 records,
@@ -283,8 +234,6 @@ class MonitorJob:
 
     def _check_fraction_steps(self, stream) -> None:
         """With ``fraction``, the L resolved on the stream's images must be the calibration's L."""
-        from relmon.jobs.common import CalibrationMismatchError, input_size, job_steps
-
         # steps given as a count needs no image size; else L comes from fraction (or the default
         # fraction when neither is set, 'steps: null')
         if (self.cfg.fraction is None and self.cfg.steps is not None) or self.calibration is None \
@@ -292,8 +241,6 @@ class MonitorJob:
             return
         steps, made = job_steps(self.cfg, stream), self.calibration.meta["steps"]
         if steps != made:
-            from relmon.perturbation import DEFAULT_FRACTION
-
             h, w = input_size(stream)
             fraction = self.cfg.fraction if self.cfg.fraction is not None else DEFAULT_FRACTION
             raise CalibrationMismatchError(
@@ -307,16 +254,13 @@ class MonitorJob:
 
     def _prepare_stream(self, stream):
         """The stream to score: with only-new scoring, its new or changed files only."""
-        seen = getattr(self, "_seen", None)
-        return stream if seen is None else seen.select(stream)
+        return stream if self._seen is None else self._seen.select(stream)
 
     def _seen_files(self):
         """The only-new state of this job (None without only-new scoring)."""
-        from relmon.jobs.state import STATE_FILE, SeenFiles, stream_folder
-
-        if not (self.cfg.only_new or getattr(self, "serve_only_new", False)):
+        if not self.only_new:
             return None
-        if getattr(self, "_seen", None) is None:
+        if self._seen is None:
             path = stream_folder(self.cfg.records, self.cfg.stream) / STATE_FILE if self.cfg.records else None
             self._seen = SeenFiles(path)
         elif self._seen.path is not None:
@@ -324,9 +268,6 @@ class MonitorJob:
         return self._seen
 
     def _write_run_records(self, records: pd.DataFrame, run_id: str, run_time: float) -> str | None:
-        from relmon.jobs.state import stream_folder
-        from relmon.records import remove_stale_temporaries, run_file_name, write_records
-
         if not self.cfg.records or not len(records):
             return None
         folder = stream_folder(self.cfg.records, self.cfg.stream)
@@ -336,9 +277,58 @@ class MonitorJob:
         remove_stale_temporaries(folder)
         return str(path)
 
-    def run(self, outputs: bool = True) -> MonitorSummary:
-        """:meth:`compute`, then write the records and textfile and push; every output is tried even
-        when another fails.
+    # -- split runs (DDP ranks, shards) and the per-window summary file ------------------------------
+
+    def run_folder(self, run_id: str, run_time: float) -> Path:
+        """``<records>/<stream>/<run>``: the folder of a split run (a shard run's is named by ``run_id``)."""
+        name = self.cfg.run_id if self.cfg.shard else run_file_name(run_id, run_time, suffix="")
+        return stream_folder(self.cfg.records, self.cfg.stream) / name
+
+    def settings(self) -> dict[str, Any]:
+        """The scoring settings of this job's records (in the parts' manifests and the window summary)."""
+        return scoring_settings(self.cfg, self._steps if self._steps is not None else -1,
+                                [canonical_method(m) for m in self.cfg.methods])
+
+    def _write_part(self, records: pd.DataFrame, summary: MonitorSummary, run_id: str, run_time: float):
+        """Write this DDP rank's or this shard's part of the window. Returns None on DDP rank 0 (which then
+        writes the window's outputs), else ``summary`` (the run ends here)."""
+        cfg, dist = self.cfg, self._dist
+        if dist is not None:
+            part, parts, kind, local = dist["rank"], dist["world"], "ddp", dist["local"]
+            inputs, errors = None, {}  # a rank's counts are synced: rank 0 holds the window's
+        else:
+            part, parts = (int(v) for v in cfg.shard.split("/"))
+            kind, local = "shard", records
+            inputs = {"seen": summary.seen, "bad": sum(summary.input_errors.values()), "padding_skipped": 0}
+            errors = summary.input_errors
+        try:
+            if cfg.records:
+                manifest = part_manifest(
+                    run_id=cfg.run_id if kind == "shard" else run_id, run_time=run_time, part=part, parts=parts,
+                    kind=kind, model=self.model_name, model_version=self.model_version, stream=cfg.stream,
+                    settings=self.settings(), inputs=inputs, errors=errors,
+                    window_id=self._window, calibration=summary.calibration)
+                summary.outputs["records"] = str(write_part_file(local, self.run_folder(run_id, run_time), manifest))
+        finally:
+            if dist is not None:
+                gather(None)  # a barrier: rank 0 writes the window's summary once every part is there
+        return None if dist is not None and dist["rank"] == 0 else summary
+
+    def _write_summary(self, summary: MonitorSummary, run_id: str, run_time: float) -> Path:
+        """The per-window summary file: ``summary.json`` in a split run's folder, else
+        ``<UTC time>_<run id>.summary.json`` beside the run's records."""
+        if self._dist is not None:
+            path = self.run_folder(run_id, run_time) / SUMMARY_FILE
+            run = {"run_id": run_id, "run_time": run_time, "parts": self._dist["world"], "kind": "ddp"}
+        else:
+            path = stream_folder(self.cfg.records, self.cfg.stream) / run_file_name(run_id, run_time, ".summary.json")
+            run = {"run_id": run_id, "run_time": run_time, "parts": 1, "kind": "single"}
+        doc = window_summary_document(summary.to_dict(), settings=self.settings(), run=run)
+        return write_window_summary(path, doc)
+
+    def run(self, outputs: bool = True, listing: dict | None = None) -> MonitorSummary:
+        """:meth:`compute` (on ``listing``, the caller's listing of the input folder, if given), then
+        write the records and textfile and push; every output is tried even when another fails.
 
         - Records go to ``<records>/<stream>/<UTC time>_<run id>.parquet`` (one file per run, never
           overwritten; columns ``run_id`` and ``run_time``), written atomically.
@@ -357,25 +347,23 @@ class MonitorJob:
         is a fresh process each time, so its pushed counters hold that run's counts; Prometheus'
         ``increase``/``rate`` treat the drop between runs as a counter reset.
         """
-        from contextlib import nullcontext
-
-        from relmon.jobs.signals import RunInterrupted, run_deadline
-        from relmon.jobs.state import folder_lock, stream_folder
-        from relmon.records import new_run_id
-
         cfg = self.cfg
         run_id, run_time = new_run_id()
+        given = {"listing": listing}
+
+        def stale() -> None:  # a listing made before another run held the lock may be stale: list again
+            given["listing"] = None
+
         lock = (
-            # a listing serve made before another run held the lock may be stale: list again inside it
-            folder_lock(stream_folder(cfg.records, cfg.stream), on_wait=lambda: setattr(self, "input_listing", None))
-            if cfg.records and (cfg.only_new or getattr(self, "serve_only_new", False))
-            else nullcontext()
+            folder_lock(stream_folder(cfg.records, cfg.stream), on_wait=stale)
+            if cfg.records and self.only_new and env_rank() == 0
+            else nullcontext()  # DDP: rank 0 holds the lock for the ranks it launches
         )
         with run_deadline(cfg.run_timeout_seconds), lock:  # the deadline also bounds the wait for the lock
             seen = self._seen_files()
             log.info("run %s: scoring %s (stream %s)", run_id, cfg.input, cfg.stream)
             try:
-                summary, records = self.compute()
+                summary, records = self.compute(listing=given["listing"])
             except RunInterrupted as err:
                 if seen is not None:
                     seen.discard()
@@ -389,15 +377,36 @@ class MonitorJob:
                 if seen is not None:
                     seen.discard()
                 raise
+            if self._dist is not None:  # DDP: every rank names the run as rank 0 does
+                run_id, run_time = broadcast((run_id, run_time))
             summary.outputs["run_id"] = run_id
             failures: list[str] = []
-            try:
-                written = self._write_run_records(records, run_id, run_time)
-                if written:
-                    summary.outputs["records"] = written
-            except OSError as err:
-                failures.append(_output_error("records", cfg.records, err, "records: FOLDER"))
-                summary.outputs["records"] = f"FAILED: {err}"
+            if self._dist is not None or cfg.shard:
+                try:
+                    done = self._write_part(records, summary, run_id, run_time)
+                except OSError as err:
+                    done = summary
+                    failures.append(_output_error("records part", cfg.records, err, "records: FOLDER"))
+                    summary.outputs["records"] = f"FAILED: {err}"
+                if done is not None:  # another rank's part, or one shard's: the window is made elsewhere
+                    if seen is not None:
+                        seen.discard()
+                    if failures:
+                        raise JobError("; ".join(failures), summary)
+                    return summary
+            else:
+                try:
+                    written = self._write_run_records(records, run_id, run_time)
+                    if written:
+                        summary.outputs["records"] = written
+                except OSError as err:
+                    failures.append(_output_error("records", cfg.records, err, "records: FOLDER"))
+                    summary.outputs["records"] = f"FAILED: {err}"
+            if cfg.records and not failures:
+                try:
+                    summary.outputs["summary"] = str(self._write_summary(summary, run_id, run_time))
+                except OSError as err:
+                    failures.append(_output_error("window summary", cfg.records, err, "records: FOLDER"))
             if outputs:
                 if cfg.textfile:
                     try:
@@ -436,8 +445,6 @@ class MonitorJob:
 
     def _push(self) -> int:
         """:func:`push` with an overall deadline (a gateway that trickles bytes cannot hold the run)."""
-        import threading
-
         cfg = self.cfg
         key = {"model": self.model_name, "stream": cfg.stream}
         url, security = self.push_url, self.push_security  # resolved (and checked) in __init__
@@ -473,15 +480,9 @@ class MonitorJob:
         return int(box["attempts"])
 
 
-class EmptyWindowError(JobError):
-    """The window held nothing to score; ``summary`` holds the (empty) results. CLI exit code 6."""
-
-
 def _remove_stale_textfile_temporaries(textfile: str, older_than: float = 3600.0) -> list[str]:
     """Delete ``<textfile>.<pid>.<thread>`` files (prometheus-client's temporary name) of writes killed
     more than ``older_than`` seconds ago."""
-    import re
-
     path = Path(textfile)
     removed: list[str] = []
     if not path.parent.is_dir():
@@ -509,3 +510,7 @@ def _output_error(what: str, path: str | None, err: OSError, field_hint: str) ->
 def run_monitor(cfg: MonitorConfig, registry=None, progress: bool = False) -> MonitorSummary:
     """One run of the scheduled job (``relmon monitor``)."""
     return MonitorJob(cfg, registry=registry, progress=progress).run()
+
+
+# names other modules and tests import from here
+__all__ = ["BASELINE_ESTIMATOR", "EmptyWindowError", "MonitorJob", "MonitorSummary", "confidence_estimate", "run_monitor"]

@@ -23,7 +23,9 @@ import pandas as pd
 import torch
 
 from relmon.config import ConfigError
+from relmon.data.batching import stream_loader
 from relmon.jobs import signals
+from relmon.preprocessing import eval_mode
 from relmon.records import empty_records
 from relmon.scoring import BatchScorer, WindowAccumulator
 
@@ -79,16 +81,14 @@ def run_plain(scorer: BatchScorer, loader: Any, device: torch.device | str = "cp
     device = torch.device(device)
     sink = WindowAccumulator(scorer.methods) if sink is None else sink
     model = scorer.model
-    modes = [(m, m.training) for m in model.modules()]
     home = next(iter(model.parameters()), next(iter(model.buffers()), None))
     home = home.device if home is not None else None  # moved back afterwards: the caller's model stays put
     model.to(device)
-    model.eval()
     scorer.reset_window()
     frames: list[pd.DataFrame] = []
     signals.STOP.in_predict = True  # a signal during a batch raises at once (see relmon.jobs.signals)
     try:
-        with torch.inference_mode():
+        with eval_mode(model), torch.inference_mode():
             for batch in _progress(loader, progress):
                 if signals.should_stop():
                     signals.check(_records(frames))
@@ -102,20 +102,16 @@ def run_plain(scorer: BatchScorer, loader: Any, device: torch.device | str = "cp
         raise
     finally:
         signals.STOP.in_predict = False
-        for m, mode in modes:
-            m.training = mode
         if home is not None and home != device:
             model.to(home)
     records = _records(frames)
     return (records if records is not None else empty_records()), sink
 
 
-def score_plain(cfg, model, stream, progress: bool = False, window_id: str | None = None):
-    """The job's scoring pass with :func:`run_plain`: ``(records, window summary, scorer)``."""
-    from relmon.data.streams import stream_loader
-    from relmon.jobs.common import scoring_options
-
-    scorer = BatchScorer(model, **scoring_options(cfg, stream))
+def score_plain(cfg, model, stream, options: dict, progress: bool = False, window_id: str | None = None):
+    """The job's scoring pass with :func:`run_plain`: ``(records, window summary, scorer)``; ``options``
+    are the scorer's settings (:func:`relmon.jobs.scoring.scoring_options`)."""
+    scorer = BatchScorer(model, **options)
     loader = stream_loader(stream, batch_size=cfg.batch_size, window_id=window_id)
     records, sink = run_plain(scorer, loader, resolve_device(cfg.accelerator), progress=progress)
     return records, sink.summary(), scorer

@@ -20,11 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from relmon.config import MonitorConfig
+from relmon.data.streams import file_signatures
 from relmon.export.outputs import HttpEndpoint, serve_http
 from relmon.export.security import endpoint_security
-from relmon.jobs.common import JobError, ServeError
-from relmon.jobs.monitor import EmptyWindowError, MonitorJob, MonitorSummary
-from relmon.jobs.signals import RunInterrupted, stop_requested
+from relmon.jobs.errors import EmptyWindowError, JobError, RunInterrupted, ServeError
+from relmon.jobs.monitor import MonitorJob
+from relmon.jobs.only_new import find_files
+from relmon.jobs.signals import stop_requested
+from relmon.jobs.summary import MonitorSummary
 
 log = logging.getLogger("relmon.jobs")
 
@@ -32,8 +35,6 @@ log = logging.getLogger("relmon.jobs")
 def list_input(root: str) -> dict[str, dict] | None:
     """One fsspec listing (``{path: info}``) of the local folder or fsspec URL ``root``; None (logged)
     when it fails."""
-    from relmon.jobs.state import find_files
-
     try:
         return find_files(root)
     except (OSError, ValueError) as err:
@@ -44,8 +45,6 @@ def list_input(root: str) -> dict[str, dict] | None:
 def signature(found: dict[str, dict] | None) -> tuple:
     """(path, size, mtime) of every file of a :func:`list_input` listing (``()`` for None): changes
     when inputs change."""
-    from relmon.data.streams import file_signatures
-
     if not found:
         return ()
     return tuple(sorted((p, size, mtime) for p, (size, mtime) in file_signatures(found).items()))
@@ -82,9 +81,17 @@ def serve(
     textfile writes follow each run when configured.
     """
     stop = stop or threading.Event()
+    if cfg.world_size > 1 or cfg.shard:
+        from relmon.config import ConfigError
+
+        raise ConfigError(
+            "relmon serve runs each window on one device (its loop, listing and /metrics endpoint are one "
+            "process's); fix: remove devices/num_nodes/shard here, and for several devices schedule 'relmon "
+            "monitor --runner lightning --devices N' (DDP) or sharded jobs with 'relmon merge' (README "
+            "\"Scaling out\")")
     security = endpoint_security(cfg)  # TLS / basic auth settings checked before the model loads
-    job = MonitorJob(cfg, registry=registry, progress=progress)
-    job.serve_only_new = cfg.input != "sample"  # count every input once (see the module docstring)
+    # only-new scoring on every folder input: count every input once (see the module docstring)
+    job = MonitorJob(cfg, registry=registry, progress=progress, only_new=cfg.only_new or cfg.input != "sample")
     try:
         endpoint = serve_http(job.registry, port=cfg.http_port, addr=cfg.http_addr, security=security)
     except OSError as err:
@@ -105,9 +112,8 @@ def serve(
             if not cfg.watch or sig != last_sig:
                 last_sig = sig
                 t0 = time.perf_counter()
-                job.input_listing = found or None  # None: the stream lists the folder itself (once)
                 try:
-                    summary = job.run()
+                    summary = job.run(listing=found or None)  # None: the stream lists the folder itself (once)
                     result.summaries.append(summary)
                     if on_run is not None:
                         on_run(summary)
@@ -127,8 +133,6 @@ def serve(
                     result.failures += 1
                     job.metrics.set_run(time.perf_counter() - t0, None)
                     log.exception("run failed: %s", err)
-                finally:
-                    job.input_listing = None  # never reused by a later run
                 result.runs += 1
                 if cfg.max_iterations is not None and result.runs >= cfg.max_iterations:
                     break

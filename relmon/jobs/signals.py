@@ -25,28 +25,8 @@ from contextlib import contextmanager
 
 import pandas as pd
 
-# Exit codes of 'relmon monitor' / 'relmon serve' beyond 0/2/3/4, defined in relmon/cli/jobs.py.
-from relmon.cli.jobs import EXIT_EMPTY, EXIT_INTERRUPTED, EXIT_TIMEOUT
-
-
-class RunInterrupted(RuntimeError):
-    """Scoring stopped before the window's end (a signal or the run deadline).
-
-    ``records`` holds the records of the finished batches (possibly empty), ``reason`` is ``"signal"``
-    or ``"timeout"``, ``signum`` the signal number (signals only), ``written`` the records file the job
-    wrote them to (set by the job).
-    """
-
-    def __init__(self, message: str, reason: str, records: pd.DataFrame | None = None, signum: int | None = None):
-        super().__init__(message)
-        self.reason = reason
-        self.records = records
-        self.signum = signum
-        self.written: str | None = None
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_TIMEOUT if self.reason == "timeout" else EXIT_INTERRUPTED
+from relmon.exitcodes import EXIT_EMPTY, EXIT_INTERRUPTED, EXIT_TIMEOUT  # noqa: F401 (re-exported)
+from relmon.jobs.errors import RunInterrupted
 
 
 class _StopState:

@@ -56,8 +56,6 @@ from relmon.explain import lrp as _lrp
 from relmon.explain._validate import first_layer_channels
 from relmon.explain.core import parse_method
 from relmon.metrics import AOPC, AOPCMinusRandom, HeatmapEntropy
-from relmon.models.preprocessing import ATTRIBUTE as _PREPROCESSING_ATTRIBUTE
-from relmon.models.preprocessing import MissingPreprocessingError, Preprocessing
 from relmon.perturbation import (
     DEFAULT_FRACTION,
     DEFAULT_MAX_BATCH_BYTES,
@@ -67,6 +65,8 @@ from relmon.perturbation import (
     num_regions,
     steps_for_fraction,
 )
+from relmon.preprocessing import ATTRIBUTE as _PREPROCESSING_ATTRIBUTE
+from relmon.preprocessing import MissingPreprocessingError, Preprocessing, eval_mode
 from relmon.scoring import (
     batch_size_of,
     global_positions,
@@ -476,17 +476,12 @@ class HeatmapQualityCallback(pl.Callback):
             for metric in self._metrics():
                 metric.to(device)
                 metric.reset()
-        modes = [(m, m.training) for m in model.modules()]
-        grads = [(p, p.requires_grad) for p in model.parameters()]
         try:
-            if self._xs:
-                self._score(model, torch.cat(self._xs).to(device))
+            with eval_mode(model):  # train/eval flags and requires_grad restored, also on an error
+                if self._xs:
+                    self._score(model, torch.cat(self._xs).to(device))
         finally:
             self._xs, self._ids = [], []
-            for module, training in modes:
-                module.training = training
-            for param, flag in grads:
-                param.requires_grad_(flag)
         self._log(pl_module)
 
     def _score(self, model: nn.Module, x: torch.Tensor) -> None:

@@ -18,27 +18,14 @@ import torch
 from torch import nn
 
 from relmon.data.fashion_mnist import MEAN, STD
+from relmon.identity import ModelInfo, model_info, set_model_info, weights_hash  # noqa: F401 (re-exported)
+from relmon.identity import attach_info as _attach_info
 from relmon.models.architectures import SmallCNN, SmallVGG
-from relmon.models.preprocessing import Preprocessing, attach_preprocessing
+from relmon.preprocessing import Preprocessing, attach_preprocessing
 
 ARCHITECTURES = {"SmallCNN": SmallCNN, "SmallVGG": SmallVGG}
 FASHION_MNIST_PREPROCESSING = Preprocessing(mean=(MEAN,), std=(STD,), low=0.0, high=1.0)
 DEFAULT_MODEL = "fmnist_cnn"
-_INFO = "relmon_info"
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """Identity of a loaded model, used for record columns and metric labels."""
-
-    name: str
-    version: str
-    test_accuracy: float | None = None
-
-
-def model_info(model: nn.Module) -> ModelInfo:
-    """The model's name and version: as loaded by relmon, else its class name and a hash of its weights."""
-    return getattr(model, _INFO, None) or ModelInfo(name=type(model).__name__, version=weights_hash(model))
 
 
 #: Attribute a model may carry to declare its input size (an int, or (height, width)).
@@ -55,31 +42,6 @@ def declared_input_size(model: nn.Module) -> tuple[int, int] | None:
             isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
         return int(size[0]), int(size[1])
     return None
-
-
-def weights_hash(model: nn.Module) -> str:
-    """A 12-hex-digit SHA-256 of the model's state_dict (names, dtypes, shapes and values)."""
-    h = hashlib.sha256()
-    for key, value in model.state_dict().items():
-        h.update(key.encode())
-        if isinstance(value, torch.Tensor):
-            t = value.detach().cpu().contiguous()
-            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        else:
-            h.update(repr(value).encode())
-    return h.hexdigest()[:12]
-
-
-def set_model_info(model: nn.Module, name: str | None = None, version: str | None = None) -> nn.Module:
-    """Set the ``model`` / ``model_version`` labels of ``model`` (None keeps the current one)."""
-    info = model_info(model)
-    return _attach_info(model, ModelInfo(name or info.name, version or info.version, info.test_accuracy))
-
-
-def _attach_info(model: nn.Module, info: ModelInfo) -> nn.Module:
-    object.__setattr__(model, _INFO, info)
-    return model
 
 
 def _weights_dir():
