@@ -8,14 +8,11 @@ RELMON = $(VENV)/bin/relmon
 setup:
 	@bash scripts/setup.sh
 
-# The main job on the embedded default: calibrate once on the labelled shipped sample (cached in
-# $(CALIBRATION)), then monitor one unlabelled, noise-shifted window and export its metrics; and the
-# heatmap grid of every method.
+# The main job on the embedded default, the same steps as `relmon demo` without make: calibrate once on
+# the labelled shipped sample (cached in $(CALIBRATION)), monitor one unlabelled, noise-shifted window
+# and export its metrics; then the heatmap grid of every method.
 demo: setup
-	@test -f $(CALIBRATION)/calibration.json || $(RELMON) calibrate --out $(CALIBRATION) --calibration-n 80
-	$(RELMON) monitor --config deploy/relmon.example.yaml --calibration $(CALIBRATION) \
-		--textfile $(OUT)/relmon.prom --records $(OUT)/records
-	$(RELMON) demo --n 128 --out $(OUT)
+	$(RELMON) demo --out $(OUT) --calibration $(CALIBRATION) --calibration-n 80 --n 128
 
 test: setup
 	$(VENV)/bin/ruff check .

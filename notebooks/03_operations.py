@@ -21,12 +21,12 @@
 #
 # 1. **Training with the Lightning callback** — `HeatmapQualityCallback` scores the heatmaps of a
 #    few validation inputs after every epoch and logs AOPC, AOPC − random and entropy.
-# 2. **Calibration on your labelled data** — clean and synthetically shifted windows of labelled
-#    images are scored, the accuracy estimators are fitted, the clean window becomes the drift
-#    reference; saved as a calibration folder.
+# 2. **Calibration on your labelled data** — `relmon.calibrate` (what `relmon calibrate` runs) scores
+#    clean and synthetically shifted windows of labelled images, fits the accuracy estimators, chooses
+#    the default and keeps the clean window as the drift reference; saved as a calibration folder.
 # 3. **Monitoring** — the monitoring job (`relmon.jobs.MonitorJob`, what `relmon monitor` runs)
 #    scores unlabelled windows read from image folders and serves its metrics over HTTP.
-# 4. **The dashboard** — a real Prometheus (`/usr/bin/prometheus`, bound to 127.0.0.1 on a free
+# 4. **The dashboard** — a real Prometheus (`prometheus` found on `PATH`, bound to 127.0.0.1 on a free
 #    port, storage in a temporary folder) scrapes that endpoint; the Grafana dashboard's panel
 #    queries (`deploy/grafana/dashboards/relmon.json`) are evaluated through its
 #    `/api/v1/query_range` API and drawn with matplotlib.
@@ -180,42 +180,27 @@ plt.tight_layout()
 # train on, scored by the same monitor the job runs, then every estimator fitted on them.
 
 # %%
-from relmon.analysis import make_estimator  # noqa: E402
+import relmon  # noqa: E402
 from relmon.config import MonitorConfig  # noqa: E402
 from relmon.data.shifts import apply_shift  # noqa: E402
-from relmon.data.streams import TensorStream  # noqa: E402
-from relmon.jobs import Calibration  # noqa: E402
-from relmon.jobs.common import score_stream  # noqa: E402
-from relmon.models import get_preprocessing, load_model, model_info  # noqa: E402
+from relmon.models import load_model  # noqa: E402
 
 ckpt = work / "digits_cnn.pt"
 torch.save(lit.net.state_dict(), ckpt)
 model = load_model("my_digits:digits_cnn", ckpt)  # what the job will load: weights_only
-info = model_info(model)
 cfg = MonitorConfig(model="my_digits:digits_cnn", checkpoint=str(ckpt), methods=("lrp",), region=REGION,
                     steps=STEPS, batch_size=128, estimators=("average_confidence", "atc", "doc",
                                                              "regression_relevance"))
-windows = [("clean", None, 0), ("gaussian_noise/3", "gaussian_noise", 3), ("blur/3", "blur", 3),
-           ("contrast/4", "contrast", 4), ("gaussian_noise/5", "gaussian_noise", 5)]
-xs = [images[cal_pool][i * N_WINDOW:(i + 1) * N_WINDOW] for i in range(len(windows))]
-xs = [x if s is None else apply_shift(x, s, v, seed=0) for x, (_, s, v) in zip(xs, windows, strict=True)]
-ys = labels[cal_pool][: len(windows) * N_WINDOW]
-stream = TensorStream(torch.cat(xs), ys.numpy(), preprocessing=get_preprocessing(model), stream="calibration",
-                      window_size=N_WINDOW)
-records, _, _ = score_stream(cfg, model, stream)
-records["window_id"] = records["window_id"].map({f"calibration:{i * N_WINDOW}": w[0] for i, w in enumerate(windows)})
-estimators = {name: make_estimator(name).fit(records) for name in cfg.estimators}
-window_accuracy = records.drop_duplicates(["window_id", "sample_id"]).groupby("window_id")["correct"].mean()
-calibration = Calibration(
-    path=work / "calibration",
-    meta={"format": "relmon-calibration", "format_version": 1, "created": time.time(),
-          "model": info.name, "model_version": info.version, "methods": list(cfg.methods),
-          "region": REGION, "steps": STEPS, "seed": 0, "windows": [w[0] for w in windows],
-          "n_per_window": N_WINDOW, "window_accuracy": {k: float(v) for k, v in window_accuracy.items()}},
-    estimators=estimators, reference=records[records["window_id"] == "clean"], records=records,
+# relmon.calibrate is what `relmon calibrate` runs: a clean window and one window per shift x severity
+# (5 windows of N_WINDOW disjoint labelled images here), every estimator fitted, the default chosen by
+# leave-one-shift-type-out validation, the clean window kept as the drift reference
+calibration = relmon.calibrate(
+    model, (images[cal_pool], labels[cal_pool]), config=cfg, calibration_n=N_WINDOW,
+    calibration_shifts=["gaussian_noise", "blur", "contrast", "occlusion"], calibration_severities=[4],
+    out=work / "calibration",
 )
-calibration.save(work / "calibration")
-window_accuracy.round(3)
+print("default estimator:", calibration.meta["default_estimator"])
+pd.Series(calibration.meta["window_accuracy"], name="accuracy").round(3)
 
 # %% [markdown]
 # ## 3. Monitoring unlabelled windows, served over HTTP
@@ -265,6 +250,10 @@ def api(path, **params):
         return json.load(r)["data"]
 
 
+PROMETHEUS = shutil.which("prometheus")  # Debian's package puts it in /usr/bin; any install on PATH works
+if PROMETHEUS is None:
+    raise RuntimeError("no 'prometheus' on PATH; fix: apt-get install prometheus (scripts/setup.sh does), or put "
+                       "the Prometheus binary's folder on PATH")
 prom_port = free_port()
 prom_dir = work / "prometheus"
 prom_dir.mkdir()
@@ -272,7 +261,7 @@ prom_dir.mkdir()
     "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
     f"scrape_configs: [{{job_name: relmon, static_configs: [{{targets: ['127.0.0.1:{endpoint.port}']}}]}}]\n")
 prom = subprocess.Popen(
-    ["/usr/bin/prometheus", f"--config.file={prom_dir / 'prometheus.yml'}", f"--storage.tsdb.path={prom_dir / 'data'}",
+    [PROMETHEUS, f"--config.file={prom_dir / 'prometheus.yml'}", f"--storage.tsdb.path={prom_dir / 'data'}",
      f"--web.listen-address=127.0.0.1:{prom_port}"],
     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 try:

@@ -50,6 +50,11 @@ class MonitorConfig:
         None, "str?",
         "'package.module:Class' of the LightningModule the checkpoint holds",
     )
+    model_attr: str | None = setting(
+        None, "str?",
+        "with lightning_module: the LightningModule attribute holding the classifier (default: model / net / "
+        "classifier, else its forward without its torchmetrics children)",
+    )
     preprocessing: dict[str, Any] | None = setting(
         None, "preprocessing?",
         "the model's input space: {mean, std, low, high} (scalars or per channel)",
@@ -161,7 +166,7 @@ class MonitorConfig:
     # validation on the calibration windows
     estimators: tuple[str, ...] = setting(
         (
-            "average_confidence", "cbpe_isotonic", "atc", "doc", "cot", "nuclear_norm",
+            "average_confidence", "cbpe_isotonic", "atc", "doc", "cot", "nuclear_norm", "mano",
             "correctness_confidence", "correctness_relevance", "regression_relevance",
         ),
         "list[str]",
@@ -275,6 +280,11 @@ class MonitorConfig:
             raise ConfigError(
                 "lightning_module needs checkpoint (the Lightning .ckpt file to load); "
                 "fix: set checkpoint or remove lightning_module"
+            )
+        if self.model_attr is not None and self.lightning_module is None:
+            raise ConfigError(
+                f"model_attr ({self.model_attr!r}) applies to a Lightning checkpoint, but lightning_module is not "
+                "set; fix: set lightning_module: 'package.module:Class' (and checkpoint), or remove model_attr"
             )
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
             dup = sorted({c for c in self.classes if self.classes.count(c) > 1})

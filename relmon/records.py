@@ -23,6 +23,16 @@ Columns (:data:`RECORD_COLUMNS`, typed by :data:`RECORD_SCHEMA`):
   most ``L``. Null in records written before this column existed or by code that does not fill it.
 - ``entropy_bits``, ``png_bytes``, ``jpeg_bytes``, ``gini`` (nullable float64 / int64): heatmap
   complexity (null on the ``random`` row).
+- ``probs`` (nullable list of float64) and ``probs_classes`` (nullable list of int64): the class
+  probabilities (softmax of the clean logits). For ``K <= PROBS_TOP_K`` (20) classes ``probs`` is the
+  whole vector, indexed by class, and ``probs_classes`` is null. For more classes ``probs`` holds the
+  ``PROBS_TOP_K`` largest probabilities in descending order and ``probs_classes`` their classes; the
+  remaining mass ``1 − sum(probs)`` belongs to the other ``K − 20`` classes (``K`` is the calibration's
+  class count). Why 20: COT's cost ``‖p − e_y‖_∞`` reads only the largest entries, and the tail's
+  contribution to MaNo's ℓ4 norm and to the nuclear norm is at most its mass ``m`` times
+  ``(K − 20)^(−3/4)`` resp. small against the top rows — while a full 1000-class vector would make every
+  row 8 kB. Null in records written before schema version 2 (:data:`RECORD_SCHEMA_VERSION`);
+  estimators then rebuild each vector from ``confidence`` (:mod:`relmon.analysis.estimators`).
 - ``run_id`` (str), ``run_time`` (float64, UTC seconds since the epoch) — nullable: which run of the
   job wrote the row (:func:`new_run_id`); null in records made outside a job and in files written
   before these columns existed (such files are still read: the columns are added as null).
@@ -76,8 +86,15 @@ RECORD_SCHEMA = pa.schema(
         pa.field("gini", pa.float64(), nullable=True),
         pa.field("run_id", pa.string(), nullable=True),
         pa.field("run_time", pa.float64(), nullable=True),
-    ]
+        pa.field("probs", pa.list_(pa.float64()), nullable=True),
+        pa.field("probs_classes", pa.list_(pa.int64()), nullable=True),
+    ],
+    metadata={b"relmon.records.schema_version": b"2"},
 )
+#: 1: up to issue 17 (no class probabilities); 2: ``probs`` and ``probs_classes``
+RECORD_SCHEMA_VERSION = 2
+#: the most class probabilities a record keeps (see the module docstring)
+PROBS_TOP_K = 20
 RECORD_COLUMNS: tuple[str, ...] = tuple(RECORD_SCHEMA.names)
 
 # pandas dtypes matching the schema (nullable extension dtypes where the schema allows nulls).
@@ -87,11 +104,12 @@ _PANDAS_DTYPES = {
     "label": "Int64", "correct": "boolean", "method": "string", "score0": "float64", "aopc": "float64",
     "aopc_rel": "float64", "aopc_lerf": "Float64", "abpc": "Float64", "aopc_early": "Float64",
     "entropy_bits": "Float64", "png_bytes": "Int64", "jpeg_bytes": "Int64", "gini": "Float64",
-    "run_id": "string", "run_time": "Float64",
+    "run_id": "string", "run_time": "Float64", "probs": "object", "probs_classes": "object",
 }
 _DTYPE_OBJECTS = {name: pd.api.types.pandas_dtype(dtype) for name, dtype in _PANDAS_DTYPES.items()}
 # Columns added after the first schema: files without them are read with the column null.
-_ADDED_COLUMNS = ("aopc_early", "run_id", "run_time")
+_ADDED_COLUMNS = ("aopc_early", "run_id", "run_time", "probs", "probs_classes")
+_LIST_COLUMNS = ("probs", "probs_classes")
 TMP_SUFFIX = ".tmp"
 
 
@@ -115,12 +133,27 @@ def confidence_signals(logits: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
+def class_probabilities(logits: torch.Tensor, top_k: int = PROBS_TOP_K) -> dict[str, list]:
+    """The ``probs`` and ``probs_classes`` columns from clean logits ``(B, K)``: per sample the softmax
+    vector (``K <= top_k``; ``probs_classes`` None) or its ``top_k`` largest entries, descending, and
+    their classes."""
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be (B, K), got shape {tuple(logits.shape)}")
+    p = torch.softmax(logits.detach().to(torch.float64), dim=1).cpu()
+    if p.shape[1] <= top_k:
+        return {"probs": list(p.numpy()), "probs_classes": [None] * p.shape[0]}
+    values, classes = torch.topk(p, k=top_k, dim=1)
+    return {"probs": list(values.numpy()), "probs_classes": list(classes.numpy().astype(np.int64))}
+
+
 def _values(value, n: int, name: str) -> np.ndarray | list:
     """``n`` values of a column from a tensor, array, sequence or scalar (broadcast)."""
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
     if isinstance(value, (str, int, float, bool, np.generic)) or value is None:
         return [value] * n
+    if name in _LIST_COLUMNS and isinstance(value, np.ndarray) and value.ndim == 2:
+        value = list(value)  # one vector per row
     out = np.asarray(value) if not isinstance(value, list) else value
     if len(out) != n:
         raise RecordSchemaError(f"column {name!r} holds {len(out)} values for {n} rows")
@@ -207,6 +240,9 @@ def validate_records(frame: pd.DataFrame) -> pd.DataFrame:
         col = frame[name]
         if not RECORD_SCHEMA.field(name).nullable and bool(col.isna().any()):
             raise RecordSchemaError(f"column {name!r} must not hold nulls")
+        if name in _LIST_COLUMNS:  # one vector (or null) per row
+            out[name] = pd.Series([None if _is_null(v) else v for v in col], index=col.index, dtype=object)
+            continue
         if col.dtype == _DTYPE_OBJECTS[name]:
             out[name] = col  # already the schema's dtype (frames made by make_records, read back, ...)
             continue
@@ -220,6 +256,10 @@ def validate_records(frame: pd.DataFrame) -> pd.DataFrame:
     except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
         raise RecordSchemaError(f"records do not match the schema: {err}") from err
     return result
+
+
+def _is_null(value) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
 
 
 def to_arrow(frame: pd.DataFrame) -> pa.Table:
@@ -342,6 +382,10 @@ def read_record_files(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
     for p in paths:
         with open(p, "rb") as f:  # one open: a file replaced meanwhile is read whole (old or new)
             table = pq.ParquetFile(f).read()
+        version = int((table.schema.metadata or {}).get(b"relmon.records.schema_version", b"1"))
+        if version > RECORD_SCHEMA_VERSION:
+            raise RecordSchemaError(f"{p} holds records of schema version {version}; this relmon reads versions "
+                                    f"1..{RECORD_SCHEMA_VERSION}. Fix: upgrade relmon to read them")
         for name in _ADDED_COLUMNS:  # files written before these columns were added
             field = RECORD_SCHEMA.field(name)
             if name not in table.schema.names:
@@ -363,11 +407,14 @@ def _arrow_to_pandas_dtype(arrow_type: pa.DataType):
 
 
 __all__ = [
+    "PROBS_TOP_K",
     "RANDOM_METHOD",
     "RECORD_COLUMNS",
+    "RECORD_SCHEMA_VERSION",
     "RECORD_SCHEMA",
     "RecordSchemaError",
     "atomic_write",
+    "class_probabilities",
     "confidence_signals",
     "is_temporary",
     "new_run_id",

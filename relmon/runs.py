@@ -307,12 +307,15 @@ def _finite(value):
 
 
 def window_alerts(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The alerts of a window summary: today the drift alarm (``drift``) when the KS tests fire. One
-    function, so that the summary file, ``--json`` and the Prometheus rules say the same."""
+    """The alerts of a window summary: the drift alarm (``drift``) when the KS tests fire, then the
+    accuracy alerts the job computed with :func:`relmon.analysis.alerts.accuracy_alerts` (the summary's
+    ``alerts``: ``{"name", "severity", "reason"}``, what ``--json`` reports and the Prometheus rules
+    mirror)."""
     alerts = []
     if summary.get("drift_alarm"):
         p = summary.get("drift_p_values") or {}
         alerts.append({"alert": "drift", "features": sorted(k for k, v in p.items() if v is not None)})
+    alerts += [dict(a) for a in summary.get("alerts") or []]
     return alerts
 
 
@@ -323,7 +326,8 @@ def window_summary_document(summary: Mapping[str, Any], *, settings: Mapping[str
     Keys: ``format``, ``run`` (run id, time, parts, kind, records files), ``model``, ``model_version``,
     ``stream``, ``window_ids``, ``inputs`` (seen, scored, errors per reason), ``methods`` (the window
     means with their intervals), ``confidence``, ``accuracy`` (labels known), ``estimates``
-    (``{estimator: {estimate, lower, upper}}``), ``default_estimator``, ``estimate_errors``, ``drift``
+    (``{estimator: {estimate, lower, upper}}``), ``default_estimator``, ``estimate_errors``, ``headline``,
+    ``estimator_disagreement``, ``default_members``, ``shift_score``, ``unreliable_under``, ``drift``
     (``p_values``, ``alarm``), ``alerts`` (:func:`window_alerts`), ``calibration``, ``settings``.
     NaN is written as null. This is the one place the file's layout is decided.
     """
@@ -344,6 +348,13 @@ def window_summary_document(summary: Mapping[str, Any], *, settings: Mapping[str
         "estimates": estimates,
         "default_estimator": s.get("default_estimator"),
         "estimate_errors": dict(s.get("estimate_errors") or {}),
+        # issue 18 (relmon.analysis.robust): headline after the disagreement check, the disagreement, the
+        # default's members, the window's shift score, the shift types the calibration cannot cover
+        "headline": dict(s.get("headline") or {}),
+        "estimator_disagreement": s.get("estimator_disagreement"),
+        "default_members": list(s.get("default_members") or []),
+        "shift_score": s.get("shift_score"),
+        "unreliable_under": list(s.get("unreliable_under") or []),
         "drift": {"p_values": s.get("drift_p_values"), "alarm": s.get("drift_alarm")},
         "alerts": window_alerts(s),
         "calibration": {"path": s.get("calibration"), "timestamp": s.get("calibration_timestamp"),

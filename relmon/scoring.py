@@ -47,7 +47,13 @@ from relmon.perturbation import (
     region_perturbation,
     steps_for_fraction,
 )
-from relmon.records import RANDOM_METHOD, confidence_signals, empty_records, make_records_of_parts
+from relmon.records import (
+    RANDOM_METHOD,
+    class_probabilities,
+    confidence_signals,
+    empty_records,
+    make_records_of_parts,
+)
 
 # Two-sided 95 % quantile of the normal distribution (the CI uses Student's t where scipy exists).
 _Z95 = 1.959963984540054
@@ -495,6 +501,7 @@ class BatchScorer:
             model_version=self.model_version, pred=signals["pred"], confidence=signals["confidence"],
             softmax_entropy=signals["softmax_entropy"], margin=signals["margin"],
             label=labels if labels is not None else torch.full((x.shape[0],), -1, dtype=torch.long),
+            **class_probabilities(logits),  # probs / probs_classes: COT, nuclear norm and MaNo read them
         )
         parts = []
         # Early part of each curve (~16 % of the image perturbed, the paper's protocol): scale-free

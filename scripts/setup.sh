@@ -45,7 +45,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     # shellcheck disable=SC2086
     "$VENV/bin/python" -m pip install -q $TORCH_PINS 2>&1 | grep -v "^WARNING: Location" || true
   fi
-  "$VENV/bin/python" -m pip install -q -e ".[dev,oracle]" 2>&1 | grep -v "^WARNING: Location" || true
+  "$VENV/bin/python" -m pip install -q -e ".[dev,oracle,all]" 2>&1 | grep -v "^WARNING: Location" || true
   "$VENV/bin/python" -c "import relmon, torch, zennit; print('[setup] relmon', relmon.__version__, 'torch', torch.__version__, 'zennit', zennit.__version__ if hasattr(zennit, '__version__') else '')"
   echo "$want" > "$stamp"
 else

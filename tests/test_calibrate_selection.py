@@ -32,8 +32,8 @@ def test_default_is_the_lowest_held_out_error_and_the_table_is_stored(calibrated
     meta = json.loads((cal.path / "calibration.json").read_text())  # strict JSON on disk
     validation = meta["validation"]
     summary = validation["summary"]
-    maes = [row["mae"] for row in summary]
-    assert maes == sorted(maes)  # ranked by mean held-out error
+    worst = [(row["worst_mae"], row["mae"]) for row in summary]
+    assert worst == sorted(worst)  # ranked by the worst held-out type's error, then the mean (issue 18)
     best = summary[0]["estimator"]
     expected = MEDIAN_LABEL if best.startswith("median:") else best
     assert meta["default_estimator"] == expected == validation["chosen"].replace(best, expected)
@@ -41,6 +41,14 @@ def test_default_is_the_lowest_held_out_error_and_the_table_is_stored(calibrated
     held_out = {row["held_out"] for row in validation["per_shift_type"]}
     assert held_out == {"gaussian_noise", "contrast", "blur"}  # every shift type held out once
     assert set(cfg.estimators) <= {row["estimator"] for row in summary}  # every candidate validated
+    # issue 18: the default's members, the criterion and the shift types its interval cannot cover,
+    # which are exactly the held-out types of the default with coverage below 0.5 in the stored table
+    assert validation["criterion"] == "worst"
+    chosen = validation["chosen"]
+    assert validation["default_members"] == (chosen.removeprefix("median:").split("+"))
+    rows = [r for r in validation["per_shift_type"] if r["estimator"] == chosen]
+    assert sorted(r["held_out"] for r in rows if r["coverage"] < 0.5) == validation["unreliable_under"]
+    assert all(0.0 <= r["coverage"] <= 1.0 and 0.0 <= r["mean_width"] <= 1.0 for r in rows)
 
 
 def test_monitor_names_and_exports_the_calibrations_default(calibrated):
@@ -54,6 +62,21 @@ def test_monitor_names_and_exports_the_calibrations_default(calibrated):
     info = {s.labels["estimator"]: s.value for m in registry.collect() if m.name == "relmon_default_estimator_info"
             for s in m.samples}
     assert info == {default: 1.0}
+    # issue 18: the summary carries the default's members, its shift score, the disagreement and headline
+    members = cal.meta["validation"]["default_members"]
+    assert summary.default_members == members
+    labels = next(s.labels for m in registry.collect() if m.name == "relmon_default_estimator_info" for s in m.samples)
+    assert labels["members"] == ("+".join(members) if len(members) > 1 else "")
+    assert 0.0 <= summary.shift_score <= 1.0
+    est, lo, hi = summary.estimates[default]
+    values = sorted(v[0] for v in summary.estimates.values())
+    median = (values[(len(values) - 1) // 2] + values[len(values) // 2]) / 2
+    assert summary.estimator_disagreement == pytest.approx(abs(est - median))
+    assert summary.headline["fallback"] == (not lo <= median <= hi)
+    assert summary.unreliable_under == cal.meta["validation"]["unreliable_under"]
+    gauge = {m.name: s.value for m in registry.collect() for s in m.samples
+             if m.name == "relmon_estimator_disagreement_ratio"}
+    assert gauge["relmon_estimator_disagreement_ratio"] == pytest.approx(abs(est - median))
 
 
 def test_unknown_estimator_is_refused_before_scoring(tmp_path):
@@ -93,6 +116,13 @@ def _independent_rows(records, name, level):
                                    "accuracy": feats["accuracy"].to_numpy(), "n": feats["n"].to_numpy()}))
     holder = make_estimator(name).set_params(interval=level)
     holder.loso_ = pd.concat(parts, ignore_index=True)
+    # the shift score of each held-out window: KS of its confidences against the clean windows' (issue 18)
+    from relmon.analysis.intervals import shift_reference, shift_scores
+
+    samples = labelled.drop_duplicates(["window_id", "sample_id"])
+    clean = samples["window_id"].map(lambda w: str(w).split("/", 1)[0]) == "clean"
+    d = shift_scores(samples, shift_reference(samples.loc[clean, "confidence"].to_numpy(dtype=float)))
+    holder.loso_["shift_score"] = d.reindex(holder.loso_["window_id"]).to_numpy()
     return _held_out_rows(name, holder, level)
 
 
@@ -123,7 +153,8 @@ def test_shared_features_give_the_table_of_independent_fits(calibrated):
     assert not res.errors, res.errors
     median = next(n for n in res.fitted if n.startswith("median:"))
     ref = pd.DataFrame([row for name in SHARED_CANDIDATES for row in _independent_rows(records, name, level)])
-    best = ref.groupby("estimator")["mae"].mean().sort_values(kind="stable").index[:3]
+    by = ref.groupby("estimator")["mae"]  # ranked by the worst held-out type, then the mean (issue 18)
+    best = pd.DataFrame({"worst": by.max(), "mean": by.mean()}).sort_values(["worst", "mean"], kind="stable").index[:3]
     assert median == "median:" + "+".join(best)
     ref = pd.concat([ref, pd.DataFrame(_independent_rows(records, median, level))], ignore_index=True)
     pd.testing.assert_frame_equal(res.table, ref, check_exact=True)

@@ -9,7 +9,8 @@ from relmon.cli import main
 
 
 def test_demo_writes_grid_and_summary(tmp_path, capsys):
-    rc = main(["demo", "--n", "16", "--grid", "3", "--steps", "8", "--out", str(tmp_path), "--methods", "lrp", "sensitivity", "random"])
+    rc = main(["demo", "--methods-only", "--n", "16", "--grid", "3", "--steps", "8", "--out", str(tmp_path),
+               "--methods", "lrp", "sensitivity", "random"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "lrp:epsilon_plus_flat" in out and "sensitivity" in out and "accuracy on them" in out
@@ -19,8 +20,28 @@ def test_demo_writes_grid_and_summary(tmp_path, capsys):
     assert width > height > 100  # 3 rows, 4 columns
 
 
+def test_demo_runs_the_main_job_without_make(tmp_path, capsys):
+    """`relmon demo` calibrates (once), monitors a shifted unlabelled window and prints its table."""
+    cal = tmp_path / "cal"
+    args = ["demo", "--out", str(tmp_path / "out"), "--calibration", str(cal), "--calibration-n", "10",
+            "--calibration-shifts", "gaussian_noise", "--window-n", "24", "--n", "4", "--grid", "2", "--steps", "4",
+            "--methods", "lrp"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "[1/3] calibrating fmnist_cnn" in out and (cal / "calibration.json").is_file()
+    assert "shifted by gaussian_noise (severity 3)" in out and "24 of 24 inputs scored" in out
+    assert "<- headline" in out and "(true accuracy, labels known)" in out
+    prom = (tmp_path / "out" / "relmon.prom").read_text()
+    assert 'relmon_estimated_accuracy_ratio{' in prom and 'stream="default"' in prom
+    assert list((tmp_path / "out" / "records").rglob("*.parquet")) and (tmp_path / "out" / "heatmaps.png").is_file()
+    made = (cal / "calibration.json").stat().st_mtime_ns
+    assert main(args) == 0  # the second run reuses the calibration that fits
+    assert f"[1/3] using the calibration in {cal}" in capsys.readouterr().out
+    assert (cal / "calibration.json").stat().st_mtime_ns == made
+
+
 def test_bad_method_exits_with_input_error(tmp_path, capsys):
-    rc = main(["demo", "--n", "4", "--out", str(tmp_path), "--methods", "gradcam"])
+    rc = main(["demo", "--methods-only", "--n", "4", "--out", str(tmp_path), "--methods", "gradcam"])
     assert rc == 3
     assert "unknown method 'gradcam'" in capsys.readouterr().err
     assert not (tmp_path / "heatmaps.png").exists()
@@ -61,3 +82,22 @@ def test_serve_json_prints_one_json_document_per_line(capsys):
     docs = [json.loads(line) for line in captured.out.splitlines()]
     assert docs[0]["scored"] == 8 and docs[-1] == {"runs": 1, "failures": 0, "empty": 0, "interrupted": False}
     assert "serving metrics at http://127.0.0.1:" in captured.err
+
+
+def test_empty_ok_makes_an_empty_window_exit_0(tmp_path, capsys):
+    """For a Kubernetes CronJob: a run with nothing to score must not be a failed Job (deploy/k8s)."""
+    from relmon.lightning.monitor import selection_hash
+
+    assert all(selection_hash(0, str(i)) >= 0.01 for i in range(3))  # sample_rate 0.01 selects none of them
+    args = ["monitor", "--n", "3", "--region", "7", "--steps", "8", "--sample-rate", "0.01"]
+    assert main([*args, "--textfile", str(tmp_path / "a.prom")]) == 6
+    capsys.readouterr()
+    assert main([*args, "--textfile", str(tmp_path / "b.prom"), "--empty-ok"]) == 0
+    out, err = capsys.readouterr()
+    assert "empty window" in out and "(--empty-ok: exit 0)" in err
+    # still not a success: the last-success time is not advanced (written as 0, as without the flag)
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values = {s.name: s.value for fam in text_string_to_metric_families((tmp_path / "b.prom").read_text())
+              for s in fam.samples}
+    assert values.get("relmon_last_success_timestamp_seconds", 0.0) == 0.0 and values["relmon_run_duration_seconds"] > 0

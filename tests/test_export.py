@@ -60,7 +60,9 @@ TABLE = {
     "relmon_last_success_timestamp_seconds": ("gauge", None),
     "relmon_calibration_timestamp_seconds": ("gauge", None),
     "relmon_calibration_accuracy_ratio": ("gauge", None),
-    "relmon_default_estimator_info": ("gauge", "estimator"),
+    "relmon_accuracy_alert_threshold_ratio": ("gauge", None),
+    "relmon_default_estimator_info": ("gauge", ("estimator", "members")),  # members: a median's (issue 18)
+    "relmon_estimator_disagreement_ratio": ("gauge", None),
     "relmon_run_samples": ("gauge", None),
     "relmon_run_input_errors": ("gauge", "reason"),
 }
@@ -87,7 +89,9 @@ def filled_metrics() -> RelmonMetrics:
     m.set_run(1.5, 1.7e9)
     m.set_calibration_timestamp(1.6e9)
     m.set_calibration_accuracy(0.9)
+    m.set_alert_threshold(0.83)
     m.set_default_estimator("atc")
+    m.set_disagreement(0.05)
     m.set_run_inputs(16, {"decode_error": 2})
     return m
 
@@ -118,7 +122,8 @@ def test_metric_names_types_and_labels_follow_the_design_table():
         family = name.removesuffix("_total") if kind == "counter" else name
         assert family in fams, name
         assert fams[family].type == kind, name
-        assert exposed[family] == BASE | ({extra} if extra else set()), name
+        extra = {extra} if isinstance(extra, str) else set(extra or ())
+        assert exposed[family] == BASE | extra, name
     declared = {n.removesuffix("_total") if k == "counter" else n for n, (k, _) in TABLE.items()}
     # prometheus_client adds a `<name>_created` gauge (start time) beside each counter and histogram.
     assert declared == {f for f in fams if not f.endswith("_created")}
@@ -182,9 +187,14 @@ def test_per_run_gauges_hold_the_last_run_and_the_default_estimator_is_unique():
     assert _values(m, "relmon_input_errors")[(("reason", "decode_error"),)] == 4.0  # the counter adds up
     m.set_default_estimator("atc")
     m.set_default_estimator("doc")
-    assert _values(m, "relmon_default_estimator_info") == {(("estimator", "doc"),): 1.0}
+    assert _values(m, "relmon_default_estimator_info") == {(("estimator", "doc"), ("members", "")): 1.0}
+    m.set_default_estimator("median_of_best3", ["atc", "doc", "mano"])  # a median names its members
+    assert _values(m, "relmon_default_estimator_info") == {
+        (("estimator", "median_of_best3"), ("members", "atc+doc+mano")): 1.0}
     with pytest.raises(ValueError, match="closed set"):
         m.set_default_estimator("mine")
+    with pytest.raises(ValueError, match="closed set"):
+        m.set_default_estimator("median_of_best3", ["atc", "mine"])
     with pytest.raises(ValueError, match=r"ratio in \[0, 1\]"):
         m.set_calibration_accuracy(87.5)
     with pytest.raises(ValueError, match="closed set"):

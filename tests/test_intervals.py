@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from relmon.analysis.estimators import ATC, DoC, conformal_quantile, conformal_rank
+from relmon.analysis.estimators import ATC, AverageConfidence, DoC, conformal_quantile, conformal_rank
 from relmon.analysis.selection import _held_out_rows
 
 Z90 = 1.6448536269514722  # scipy.stats.norm.ppf(0.95), written out: the tests do not reuse the code's _z
@@ -155,3 +155,115 @@ def test_unbounded_quantile_saves_as_null_and_predicts_0_to_1(tmp_path):
     assert loaded.q_ == math.inf
     row = loaded.predict(train).iloc[0]
     assert (row["lower"], row["upper"]) == (0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# shift-conditioned intervals
+
+
+def test_shift_score_is_the_two_sample_ks_statistic():
+    """KS statistic of a window's confidences against the reference, by hand: a window entirely above
+    the reference → 1; the reference itself → 0; {0.15, 0.35} against {0.1, 0.2, 0.3, 0.4} → 0.25."""
+    from relmon.analysis.intervals import shift_reference, shift_scores
+
+    ref = shift_reference(np.array([0.4, 0.1, 0.3, 0.2]))
+    assert ref == [0.1, 0.2, 0.3, 0.4]
+    samples = pd.DataFrame({"window_id": ["a", "a", "b", "b", "b", "b", "c", "c"],
+                            "confidence": [0.9, 0.95, 0.1, 0.2, 0.3, 0.4, 0.15, 0.35]})
+    d = shift_scores(samples, ref)
+    assert d.to_dict() == pytest.approx({"a": 1.0, "b": 0.0, "c": 0.25})
+    # evenly spaced order statistics of a long reference keep its ends
+    long = shift_reference(np.linspace(0, 1, 10001), size=5)
+    assert long == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
+
+
+def test_scale_line_through_absolute_residuals():
+    """|r| = 0.02 + 0.5·d exactly → (a, b) = (0.02, 0.5); residuals that shrink with d → the flat line at
+    mean |r| (a wider interval near the calibration would be unfounded)."""
+    from relmon.analysis.intervals import fit_scale, scale_of
+
+    d = np.linspace(0.0, 0.6, 13)
+    assert fit_scale(0.02 + 0.5 * d, d) == pytest.approx((0.02, 0.5))
+    falling = 0.3 - 0.4 * d
+    assert fit_scale(falling, d) == pytest.approx((float(falling.mean()), 0.0))
+    assert scale_of([0.0, 0.2, np.nan], 0.02, 0.5) == pytest.approx([0.02, 0.12, 0.52])  # NaN → d = 1
+
+
+def _shift_windows(types, per_type, seed, n=200):
+    """Windows whose confidence drops with a per-type shift and whose accuracy error grows with it:
+    accuracy = confidence − bias, |bias| ≈ 0.6 × the confidence drop (unknown to the estimators)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for t in types:
+        drop = 0.0 if t == "clean" else rng.uniform(0.0, 0.35)
+        bias = 0.0 if t == "clean" else rng.choice([-1, 1]) * 0.6 * drop
+        for j in range(per_type):
+            conf = 0.9 - drop + rng.normal(0, 0.01)
+            out.append({"window_id": f"{t}/{j}", "n": n, "conf": conf, "conf_sd": 0.05,
+                        "accuracy": float(np.clip(conf - bias, 0.02, 0.99))})
+    return out
+
+
+def test_conditioned_interval_is_narrow_near_the_calibration_and_wide_far_from_it():
+    """On windows whose estimator error grows with the confidence shift, the shift-conditioned interval
+    of an unshifted window is much narrower than of a strongly shifted one, narrower than the
+    unconditioned interval there, and still covers new shift types about as often as it claims.
+
+    Mutation caught: ignoring the scale (interval_scale_ None → one width for all shifts): the clean
+    window's width equals the unconditioned one and the ratio test fails."""
+    from tests.test_analysis import synth_records
+
+    calib = synth_records(_shift_windows(["clean", *[f"c{i}" for i in range(12)]], 3, seed=11), seed=11)
+    new = synth_records(_shift_windows(["clean", *[f"u{i}" for i in range(30)]], 2, seed=12), seed=12)
+    est = AverageConfidence(calibrate=True).fit(calib)
+    assert est.interval_kind_ == "conformal-loso-shift" and est.interval_scale_[1] > 0
+    pred = est.predict(new).set_index("window_id")
+    width = pred["upper"] - pred["lower"]
+    d = est.shift_score(new).reindex(width.index)
+    assert d.notna().all()
+    near, far = width[d < 0.4].mean(), width[d > 0.9].mean()  # (the KS statistic saturates at 1)
+    assert far > 2.0 * near, (near, far)
+    flat = AverageConfidence(calibrate=True).fit(calib).set_residuals(est.loso_, conditioned=False)
+    flat_width = (lambda p: p["upper"] - p["lower"])(flat.predict(new).set_index("window_id"))
+    assert near < 0.7 * flat_width[d < 0.4].mean()
+    acc = new.drop_duplicates("sample_id").groupby("window_id")["correct"].mean().astype(float)
+    covered = ((pred["lower"] <= acc) & (acc <= pred["upper"])).mean()
+    assert covered >= 0.8, covered
+
+
+def test_uncovered_shift_type_is_named():
+    """A shift type whose estimator error is far outside every other type's (bias 0.4 at a small
+    confidence shift) is not covered by an interval calibrated on the others: the estimator names it.
+
+    Mutation caught: computing the held-out coverage with the type's own residuals in the calibration
+    (coverage then 1.0 and nothing is named)."""
+    from tests.test_analysis import synth_records
+
+    windows = _shift_windows(["clean", *[f"c{i}" for i in range(8)]], 3, seed=13)
+    windows += [{"window_id": f"odd/{j}", "n": 200, "conf": 0.88, "conf_sd": 0.05, "accuracy": 0.45}
+                for j in range(3)]
+    est = AverageConfidence(calibrate=True).fit(synth_records(windows, seed=13))
+    assert est.held_out_coverage_["odd"]["coverage"] < 0.5
+    assert "odd" in est.uncovered_shift_types_
+    assert all(est.held_out_coverage_[g]["coverage"] >= 0.5 for g in est.held_out_coverage_
+               if g not in est.uncovered_shift_types_)
+
+
+def test_format_2_file_loads_with_the_unconditioned_interval(tmp_path):
+    """An estimator file written before issue 18 (format 2: no scale, no shift reference) still loads
+    and predicts with ``q·sqrt(v + τ²)``, computed here by hand."""
+    import json
+
+    from relmon.analysis import load_estimator
+    from tests.test_analysis import shifted_windows, synth_records
+
+    train = synth_records(shifted_windows(["clean", "a", "b", "c"], 2, seed=1), seed=1)
+    data = ATC().fit(train).to_dict()
+    data["format_version"] = 2
+    data["interval"] = {"tau": 0.04, "q": 1.5, "n_residuals": 6, "kind": "conformal-loso"}
+    (tmp_path / "v2.json").write_text(json.dumps(data))
+    old = load_estimator(tmp_path / "v2.json")
+    assert old.interval_scale_ is None and old.shift_reference_ is None and old.uncovered_shift_types_ == []
+    row = old.predict(train[train["window_id"] == "a/0"]).iloc[0]
+    half = 1.5 * math.sqrt(agresti_coull_variance(row["estimate"], 150) + 0.04 ** 2)
+    assert row["upper"] - row["lower"] == pytest.approx(min(1, row["estimate"] + half) - max(0, row["estimate"] - half))

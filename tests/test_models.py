@@ -124,7 +124,9 @@ def test_load_lightning_checkpoint(tmp_path):
     trainer.save_checkpoint(ckpt)
     loaded = load_lightning_checkpoint(TinyModule, ckpt, preprocessing=Preprocessing())
     x = torch.rand(2, 1, 2, 2)
-    assert torch.allclose(loaded(x), module(x)) and loaded.hparams.hidden == 3
+    # the classifier is the module's `net` (the callback's rule), built from the saved hyper-parameters
+    assert torch.allclose(loaded(x), module(x)) and isinstance(loaded, nn.Sequential) and loaded[1].out_features == 3
+    assert model_info(loaded).name == "TinyModule"
     r = relmon.explain(loaded, x, "lrp:epsilon_gamma_box")
     assert r.shape == x.shape
     assert json.dumps(model_info(loaded).__dict__)

@@ -42,6 +42,19 @@ def test_notebook_runs(name, monkeypatch):
 
     monkeypatch.setenv("RELMON_NB_SMALL", "1")
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
+    marker = None
+    if name == "03_operations":
+        # Prometheus is found on PATH, wherever it is installed: a wrapper first on PATH notes its use
+        import shutil
+        import tempfile
+
+        real = shutil.which("prometheus")
+        assert real, "no prometheus on PATH (scripts/setup.sh installs Debian's)"
+        bindir = Path(tempfile.mkdtemp(prefix="relmon-path-"))
+        marker = bindir / "used"
+        (bindir / "prometheus").write_text(f'#!/bin/sh\ntouch "{marker}"\nexec "{real}" "$@"\n')
+        (bindir / "prometheus").chmod(0o755)
+        monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     t0 = time.perf_counter()
     NotebookClient(nb, timeout=300, kernel_name="python3",
@@ -52,3 +65,13 @@ def test_notebook_runs(name, monkeypatch):
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
               if "image/png" in o.get("data", {})]
     assert images, f"{name} drew no figure"
+    if marker is not None:
+        assert marker.exists(), "03_operations did not start the prometheus found on PATH"
+        shutil.rmtree(marker.parent, ignore_errors=True)
+
+
+def test_operations_notebook_calibrates_through_the_public_api():
+    source = (NOTEBOOKS / "03_operations.py").read_text()
+    assert "relmon.calibrate(" in source
+    for internal in ("relmon.jobs.common", "score_stream", "make_estimator", "Calibration("):
+        assert internal not in source, f"03_operations uses the internal {internal}"

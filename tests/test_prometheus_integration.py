@@ -216,6 +216,32 @@ def stack(tmp_path_factory):
             server.stop()
 
 
+def variable_values(base: str, var: dict, stream: str | None = None) -> list[str]:
+    """A Grafana query variable's options, evaluated as Grafana does: ``label_values(selector, label)``
+    through the label-values API, ``query_result(expr)`` as an instant query whose result lines
+    (``{labels} value timestamp``) go through the variable's regex, in the query's order (sort 0)."""
+    q = var["query"]["query"]
+    if stream is not None:
+        q = q.replace('stream=~"$stream"', f'stream="{stream}"')
+    found = re.fullmatch(r"label_values\((.+), (\w+)\)", q)
+    if found:
+        selector, label = found.groups()
+        data = get_json(f"{base}/api/v1/label/{label}/values?" + urllib.parse.urlencode({"match[]": substitute(selector)}))
+        return data["data"]
+    inner = re.fullmatch(r"query_result\((.+)\)", q).group(1)
+    lines = []
+    for r in query(base, substitute(inner)):
+        labels = ", ".join(f'{k}="{v}"' for k, v in r["metric"].items())
+        lines.append(f"{{{labels}}} {r['value'][1]} {r['value'][0]}")
+    regex = re.compile(var["regex"].strip("/"))
+    out = []
+    for line in lines:
+        m = regex.search(line)
+        if m and m.group(1) not in out:
+            out.append(m.group(1))
+    return out
+
+
 def query(base: str, expr: str) -> list[dict]:
     data = get_json(f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
     assert data["status"] == "success", data
@@ -314,11 +340,26 @@ def test_c_every_dashboard_query_returns_data(stack):
     for var in dashboard()["templating"]["list"]:
         if var["type"] == "datasource":
             continue
-        selector, label = re.fullmatch(r"label_values\((.+), (\w+)\)", var["query"]["query"]).groups()
-        values = get_json(
-            f"{base}/api/v1/label/{label}/values?" + urllib.parse.urlencode({"match[]": substitute(selector)})
-        )
-        assert values["data"], var["name"]
+        values = variable_values(base, var)
+        assert values, var["name"]
+        if var["name"] == "estimator":
+            # the headline estimator comes first: Grafana selects it when the dashboard opens
+            assert not var["includeAll"] and not var["multi"] and var["current"] == {} and var["sort"] == 0
+            default = query(base, 'relmon_default_estimator_info{stream="pushed"} == 1')
+            headline = variable_values(base, var, stream="pushed")
+            assert headline[0] == default[0]["metric"]["estimator"] and len(headline) > 1, headline
+    # the alert annotations: a valid query over the rules' ALERTS series
+    (annotation,) = dashboard()["annotations"]["list"]
+    assert annotation["datasource"] == {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
+    query(base, substitute(annotation["expr"]))  # status success (empty until an alert fires)
+    assert annotation["expr"].startswith('ALERTS{alertname=~"Relmon.*"')
+    # push mode: each scheduled run pushes once, and the Throughput panel still has a value per run
+    (throughput,) = [e for t, e in panel_exprs() if t.startswith("Throughput")]
+    assert "rate(" not in throughput and "increase(" not in throughput
+    pushed = query(base, substitute(throughput).replace('stream=~".*"', 'stream="pushed"'))
+    samples = query(base, 'relmon_run_samples{stream="pushed"}')[0]["value"][1]
+    seconds = query(base, 'relmon_run_duration_seconds{stream="pushed"}')[0]["value"][1]
+    assert float(pushed[0]["value"][1]) == pytest.approx(float(samples) / float(seconds)) and float(samples) == 16
     rules = get_json(f"{base}/api/v1/rules")["data"]["groups"]
     assert {r["name"] for g in rules for r in g["rules"]} == {
         "RelmonEstimatedAccuracyLow",
@@ -610,12 +651,13 @@ def test_dashboard_imports_into_an_existing_grafana_and_has_the_panels():
         "relmon_aopc_relative",
         "relmon_heatmap_entropy",
         "relmon_drift_p_value",
-        "relmon_samples_processed_total",
+        "relmon_run_samples",  # Throughput: per-run gauges (a counter pushed once per run has no rate)
         "relmon_last_success_timestamp_seconds",
         "relmon_input_errors_total",
         "relmon_run_duration_seconds",
         "relmon_calibration_timestamp_seconds",
         "relmon_calibration_accuracy_ratio",
+        "relmon_accuracy_alert_threshold_ratio",
         "relmon_run_input_errors",
     ):
         assert re.search(rf"\b{metric}\{{", exprs), metric
@@ -625,16 +667,26 @@ def test_dashboard_imports_into_an_existing_grafana_and_has_the_panels():
 def test_alert_rules_have_summary_description_and_runbook():
     groups = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"]
     rules = [r for g in groups for r in g["rules"]]
-    assert len(rules) == 5
+    assert len(rules) == 6  # RelmonEstimatedAccuracyLow has two severities
+    runbook = (ROOT / "docs" / "runbook.md").read_text()
+    anchors = {h.strip().lower() for h in re.findall(r"^## (.+)$", runbook, re.M)}
     for rule in rules:
         assert {"summary", "description", "runbook"} <= set(rule["annotations"]), rule["alert"]
         assert rule["labels"]["severity"] in ("warning", "critical")
+        # runbook_url: a section of docs/runbook.md that exists (its GitHub anchor is the lower-case title)
+        path, _, anchor = rule["annotations"]["runbook_url"].partition("#")
+        assert path == "docs/runbook.md" and anchor == rule["alert"].lower() and anchor in anchors, rule["alert"]
+    aopc = next(r for r in rules if r["alert"] == "RelmonAOPCDrop")
+    # scale-free: AOPC / f(x0), not raw AOPC in logit units (alerts_test.yml: a logit rescaling does not fire)
+    assert re.findall(r"relmon_aopc\w*", aopc["expr"]) == ["relmon_aopc_relative", "relmon_aopc_relative"]
     for g in groups:
         assert "labels" not in g  # promtool 2.42 rejects group-level labels
 
 
 K8S_REQUIRED = {
     "ConfigMap": ("v1", ["data"]),
+    "PersistentVolumeClaim": ("v1", ["spec.accessModes", "spec.resources.requests.storage"]),
+    "Job": ("batch/v1", ["spec.template.spec.containers"]),
     "Deployment": ("apps/v1", ["spec.selector", "spec.template.spec.containers"]),
     "Service": ("v1", ["spec.selector", "spec.ports"]),
     "CronJob": ("batch/v1", ["spec.schedule", "spec.jobTemplate.spec.template.spec.containers"]),
@@ -672,7 +724,101 @@ def test_k8s_manifests_structure():
     port = int(serve["args"][serve["args"].index("--http-port") + 1])
     assert {p["containerPort"] for p in serve["ports"]} == {port}
     assert docs["Service"]["spec"]["selector"].items() <= docs["Deployment"]["spec"]["template"]["metadata"]["labels"].items()
-    assert config_from_dict(yaml.safe_load(cm["data"]["relmon.yaml"])).http_addr == "127.0.0.1"
+    config = config_from_dict(yaml.safe_load(cm["data"]["relmon.yaml"]))
+    assert config.http_addr == "127.0.0.1"
+    # a scheduled run that finds nothing new is not a failed Job
+    assert "--empty-ok" in container["args"] and config.only_new
+    # the calibrate Job writes the calibration the CronJob reads; every claim is the PVC shipped here
+    cal = docs["Job"]["spec"]["template"]["spec"]["containers"][0]
+    assert cal["args"][0] == "calibrate" and cal["args"][cal["args"].index("--out") + 1] == config.calibration
+    claims = {v["persistentVolumeClaim"]["claimName"] for d in (cron, docs["Job"], docs["Deployment"])
+              for v in pod_spec(d)["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {docs["PersistentVolumeClaim"]["metadata"]["name"]}
+
+
+def pod_spec(doc: dict) -> dict:
+    if doc["kind"] == "CronJob":
+        return doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return doc["spec"]["template"]["spec"]
+
+
+# The "restricted" Pod Security Standard (kubernetes.io/docs/concepts/security/pod-security-standards/),
+# its baseline and restricted controls as they apply to these pod specs.
+_RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                       "projected", "secret"}
+
+
+def restricted_violations(pod: dict) -> list[str]:
+    bad = []
+    psc = pod.get("securityContext", {})
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(key):
+            bad.append(f"{key} is set")
+    for v in pod.get("volumes", []):
+        kinds = set(v) - {"name"}
+        if not kinds <= _RESTRICTED_VOLUMES:
+            bad.append(f"volume {v['name']} is of type {sorted(kinds)}")
+    if psc.get("sysctls"):
+        bad.append("sysctls are set")
+    containers = pod.get("containers", []) + pod.get("initContainers", [])
+    for c in containers:
+        csc = c.get("securityContext", {})
+        name = c["name"]
+        if csc.get("privileged"):
+            bad.append(f"{name}: privileged")
+        if csc.get("allowPrivilegeEscalation") is not False:
+            bad.append(f"{name}: allowPrivilegeEscalation is not false")
+        caps = csc.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []):
+            bad.append(f"{name}: capabilities do not drop ALL")
+        if set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            bad.append(f"{name}: adds capabilities {caps['add']}")
+        if not csc.get("runAsNonRoot", psc.get("runAsNonRoot")):
+            bad.append(f"{name}: runAsNonRoot is not true")
+        if csc.get("runAsUser", psc.get("runAsUser")) == 0:
+            bad.append(f"{name}: runs as user 0")
+        seccomp = csc.get("seccompProfile", psc.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            bad.append(f"{name}: seccompProfile is {seccomp!r}, not RuntimeDefault or Localhost")
+        if csc.get("procMount", "Default") != "Default":
+            bad.append(f"{name}: procMount {csc['procMount']}")
+        if any(p.get("hostPort") for p in c.get("ports", [])):
+            bad.append(f"{name}: hostPort")
+    return bad
+
+
+def test_k8s_pods_meet_the_restricted_pod_security_standard():
+    pods = [(path.name, doc) for path in sorted((DEPLOY / "k8s").glob("*.yaml"))
+            for doc in yaml.safe_load_all(path.read_text()) if doc["kind"] in ("CronJob", "Job", "Deployment")]
+    assert {d["kind"] for _, d in pods} == {"CronJob", "Job", "Deployment"}
+    for name, doc in pods:
+        assert restricted_violations(pod_spec(doc)) == [], name
+    # the checker itself catches what the standard forbids
+    spec = pod_spec(pods[0][1])
+    broken = json.loads(json.dumps(spec))
+    del broken["containers"][0]["securityContext"]["allowPrivilegeEscalation"]
+    broken["securityContext"]["seccompProfile"] = {"type": "Unconfined"}
+    broken["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
+    assert len(restricted_violations(broken)) == 3
+
+
+def test_dockerfile_cuda_variant_pins_a_torch_build_for_its_cuda_base():
+    """The CUDA base image's version is the CUDA version of the pinned torch build (the PyPI default,
+    installed here by scripts/setup.sh with the same pins), and the pins are setup.sh's."""
+    import torch
+
+    text = (DEPLOY / "Dockerfile").read_text()
+    pins = re.search(r'ARG TORCH_PINS="([^"]+)"', text).group(1)
+    setup_pins = re.search(r'TORCH_PINS=\$\{TORCH_PINS:-"([^"]+)"\}', (ROOT / "scripts" / "setup.sh").read_text()).group(1)
+    assert pins == setup_pins
+    torch_pin = re.search(r"torch==([\d.]+)", pins).group(1)
+    base = re.search(r"^FROM nvidia/cuda:(\d+)\.(\d+)\.\d+-\S+ AS base-cuda$", text, re.M)
+    assert base, "the CUDA variant's base image is not an nvidia/cuda:X.Y.Z image"
+    cuda_block = text.split("AS base-cuda", 1)[1].split("FROM ", 1)[0]
+    index = re.search(r"TORCH_INDEX_URL=(\S+)", cuda_block).group(1)
+    assert index == "https://pypi.org/simple"  # the default build: CUDA as nvidia-* wheels
+    assert torch.__version__.split("+")[0] == torch_pin, "the test venv is not the pinned torch (scripts/setup.sh)"
+    assert torch.version.cuda == f"{base.group(1)}.{base.group(2)}", (torch.version.cuda, base.group(0))
 
 
 def _tool(name: str) -> str | None:

@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from relmon.records import make_records, write_records
+from relmon.report.html import SECTIONS
 from relmon.report.trend import RecordsFolderError, load_records, trend_table
 
 # --------------------------------------------------------------------------------------------------
@@ -114,6 +115,36 @@ def test_cli_errors_exit_3_with_the_problem(tmp_path, capsys):
     assert not (tmp_path / "r.html").exists()
 
 
+def test_worst_samples_and_per_class_table_exact_values(constructed):
+    from relmon.report.samples import per_class_table, worst_samples
+
+    records = load_records(constructed)
+    worst = worst_samples(records, "lrp:epsilon_plus_flat", k=3)
+    # gaps: a-0 0.5, a-1 1.5, a-2 1.0, b-0 1.0, b-1 3.0 (ties by window, then sample id)
+    assert worst["lowest AOPC gap"]["sample_id"].tolist() == ["a-0", "a-2", "b-0"]
+    assert worst["lowest AOPC gap"]["gap"].tolist() == pytest.approx([0.5, 1.0, 1.0])
+    # confidences: a .9 .8 .7, b .5 .7
+    assert worst["lowest confidence"]["sample_id"].tolist() == ["b-0", "a-2", "b-1"]
+    table = per_class_table(records, "lrp:epsilon_plus_flat", classes=["cat", "dog", "eel"])
+    assert table["predicted class"].tolist() == ["0 cat", "1 dog"]
+    assert table["inputs"].tolist() == [3, 2] and table["share"].tolist() == pytest.approx([0.6, 0.4])
+    assert table["confidence"].tolist() == pytest.approx([0.7, 0.75])
+    assert table["AOPC − random"].tolist() == pytest.approx([2.5 / 3, 4.5 / 2])
+    # labelled inputs only (b is unlabelled): class 0 holds a-0 (right) and a-2 (a 2): 0.5; class 1 a-1: 1.0
+    assert table["accuracy (labelled)"].tolist() == pytest.approx([0.5, 1.0])
+
+
+def test_curves_are_drawn_over_the_share_of_the_image_perturbed():
+    from relmon.report.html import perturbed_share
+
+    # the default protocol on 28x28: 8 of the 49 4x4 regions, 16.3 % of the image (the paper's ~16 %)
+    share = perturbed_share(8, 28, 28, 4)
+    assert share[0] == 0 and share[-1] == pytest.approx(8 * 16 / 784) and share[4] == pytest.approx(4 * 16 / 784)
+    # 10x10 with region 4: regions 4x4 (4 of them), 4x2 (4), 2x2 (1); the whole image after all 9
+    share = perturbed_share(9, 10, 10, 4)
+    assert share[3] == pytest.approx(48 / 100) and share[-1] == pytest.approx(1.0)
+
+
 # --------------------------------------------------------------------------------------------------
 # the HTML page on real records and a real calibration
 
@@ -132,6 +163,8 @@ def _embedded_images(page: str) -> list[Image.Image]:
 
 def _assert_self_contained(page: str) -> None:
     for attr, value in re.findall(r'\b(src|href)\s*=\s*["\']([^"\']*)["\']', page, flags=re.I):
+        if attr.lower() == "href" and value.startswith("#"):
+            continue  # the table of contents: links within the page
         assert value.startswith("data:"), f"{attr}={value[:60]!r} is not embedded"
         assert "//" not in value.split(",")[0]
     assert "http://" not in page and "https://" not in page
@@ -171,13 +204,71 @@ def test_report_is_self_contained_with_every_section(report, monitored):
         assert f'<section id="{section}">' in page
     images = _embedded_images(page)
     assert len(images) == 4  # heatmap grid, curves, AOPC distributions, trend
-    assert "recomputed for 4 example inputs" in page
+    assert re.search(r"recomputed for [5-8] example inputs \([5-8] worst inputs re-read", page)
     from relmon.jobs import load_calibration
 
     for name in load_calibration(monitored / "cal").estimators:
-        assert f"<th>{name}</th>" in page
+        assert f"<td>{name}</td>" in page  # one row per estimator in the estimates table
     for window in ("w0:0", "w1:0", "w2:0"):
         assert f"<td>{window}</td>" in page
+    nav = page.split('<nav class="toc">')[1].split("</nav>")[0]
+    assert re.findall(r'href="#(\w+)"', nav) == list(SECTIONS)
+
+
+def _section(page: str, sid: str) -> str:
+    return page.split(f'<section id="{sid}">')[1].split("</section>")[0]
+
+
+def _rows(section: str) -> list[list[str]]:
+    return [[c.strip() for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", tr, flags=re.S)]
+            for tr in re.findall(r"<tr[^>]*>(.*?)</tr>", section, flags=re.S)]
+
+
+def test_report_calibration_validation_is_a_table(report, monitored):
+    from relmon.jobs import load_calibration
+
+    cal = load_calibration(monitored / "cal")
+    section = _section(report.read_text(), "validation")
+    assert "{&#x27;" not in section and "{'" not in section and "<pre>" not in section  # no raw dict
+    summary_table, per_type_table = re.findall(r"<table.*?</table>", section, flags=re.S)[:2]
+    header, *rows = _rows(summary_table)
+    assert header[:4] == ["estimator", "MAE", "worst MAE (one held-out type)", "coverage of the interval"]
+    expected = cal.meta["validation"]["summary"]
+    assert [r[0] for r in rows] == [e["estimator"] for e in expected]  # best first, as validated
+    assert [r[1] for r in rows] == [f"{e['mae']:.3f}" for e in expected]
+    assert [r[3] for r in rows] == [f"{e['coverage']:.3f}" for e in expected]
+    # the per-held-out-shift-type table: one column per shift type of the calibration
+    header, *rows = _rows(per_type_table)
+    assert sorted(header[1:]) == ["contrast", "gaussian_noise"] and len(rows) == len(expected)
+    # issue 18: the chosen estimator's coverage and width per held-out shift type, uncovered types marked
+    validation = cal.meta["validation"]
+    coverage_table = next(t for t in re.findall(r"<table.*?</table>", section, flags=re.S)
+                          if f"held-out shift type ({validation['chosen']})" in t)
+    header, *rows = _rows(coverage_table)
+    mine = [r for r in validation["per_shift_type"] if r["estimator"] == validation["chosen"]]
+    assert [r[0] for r in rows] == [m["held_out"] for m in mine]
+    assert [r[header.index("coverage")] for r in rows] == [f"{m['coverage']:.3f}" for m in mine]
+    assert [r[0] for r in rows if r[-1] == "unreliable (uncovered)"] == validation["unreliable_under"]
+    assert ("Estimates unreliable under" in section) == bool(validation["unreliable_under"])
+
+
+def test_report_lists_the_worst_inputs_from_the_records(report, monitored):
+    records = load_records(monitored / "records")
+    lrp = records[records["method"] != "random"].set_index(["window_id", "sample_id"])
+    rnd = records[records["method"] == "random"].set_index(["window_id", "sample_id"])
+    gap = (lrp["aopc"] - rnd["aopc"]).sort_values(kind="stable")
+    section = _section(report.read_text(), "heatmaps")
+    table = section.split("<h3>lowest AOPC gap</h3>")[1].split("</table>")[0]
+    listed = [(r[0], r[1]) for r in _rows(table)[1:]]
+    assert len(listed) == 4
+    # the four lowest gaps, computed here from the records with pandas
+    assert sorted(float(x) for x in gap.iloc[:4]) == pytest.approx(
+        sorted(float(gap.loc[w, s]) for w, s in listed), abs=5e-4)
+    assert {r[2].split()[1] for r in _rows(table)[1:]} <= set(
+        ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle"])
+    classes = _rows(_section(report.read_text(), "classes"))
+    assert classes[0][:3] == ["predicted class", "inputs", "share"]
+    assert sum(int(r[1]) for r in classes[1:]) == len(lrp)
 
 
 def test_report_drift_alarm_on_the_strong_shift_only(report):
@@ -202,7 +293,7 @@ def test_report_no_images_leaves_out_inputs_and_heatmaps(monitored, tmp_path):
     page = out.read_text()
     _assert_self_contained(page)
     assert 'alt="inputs and heatmaps"' not in page
-    assert "Left out on request (--no-images)" in page
+    assert "Images left out on request (--no-images)" in page
     assert len(_embedded_images(page)) == 2  # AOPC distributions and trend only
     assert "No calibration given" in page
 
@@ -252,8 +343,17 @@ def test_report_in_headless_chromium(report, tmp_path):
             browser.get(Path(report).resolve().as_uri())
         errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
         assert errors == []
-        for section in ("summary", "heatmaps", "curves", "trend", "drift", "validation"):
+        for section in SECTIONS:
             assert browser.find_element(By.ID, section).is_displayed()
+        # nothing wider than the page: wide tables scroll inside their own box
+        assert browser.execute_script(
+            "return document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+        body_right = browser.execute_script("return document.body.getBoundingClientRect().right")
+        for table in browser.find_elements(By.CSS_SELECTOR, "table.data"):
+            box = browser.execute_script(
+                "const t = arguments[0], p = t.closest('div.wide') || t; return p.getBoundingClientRect().right",
+                table)
+            assert box <= body_right + 1
         # every image decoded by the browser; nothing fetched but data: URLs
         assert browser.execute_script(
             "return Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")

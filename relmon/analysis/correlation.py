@@ -178,8 +178,9 @@ def plot_correlation(
     hue: Sequence | np.ndarray | None = None,
 ) -> Path:
     """Save a PNG with one scatter panel per feature (x) against ``target`` (y), Spearman in each title."""
-    import matplotlib
+    from relmon.extras import require
 
+    matplotlib = require("matplotlib", "correlation plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -23,6 +23,15 @@ interval of ``[0, 1]`` — when that rank exceeds ``m``; :func:`conformal_quanti
 fewer than two shift types (or ``conformal=False``) the interval is the sampling part alone
 (``q = z``, ``τ = 0``) and ``interval_kind_`` says ``"sampling"``.
 
+**Shift-conditioned intervals** (issue 18, ``interval_kind_ == "conformal-loso-shift"``, the default
+since estimator file format 3): ``τ`` is replaced by ``m(d_w) = max(a + b·d_w, 0)``, a line in the
+window's label-free shift score ``d_w`` (KS statistic of its confidences against the clean calibration
+windows', :meth:`_WindowEstimator.shift_score`) fitted through the held-out ``|r_j|``; ``q`` is the
+conformal quantile of ``|r_j| / sqrt(v_j + m(d_j)²)`` (:mod:`relmon.analysis.intervals`). ``fit`` also
+keeps each held-out shift type's coverage and width under an interval calibrated on the other types
+(``held_out_coverage_``) and names the types below 0.5 coverage (``uncovered_shift_types_``: estimates
+are unreliable under them). Files of format 2 load with the unconditioned interval.
+
 Estimators (named configurations in :data:`ESTIMATORS`):
 
 - :class:`AverageConfidence` — mean max-softmax; ``calibrate=True``: isotonic confidence → P(correct)
@@ -32,6 +41,8 @@ Estimators (named configurations in :data:`ESTIMATORS`):
 - :class:`COT` — confidence optimal transport (Lu et al., NeurIPS 2023), POT's exact solver.
 - :class:`NuclearNorm` — normalised nuclear norm of the prediction matrix (Deng et al. 2023), linear
   in accuracy, fitted on the calibration windows.
+- :class:`MaNo` — the ℓ4 matrix norm of the softmax prediction matrix (Xie et al., NeurIPS 2024),
+  linear in accuracy, fitted on the calibration windows.
 - :class:`CorrectnessEstimator` — a calibrated per-sample classifier of P(correct | features)
   (logistic regression on standardised features + isotonic calibration, scikit-learn); window
   estimate = mean P(correct). Feature sets ``confidence`` and ``confidence+relevance``.
@@ -41,14 +52,16 @@ Estimators (named configurations in :data:`ESTIMATORS`):
 The baselines take ``source="clean"`` ("as published": fitted on the clean source windows only) or
 ``source="all"`` (pooled over every calibration window, the same labelled data as relmon's own).
 
-**Records carry the top-1 probability only** (``confidence``, ``margin``), not the softmax vector:
-:class:`COT` and :class:`NuclearNorm` rebuild each sample's probability vector as ``confidence`` on
-the predicted class and the rest spread evenly over the other classes. Their pseudo-label-shift
-term (predicted class frequencies vs the source label frequencies) is exact; the dispersion of the
-non-top classes is not seen. Both work in the calibration's class space (``K`` = 1 + the largest class
-predicted or labelled there) and both refuse records predicting a class outside it, with an error
-naming the class and the fix (their docstrings say why); a records frame without ``pred`` (or, to
-fit COT, ``label``) raises ``ValueError`` naming the column.
+**Class probabilities.** :class:`COT`, :class:`NuclearNorm` and :class:`MaNo` read each sample's
+probability vector from the records' ``probs`` column (schema version 2: the softmax vector, or its top
+20 entries plus the remaining mass for larger ``K``; :mod:`relmon.records`). Records written before
+that column existed keep the top-1 probability only; for them the vector is rebuilt as ``confidence``
+on the predicted class and the rest spread evenly over the other classes (the pseudo-label-shift term
+is exact, the dispersion of the non-top classes is not seen). All three work in the calibration's class
+space (``K`` = 1 + the largest class predicted or labelled there, or the length of the full probability
+vectors where larger) and refuse records predicting a class outside it, with an error naming the
+class and the fix (their docstrings say why); a records frame without ``pred`` (or, to fit COT,
+``label``) raises ``ValueError`` naming the column.
 
 Estimators are saved as versioned JSON (:meth:`save` / :func:`load_estimator`), never pickle. Loading
 checks the format, the kind, the state's keys and that every number is finite, and raises
@@ -85,9 +98,20 @@ from relmon.analysis.features import (
     sample_features,
     window_features_from_samples,
 )
+from relmon.analysis.intervals import (
+    between_shift_variance,
+    conditioned_quantile,
+    conformal_quantile,
+    conformal_rank,
+    scale_of,
+    shift_reference,
+    shift_scores,
+)
 
 FORMAT = "relmon-estimator"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: held-out coverage below which a shift type is named as one the calibration cannot cover
+UNCOVERED_BELOW = 0.5
 CLEAN = "clean"
 
 
@@ -125,28 +149,6 @@ def sampling_variance(estimate: np.ndarray, n: np.ndarray, level: float = 0.9) -
     n = np.maximum(np.asarray(n, dtype=float), 0.0)
     p = (n * np.clip(np.asarray(estimate, dtype=float), 0.0, 1.0) + z2 / 2.0) / (n + z2)
     return p * (1.0 - p) / (n + z2)
-
-
-def conformal_rank(m: int, level: float) -> int:
-    """The split-conformal rank ``⌈(m + 1) · level⌉`` (1-based) of ``m`` calibration scores at ``level``."""
-    # the small tolerance keeps e.g. (9 + 1) * 0.9 = 9.000000000000002 at rank 9, not 10
-    return math.ceil((m + 1) * float(level) - 1e-9)
-
-
-def conformal_quantile(scores, level: float) -> float:
-    """Split-conformal quantile of ``scores`` at ``level``: the ``⌈(m + 1) · level⌉``-th smallest of the
-    ``m`` scores, ``+inf`` when that rank exceeds ``m`` (too few scores for the level: the interval is
-    unbounded, i.e. ``[0, 1]`` for an accuracy). Coverage ≥ ``level`` for an exchangeable new score."""
-    scores = np.sort(np.asarray(scores, dtype=float))
-    k = conformal_rank(len(scores), level)
-    return float(scores[k - 1]) if 1 <= k <= len(scores) else math.inf
-
-
-def between_shift_variance(residuals, variances) -> float:
-    """``τ²`` = mean squared held-out residual minus the mean sampling variance of those windows, at
-    least 0: the part of the residuals that window sampling does not explain (bias between shifts)."""
-    r, v = np.asarray(residuals, dtype=float), np.asarray(variances, dtype=float)
-    return max(0.0, float(np.mean(r ** 2) - np.mean(v)))
 
 
 def _result(window_id, estimate, lower, upper) -> pd.DataFrame:
@@ -337,6 +339,9 @@ class _WindowEstimator(BaseEstimator):
         data = data.labelled()
         self._fit_point(data)
         data.remember_point_fit(self)
+        clean = data.of_shift_type(CLEAN, keep=True)
+        reference = clean if not clean.samples.empty else data  # no clean windows: all calibration windows
+        self.shift_reference_ = shift_reference(reference.samples["confidence"].to_numpy(dtype=float))
         self._fit_interval(data)
         return self
 
@@ -364,34 +369,75 @@ class _WindowEstimator(BaseEstimator):
                                       "accuracy": truth.reindex(pred.index).to_numpy(),
                                       "n": sizes.reindex(pred.index).to_numpy()}))
         cols = ["window_id", "shift_type", "estimate", "accuracy", "n"]
-        return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=cols)
+        out = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=cols)
+        if getattr(self, "shift_reference_", None) is not None:
+            out["shift_score"] = self.shift_score(data).reindex(out["window_id"]).to_numpy(dtype=float)
+        return out
+
+    def shift_score(self, records) -> pd.Series:
+        """Per window (indexed by window_id): the KS statistic of its confidences against the clean
+        calibration reference this estimator was fitted with (:func:`relmon.analysis.intervals.shift_scores`);
+        NaN for an estimator loaded from a file without a reference."""
+        data = _Data.of(records)
+        ref = getattr(self, "shift_reference_", None)
+        if ref is None:
+            return pd.Series(np.nan, index=data.sizes().index, dtype=float)
+        key = ("shift_score", len(ref), float(np.sum(ref)), float(ref[0]), float(ref[-1]))
+        return data.per_window(key, lambda d: shift_scores(d.samples, ref))
 
     def _fit_interval(self, records) -> None:
         self.tau_, self.q_, self.n_residuals_, self.interval_kind_ = 0.0, _z(float(self.interval)), 0, "sampling"
+        self.interval_scale_, self.held_out_coverage_, self.uncovered_shift_types_ = None, {}, []
         if not getattr(self, "conformal", False):
             return
         loso = self.loso_predictions(records)
         if loso["shift_type"].nunique() >= 2:
             self.loso_ = loso
             self.set_residuals(loso)
+            table = held_out_intervals(self, loso)
+            self.held_out_coverage_ = {
+                str(g): {"coverage": float(p["covered"].mean()), "mean_width": float(p["width"].mean()),
+                         "n_windows": len(p)} for g, p in table.groupby("shift_type")}
+            self.uncovered_shift_types_ = sorted(g for g, c in self.held_out_coverage_.items()
+                                                 if c["coverage"] < UNCOVERED_BELOW)
 
-    def set_residuals(self, loso: pd.DataFrame) -> _WindowEstimator:
-        """Calibrate the interval from held-out residuals (columns estimate, accuracy, n)."""
+    def set_residuals(self, loso: pd.DataFrame, conditioned: bool | None = None) -> _WindowEstimator:
+        """Calibrate the interval from held-out residuals (columns estimate, accuracy, n; with a
+        ``shift_score`` column the scale is shift-conditioned, :mod:`relmon.analysis.intervals`).
+        ``conditioned=False`` forces the unconditioned scale ``sqrt(v + τ²)``."""
         level = float(self.interval)
         est = np.clip(loso["estimate"].to_numpy(dtype=float), 0, 1)
         r = loso["accuracy"].to_numpy(dtype=float) - est
         v = sampling_variance(est, loso["n"].to_numpy(dtype=float), level)
+        d = loso["shift_score"].to_numpy(dtype=float) if "shift_score" in loso.columns else np.full(len(r), np.nan)
         ok = np.isfinite(r) & np.isfinite(v)
-        r, v = r[ok], v[ok]
+        r, v, d = r[ok], v[ok], d[ok]
         if len(r) < 2:
             return self
         tau2 = between_shift_variance(r, v)
-        scores = np.abs(r) / np.sqrt(v + tau2)
         self.tau_ = math.sqrt(tau2)
-        self.q_ = conformal_quantile(scores, level)
         self.n_residuals_ = len(r)
-        self.interval_kind_ = "conformal-loso"
+        if conditioned is None:
+            conditioned = bool(np.isfinite(d).all())
+        if conditioned:
+            self.q_, a, b = conditioned_quantile(r, v, d, level)
+            self.interval_scale_ = [a, b]
+            self.interval_kind_ = "conformal-loso-shift"
+        else:
+            self.q_ = conformal_quantile(np.abs(r) / np.sqrt(v + tau2), level)
+            self.interval_scale_ = None
+            self.interval_kind_ = "conformal-loso"
         return self
+
+    def half_width(self, estimate, n, shift=None) -> np.ndarray:
+        """The interval's half-width ``q · s`` for windows of point ``estimate``, size ``n`` and shift
+        score ``shift`` (used by the shift-conditioned scale only)."""
+        v = sampling_variance(estimate, n, float(self.interval))
+        scale = getattr(self, "interval_scale_", None)
+        if scale is None:
+            return self.q_ * np.sqrt(v + self.tau_ ** 2)
+        d = np.full(len(np.atleast_1d(v)), np.nan) if shift is None else np.asarray(shift, dtype=float)
+        return self.q_ * np.sqrt(v + scale_of(d, scale[0], scale[1]) ** 2)
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -411,7 +457,8 @@ class _WindowEstimator(BaseEstimator):
         point = self._point(data).clip(0.0, 1.0)
         n = data.sizes().reindex(point.index).to_numpy(dtype=float)
         est = point.to_numpy(dtype=float)
-        half = self.q_ * np.sqrt(sampling_variance(est, n, float(self.interval)) + self.tau_ ** 2)
+        shift = self.shift_score(data).reindex(point.index) if getattr(self, "interval_scale_", None) else None
+        half = self.half_width(est, n, shift)
         return _result(point.index, est, est - half, est + half).sort_values("window_id", ignore_index=True)
 
     def score(self, records: pd.DataFrame, y=None) -> float:
@@ -439,7 +486,11 @@ class _WindowEstimator(BaseEstimator):
             # q is +inf when the calibration has too few residuals for the level (JSON null)
             "interval": {"tau": self.tau_, "q": self.q_ if math.isfinite(self.q_) else None,
                          "n_residuals": self.n_residuals_,
-                         "kind": self.interval_kind_},
+                         "kind": self.interval_kind_,
+                         "scale": getattr(self, "interval_scale_", None),
+                         "shift_reference": getattr(self, "shift_reference_", None),
+                         "held_out": getattr(self, "held_out_coverage_", {}),
+                         "uncovered_shift_types": getattr(self, "uncovered_shift_types_", [])},
             "state": self._state(),
         }
 
@@ -619,11 +670,22 @@ def _class_column(samples: pd.DataFrame, column: str, who: str) -> np.ndarray:
 
 
 def _n_classes(samples: pd.DataFrame, who: str) -> int:
-    """The class count K of the calibration: 1 + the largest class predicted or labelled in it."""
+    """The class count K of the calibration: 1 + the largest class predicted or labelled in it, or the
+    length of the records' full probability vectors where that is larger (the model's own K)."""
     top = int(_class_column(samples, "pred", who).max())
     if "label" in samples.columns and samples["label"].notna().any():
         top = max(top, int(_class_column(samples, "label", who).max()))
-    return top + 1
+    return max(top + 1, _full_probs_length(samples))
+
+
+def _full_probs_length(samples: pd.DataFrame) -> int:
+    """The length of the full probability vectors in ``samples`` (0 where none are full vectors)."""
+    if "probs" not in samples.columns:
+        return 0
+    full = samples["probs"].notna()
+    if "probs_classes" in samples.columns:
+        full &= samples["probs_classes"].isna()
+    return max((len(v) for v in samples.loc[full, "probs"]), default=0)
 
 
 def _predicted_classes(samples: pd.DataFrame, k: int, who: str) -> np.ndarray:
@@ -643,11 +705,36 @@ def _predicted_classes(samples: pd.DataFrame, k: int, who: str) -> np.ndarray:
 
 
 def _probability_matrix(samples: pd.DataFrame, preds: np.ndarray, k: int) -> np.ndarray:
-    """``(n, k)``: ``confidence`` on the predicted class, the rest spread evenly (records keep top-1 only)."""
+    """``(n, k)`` class probabilities of the samples in the calibration's class space of ``k`` classes.
+
+    From the records' ``probs`` where present (schema version 2): a full vector is used as it is
+    (entries of classes ``>= k`` — never predicted nor labelled in calibration — are dropped, which
+    removes at most their small mass); a top-k vector (``probs_classes``) gets the remaining mass
+    spread evenly over the classes not listed. Records without ``probs`` (older files) get
+    ``confidence`` on the predicted class and the rest spread evenly over the other classes."""
     conf = samples["confidence"].to_numpy(dtype=float)
     rest = (1.0 - conf) / max(k - 1, 1)
     p = np.repeat(rest[:, None], k, axis=1)
     p[np.arange(len(conf)), preds] = conf
+    if "probs" not in samples.columns:
+        return p
+    probs = samples["probs"].to_numpy(dtype=object)
+    classes = (samples["probs_classes"].to_numpy(dtype=object) if "probs_classes" in samples.columns
+               else np.full(len(probs), None, dtype=object))
+    for i, (v, c) in enumerate(zip(probs, classes, strict=True)):
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            continue  # an older record: the rebuilt row stays
+        v = np.asarray(v, dtype=float)
+        if c is None or (isinstance(c, float) and np.isnan(c)):
+            row = np.zeros(k)
+            row[:min(k, len(v))] = v[:k]
+        else:
+            c = np.asarray(c, dtype=np.int64)
+            inside = c < k
+            free = k - int(inside.sum())
+            row = np.full(k, max(0.0, 1.0 - float(v.sum())) / free if free > 0 else 0.0)
+            row[c[inside]] = v[inside]
+        p[i] = row
     return p
 
 
@@ -684,7 +771,9 @@ class COT(_WindowEstimator):
         self.label_distribution_ = (np.bincount(labels, minlength=k) / len(labels)).tolist()
 
     def _point(self, records):
-        import ot
+        from relmon.extras import require
+
+        ot = require("ot", "the COT accuracy estimator")
 
         pi = np.asarray(self.label_distribution_, dtype=float)
         k = len(pi)
@@ -760,6 +849,78 @@ class NuclearNorm(_WindowEstimator):
 
     def _set_state(self, state):
         self.n_classes_, self.coef_, self.intercept_ = int(state["n_classes"]), state["coef"], state["intercept"]
+
+
+def mano_score(p: np.ndarray, order: float = 4.0) -> float:
+    """MaNo's score of an ``(N, K)`` matrix of normalised (softmax) predictions: the entrywise
+    ``L_order`` norm divided by ``(N·K)^(1/order)`` (Xie et al., NeurIPS 2024, Eq. 4; ``order`` 4)."""
+    p = np.asarray(p, dtype=float)
+    return float((np.sum(np.abs(p) ** order) / p.size) ** (1.0 / order))
+
+
+def mano_criterion(p: np.ndarray) -> float:
+    """MaNo's calibration criterion ``Φ = −1/(N·K) Σ_i Σ_k log p_ik`` (the cross-entropy of the uniform
+    distribution against the predictions); the paper switches to its Taylor normalisation when Φ
+    exceeds 5 (over-confident logits)."""
+    p = np.clip(np.asarray(p, dtype=float), 1e-300, 1.0)
+    return float(-np.mean(np.log(p)))
+
+
+class MaNo(_WindowEstimator):
+    """MaNo (Xie, Odonnat, Feofanov et al., NeurIPS 2024): the matrix-norm score of a window's softmax
+    prediction matrix, mapped to accuracy by a line fitted on the calibration windows.
+
+    Window score ``S = (Σ_ik p_ik^4 / (N·K))^(1/4)`` (:func:`mano_score`; the paper's ``p = 4``); accuracy
+    ``= intercept + coef · S`` (scikit-learn ``LinearRegression`` over the labelled calibration windows,
+    as for :class:`NuclearNorm`; the paper reports the score's linear correlation with accuracy over
+    shifted sets). The paper normalises with softmax, or with a second-order Taylor approximation of
+    softmax where its criterion ``Φ`` (:func:`mano_criterion`) exceeds 5; the Taylor form needs the raw
+    logits, which records do not keep (``probs`` holds softmax), so this estimator uses softmax and
+    records the calibration's ``Φ`` (``criterion_``) to show when the paper would have switched.
+    ``K`` and the class rules are those of :class:`NuclearNorm`; records without ``probs`` use the
+    vectors rebuilt from ``confidence``.
+    """
+
+    _STATE_KEYS = ("n_classes", "coef", "intercept")
+
+    def __init__(self, source: str = "all", interval: float = 0.9, conformal: bool = True):
+        self.source = source
+        self.interval = interval
+        self.conformal = conformal
+
+    @staticmethod
+    def _window_scores(records, k):
+        s = records.samples
+        preds = _predicted_classes(s, k, "MaNo")
+        out = {}
+        for wid, idx in s.groupby("window_id").indices.items():
+            out[wid] = mano_score(_probability_matrix(s.iloc[idx], preds[idx], k))
+        return pd.Series(out).sort_index()
+
+    def _scores(self, records, k):
+        return records.per_window(("mano", k), lambda data: self._window_scores(data, k))
+
+    def _fit(self, records):
+        k = records.n_classes("MaNo")
+        x = self._scores(records, k)
+        y = records.windows.set_index("window_id")["accuracy"].reindex(x.index)
+        if len(x) < 3 or float(np.ptp(y)) == 0.0:
+            raise ValueError(f"MaNo needs at least 3 labelled windows of different accuracy, got {len(x)}")
+        reg = LinearRegression().fit(x.to_numpy()[:, None], y.to_numpy())
+        s = records.samples
+        self.criterion_ = mano_criterion(_probability_matrix(s, _predicted_classes(s, k, "MaNo"), k))
+        self.n_classes_, self.coef_, self.intercept_ = k, float(reg.coef_[0]), float(reg.intercept_)
+
+    def _point(self, records):
+        return self.intercept_ + self.coef_ * self._scores(records, self.n_classes_)
+
+    def _state(self):
+        return {"n_classes": self.n_classes_, "coef": self.coef_, "intercept": self.intercept_,
+                "criterion": self.criterion_}
+
+    def _set_state(self, state):
+        self.n_classes_, self.coef_, self.intercept_ = int(state["n_classes"]), state["coef"], state["intercept"]
+        self.criterion_ = state.get("criterion")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -999,6 +1160,25 @@ class MedianOf(_WindowEstimator):
         self.members_ = [_from_dict(d, "member") for d in state["members"]]
 
 
+def held_out_intervals(est: _WindowEstimator, loso: pd.DataFrame, conditioned: bool | None = None) -> pd.DataFrame:
+    """The LOSO windows of ``est`` with the interval each would get from a calibration WITHOUT its own
+    shift type: for every held-out type ``g`` the interval (scale and quantile) is calibrated on the
+    other types' residuals only. Columns of ``loso`` plus ``lower, upper, width, covered``."""
+    level = float(est.interval)
+    parts = []
+    for g, part in loso.groupby("shift_type"):
+        other = est.__class__(**est.get_params())
+        other.tau_, other.q_, other.interval_scale_ = 0.0, _z(level), None
+        other.set_residuals(loso[loso["shift_type"] != g], conditioned=conditioned)
+        e = np.clip(part["estimate"].to_numpy(dtype=float), 0.0, 1.0)
+        shift = part["shift_score"].to_numpy(dtype=float) if "shift_score" in part.columns else None
+        half = other.half_width(e, part["n"].to_numpy(dtype=float), shift)
+        lo, hi = np.clip(e - half, 0, 1), np.clip(e + half, 0, 1)
+        y = part["accuracy"].to_numpy(dtype=float)
+        parts.append(part.assign(lower=lo, upper=hi, width=hi - lo, covered=(lo <= y) & (y <= hi)))
+    return pd.concat(parts, ignore_index=True) if parts else loso.assign(lower=[], upper=[], width=[], covered=[])
+
+
 def heatmap_methods_from_features(feats: pd.DataFrame) -> list[str]:
     return sorted({c.partition("@")[2] for c in feats.columns if "@" in c} - {"random"})
 
@@ -1009,6 +1189,7 @@ KINDS: dict[str, type[_WindowEstimator]] = {
     "DoC": DoC,
     "COT": COT,
     "NuclearNorm": NuclearNorm,
+    "MaNo": MaNo,
     "CorrectnessEstimator": CorrectnessEstimator,
     "RelevanceEstimator": RelevanceEstimator,
     "MedianOf": MedianOf,
@@ -1029,6 +1210,7 @@ ESTIMATORS: dict[str, tuple[str, dict[str, Any]]] = {
     "cot": ("COT", {}),
     "cot_source": ("COT", {"source": "clean"}),
     "nuclear_norm": ("NuclearNorm", {}),
+    "mano": ("MaNo", {}),
     "correctness_confidence": ("CorrectnessEstimator", {"feature_set": "confidence"}),
     "correctness_relevance": ("CorrectnessEstimator", {"feature_set": "confidence+relevance"}),
     "regression_confidence": ("RelevanceEstimator", {"feature_set": "confidence"}),
@@ -1102,6 +1284,11 @@ def _from_dict(data: Any, where: str) -> _WindowEstimator:
     est.q_ = math.inf if q is None else float(q)  # null: too few residuals for the level (unbounded)
     est.n_residuals_ = int(interval.get("n_residuals", 0))
     est.interval_kind_ = str(interval.get("kind", "sampling"))
+    scale, reference = interval.get("scale"), interval.get("shift_reference")  # format 3
+    est.interval_scale_ = [float(scale[0]), float(scale[1])] if scale is not None and reference is not None else None
+    est.shift_reference_ = [float(x) for x in reference] if reference is not None else None
+    est.held_out_coverage_ = dict(interval.get("held_out") or {})
+    est.uncovered_shift_types_ = [str(g) for g in interval.get("uncovered_shift_types") or []]
     if est.tau_ < 0 or est.q_ <= 0:
         raise ValueError(f"{where}: interval tau {est.tau_} / q {est.q_} out of range (tau >= 0, q > 0)")
     try:
@@ -1146,11 +1333,17 @@ __all__ = [
     "CorrectnessEstimator",
     "DoC",
     "EstimatorMismatchError",
+    "MaNo",
     "MedianOf",
     "NuclearNorm",
     "RelevanceEstimator",
+    "conformal_quantile",
+    "conformal_rank",
+    "held_out_intervals",
     "load_estimator",
     "make_estimator",
+    "mano_criterion",
+    "mano_score",
     "sampling_variance",
     "shift_type",
 ]

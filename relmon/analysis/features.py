@@ -44,6 +44,8 @@ CONFIDENCE_FEATURES: tuple[str, ...] = ("confidence", "softmax_entropy", "margin
 STATS: tuple[str, ...] = ("mean", "q10", "q50", "q90")
 _QUANTILES = {"q10": 0.1, "q50": 0.5, "q90": 0.9}
 _KEYS = ["window_id", "sample_id"]
+#: the class-probability columns (relmon.records): carried per sample, never aggregated as features
+PROBS_COLUMNS: tuple[str, ...] = ("probs", "probs_classes")
 
 
 def _require(records: pd.DataFrame, columns) -> None:
@@ -66,7 +68,7 @@ def sample_features(records: pd.DataFrame) -> pd.DataFrame:
     _require(records, [*_KEYS, "method", "aopc", "aopc_rel", "entropy_bits", "png_bytes", "correct",
                        *CONFIDENCE_FEATURES])
     optional = [c for c in ("aopc_early", "abpc", "gini") if c in records.columns]
-    base_cols = [*_KEYS, *CONFIDENCE_FEATURES, "correct"] + [c for c in ("score0", "pred", "label")
+    base_cols = [*_KEYS, *CONFIDENCE_FEATURES, "correct"] + [c for c in ("score0", "pred", "label", *PROBS_COLUMNS)
                                                              if c in records.columns]
     base = records.drop_duplicates(_KEYS)[base_cols].copy()
     base["correct"] = base["correct"].astype("Float64").astype("float64")
@@ -127,7 +129,7 @@ def window_features(records: pd.DataFrame) -> pd.DataFrame:
 
 def window_features_from_samples(samples: pd.DataFrame) -> pd.DataFrame:
     """:func:`window_features` from a :func:`sample_features` frame (saves recomputing it)."""
-    value_cols = [c for c in samples.columns if c not in (*_KEYS, "correct", "pred", "label")]
+    value_cols = [c for c in samples.columns if c not in (*_KEYS, "correct", "pred", "label", *PROBS_COLUMNS)]
     g = samples.groupby("window_id", sort=True)
     parts = [
         g.size().rename("n"),

@@ -38,6 +38,7 @@ _CALIBRATE_FIELDS = [
     "model_kwargs",
     "checkpoint",
     "lightning_module",
+    "model_attr",
     "preprocessing",
     "classes",
     "model_name",
@@ -118,6 +119,13 @@ def add_commands(subparsers) -> None:
         epilog=EXIT_CODES_HELP,
     )
     _common(mon)
+    mon.add_argument(
+        "--empty-ok",
+        action="store_true",
+        help="exit 0 instead of 6 when the window held nothing to score (e.g. a scheduled run with only_new "
+        "and no new file), so a Kubernetes Job does not count it as failed; the summary still says so and "
+        "the last-success time is still not advanced",
+    )
     add_config_flags(mon)
     mon.set_defaults(func=cmd_monitor)
 
@@ -296,6 +304,11 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         return err.exit_code
     except EmptyWindowError as err:
         _print(err.summary, args.json)
+        if args.empty_ok:
+            from relmon.names import escape_text
+
+            print(f"relmon monitor: {escape_text(str(err))} (--empty-ok: exit 0)", file=sys.stderr)
+            return EXIT_OK
         _error("monitor", err)
         return EXIT_EMPTY
     except JobError as err:

@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from relmon.exitcodes import EXIT_INPUT, EXIT_OK  # one set of exit codes for every command
+from relmon.extras import require
 
 
 def add_commands(subparsers) -> None:
@@ -22,11 +23,13 @@ def add_commands(subparsers) -> None:
         "report",
         help="write one self-contained HTML report for the windows in a records folder",
         description="Read every record file under RECORDS (the folder given to 'relmon monitor --records', "
-        "or a RecordWriter's output) and write one static HTML file: heatmaps beside their inputs "
-        "(--model and --input; --no-images leaves them out), mean MoRF and random curves (recomputed for "
-        "the example inputs; else AOPC distributions), per-window AOPC, entropy, confidence, realised "
-        "accuracy where labelled, and with --calibration the accuracy estimates with intervals, drift "
-        "p-values and alarms and the calibration's validation table. Images are embedded; the page "
+        "or a RecordWriter's output) and write one static HTML file with a table of contents: per-window "
+        "AOPC, entropy, confidence, realised accuracy where labelled; with --calibration the accuracy "
+        "estimates with intervals, drift p-values and alarms, and the calibration's validation tables; the "
+        "worst-scoring inputs (lowest AOPC gap to random, lowest confidence) with their files and predicted "
+        "classes, and their heatmaps when the model is given (--config, or --model/--checkpoint/"
+        "--lightning-module; --no-images leaves images out); a per-class table; mean MoRF and random curves "
+        "over the share of the image perturbed (else AOPC distributions). Images are embedded; the page "
         "loads nothing from the network.",
     )
     rep.add_argument("records", help="records folder (searched recursively) or one records Parquet file")
@@ -35,14 +38,25 @@ def add_commands(subparsers) -> None:
     rep.add_argument("--method", help="heatmap method to summarise (default: lrp if present)")
     rep.add_argument("--no-images", dest="images", action="store_false",
                      help="leave out the inputs and heatmaps (inputs can be private data)")
-    rep.add_argument("--model", help="model for the example heatmaps and curves: an embedded name "
-                     "(fmnist_cnn) or 'package.module:factory'; without it the page shows no heatmaps")
-    rep.add_argument("--checkpoint", help="weights for a 'package.module:factory' model (weights_only)")
-    rep.add_argument("--input", default="sample",
-                     help="example inputs: 'sample' (the shipped Fashion-MNIST sample) or a folder of images")
-    rep.add_argument("--channels", type=int, default=1, help="channels of the folder's images (1 or 3)")
-    rep.add_argument("--image-size", type=int, help="resize folder images to this side")
-    rep.add_argument("--examples", type=int, default=6, help="example inputs to explain (default 6)")
+    model = rep.add_argument_group(
+        "the model and inputs for the worst inputs' heatmaps and the curves (without a model the page "
+        "lists the worst inputs but draws no heatmaps)")
+    model.add_argument("--config", metavar="FILE",
+                       help="the job's YAML config: its model, checkpoint, lightning_module, model_attr, "
+                            "preprocessing, classes, channels, image_size and input (the flags below override it)")
+    model.add_argument("--model", help="an embedded name (fmnist_cnn) or 'package.module:factory'")
+    model.add_argument("--checkpoint", help="weights (weights_only), or a Lightning .ckpt with --lightning-module")
+    model.add_argument("--lightning-module", metavar="package.module:Class",
+                       help="LightningModule class of the --checkpoint .ckpt")
+    model.add_argument("--model-attr", metavar="NAME", help="its attribute that holds the classifier")
+    model.add_argument("--preprocessing", metavar="MAPPING",
+                       help="the model's input space, e.g. '{mean: [0.5], std: [0.25], low: 0, high: 1}'")
+    model.add_argument("--input", help="where the scored inputs are: 'sample' (the shipped Fashion-MNIST "
+                       "sample, shifted as --config says) or the folder the records' sample ids refer to")
+    model.add_argument("--channels", type=int, help="channels of the folder's images (1 or 3)")
+    model.add_argument("--image-size", type=int, help="resize folder images to this side")
+    rep.add_argument("--examples", type=int, default=4,
+                     help="worst inputs listed per criterion (lowest AOPC gap, lowest confidence; default 4)")
     rep.add_argument("--methods", nargs="+", help="methods for the examples (default: those in the records)")
     rep.add_argument("--region", type=int, help="perturbation region side (default: the calibration's, else 4)")
     rep.add_argument("--steps", type=int, help="perturbation steps (default: the calibration's, else the job's default)")
@@ -70,45 +84,97 @@ def _load(args, prog: str):
     return load_records(args.records, on_skip=lambda _p, msg: print(f"{prog}: skipped {msg}", file=sys.stderr))
 
 
-def _examples(args, records, calibration):
-    import relmon
-    from relmon.report.html import compute_examples
+_MODEL_FLAGS = ("model", "checkpoint", "lightning_module", "model_attr", "preprocessing", "channels",
+                "image_size", "input")
 
-    if ":" in args.model:
-        model = relmon.load_model(args.model, args.checkpoint)
-    else:
-        model = relmon.load_embedded(args.model)
+
+def _report_config(args):
+    """The job's config from --config and the model flags (None when no model is named anywhere)."""
+    from relmon.config import MonitorConfig, load_config
+
+    given = {k: getattr(args, k) for k in _MODEL_FLAGS}
+    if args.config is None and given["model"] is None and given["lightning_module"] is None:
+        return None
+    base = load_config(args.config) if args.config else MonitorConfig()
+    return base.with_overrides(given)
+
+
+def _read_inputs(cfg, sample_ids: list[str]):
+    """The inputs ``sample_ids`` name (``(B, C, H, W)`` in [0, 1]), those found, and where they came from."""
+    import torch
+
+    if cfg.input == "sample":
+        from relmon.jobs.inputs import sample_images
+
+        images, _ = sample_images(cfg.n, cfg.shift, cfg.severity, cfg.seed)
+        found = [s for s in sample_ids if str(s).isdigit() and int(s) < len(images)]
+        shift = (f", shifted by {cfg.shift} (severity {cfg.severity}) as the config says" if cfg.shift
+                 else " without any shift (give --config with a shifted window's shift to see it shifted)")
+        return images[[int(s) for s in found]], found, f"the shipped Fashion-MNIST sample{shift}"
+    from pathlib import Path
+
+    from relmon.data.streams import BadSample, ImageFolderStream
+
+    stream = ImageFolderStream(cfg.input, channels=cfg.channels, image_size=cfg.image_size)
+    index: dict[str, int] = {}
+    root = str(cfg.input).rstrip("/")
+    for i, sid in enumerate(stream.sample_ids):
+        index.setdefault(sid, i)
+        if sid.startswith(root + "/"):
+            index.setdefault(sid[len(root) + 1:], i)  # ids relative to the input root
+        index.setdefault(Path(sid).name, i)
+    found, images = [], []
+    for s in sample_ids:
+        i = index.get(str(s), index.get(Path(str(s)).name))
+        item = stream[i] if i is not None else None
+        if item is not None and not isinstance(item, BadSample):
+            found.append(s)
+            images.append(item["x"])
+    return (torch.stack(images) if images else None), found, f"files under {cfg.input}"
+
+
+def _examples(args, records, calibration, cfg, notes: list[str]):
+    """Heatmaps and curves of the worst-scoring inputs, recomputed with the job's model."""
+    from pathlib import Path
+
+    from relmon.jobs.model import load_job_model
+    from relmon.report.html import compute_examples
+    from relmon.report.samples import class_name, worst_samples
+    from relmon.report.trend import _window_key, choose_method
+
     n = int(args.examples)
     if n < 1:
         raise ValueError(f"--examples must be >= 1, got {n}")
-    if args.input == "sample":
-        from relmon.jobs.inputs import sample_images
+    model = load_job_model(cfg)
+    method = choose_method(records, args.method)
+    classes = (calibration.meta.get("classes") if calibration is not None else None) or cfg.classes
+    if classes is None and cfg.is_embedded:
+        from relmon.data import FASHION_MNIST_CLASSES
 
-        images, _ = sample_images(n)
-        source = f"the first {n} shipped Fashion-MNIST inputs"
-    else:
-        import torch
-
-        from relmon.data.streams import BadSample, ImageFolderStream
-
-        stream = ImageFolderStream(args.input, channels=args.channels, image_size=args.image_size)
-        items = [stream[i] for i in range(len(stream))[: 4 * n]]
-        good = [it["x"] for it in items if not isinstance(it, BadSample)][:n]
-        if not good:
-            raise ValueError(f"no readable image among the first files of {args.input!r}")
-        images = torch.stack(good)
-        source = f"{len(good)} inputs from {args.input}"
+        classes = list(FASHION_MNIST_CLASSES)
+    picked: dict[str, str] = {}  # sample_id -> caption, worst first, each input once
+    for label, frame in worst_samples(records.assign(_window=_window_key(records)), method, k=n).items():
+        for _, row in frame.iterrows():
+            sid = str(row["sample_id"])
+            picked.setdefault(sid, f"{row['_window']} · {Path(sid).name[-16:]}\n{class_name(row['pred'], classes)}"
+                                   f"\n{label.replace('lowest ', 'low ')}")
+    images, found, source = _read_inputs(cfg, list(picked))
+    if len(found) < len(picked):
+        notes.append(f"{len(picked) - len(found)} of the {len(picked)} worst inputs were not found in "
+                     f"{cfg.input!r} (pass --input with the folder the records' sample ids refer to)")
+    if images is None or not len(found):
+        return None
     meta = calibration.meta if calibration is not None else {}
-    region = args.region or meta.get("region", 4)
-    from relmon.config import MonitorConfig
-
-    steps = args.steps or meta.get("steps", MonitorConfig().steps)
+    region = args.region or meta.get("region", cfg.region)
+    steps = args.steps or meta.get("steps", cfg.steps)
     methods = args.methods or sorted(m for m in records["method"].unique() if m != "random")
     return compute_examples(model, images, methods, region=region, steps=steps,
-                            source=f"{source}, region {region}, {steps} steps")
+                            source=f"{len(found)} worst inputs re-read from {source}, region {region}, {steps} steps",
+                            titles=[picked[s] for s in found])
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    require("matplotlib", "relmon report")  # before any work: the page's figures need it
     try:
         from relmon.report.html import write_report
 
@@ -118,10 +184,13 @@ def cmd_report(args: argparse.Namespace) -> int:
             from relmon.jobs import load_calibration
 
             calibration = load_calibration(args.calibration)
-        examples = _examples(args, records, calibration) if (args.model and args.images) else None
-        path = write_report(args.out, records, calibration=calibration, examples=examples,
-                            images=args.images, method=args.method, title=args.title)
-    except (ValueError, TypeError, FileNotFoundError, NotADirectoryError, KeyError) as err:
+        cfg = _report_config(args)
+        notes: list[str] = []
+        examples = _examples(args, records, calibration, cfg, notes) if (cfg is not None and args.images) else None
+        path = write_report(args.out, records, calibration=calibration, examples=examples, notes=notes,
+                            images=args.images, method=args.method, title=args.title,
+                            classes=cfg.classes if cfg is not None and cfg.classes else None, worst=args.examples)
+    except (ValueError, TypeError, FileNotFoundError, NotADirectoryError, KeyError, AttributeError) as err:
         print(f"relmon report: error: {err}", file=sys.stderr)
         return EXIT_INPUT
     print(f"report written to {path}")
@@ -129,6 +198,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_trend(args: argparse.Namespace) -> int:
+    if args.figure:
+        require("matplotlib", "relmon trend --figure")
     try:
         from relmon.report.trend import format_trend, trend_figure, trend_table
 

@@ -16,9 +16,11 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
 from relmon.constants import AOPC_RELATIVE_BUCKETS
+from relmon.extras import optional_imports
+
+with optional_imports("relmon's Prometheus metrics (relmon calibrate | monitor | serve)"):
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 BASE_LABELS: tuple[str, ...] = ("model", "model_version", "stream")
 
@@ -59,6 +61,7 @@ ESTIMATOR_LABELS: tuple[str, ...] = (
     "correctness_confidence",
     "correctness_relevance",
     "median_of_best3",
+    "mano",  # issue 18
 )
 #: ``feature`` label values: relmon.analysis.drift.DRIFT_FEATURES.
 DRIFT_FEATURE_LABELS: tuple[str, ...] = (
@@ -88,8 +91,13 @@ class MetricSpec:
 
     name: str
     type: str  # gauge | counter | histogram
-    label: str | None
+    label: str | tuple[str, ...] | None
     help: str
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The extra labels (beside model, model_version, stream)."""
+        return () if self.label is None else (self.label,) if isinstance(self.label, str) else tuple(self.label)
 
 
 METRIC_SPECS: tuple[MetricSpec, ...] = (
@@ -176,14 +184,27 @@ METRIC_SPECS: tuple[MetricSpec, ...] = (
         "gauge",
         None,
         "Accuracy of the model on the calibration's clean (labelled) window (0-1); absent without "
-        "calibration. The accuracy alert compares the default estimate's upper bound with it.",
+        "calibration. The accuracy alert's threshold is derived from it (relmon_accuracy_alert_threshold_ratio).",
+    ),
+    MetricSpec(
+        "relmon_accuracy_alert_threshold_ratio",
+        "gauge",
+        None,
+        "Accuracy threshold of the accuracy alert (0-1): the one-sided 95 % lower bound of the calibration's "
+        "clean accuracy minus the alert margin (relmon.analysis.alerts); absent without calibration.",
     ),
     MetricSpec(
         "relmon_default_estimator_info",
         "gauge",
-        "estimator",
+        ("estimator", "members"),
         "1 for the estimator the calibration chose as default (average_confidence without calibration); "
-        "alerts use only this estimator's series.",
+        "alerts use only this estimator's series. members: a median's estimators joined by '+' (else empty).",
+    ),
+    MetricSpec(
+        "relmon_estimator_disagreement_ratio",
+        "gauge",
+        None,
+        "|default estimate - median of all the window's estimates| (0-1): the estimators disagree when large.",
     ),
     MetricSpec(
         "relmon_run_samples",
@@ -233,7 +254,7 @@ class RelmonMetrics:
         self.base = {"model": model, "model_version": model_version, "stream": stream}
         self._metrics: dict[str, Gauge | Counter | Histogram] = {}
         for spec in METRIC_SPECS:
-            labels = [*BASE_LABELS, *([spec.label] if spec.label else [])]
+            labels = [*BASE_LABELS, *spec.labels]
             if spec.type == "gauge":
                 metric = Gauge(spec.name, spec.help, labels, registry=self.registry)
             elif spec.type == "counter":
@@ -354,11 +375,27 @@ class RelmonMetrics:
             raise ValueError(f"calibration accuracy must be a ratio in [0, 1], got {accuracy!r}")
         self._set("relmon_calibration_accuracy_ratio", accuracy)
 
-    def set_default_estimator(self, estimator: str) -> None:
-        """Mark ``estimator`` as the default (value 1); any previously marked one is removed."""
+    def set_alert_threshold(self, threshold: float | None) -> None:
+        """The accuracy alert's threshold, a ratio in [0, 1] (``ValueError`` outside); ``None``: none."""
+        if threshold is None:
+            return
+        if _finite(threshold) and not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"alert threshold must be a ratio in [0, 1], got {threshold!r}")
+        self._set("relmon_accuracy_alert_threshold_ratio", threshold)
+
+    def set_default_estimator(self, estimator: str, members: Iterable[str] = ()) -> None:
+        """Mark ``estimator`` as the default (value 1); any previously marked one is removed. ``members``:
+        the estimators of a median default (each from the closed ``estimator`` set), joined by ``+``."""
         check_label("estimator", estimator)
+        members = [check_label("estimator", m) for m in members]
         self._metrics["relmon_default_estimator_info"].clear()
-        self._child("relmon_default_estimator_info", estimator=estimator).set(1.0)
+        self._metrics["relmon_default_estimator_info"].labels(
+            **self.base, estimator=estimator, members="+".join(members)).set(1.0)
+
+    def set_disagreement(self, value: float | None) -> None:
+        """``|default − median of all estimates|`` of the window (not set when undefined)."""
+        if value is not None and _finite(value):
+            self._metrics["relmon_estimator_disagreement_ratio"].labels(**self.base).set(float(value))
 
     def set_run_inputs(self, samples: int, errors: Mapping[str, int]) -> None:
         """Per-run counts (gauges): samples scored and bad inputs by reason (every reason, 0 if none).

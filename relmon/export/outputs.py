@@ -27,9 +27,12 @@ from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app, pushadd_to_gateway
-from prometheus_client import write_to_textfile as _write_to_textfile
-from prometheus_client.exposition import ThreadingWSGIServer, default_handler
+from relmon.extras import optional_imports
+
+with optional_imports("relmon's Prometheus outputs (relmon monitor | serve)"):
+    from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app, pushadd_to_gateway
+    from prometheus_client import write_to_textfile as _write_to_textfile
+    from prometheus_client.exposition import ThreadingWSGIServer, default_handler
 
 from relmon.export.security import EndpointSecurity, PushSecurity, split_credentials
 from relmon.urls import push_url_problem, redact_text, redact_url

@@ -199,6 +199,10 @@ def calibrate_model(model, data, cfg: MonitorConfig, out: str | os.PathLike | No
             .items()
         },
     }
+    from relmon.analysis.alerts import reference_warning  # the alert threshold's clean reference is too small
+
+    if meta["window_accuracy"].get("clean") is not None and (why := reference_warning(meta["window_accuracy"]["clean"], n)):
+        log.warning("%s", why)
     cal = Calibration(
         path=Path(out) if out is not None else None,
         meta=meta,
@@ -276,8 +280,13 @@ def fit_and_select(records: pd.DataFrame, candidates) -> tuple[dict[str, Any], s
     fitted = {(MEDIAN_LABEL if n.startswith(MEDIAN_PREFIX) else n): est for n, est in sel.fitted.items()}
     default = MEDIAN_LABEL if sel.chosen.startswith(MEDIAN_PREFIX) else sel.chosen
     validation = {
-        "chosen_by": "lowest mean absolute error over held-out shift types (leave-one-shift-type-out)",
+        "chosen_by": f"lowest {'worst per-type' if sel.criterion == 'worst' else 'mean'} absolute error over "
+                     "held-out shift types (leave-one-shift-type-out)",
+        "criterion": sel.criterion,
         "chosen": sel.chosen,
+        "default_members": sel.members,  # the median's estimators, or the one chosen
+        # held-out shift types whose interval coverage is below 0.5: estimates unreliable under them
+        "unreliable_under": list(getattr(fitted[default], "uncovered_shift_types_", [])),
         "summary": _json_safe(sel.summary.reset_index(names="estimator").to_dict(orient="records")),
         "per_shift_type": _json_safe(sel.table.to_dict(orient="records")),
         "errors": dict(sel.errors),

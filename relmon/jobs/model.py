@@ -26,7 +26,9 @@ def load_job_model(cfg: MonitorConfig):
         prep = cfg.preprocessing_spec()
         kwargs = dict(cfg.model_kwargs or {})
         if cfg.lightning_module is not None:
-            model = load_lightning_checkpoint(cfg.lightning_module, cfg.checkpoint, preprocessing=prep, **kwargs)
+            model = load_lightning_checkpoint(
+                cfg.lightning_module, cfg.checkpoint, preprocessing=prep, model_attr=cfg.model_attr, **kwargs
+            )
         else:
             model = load_model(cfg.model, cfg.checkpoint, preprocessing=prep, **kwargs)
         if getattr(model, ATTRIBUTE, None) is None:
@@ -66,7 +68,8 @@ def model_outputs(model, x) -> int:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(
             f"the model returned {shape} for one image; relmon needs class scores shaped (batch, classes); "
-            "fix: name a factory whose forward returns logits"
+            "fix: name a factory whose forward returns logits (for a Lightning checkpoint: set model_attr to "
+            "the attribute of the LightningModule that holds the classifier)"
         )
     return int(out.shape[1])
 

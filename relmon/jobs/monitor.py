@@ -110,9 +110,14 @@ class MonitorJob:
             clean = (self.calibration.meta.get("window_accuracy") or {}).get("clean")
             if clean is not None:
                 self.metrics.set_calibration_accuracy(clean)
+            from relmon.analysis.alerts import accuracy_threshold
+
+            self.reference = clean, self.calibration.meta.get("n_per_window")  # the alert's clean reference
+            self.metrics.set_alert_threshold(accuracy_threshold(*self.reference) if clean is not None else None)
         meta = self.calibration.meta if self.calibration is not None else {}
         self.default_estimator = meta.get("default_estimator", BASELINE_ESTIMATOR)
-        self.metrics.set_default_estimator(self.default_estimator)
+        members = (meta.get("validation") or {}).get("default_members") or []
+        self.metrics.set_default_estimator(self.default_estimator, members if len(members) > 1 else ())
 
     @property
     def registry(self):
@@ -179,6 +184,10 @@ class MonitorJob:
             drift_p, alarm = dict(res.p_values), bool(res.alarm)
         if BASELINE_ESTIMATOR not in estimates:
             estimates[BASELINE_ESTIMATOR] = confidence_estimate(conf)
+        from relmon.analysis.robust import window_robustness
+
+        robust = window_robustness(self.calibration, estimates, self.default_estimator,
+                                   records if len(records) else None)  # issue 18: headline, disagreement
 
         m = self.metrics
         for name, (est, lo, hi) in estimates.items():
@@ -203,6 +212,7 @@ class MonitorJob:
         m.set_confidence(float(conf.mean()) if conf.size else math.nan)
         if drift_p is not None:
             m.set_drift(drift_p, alarm)
+        m.set_disagreement(robust["estimator_disagreement"])
         m.add_samples(len(samples))
         m.add_input_errors(errors)
         m.set_run_inputs(len(samples), errors)
@@ -230,7 +240,14 @@ class MonitorJob:
             calibration_version_mismatch=self.version_mismatch,
             default_estimator=self.default_estimator,
             estimate_errors=estimate_errors,
+            **robust,
         )
+        if self.calibration is not None and self.reference[0] is not None:
+            from relmon.analysis.alerts import accuracy_alerts, accuracy_threshold
+
+            result.calibration_accuracy, result.calibration_n = self.reference
+            result.alert_threshold = accuracy_threshold(*self.reference)
+            result.alerts = accuracy_alerts(result)
         return result, records
 
     def _check_fraction_steps(self, stream) -> None:

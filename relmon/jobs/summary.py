@@ -38,6 +38,18 @@ class MonitorSummary:
     default_estimator: str | None = None  # the estimator of the headline estimate (chosen by calibration)
     estimate_errors: dict[str, str] = field(default_factory=dict)  # estimator -> why it gave no estimate
     outputs: dict[str, Any] = field(default_factory=dict)
+    # issue 18 (relmon.analysis.robust): the headline after the disagreement check, |default − median of
+    # all estimates|, the default's members (a median's estimators), the window's shift score (KS of its
+    # confidences against the clean calibration) and the shift types the calibration cannot cover
+    headline: dict[str, Any] = field(default_factory=dict)
+    estimator_disagreement: float | None = None
+    default_members: list[str] = field(default_factory=list)
+    shift_score: float | None = None
+    unreliable_under: list[str] = field(default_factory=list)
+    calibration_accuracy: float | None = None  # the clean reference the alert threshold hangs on ...
+    calibration_n: int | None = None  # ... and its number of images
+    alert_threshold: float | None = None  # relmon.analysis.alerts.accuracy_threshold of the two
+    alerts: list[dict[str, str]] = field(default_factory=list)  # relmon.analysis.alerts.accuracy_alerts
 
     def table(self) -> str:
         """A plain-text summary table."""
@@ -60,6 +72,18 @@ class MonitorSummary:
         for name, why in self.estimate_errors.items():
             mark = "  <- headline (default)" if name == self.default_estimator else ""
             lines.append(f"{name:<34} {'none':>8} (cannot score this window: {why}){mark}")
+        if self.headline.get("fallback"):
+            lines.append(f"{'headline: median of all (estimators disagree)':<34} {self.headline['estimate']:8.3f} "
+                         f"[{self.headline['lower']:6.3f}, {self.headline['upper']:6.3f}]")
+        if self.estimator_disagreement is not None and math.isfinite(self.estimator_disagreement):
+            lines.append(f"estimator disagreement |default - median| {self.estimator_disagreement:.3f}"
+                         + (f"; shift score (KS vs clean calibration) {self.shift_score:.3f}"
+                            if self.shift_score is not None and math.isfinite(self.shift_score) else ""))
+        if self.default_members and len(self.default_members) > 1:
+            lines.append(f"default = median of {', '.join(self.default_members)}")
+        if self.unreliable_under:
+            lines.append(f"estimates unreliable under: {', '.join(self.unreliable_under)} "
+                         "(calibration's held-out interval coverage below 0.5)")
         if self.accuracy is not None:
             lines.append(f"{'(true accuracy, labels known)':<34} {self.accuracy:8.3f}")
         lines.append(f"mean confidence {self.confidence:.3f}")
@@ -73,6 +97,8 @@ class MonitorSummary:
         if self.calibration:
             flag = " — MADE FOR ANOTHER MODEL VERSION" if self.calibration_version_mismatch else ""
             lines.append(f"calibration: {self.calibration}{flag}")
+        for a in self.alerts:
+            lines.append(f"ALERT {a['name']} ({a['severity']}): {a['reason']}")
         for k, v in self.outputs.items():
             lines.append(f"{k}: {v}")
         return "\n".join(lines)

@@ -48,7 +48,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torchmetrics import Metric, MetricCollection
+from torchmetrics import Metric
 from torchmetrics.aggregation import SumMetric
 
 from relmon.explain import canonical_method, explain_full, to_heatmap
@@ -56,6 +56,7 @@ from relmon.explain import lrp as _lrp
 from relmon.explain._validate import first_layer_channels
 from relmon.explain.core import parse_method
 from relmon.metrics import AOPC, AOPCMinusRandom, HeatmapEntropy
+from relmon.models.classifier import CLASSIFIER_ATTRIBUTES, find_classifier
 from relmon.perturbation import (
     DEFAULT_FRACTION,
     DEFAULT_MAX_BATCH_BYTES,
@@ -75,8 +76,6 @@ from relmon.scoring import (
     padding_flags,
 )
 
-#: Attributes searched, in this order, for the classifier when ``model_attr`` is not given.
-CLASSIFIER_ATTRIBUTES = ("model", "net", "classifier")
 # DEFAULT_FRACTION (relmon.perturbation): the default share of the regions perturbed when ``steps`` is
 # not given, L = steps_for_fraction(H, W, region, fraction); the paper's ~16 % (L = 8 of 49 regions).
 #: Default region grid side: ``region = ceil(min(H, W) / GRID)`` when ``region`` is not given.
@@ -86,36 +85,11 @@ DEFAULT_GRID = 7
 AUTO_SAMPLE_SHARE = 0.01
 AUTO_MIN_SAMPLES, AUTO_MAX_SAMPLES, FALLBACK_SAMPLES = 8, 64, 32
 _TAG_UNSAFE = re.compile(r"[^-/\w.]")
-# Children of a LightningModule that are not layers of the classifier.
-_NOT_LAYERS = (Metric, MetricCollection, nn.modules.loss._Loss)
 
 
 def log_key(*parts: str) -> str:
     """A log key whose characters survive every logger unchanged (TensorBoard rewrites others to ``_``)."""
     return "/".join(_TAG_UNSAFE.sub("_", p) for p in parts)
-
-
-class _ForwardClassifier(nn.Module):
-    """``pl_module.forward`` as a classifier whose modules are the LightningModule's layers only.
-
-    Its children are the LightningModule's children except torchmetrics metrics and loss modules, so
-    LRP composites, the support check and mode switches see layers only; ``forward`` calls the
-    LightningModule's ``forward`` method directly (not through ``__call__``), which ``torch.fx`` can trace.
-    """
-
-    def __init__(self, owner: pl.LightningModule):
-        super().__init__()
-        object.__setattr__(self, "_owner", owner)  # not a submodule: its metrics stay out
-        for name, child in owner.named_children():
-            if not isinstance(child, _NOT_LAYERS):
-                self.add_module(name, child)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._owner.forward(x)
-
-
-def _module_attributes(pl_module: nn.Module) -> list[str]:
-    return [name for name, child in pl_module.named_children() if not isinstance(child, _NOT_LAYERS)]
 
 
 def _first_loader(trainer: pl.Trainer) -> Any:
@@ -287,26 +261,10 @@ class HeatmapQualityCallback(pl.Callback):
 
     def resolve_classifier(self, pl_module: pl.LightningModule) -> nn.Module:
         """The module this callback explains (see ``model_attr``); a clear error when there is none."""
-        cls = type(pl_module).__name__
-        if self.model_attr is not None:
-            model = getattr(pl_module, self.model_attr, None)
-            if not isinstance(model, nn.Module) or isinstance(model, _NOT_LAYERS):
-                raise AttributeError(
-                    f"HeatmapQualityCallback(model_attr={self.model_attr!r}): {cls} has no classifier module "
-                    f"in attribute {self.model_attr!r}; its module attributes are {_module_attributes(pl_module)}"
-                )
-            return model
-        for name in CLASSIFIER_ATTRIBUTES:
-            model = getattr(pl_module, name, None)
-            if isinstance(model, nn.Module) and not isinstance(model, _NOT_LAYERS):
-                return model
-        if type(pl_module).forward is pl.LightningModule.forward:
-            raise AttributeError(
-                f"HeatmapQualityCallback cannot find the classifier of {cls}: it has no attribute "
-                f"{' / '.join(CLASSIFIER_ATTRIBUTES)} and no forward(). Pass model_attr='<name>' naming the "
-                f"attribute that holds it (module attributes: {_module_attributes(pl_module)})"
-            )
-        return _ForwardClassifier(pl_module)
+        return find_classifier(
+            pl_module, self.model_attr, setting="HeatmapQualityCallback(model_attr={attr})",
+            fix="Pass model_attr='<name>' naming the attribute that holds it",
+        )
 
     def _resolve_preprocessing(self, pl_module: pl.LightningModule, model: nn.Module) -> Preprocessing | None:
         if self.preprocessing is not None:

@@ -236,13 +236,23 @@ def load_lightning_checkpoint(
     checkpoint: str | os.PathLike,
     preprocessing: Preprocessing | None = None,
     name: str | None = None,
+    model_attr: str | None = None,
     **kwargs,
 ) -> nn.Module:
-    """Load a LightningModule from its checkpoint with ``module_class.load_from_checkpoint``.
+    """The classifier of a LightningModule loaded from its checkpoint (``module_class.load_from_checkpoint``).
+
+    The classifier is found by the rule of :mod:`relmon.models.classifier`, the same as the Lightning
+    callback's: ``model_attr`` when given, else the module's ``model`` / ``net`` / ``classifier``
+    attribute, else its ``forward`` over its layers with its torchmetrics children and loss modules
+    left out (they are not layers). Without ``preprocessing``, the one the module declares
+    (``relmon.attach_preprocessing`` or a ``preprocessing`` attribute) is used.
 
     Lightning checkpoints hold hyper-parameters next to the weights; relmon reads them with
     ``weights_only=True`` (plain types only), which is Lightning's default from 2.6 on.
     """
+    from relmon.models.classifier import find_classifier
+    from relmon.preprocessing import ATTRIBUTE
+
     cls = _import_object(module_class) if isinstance(module_class, str) else module_class
     if not hasattr(cls, "load_from_checkpoint"):
         raise TypeError(f"{cls!r} is not a LightningModule class (it has no load_from_checkpoint)")
@@ -259,10 +269,23 @@ def load_lightning_checkpoint(
             raise _load_error(checkpoint, err, "save it with Lightning's Trainer.save_checkpoint") from None
         raise
     module.eval()
+    try:
+        classifier = find_classifier(
+            module, model_attr, setting="model_attr: {attr}",
+            fix="set model_attr (flag --model-attr) to the attribute of the LightningModule that holds the classifier",
+        )
+    except AttributeError as err:
+        raise ValueError(str(err)) from None
+    classifier.eval()
+    if preprocessing is None:
+        declared = getattr(module, "preprocessing", None)
+        preprocessing = getattr(classifier, ATTRIBUTE, None) or getattr(module, ATTRIBUTE, None) or (
+            declared if isinstance(declared, Preprocessing) else None
+        )
     if preprocessing is not None:
-        attach_preprocessing(module, preprocessing)
+        attach_preprocessing(classifier, preprocessing)
     label = name or (cls.__name__ if isinstance(cls, type) else str(cls))
-    return _attach_info(module, ModelInfo(label, _digest(checkpoint)))
+    return _attach_info(classifier, ModelInfo(label, _digest(checkpoint)))
 
 
 def weights_path(name: str) -> Path:

@@ -25,8 +25,9 @@ def heatmap_grid(
     ``images`` are ``(B, C, H, W)`` in ``[0, 1]`` (grey or RGB). Each heatmap is scaled per image
     to its own largest absolute value, so colours compare within a cell, not across cells.
     """
-    from matplotlib.figure import Figure  # no pyplot: works headless and leaves the user's backend alone
+    from relmon.extras import require
 
+    Figure = require("matplotlib.figure", "heatmap grids (figures)").Figure  # no pyplot: headless, user's backend untouched
     n = images.shape[0]
     cols = 1 + len(heatmaps)
     fig = Figure(figsize=(1.6 * cols, 1.6 * n))

@@ -1,20 +1,24 @@
 """``relmon report``: one self-contained static HTML file for one window or a series of windows.
 
-The page holds, each in a ``<section id=...>``:
+The page opens with a table of contents; then, each in a ``<section id=...>`` (:data:`SECTIONS`):
 
 - ``summary`` — model, versions, windows, inputs, methods, and notes on what the page could not show;
-- ``heatmaps`` — inputs beside their heatmaps, one column per method (``images=False`` leaves the
-  whole grid out: inputs can be private data, and LRP heatmaps show the input's outline);
-- ``curves`` — mean MoRF and random-order curves, relative to the clean score ``f(x^(0))``: the
-  records keep AOPC numbers, not curves, so the curves are recomputed for the example inputs when a
-  model is given (the page says so); the AOPC distribution of every window's records is always shown;
 - ``trend`` — per window: AOPC (relative, with a 90 % interval), AOPC − random, heatmap entropy,
-  confidence, realised accuracy where labels exist, and the calibration's accuracy estimates with
-  their intervals;
+  confidence, realised accuracy where labels exist; the calibration's accuracy estimates with their
+  intervals as one row per estimator (the default marked);
 - ``drift`` — per window, KS p-values of each feature against the calibration's reference window and
   the (Holm-corrected) alarm;
-- ``validation`` — the calibration's validation table (``meta["validation"]``), default estimator
-  and per-window accuracies, where the calibration has them.
+- ``heatmaps`` — the worst-scoring inputs (lowest AOPC gap to the random order, lowest confidence)
+  with their window, file, predicted class and scores, and, given the model and the inputs, their
+  heatmaps, one column per method (``images=False`` leaves images out: inputs can be private data,
+  and LRP heatmaps show the input's outline);
+- ``classes`` — per predicted class: inputs, confidence, AOPC, AOPC − random, realised accuracy;
+- ``curves`` — mean MoRF and random-order curves over the share of the image perturbed, relative to
+  the clean score ``f(x^(0))``: the records keep AOPC numbers, not curves, so the curves are
+  recomputed for the example inputs when a model is given (the page says so); the AOPC distribution
+  of every window's records is always shown;
+- ``validation`` — the calibration: how its default estimator was chosen, the leave-one-shift-type-out
+  validation as tables, and the calibration windows' accuracies (:func:`calibration_section`).
 
 Every figure is a matplotlib PNG embedded as base64 (``data:image/png``); the page loads nothing from
 anywhere (no scripts, stylesheets, fonts or images by URL).
@@ -36,9 +40,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from relmon.report.samples import as_float, class_name, per_class_table, worst_samples
 from relmon.report.trend import RANDOM_METHOD, choose_method, trend_figure, trend_table
 
-SECTIONS = ("summary", "heatmaps", "curves", "trend", "drift", "validation")
+SECTIONS = ("summary", "trend", "drift", "heatmaps", "classes", "curves", "validation")
+SECTION_TITLES = {
+    "summary": "Summary",
+    "trend": "Windows over time",
+    "drift": "Drift",
+    "heatmaps": "Worst-scoring inputs",
+    "classes": "Per predicted class",
+    "curves": "Perturbation curves and AOPC",
+    "validation": "Calibration and its validation",
+}
 
 _CSS = """
 body { font-family: sans-serif; margin: 1.5em auto; max-width: 1100px; color: #222; }
@@ -48,6 +62,8 @@ table.data th, table.data td { border: 1px solid #ddd; padding: 2px 6px; text-al
 table.data th { background: #f3f3f3; }
 .note { color: #555; font-size: 0.9em; } .alarm { color: #b00; font-weight: bold; }
 img.fig { max-width: 100%; border: 1px solid #eee; }
+div.wide { max-width: 100%; overflow-x: auto; }
+nav.toc ol { columns: 2; font-size: 0.9em; } tr.default td, tr.default th { font-weight: bold; }
 """
 
 
@@ -62,10 +78,12 @@ class Examples:
     curves: Mapping[str, Any] = field(default_factory=dict)
     titles: Sequence[str] | None = None
     source: str = ""
+    #: side of the perturbed regions: puts the curves on the share of the image perturbed
+    region: int | None = None
 
 
 def compute_examples(model, images, methods: Sequence[str], region: int = 4, steps: int = 49,
-                     seed: int = 0, source: str = "") -> Examples:
+                     seed: int = 0, source: str = "", titles: Sequence[str] | None = None) -> Examples:
     """Heatmaps and MoRF/random curves of ``methods`` for ``images`` (``(B, C, H, W)`` in ``[0, 1]``),
     normalised by the model's attached preprocessing — the same engine the monitor uses."""
     import torch
@@ -90,7 +108,8 @@ def compute_examples(model, images, methods: Sequence[str], region: int = 4, ste
         heatmaps[m] = h.detach().cpu()
         curves[m] = ev.results["morf"].curves.detach().cpu()
         curves.setdefault(RANDOM_METHOD, ev.results["random"].curves.detach().cpu())
-    return Examples(images=images.detach().cpu(), heatmaps=heatmaps, curves=curves, source=source)
+    return Examples(images=images.detach().cpu(), heatmaps=heatmaps, curves=curves, source=source,
+                    titles=titles, region=region)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -98,8 +117,9 @@ def compute_examples(model, images, methods: Sequence[str], region: int = 4, ste
 
 
 def _figure(**kw):
-    from matplotlib.figure import Figure  # no pyplot: works headless and leaves the user's backend alone
+    from relmon.extras import require
 
+    Figure = require("matplotlib.figure", "relmon report (figures)").Figure  # no pyplot: headless, user's backend untouched
     fig = Figure(**kw)
     return fig, fig.subplots()
 
@@ -114,8 +134,8 @@ def _img(b64: str, alt: str) -> str:
     return f'<img class="fig" alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
 
 
-def _table(frame: pd.DataFrame, index: bool = False) -> str:
-    return frame.to_html(index=index, border=0, classes="data", na_rep="–", escape=True,
+def _table(frame: pd.DataFrame, index: bool = False, header: bool = True) -> str:
+    return frame.to_html(index=index, header=header, border=0, classes="data", na_rep="–", escape=True,
                          float_format=lambda v: f"{v:.3f}")
 
 
@@ -142,18 +162,43 @@ def _grid_png(ex: Examples, max_images: int = 8) -> str:
         return base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
+#: the share of the image the paper perturbed (9x9 regions, L = 100 on 227x227 images)
+PAPER_FRACTION = 0.16
+
+
+def perturbed_share(steps: int, height: int, width: int, region: int | None) -> np.ndarray:
+    """Share of the image's pixels perturbed after k = 0..steps regions (``region`` x ``region`` on a
+    regular grid, the last row and column smaller), in the order of their area (an upper bound when
+    edge regions come early); without ``region``, k / steps."""
+    k = np.arange(steps + 1, dtype=float)
+    if not region:
+        return k / max(steps, 1)
+    sides_h = [min(region, height - y) for y in range(0, height, region)]
+    sides_w = [min(region, width - x) for x in range(0, width, region)]
+    areas = np.sort(np.outer(sides_h, sides_w).ravel())[::-1]
+    covered = np.concatenate([[0.0], np.cumsum(areas)])[np.minimum(k.astype(int), len(areas))]
+    return covered / float(height * width)
+
+
 def _curves_png(ex: Examples) -> str:
     fig, ax = _figure(figsize=(6.5, 3.6))
+    height, width = (int(s) for s in np.asarray(ex.images).shape[-2:])
+    xmax = 0.0
     for i, (m, c) in enumerate(ex.curves.items()):
         c = np.asarray(c, dtype=float)
         rel = c / c[:, :1]  # f(x^(k)) / f(x^(0)): scale-free, comparable across inputs
-        frac = np.arange(c.shape[1]) / (c.shape[1] - 1)
+        frac = perturbed_share(c.shape[1] - 1, height, width, ex.region)
+        xmax = max(xmax, float(frac[-1]))
         style = dict(color="k", ls="--") if m == RANDOM_METHOD else dict(color=f"C{i}")
         ax.plot(frac, np.nanmean(rel, axis=0), label=f"{m} ({'random order' if m == RANDOM_METHOD else 'MoRF'})",
                 **style)
-    ax.axvline(0.16, color="grey", lw=0.8, ls=":")
-    ax.text(0.165, ax.get_ylim()[1], "≈16 % (paper)", fontsize=7, va="top", color="grey")
-    ax.set_xlabel("share of regions perturbed (steps / L)", fontsize=8)
+    if ex.region and xmax >= PAPER_FRACTION * 0.9:  # only where the axis is the image's share and reaches it
+        ax.axvline(PAPER_FRACTION, color="grey", lw=0.8, ls=":")
+        right = PAPER_FRACTION > 0.8 * xmax
+        ax.text(PAPER_FRACTION, 0.97, "16 % of the image (the paper's protocol) " if right else
+                " 16 % of the image (the paper's protocol)", fontsize=7, va="top", ha="right" if right else "left",
+                color="grey", transform=ax.get_xaxis_transform())
+    ax.set_xlabel("share of the image perturbed" if ex.region else "share of the L steps done (k / L)", fontsize=8)
     ax.set_ylabel("mean f(x^(k)) / f(x^(0))", fontsize=8)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
@@ -224,23 +269,108 @@ def _drift(records: pd.DataFrame, calibration, method: str, alpha: float, notes:
     return pd.DataFrame(rows)
 
 
-def _validation_table(value) -> pd.DataFrame | None:
-    if value is None:
-        return None
-    try:
-        if isinstance(value, pd.DataFrame):
-            return value
-        if isinstance(value, list):
-            return pd.DataFrame(value)
-        if isinstance(value, dict):
-            if "columns" in value and "data" in value:  # pandas' orient="split"
-                return pd.DataFrame(value["data"], columns=value["columns"])
-            if all(isinstance(v, dict) for v in value.values()):
-                return pd.DataFrame.from_dict(value, orient="index")
-            return pd.DataFrame([value])
-    except Exception:  # noqa: BLE001 - an unexpected shape is shown as text instead
-        return None
+def _records_table(value) -> pd.DataFrame | None:
+    """A table stored in the calibration's JSON (a list of records, or pandas' ``orient="split"``)."""
+    if isinstance(value, list) and value and all(isinstance(r, Mapping) for r in value):
+        return pd.DataFrame(value)
+    if isinstance(value, Mapping) and "columns" in value and "data" in value:
+        return pd.DataFrame(value["data"], columns=value["columns"])
     return None
+
+
+_SUMMARY_COLUMNS = {
+    "estimator": "estimator",
+    "mae": "MAE",
+    "worst_mae": "worst MAE (one held-out type)",
+    "coverage": "coverage of the interval",
+    "mean_width": "mean interval width",
+    "n_held_out": "held-out shift types",
+}
+
+
+def calibration_section(calibration, default: str | None) -> str:
+    """The ``validation`` section: how the calibration chose its default estimator, its
+    leave-one-shift-type-out validation as tables (not raw JSON), and the calibration windows.
+
+    Everything the report shows about the calibration is rendered here, in this one function."""
+    v = [f'<section id="validation"><h2>{SECTION_TITLES["validation"]}</h2>']
+    if calibration is None:
+        v.append(_p("No calibration given (pass --calibration FOLDER)."))
+        v.append("</section>")
+        return "\n".join(v)
+    meta = calibration.meta
+    validation = meta.get("validation")
+    if default is not None:
+        v.append(_p(f"Default estimator (the headline number): {default}."))
+    if not isinstance(validation, Mapping):
+        v.append(_p("This calibration carries no validation table (made by an older relmon)."))
+    else:
+        if validation.get("chosen_by"):
+            chosen = validation.get("chosen")
+            v.append(_p(f"Chosen by: {validation['chosen_by']}" + (f"; chosen: {chosen}." if chosen else ".")))
+        summary = _records_table(validation.get("summary"))
+        if summary is not None:
+            summary = summary[[c for c in _SUMMARY_COLUMNS if c in summary.columns]]
+            v.append(_p("Each estimator fitted without one shift type and judged on that type's windows "
+                        "(mean absolute error of the accuracy estimate, how often its 90 % interval held the "
+                        "true accuracy, and the interval's width), best first:"))
+            rows = summary.rename(columns=_SUMMARY_COLUMNS)
+            v.append(_marked_table(rows, "estimator", {default, validation.get("chosen")}))
+        per_type = _records_table(validation.get("per_shift_type"))
+        if per_type is not None and {"estimator", "held_out", "mae"} <= set(per_type.columns):
+            wide = per_type.pivot_table(index="estimator", columns="held_out", values="mae", sort=False)
+            wide.columns.name = None
+            if summary is not None:
+                wide = wide.reindex([e for e in summary["estimator"] if e in wide.index])
+            v.append(_p("Mean absolute error per held-out shift type:"))
+            v.append(_wide(_table(wide.reset_index())))
+            chosen = validation.get("chosen")
+            mine = per_type[per_type["estimator"] == chosen] if chosen else per_type.iloc[:0]
+            if len(mine) and {"coverage", "mean_width"} <= set(mine.columns):
+                # issue 18: the default's interval per held-out shift type; uncovered types named, not averaged
+                uncovered = set(validation.get("unreliable_under") or [])
+                cov = mine[["held_out", "mae", "coverage", "mean_width", "n_windows"]].rename(
+                    columns={"held_out": f"held-out shift type ({chosen})"})
+                cov["estimates"] = ["unreliable (uncovered)" if g in uncovered else "" for g in mine["held_out"]]
+                v.append(_p(f"Coverage and width of {chosen}'s 90 % interval per held-out shift type "
+                            "(calibrated without that type):"))
+                v.append(_table(cov))
+        if validation.get("unreliable_under"):
+            v.append(_p("Estimates unreliable under: " + ", ".join(validation["unreliable_under"])
+                        + " (the interval covered under half of those held-out windows)."))
+        errors = validation.get("errors") or {}
+        if errors:
+            v.append(_p("Estimators that could not be validated: "
+                        + "; ".join(f"{k}: {e}" for k, e in errors.items())))
+        other = {k: x for k, x in validation.items()
+                 if k not in ("chosen_by", "chosen", "summary", "per_shift_type", "errors", "unreliable_under")}
+        if other:
+            v.append(_table(pd.DataFrame({"field": list(other), "value": [str(x) for x in other.values()]})))
+    acc = meta.get("window_accuracy")
+    if acc:
+        v.append(_p(f"Calibration windows and their accuracy ({meta.get('n_per_window', '?')} labelled "
+                    "inputs each):"))
+        v.append(_wide(_table(pd.DataFrame({"window": list(acc), "accuracy": list(acc.values())}).T.reset_index(
+            drop=True).rename(index={0: "window", 1: "accuracy"}), index=True, header=False)))
+    v.append("</section>")
+    return "\n".join(v)
+
+
+def _wide(table_html: str) -> str:
+    """A table that may be wider than the page scrolls inside its own box, not the page."""
+    return f'<div class="wide">{table_html}</div>'
+
+
+def _marked_table(frame: pd.DataFrame, column: str, marked: set) -> str:
+    """``frame`` as a table whose rows with ``column`` in ``marked`` are bold (class ``default``)."""
+    page = _table(frame)
+    head, _, rest = page.partition("<tbody>")
+    body, _, tail = rest.partition("</tbody>")
+    rows = body.split("<tr>")
+    out = [rows[0]]
+    for row, value in zip(rows[1:], frame[column].astype(str), strict=True):
+        out.append(('<tr class="default">' if value in marked else "<tr>") + row)
+    return head + "<tbody>" + "".join(out) + "</tbody>" + tail
 
 
 # --------------------------------------------------------------------------------------------------
@@ -257,18 +387,25 @@ def render_report(
     title: str | None = None,
     notes: Sequence[str] = (),
     drift_alpha: float = 0.01,
+    classes: Sequence[str] | None = None,
+    worst: int = 4,
 ) -> str:
     """The report page as one HTML string (see the module docstring for its sections).
 
     ``records`` is a records frame (e.g. :func:`relmon.report.trend.load_records`), one or many
     windows; ``calibration`` a :class:`relmon.jobs.Calibration` (estimates, drift, validation table);
-    ``examples`` the inputs, heatmaps and curves to show (:func:`compute_examples`); ``images=False``
-    leaves out the heatmap grid.
+    ``examples`` the inputs, heatmaps and curves to show (:func:`compute_examples`; the CLI gives the
+    worst-scoring inputs); ``images=False`` leaves out the heatmap grid; ``classes`` names the classes
+    (default: the calibration's); ``worst`` inputs are listed per criterion.
     """
     if not len(records):
         raise ValueError("no records to report on")
     notes = list(notes)
     method = choose_method(records, method)
+    if classes is None and calibration is not None:
+        classes = calibration.meta.get("classes")
+    if classes is None:
+        classes = _embedded_classes(records)
     from relmon.report.trend import _window_key
 
     records = records.assign(_window=_window_key(records))
@@ -286,7 +423,7 @@ def render_report(
     body = [f"<h1>{html.escape(title)}</h1>"]
 
     # summary
-    s = ['<section id="summary"><h2>Summary</h2>', '<table class="data">']
+    s = [f'<section id="summary"><h2>{SECTION_TITLES["summary"]}</h2>', '<table class="data">']
     facts = [
         ("model", ", ".join(models)),
         ("windows", f"{len(trend)} ({span})"),
@@ -314,41 +451,9 @@ def render_report(
         s.append(f"<tr><th>{html.escape(k)}</th><td style='text-align:left'>{html.escape(v)}</td></tr>")
     s.append("</table>")
     s_notes = s  # notes are appended at the end, once every section has had its say
-    body.append("")  # placeholder for the summary
-
-    # heatmaps
-    h = ['<section id="heatmaps"><h2>Inputs and heatmaps</h2>']
-    if not images:
-        h.append(_p("Left out on request (--no-images): the inputs may be private, and heatmaps show them."))
-    elif examples is None or not len(examples.heatmaps):
-        h.append(_p("No example inputs: the records keep numbers, not images. Pass a model and inputs "
-                    "(relmon report --model ... --input ...) to draw heatmaps for a few inputs."))
-    else:
-        h.append(_p(f"Inputs beside their heatmaps, one column per method ({examples.source}). Each heatmap "
-                    "is scaled to its own largest absolute value; red positive, blue negative relevance."))
-        h.append(_img(_grid_png(examples), "inputs and heatmaps"))
-    h.append("</section>")
-    body.append("\n".join(h))
-
-    # curves
-    c = ['<section id="curves"><h2>Perturbation curves and AOPC</h2>']
-    if examples is not None and len(examples.curves):
-        n = int(np.asarray(next(iter(examples.curves.values()))).shape[0])
-        c.append(_p(f"Mean MoRF curves and the random order, recomputed for {n} example inputs "
-                    f"({examples.source}); the records hold AOPC numbers, not curves. A good heatmap "
-                    "makes its curve fall well below the random order's."))
-        c.append(_img(_curves_png(examples), "mean MoRF and random curves"))
-    else:
-        c.append(_p("Curves are not kept in the records and no model was given to recompute them: "
-                    "the AOPC distributions below stand in for them."))
-    c.append(_p("Per-input AOPC relative to the clean score, every window's records, by method "
-                "(dashed: the random order)."))
-    c.append(_img(_aopc_hist_png(records), "AOPC distributions"))
-    c.append("</section>")
-    body.append("\n".join(c))
 
     # trend
-    t = ['<section id="trend"><h2>Windows over time</h2>']
+    t = [f'<section id="trend"><h2>{SECTION_TITLES["trend"]}</h2>']
     est_default = estimates[estimates["estimator"] == default] if default is not None else None
     drift_fig = drift if drift is not None and len(drift) else None
     fig = trend_figure(trend, None, estimates=est_default, drift=drift_fig)
@@ -368,24 +473,17 @@ def render_report(
     })
     t.append(_p(f"One row per window; method {method}; intervals are 90 % (±1.645 standard errors over "
                 "the window's inputs). accuracy: realised, where labels exist."))
-    t.append(_table(shown))
+    t.append(_wide(_table(shown)))
     if len(estimates):
-        wide = estimates.assign(value=[_interval(e, lo, hi) for e, lo, hi in
-                                       zip(estimates["estimate"], estimates["lower"], estimates["upper"],
-                                           strict=True)])
-        wide = wide.pivot(index="window", columns="estimator", values="value").reindex(trend["window"])
-        wide.columns.name = None
-        wide.insert(0, "realised accuracy", trend.set_index("window")["accuracy"].map(
-            lambda v: "–" if math.isnan(v) else f"{v:.3f}"))
-        t.append(_p(f"Estimated accuracy [interval] per estimator (default: {default})."))
-        t.append(_table(wide.reset_index(), index=False))
+        t.append(_p(f"Estimated accuracy [90 % interval]: one row per estimator, one column per window "
+                    f"(bold: the default, {default}); the last row is the realised accuracy where labels exist."))
+        t.append(_wide(_estimates_table(estimates, trend, default)))
     elif calibration is None:
         t.append(_p("No calibration given: no accuracy estimates (pass --calibration FOLDER)."))
     t.append("</section>")
-    body.append("\n".join(t))
 
     # drift
-    d = ['<section id="drift"><h2>Drift</h2>']
+    d = [f'<section id="drift"><h2>{SECTION_TITLES["drift"]}</h2>']
     if drift is None:
         d.append(_p("No calibration given: drift is tested against the calibration's reference window "
                     "(pass --calibration FOLDER)."))
@@ -396,44 +494,110 @@ def render_report(
                     f"window; alarm when a Holm-corrected p-value is below {drift_alpha}."))
         shown = drift.copy()
         shown["alarm"] = shown["alarm"].map(lambda a: "ALARM" if a else "no")
-        d.append(_table(shown))
+        d.append(_wide(_table(shown)))
     d.append("</section>")
-    body.append("\n".join(d))
 
-    # validation
-    v = ['<section id="validation"><h2>Calibration and its validation</h2>']
-    if calibration is None:
-        v.append(_p("No calibration given."))
+    # worst-scoring inputs
+    classes = list(classes) if classes is not None else None
+    h = [f'<section id="heatmaps"><h2>{SECTION_TITLES["heatmaps"]}</h2>']
+    h.append(_p(f"The inputs whose {method} heatmap explains their prediction worst (lowest AOPC − random: "
+                "destroying the regions it calls most relevant hurts the score no more than random regions) "
+                "and the least confident ones, over all windows."))
+    for label, frame in worst_samples(records, method, k=worst).items():
+        if not len(frame):
+            continue
+        h.append(f"<h3>{html.escape(label)}</h3>")
+        h.append(_wide(_table(pd.DataFrame({
+            "window": frame["_window"],
+            "input": frame["sample_id"],
+            "predicted": [class_name(p, classes) for p in frame["pred"]],
+            "label": [class_name(v, classes) for v in
+                      (as_float(frame["label"]) if "label" in frame else [np.nan] * len(frame))],
+            "confidence": frame["confidence"],
+            "AOPC − random": frame["gap"],
+            "AOPC / score0": frame["aopc_rel"],
+        }))))
+    if not images:
+        h.append(_p("Images left out on request (--no-images): the inputs may be private, and heatmaps show them."))
+    elif examples is None or not len(examples.heatmaps):
+        h.append(_p("No heatmaps: the records keep numbers, not images. Pass the model and the inputs "
+                    "(relmon report --config ... or --model ... --input ...) to draw these inputs' heatmaps."))
     else:
-        meta = calibration.meta
-        table = _validation_table(meta.get("validation"))
-        if table is not None:
-            v.append(_p("The calibration's own validation (held-out shift types) of each estimator."))
-            v.append(_table(table, index=not isinstance(meta.get("validation"), list)))
-        elif meta.get("validation") is not None:
-            v.append(f"<pre>{html.escape(str(meta['validation']))}</pre>")
-        else:
-            v.append(_p("This calibration carries no validation table (made by an older relmon)."))
-        if default is not None:
-            v.append(_p(f"Default estimator: {default}."))
-        acc = meta.get("window_accuracy")
-        if acc:
-            v.append(_p(f"Calibration windows and their accuracy ({meta.get('n_per_window', '?')} labelled "
-                        "inputs each):"))
-            v.append(_table(pd.DataFrame({"window": list(acc), "accuracy": list(acc.values())})))
-    v.append("</section>")
-    body.append("\n".join(v))
+        h.append(_p(f"These inputs beside their heatmaps, one column per method ({examples.source}); each "
+                    "heatmap is scaled to its own largest absolute value, red positive, blue negative relevance."))
+        h.append(_img(_grid_png(examples, max_images=2 * worst), "inputs and heatmaps"))
+    h.append("</section>")
 
+    # per class
+    k = [f'<section id="classes"><h2>{SECTION_TITLES["classes"]}</h2>']
+    k.append(_p(f"Per predicted class, all windows together (method {method}); accuracy: the share of the "
+                "labelled inputs predicted as this class that are of this class."))
+    k.append(_wide(_table(per_class_table(records, method, classes))))
+    k.append("</section>")
+
+    # curves
+    c = [f'<section id="curves"><h2>{SECTION_TITLES["curves"]}</h2>']
+    if examples is not None and len(examples.curves):
+        n = int(np.asarray(next(iter(examples.curves.values()))).shape[0])
+        c.append(_p(f"Mean MoRF curves and the random order, recomputed for {n} example inputs "
+                    f"({examples.source}); the records hold AOPC numbers, not curves. A good heatmap "
+                    "makes its curve fall well below the random order's; these are the worst-scoring inputs, "
+                    "chosen for a MoRF curve no better than random."
+                    if "worst" in examples.source else
+                    f"Mean MoRF curves and the random order, recomputed for {n} example inputs "
+                    f"({examples.source}); the records hold AOPC numbers, not curves. A good heatmap "
+                    "makes its curve fall well below the random order's."))
+        c.append(_img(_curves_png(examples), "mean MoRF and random curves"))
+    else:
+        c.append(_p("Curves are not kept in the records and no model was given to recompute them: "
+                    "the AOPC distributions below stand in for them."))
+    c.append(_p("Per-input AOPC relative to the clean score, every window's records, by method "
+                "(dashed: the random order)."))
+    c.append(_img(_aopc_hist_png(records), "AOPC distributions"))
+    c.append("</section>")
+
+    parts = {"trend": t, "drift": d, "heatmaps": h, "classes": k, "curves": c}
     if notes:
         s_notes.append("<h3>Notes</h3><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
     s_notes.append("</section>")
-    body[1] = "\n".join(s_notes)
+    toc = '<nav class="toc"><h2>Contents</h2><ol>' + "".join(
+        f'<li><a href="#{sid}">{html.escape(SECTION_TITLES[sid])}</a></li>' for sid in SECTIONS) + "</ol></nav>"
+    body = [body[0], toc, "\n".join(s_notes)]
+    for sid in SECTIONS[1:]:
+        body.append(calibration_section(calibration, default) if sid == "validation" else "\n".join(parts[sid]))
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{html.escape(title)}</title>"
         '<link rel="icon" href="data:,">'
         f"<style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
+
+
+def _embedded_classes(records: pd.DataFrame) -> list[str] | None:
+    """Fashion-MNIST's class names when every record comes from one of relmon's embedded models."""
+    from relmon.models import list_embedded
+
+    if set(records["model"].astype(str)) <= set(list_embedded()):
+        from relmon.data import FASHION_MNIST_CLASSES
+
+        return list(FASHION_MNIST_CLASSES)
+    return None
+
+
+def _estimates_table(estimates: pd.DataFrame, trend: pd.DataFrame, default: str | None) -> str:
+    """Estimators as rows, windows as columns (a page stays narrow with many estimators; many windows
+    scroll inside the table's box), the default first and bold, the realised accuracy last."""
+    value = [_interval(e, lo, hi) for e, lo, hi in
+             zip(estimates["estimate"], estimates["lower"], estimates["upper"], strict=True)]
+    wide = estimates.assign(value=value).pivot(index="estimator", columns="window", values="value")
+    wide = wide.reindex(columns=[w for w in trend["window"] if w in wide.columns])
+    order = sorted(wide.index, key=lambda e: (e != default, list(estimates["estimator"]).index(e)))
+    wide = wide.reindex(order)
+    realised = trend.set_index("window")["accuracy"].reindex(wide.columns)
+    if realised.notna().any():
+        wide.loc["realised accuracy"] = ["–" if math.isnan(v) else f"{v:.3f}" for v in realised]
+    wide.columns.name = None
+    return _marked_table(wide.reset_index(names="estimator"), "estimator", {default})
 
 
 def write_report(path: str | os.PathLike, records: pd.DataFrame, **options) -> Path:
@@ -447,4 +611,5 @@ def write_report(path: str | os.PathLike, records: pd.DataFrame, **options) -> P
     return path
 
 
-__all__ = ["SECTIONS", "Examples", "compute_examples", "render_report", "write_report"]
+__all__ = ["SECTIONS", "Examples", "calibration_section", "compute_examples", "perturbed_share", "render_report",
+           "write_report"]

@@ -205,8 +205,9 @@ def trend_figure(
     ``estimate``, ``lower``, ``upper`` — is given) and, with ``drift`` (``window``, ``min_p_value``,
     ``alarm``), the drift p-values. Windows are placed in table order (time order), labelled by their
     time. Saves a PNG to ``path`` (returns it) or returns the (pyplot-free) ``Figure`` when ``path`` is None."""
-    from matplotlib.figure import Figure  # no pyplot: works headless and leaves the user's backend alone
+    from relmon.extras import require
 
+    Figure = require("matplotlib.figure", "relmon trend (figures)").Figure  # no pyplot: headless, user's backend untouched
     x = np.arange(len(table))
     panels = 4 if drift is not None and len(drift) else 3
     fig = Figure(figsize=(7.5, 2.0 * panels + 0.6))
