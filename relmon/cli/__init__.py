@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from relmon.cli.audit import add_commands as add_audit_commands
 from relmon.cli.jobs import add_commands
 from relmon.cli.report import add_commands as add_report_commands
 from relmon.exitcodes import EXIT_CODES_HELP, EXIT_INPUT, EXIT_OK, EXIT_USAGE
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_merge_command(sub, _common, EXIT_CODES_HELP)  # merge (relmon/cli/merge.py)
     add_report_commands(sub)  # report, trend (relmon/cli/report.py)
+    add_audit_commands(sub)  # audit (relmon/cli/audit.py)
     return parser
 
 
