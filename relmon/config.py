@@ -80,13 +80,18 @@ class MonitorConfig:
     image_size: int | None = setting(None, "int+?", "resize folder images to this square side")
     size_policy: str = setting(
         "resize", "str",
-        "without image_size, folder images of another size than the first: 'resize' or 'skip' (skipped ones "
-        "are counted as size_mismatch)",
+        "without image_size, folder images of another size than the model's input size (the calibration's "
+        "input_size, or the model's declared size): 'resize' or 'skip' (skipped ones are counted as size_mismatch)",
     )
     max_pixels: int = setting(
         50_000_000, "int+",
         "folder images with more pixels (width x height, read from the header before decoding) are skipped "
         "and counted as too_large",
+    )
+    max_file_bytes: int = setting(
+        64 * 2**20, "int+",
+        "folder input files larger than this many bytes are not read (counted as read_error); FIFOs, devices "
+        "and other non-regular files are never opened",
     )
     stream: str = setting("default", "str", "stream name: the 'stream' label and the window id prefix")
     window: str | None = setting(
@@ -122,7 +127,8 @@ class MonitorConfig:
         "share of the scored samples whose random-order baseline is evaluated (1: all; less is cheaper, its "
         "error is in benchmarks/RESULTS.md)",
     )
-    threads: int | None = setting(None, "int+?", "CPU threads of the job's forwards (null: torch's default)")
+    threads: int | None = setting(None, "int+?", "CPU threads of the job's forwards (null: torch's default)",
+                                  maximum=1024)
     runner: str = setting(
         "plain", "runner",
         "scoring loop: plain (one process, no Lightning import: fastest start-up) or lightning "
@@ -295,6 +301,12 @@ class MonitorConfig:
                 "images of another size to the first image's size, 'skip' skips and counts them (size_mismatch)"
             )
         self._check_scale_out()
+        if self.pushgateway:
+            from relmon.urls import push_url_problem
+
+            problem = push_url_problem(self.pushgateway)
+            if problem is not None:
+                raise ConfigError(f"config field 'pushgateway': {problem}")
         # reliability (B)
         if self.only_new and _is_sample(self.input):
             raise ConfigError(

@@ -259,7 +259,7 @@ class _LitCNN(pl.LightningModule):
     def __init__(self, layout="layers", unsupported=False):
         super().__init__()
         torch.manual_seed(0)
-        act = torch.nn.GELU() if unsupported else torch.nn.ReLU()
+        act = torch.nn.Tanh() if unsupported else torch.nn.ReLU()
         features = torch.nn.Sequential(torch.nn.Conv2d(1, 6, 3, padding=1), torch.nn.BatchNorm2d(6), act,
                                        torch.nn.MaxPool2d(2))
         head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6 * 14 * 14, 10))
@@ -439,7 +439,7 @@ def test_callback_refuses_unsupported_model_and_bad_geometry_before_training():
     prep = dict(preprocessing=FASHION_MNIST_PREPROCESSING)
 
     module = _LitCNN("layers", unsupported=True)
-    with pytest.raises(relmon.UnsupportedModelError, match=r"GELU") as err:
+    with pytest.raises(relmon.UnsupportedModelError, match=r"Tanh") as err:
         _trainer(callbacks=[HeatmapQualityCallback(**prep)], **fit).fit(module, loader, loader)
     assert "train_acc" not in str(err.value) and "loss_fn" not in str(err.value)
     assert module.train_steps == 0

@@ -159,8 +159,37 @@ def _job_output():
 
 
 def _setup() -> None:
-    logging.basicConfig(level=logging.INFO, format="relmon: %(levelname)s %(message)s", stream=sys.stderr)
+    from relmon.names import EscapingFormatter, escape_text
+
+    handler = logging.StreamHandler(sys.stderr)
+    # control characters in a message (a file name holding a newline) are escaped: no forged log line
+    handler.setFormatter(EscapingFormatter("relmon: %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     warnings.filterwarnings("ignore", message=".*treespec.*")
+    if not getattr(warnings.formatwarning, "_relmon_escaped", False):
+        plain = warnings.formatwarning
+
+        def formatwarning(message, category, filename, lineno, line=None):
+            return plain(escape_text(str(message)), category, filename, lineno, line)
+
+        formatwarning._relmon_escaped = True
+        warnings.formatwarning = formatwarning
+
+
+def _error(command: str, err: BaseException, suffix: str = "") -> None:
+    """``relmon COMMAND: error: ...`` on stderr, control characters escaped (one line per error)."""
+    from relmon.names import escape_text
+
+    print(f"relmon {command}: error: {escape_text(str(err))}{suffix}", file=sys.stderr)
+
+
+def _partial_summary(err) -> dict:
+    """What a run stopped by a signal (exit 5) or its deadline (exit 7) got done: printed with --json."""
+    records = err.records
+    scored = int(records["sample_id"].nunique()) if records is not None and len(records) else 0
+    windows = sorted(records["window_id"].unique().tolist()) if records is not None and len(records) else []
+    return {"status": "timeout" if err.reason == "timeout" else "interrupted", "exit_code": err.exit_code,
+            "error": str(err), "scored": scored, "window_ids": windows, "outputs": {"records": err.written}}
 
 
 @contextlib.contextmanager
@@ -193,7 +222,7 @@ def _job_failure(command: str, err: Exception, as_json: bool) -> int:
         code = EXIT_INPUT
     else:  # an OSError after the inputs were read: the output cannot be written
         code, fix = EXIT_OUTPUT, "; fix: make the output location writable, or choose another"
-    print(f"relmon {command}: error: {err}{fix}", file=sys.stderr)
+    _error(command, err, fix)
     return code
 
 
@@ -241,11 +270,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         if env_rank() != 0:  # a DDP rank Lightning launched: rank 0 writes and prints the calibration
             return EXIT_OK
     except _input_errors() as err:
-        print(f"relmon calibrate: error: {err}", file=sys.stderr)
+        _error("calibrate", err)
         return EXIT_INPUT
     except OSError as err:  # an output that cannot be written (after the inputs were read)
-        print(f"relmon calibrate: error: {err}; fix: make the output location writable, or choose another",
-              file=sys.stderr)
+        _error("calibrate", err, "; fix: make the output location writable, or choose another")
         return EXIT_OUTPUT
     meta = cal.meta
     if args.json:
@@ -287,13 +315,17 @@ def cmd_monitor(args: argparse.Namespace) -> int:
             return EXIT_OK
     except RunInterrupted as err:
         where = f"; records of the finished batches: {err.written}" if err.written else ""
+        if args.json:
+            print(_json(_partial_summary(err)), flush=True)
         print(f"relmon monitor: {err}{where}", file=sys.stderr)
         return err.exit_code
     except EmptyWindowError as err:
         if not args.empty_ok:
             return _job_failure("monitor", err, args.json)
         _print(err.summary, args.json)
-        print(f"relmon monitor: {err} (--empty-ok: exit 0)", file=sys.stderr)
+        from relmon.names import escape_text
+
+        print(f"relmon monitor: {escape_text(str(err))} (--empty-ok: exit 0)", file=sys.stderr)
         return EXIT_OK
     except (JobError, *_input_errors(), OSError) as err:
         return _job_failure("monitor", err, args.json)
@@ -323,14 +355,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
     except ServeError as err:
-        print(f"relmon serve: error: {err}", file=sys.stderr)
+        _error("serve", err)
         return EXIT_OUTPUT
     except _input_errors() as err:
-        print(f"relmon serve: error: {err}", file=sys.stderr)
+        _error("serve", err)
         return EXIT_INPUT
     except OSError as err:  # an output that cannot be written (after the inputs were read)
-        print(f"relmon serve: error: {err}; fix: make the output location writable, or choose another",
-              file=sys.stderr)
+        _error("serve", err, "; fix: make the output location writable, or choose another")
         return EXIT_OUTPUT
     if args.json:
         print(json.dumps({"runs": result.runs, "failures": result.failures, "empty": result.empty,
