@@ -58,7 +58,8 @@ from relmon.analysis import make_estimator
 from relmon.config import MonitorConfig
 from relmon.data.shifts import SHIFTS as ALL_SHIFTS
 from relmon.data.streams import TensorStream
-from relmon.jobs.common import sample_images, score_stream
+from relmon.jobs.inputs import sample_images
+from relmon.jobs.scoring import score_stream
 from relmon.models import checkpoint_series, get_preprocessing, load_embedded
 
 warnings.filterwarnings("ignore")

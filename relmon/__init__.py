@@ -15,6 +15,7 @@ __version__ = "0.2.0"
 
 # public name -> module that defines it
 _LAZY = {
+    "audit": "relmon.api",
     "calibrate": "relmon.api",
     "monitor": "relmon.api",
     "Calibration": "relmon.jobs.calibration",
@@ -68,7 +69,7 @@ sys.modules[__name__].__class__ = _Package
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs
-    from relmon.api import calibrate, monitor  # noqa: F401
+    from relmon.api import audit, calibrate, monitor  # noqa: F401
     from relmon.config import MonitorConfig, load_config  # noqa: F401
     from relmon.explain import (  # noqa: F401
         UnsupportedModelError,

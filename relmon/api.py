@@ -152,4 +152,66 @@ def monitor(
     return job.compute()
 
 
-__all__ = ["calibrate", "monitor"]
+def _audit_images(data, cfg: MonitorConfig):
+    """``(images, labels or None, classes, source)`` for the audit: a class-folder tree or manifest
+    (labelled), a flat folder of images (unlabelled), an ``(images, labels)`` tuple or an images tensor."""
+    from pathlib import Path
+
+    from relmon.audit import AuditError
+    from relmon.data.labelled import IMAGE_EXTENSIONS, _decode, _stack
+
+    if isinstance(data, (str, os.PathLike)) and str(data) != "sample":
+        path = Path(data)
+        if path.is_dir() and not any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir()):
+            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not files:
+                raise AuditError(
+                    f"no images found in {str(path)!r} (extensions {', '.join(IMAGE_EXTENSIONS)}); fix: point the "
+                    "audit at a folder of images, a class-folder tree or a CSV/Parquet manifest"
+                )
+            ids = [p.name for p in files]
+            images = [_decode(p.read_bytes(), cfg.channels, cfg.image_size, str(p)) for p in files]
+            return _stack(images, ids), None, cfg.classes, {"kind": "images", "path": str(path.resolve())}
+    if isinstance(data, tuple) and len(data) == 2 and data[1] is None:
+        return data[0], None, cfg.classes, {"kind": "tensors"}
+    if not isinstance(data, (str, os.PathLike, tuple)) and not hasattr(data, "labels"):
+        return data, None, cfg.classes, {"kind": "tensors"}
+    lab = _labelled(data, cfg)
+    return lab.images, lab.labels, lab.classes or cfg.classes, lab.source
+
+
+def audit(
+    model,
+    data,
+    *,
+    config: MonitorConfig | str | os.PathLike | Mapping | None = None,
+    out: str | os.PathLike | None = None,
+    **options: Any,
+):
+    """Audit ``model`` for Clever-Hans shortcuts on ``data``: returns an :class:`~relmon.audit.AuditResult`.
+
+    ``data`` is a class-folder tree or CSV/Parquet manifest (labelled), a flat folder of images
+    (unlabelled), an ``(images, labels)`` tuple, an images tensor ``(N, C, H, W)`` in [0, 1], or
+    ``"sample"``. The heatmap method is the config's first ``methods`` entry and the grid its
+    ``region``; ``options`` are config fields (``classes``, ``region``, ...) or audit options of
+    :func:`relmon.audit.run_audit` (``min_excess``, ``min_lift``, ``max_clusters``, ...). ``out``
+    also writes the HTML page there. ``result.suspect_regions`` goes into the monitoring config.
+    """
+    import inspect
+
+    from relmon.audit import run_audit, write_audit_html
+
+    audit_keys = set(inspect.signature(run_audit).parameters) - {"model", "images", "labels", "classes"}
+    audit_opts = {k: options.pop(k) for k in list(options) if k in audit_keys - {"method", "region", "batch_size", "seed"}}
+    cfg, prep = _config(config, dict(options))
+    m = _prepare_model(model, cfg, prep)
+    images, labels, classes, source = _audit_images(data, cfg)
+    result = run_audit(m, images, labels, classes=classes, method=cfg.methods[0], region=cfg.region,
+                       batch_size=cfg.batch_size, seed=cfg.seed, **audit_opts)
+    result.settings["data"] = source
+    if out is not None:
+        write_audit_html(out, result)
+    return result
+
+
+__all__ = ["audit", "calibrate", "monitor"]

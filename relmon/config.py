@@ -80,13 +80,18 @@ class MonitorConfig:
     image_size: int | None = setting(None, "int+?", "resize folder images to this square side")
     size_policy: str = setting(
         "resize", "str",
-        "without image_size, folder images of another size than the first: 'resize' or 'skip' (skipped ones "
-        "are counted as size_mismatch)",
+        "without image_size, folder images of another size than the model's input size (the calibration's "
+        "input_size, or the model's declared size): 'resize' or 'skip' (skipped ones are counted as size_mismatch)",
     )
     max_pixels: int = setting(
         50_000_000, "int+",
         "folder images with more pixels (width x height, read from the header before decoding) are skipped "
         "and counted as too_large",
+    )
+    max_file_bytes: int = setting(
+        64 * 2**20, "int+",
+        "folder input files larger than this many bytes are not read (counted as read_error); FIFOs, devices "
+        "and other non-regular files are never opened",
     )
     stream: str = setting("default", "str", "stream name: the 'stream' label and the window id prefix")
     window: str | None = setting(
@@ -122,13 +127,14 @@ class MonitorConfig:
         "share of the scored samples whose random-order baseline is evaluated (1: all; less is cheaper, its "
         "error is in benchmarks/RESULTS.md)",
     )
-    threads: int | None = setting(None, "int+?", "CPU threads of the job's forwards (null: torch's default)")
+    threads: int | None = setting(None, "int+?", "CPU threads of the job's forwards (null: torch's default)",
+                                  maximum=1024)
     runner: str = setting(
         "plain", "runner",
         "scoring loop: plain (one process, no Lightning import: fastest start-up) or lightning "
         "(pl.Trainer.predict with RelevanceMonitor); both give the same records",
     )
-    # scale out (issue 20): Lightning DDP in one job, or shard jobs merged by 'relmon merge'
+    # scale out: Lightning DDP in one job, or shard jobs merged by 'relmon merge'
     devices: int = setting(
         1, "int+",
         "devices (processes) per node that score one window together (Lightning DDP; needs runner: lightning); "
@@ -295,6 +301,12 @@ class MonitorConfig:
                 "images of another size to the first image's size, 'skip' skips and counts them (size_mismatch)"
             )
         self._check_scale_out()
+        if self.pushgateway:
+            from relmon.urls import push_url_problem
+
+            problem = push_url_problem(self.pushgateway)
+            if problem is not None:
+                raise ConfigError(f"config field 'pushgateway': {problem}")
         # reliability (B)
         if self.only_new and _is_sample(self.input):
             raise ConfigError(
@@ -350,20 +362,21 @@ class MonitorConfig:
             )
 
     def resolve_steps(self, height: int, width: int) -> int:
-        """The number of perturbation steps ``L`` on ``height x width`` images: ``steps`` as given, or
-        with ``fraction`` :func:`relmon.perturbation.resolve_steps` (``round(fraction x regions)``, at
-        least 1; ``fraction = 0.16`` with region 4 on 28x28 gives 8); neither set means fraction 0.16."""
-        if self.fraction is None and self.steps is not None:
-            return int(self.steps)
+        """The number of perturbation steps ``L`` on ``height x width`` images, by the one rule of
+        :func:`relmon.perturbation.resolve_steps`: ``steps`` as given (at most the number of regions), or
+        ``round(fraction x regions)``, at least 1 (``fraction = 0.16`` with region 4 on 28x28 gives 8);
+        neither set means fraction 0.16."""
         from relmon.perturbation import resolve_steps
 
         self._check_steps_or_fraction()  # also for a config built without validated()
         try:
             return resolve_steps(int(height), int(width), self.region, self.steps, self.fraction)
         except ValueError as err:
+            given = f"steps={self.steps}" if self.fraction is None else f"fraction={self.fraction}"
             raise ConfigError(
-                f"cannot resolve the perturbation steps from fraction={self.fraction} on {height}x{width} "
-                f"images with region {self.region}: {err}; fix: choose a region at most the image side, or give steps"
+                f"cannot resolve the perturbation steps from {given} on {height}x{width} "
+                f"images with region {self.region}: {err}; fix: choose a region at most the image side, or give "
+                f"{'fewer steps or fraction' if self.fraction is None else 'steps'}"
             ) from None
 
     @property

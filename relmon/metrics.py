@@ -20,6 +20,7 @@ from torchmetrics import Metric
 from relmon import complexity
 from relmon.constants import AOPC_RELATIVE_BUCKETS
 from relmon.perturbation import HeatmapEvaluation, PerturbationResult
+from relmon.sums import add_finite, mean_ci
 
 
 def _field(source, name: str) -> torch.Tensor:
@@ -53,14 +54,33 @@ class _FiniteMean(Metric):
         self.add_state("nan_count", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
 
     def _add(self, values: torch.Tensor) -> None:
-        values = values.detach().to(device=self.total.device, dtype=torch.float64).flatten()
-        finite = torch.isfinite(values)
-        self.total += torch.where(finite, values, torch.zeros_like(values)).sum()
-        self.count += finite.sum()
-        self.nan_count += (~finite).sum()
+        add_finite(self, values)
 
     def compute(self) -> torch.Tensor:
         return self.total / self.count
+
+
+class MeanCI(_FiniteMean):
+    """Mean of per-sample values with a 95 % confidence interval, from sum / sum of squares / count.
+
+    All states are summed across processes, so the value after a DDP sync equals that of one
+    process fed all samples. Non-finite values are counted in ``nan_count`` and left out.
+    ``compute()`` returns a dict: ``mean``, ``ci_low``, ``ci_high`` (Student's t, ``n - 1`` degrees of
+    freedom; normal quantile without scipy), ``std`` (sample), ``n``, ``nan_count``
+    (:func:`relmon.sums.mean_ci`; :class:`relmon.sums.FiniteSums` is the same on one process).
+    """
+
+    def __init__(self, confidence: float = 0.95, **kwargs):
+        super().__init__(**kwargs)
+        self.confidence = confidence
+        self.add_state("total_sq", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, values) -> None:
+        add_finite(self, values)
+
+    def compute(self) -> dict[str, float]:
+        return mean_ci(float(self.total), float(self.total_sq), int(self.count), int(self.nan_count),
+                       self.confidence)
 
 
 class AOPC(_FiniteMean):
@@ -218,9 +238,7 @@ class AOPCHistogram(Metric):
         # right=False: index i with bounds[i-1] < v <= bounds[i], i.e. Prometheus' "le".
         index = torch.bucketize(torch.where(finite, values, torch.zeros_like(values)), bounds)
         self.bucket_counts += torch.bincount(index[finite], minlength=len(self.buckets) + 1)
-        self.total += torch.where(finite, values, torch.zeros_like(values)).sum()
-        self.count += finite.sum()
-        self.nan_count += (~finite).sum()
+        add_finite(self, values)
 
     def compute(self) -> dict[str, torch.Tensor]:
         return {
@@ -238,6 +256,7 @@ __all__ = [
     "AOPC_RELATIVE_BUCKETS",
     "AOPCHistogram",
     "AOPCMinusRandom",
+    "MeanCI",
     "CompressedSize",
     "HeatmapEntropy",
     "HeatmapGini",

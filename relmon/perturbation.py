@@ -160,12 +160,6 @@ class HeatmapEvaluation:
             return None
         return (lerf.curves - morf.curves).mean(dim=1)
 
-    def as_dict(self) -> dict[str, torch.Tensor | None]:
-        return {
-            "aopc": self.aopc, "aopc_rel": self.aopc_rel, "aopc_random": self.aopc_random,
-            "aopc_minus_random": self.aopc_minus_random, "aopc_lerf": self.aopc_lerf, "abpc": self.abpc,
-        }
-
 
 # --------------------------------------------------------------------------------------------------
 # validation
@@ -255,19 +249,27 @@ def steps_for_fraction(height: int, width: int, region: int, fraction: float) ->
 
 def resolve_steps(height: int, width: int, region: int, steps: int | None = None,
                   fraction: float | None = None) -> int:
-    """``L`` from ``steps`` and/or ``fraction`` (see :func:`region_perturbation`): ``fraction`` alone
-    gives :func:`steps_for_fraction`, ``steps`` alone is used as given (capped at the number of regions),
+    """``L`` from ``steps`` and/or ``fraction``: the one rule of every runner (job, monitor, callback).
+
+    ``fraction`` alone gives :func:`steps_for_fraction`; ``steps`` alone is used as given and must not
+    exceed the :func:`num_regions` of the image (a ValueError naming the fix, never silently capped);
     neither means ``fraction = DEFAULT_FRACTION``; both must agree or a ValueError names the conflict."""
     if steps is not None:
         steps = _as_int(steps, "steps (L)", "an int >= 1")
         if steps < 1:
             raise ValueError(f"steps (L) must be an int >= 1, got {steps!r}")
+        n_regions = num_regions(height, width, region)
+        if steps > n_regions:
+            raise ValueError(
+                f"steps={steps} exceeds the {n_regions} regions of a {height}x{width} image at region={region}; "
+                f"choose steps <= {n_regions}, a smaller region, or fraction= (the share of the regions perturbed)"
+            )
     if fraction is None:
         if steps is not None:
-            return min(steps, num_regions(height, width, region))
+            return steps
         fraction = DEFAULT_FRACTION
     from_fraction = steps_for_fraction(height, width, region, fraction)
-    if steps is not None and min(steps, num_regions(height, width, region)) != from_fraction:
+    if steps is not None and steps != from_fraction:
         raise ValueError(
             f"steps={steps} and fraction={fraction} disagree: fraction={fraction} of the "
             f"{num_regions(height, width, region)} regions of {region}x{region} pixels on a {height}x{width} "
@@ -663,8 +665,8 @@ def region_perturbation(
         Side of the square regions in pixels; the last row/column of the grid is smaller when H or W
         is not a multiple.
     steps, fraction:
-        ``L``, the number of perturbation steps, given directly (``steps``, an int >= 1, capped at the
-        number of regions) or as the share of the image's regions perturbed (``fraction`` in (0, 1]:
+        ``L``, the number of perturbation steps, given directly (``steps``, an int >= 1, at most the
+        number of regions: :func:`resolve_steps`) or as the share of the image's regions perturbed (``fraction`` in (0, 1]:
         ``L = round(fraction * num_regions)``, see :func:`steps_for_fraction`). Neither given: the
         paper's protocol, ``fraction = DEFAULT_FRACTION = 0.16`` (the paper perturbs about 16 % of the
         image); ``fraction=1.0`` perturbs the whole image. Both given: they must give the same ``L``.
@@ -699,7 +701,7 @@ def region_perturbation(
         ``model.to(memory_format=torch.channels_last)``; relmon does not modify the model).
     clean_logits:
         Optional ``(B, classes)`` scores ``f(x)`` already computed (e.g. the logits of the explanation
-        pass, :attr:`relmon.explain.ExplainResult.logits`): step 0 is then taken from them instead of
+        pass, :attr:`relmon.explain.Explanation.logits`): step 0 is then taken from them instead of
         being evaluated again, and ``target=None`` means their argmax.
 
     Scheduling: the ``(sample, step)`` items are packed into forwards of exactly the chunk size

@@ -84,6 +84,7 @@ class Preprocessing:
         return (x - mean) / std
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`normalize`: model inputs back to raw images (used by :mod:`relmon.location`)."""
         c = x.shape[1]
         mean = self._per_channel(self.mean, c, "mean").to(x.device, x.dtype).view(1, c, 1, 1)
         std = self._per_channel(self.std, c, "std").to(x.device, x.dtype).view(1, c, 1, 1)

@@ -1,4 +1,4 @@
-"""The per-sample record schema (DESIGN §2a), declared once: one row per (sample, method).
+"""The per-sample record schema, declared once: one row per (sample, method).
 
 Columns (:data:`RECORD_COLUMNS`, typed by :data:`RECORD_SCHEMA`):
 
@@ -279,9 +279,36 @@ def run_file_name(run_id: str, run_time: float, suffix: str = ".parquet") -> str
     return f"{stamp}_{run_id}{suffix}"
 
 
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush ``path``'s data to the disk (``fsync``)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Flush ``folder``'s entries (a rename or a new file in it) to the disk; a file system that cannot
+    fsync a folder (some network ones) is left as it is."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # EINVAL: this file system does not sync folders
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str | os.PathLike, write) -> Path:
     """Call ``write(tmp_path)`` on a uniquely named temporary file beside ``path``, then ``os.replace`` it
-    onto ``path``; the temporary file is removed when ``write`` fails. Parent folders are created."""
+    onto ``path``; the temporary file is removed when ``write`` fails. Parent folders are created.
+
+    Durable: the temporary file is fsynced before the rename and the folder after it, so after a power
+    loss ``path`` holds the old content or the new one, never an empty or partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
@@ -289,7 +316,9 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         write(tmp)
+        fsync_file(tmp)  # the data is on disk before the name points at it
         os.replace(tmp, path)  # readers never see a half-written file
+        fsync_dir(path.parent)  # the rename itself survives a crash
     except BaseException:
         try:
             os.unlink(tmp)
@@ -308,12 +337,6 @@ def _umask() -> int:
     except (OSError, ValueError):
         pass
     return 0o022
-
-
-def is_temporary(path: str | os.PathLike) -> bool:
-    """True for the temporary files of :func:`atomic_write` (``.<name>.<random>.tmp``)."""
-    name = Path(path).name
-    return name.startswith(".") and name.endswith(TMP_SUFFIX)
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, older_than: float = 3600.0) -> list[Path]:
@@ -387,7 +410,6 @@ __all__ = [
     "atomic_write",
     "class_probabilities",
     "confidence_signals",
-    "is_temporary",
     "new_run_id",
     "remove_stale_temporaries",
     "run_file_name",

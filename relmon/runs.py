@@ -1,7 +1,6 @@
 """Runs split in parts (DDP ranks or shard jobs), their merge, and the per-window summary file.
 
-A run that is split writes one records **part** per rank or shard into a run folder (DESIGN §2a
-"Runs")::
+A run that is split writes one records **part** per rank or shard into a run folder::
 
     <records>/<stream>/<run>/part-<k>.parquet      k = 0 .. parts-1
     <records>/<stream>/<run>/summary.json          the window's summary (rank 0 or `relmon merge`)

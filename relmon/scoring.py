@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import math
 import sys
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -37,7 +38,7 @@ import torch
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from relmon.complexity import heatmap_complexity
+from relmon.complexity import entropy_bits, heatmap_complexity
 from relmon.explain import canonical_method, explain_full, to_heatmap
 from relmon.identity import model_info
 from relmon.perturbation import (
@@ -54,9 +55,8 @@ from relmon.records import (
     empty_records,
     make_records_of_parts,
 )
+from relmon.sums import Count, FiniteSums, mean_ci, t_quantile  # noqa: F401  (re-exported)
 
-# Two-sided 95 % quantile of the normal distribution (the CI uses Student's t where scipy exists).
-_Z95 = 1.959963984540054
 #: Share of the image perturbed by the early part of each curve (``aopc_early``).
 EARLY_FRACTION = 0.16
 
@@ -170,34 +170,6 @@ def early_aopc(result, k: int) -> torch.Tensor:
     return (result.score0.to(torch.float64)[:, None] - curves).mean(dim=1)
 
 
-def t_quantile(confidence: float, dof: int) -> float:
-    """Two-sided Student's t quantile for ``confidence``: ``scipy.stats.t.ppf(0.5 + confidence / 2, dof)``,
-    computed by ``scipy.special.stdtrit`` (the same function; imported here, it costs the job ~9 MiB
-    where ``scipy.stats`` costs ~57 MiB); the normal quantile without scipy."""
-    try:
-        from scipy.special import stdtrit
-    except ImportError:  # pragma: no cover
-        return _Z95
-    return float(stdtrit(dof, 0.5 + confidence / 2.0))
-
-
-def mean_ci(total: float, total_sq: float, n: int, nan_count: int = 0, confidence: float = 0.95) -> dict[str, float]:
-    """Mean, sample std and the ``confidence`` CI of the mean (Student's t, ``n - 1`` dof) from sums.
-
-    Returns ``mean``, ``ci_low``, ``ci_high``, ``std``, ``n``, ``nan_count`` (NaN where undefined).
-    """
-    n = int(n)
-    mean = total / n if n else math.nan
-    if n > 1:
-        var = max(0.0, (total_sq - n * mean * mean) / (n - 1))
-        std = math.sqrt(var)
-        half = t_quantile(confidence, n - 1) * std / math.sqrt(n)
-    else:
-        std = half = math.nan
-    return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "std": std, "n": n,
-            "nan_count": int(nan_count)}
-
-
 def _take(value, index: list[int]):
     """``value`` (a per-sample list/tensor, or a scalar shared by all samples) at ``index``."""
     if isinstance(value, torch.Tensor):
@@ -213,35 +185,6 @@ def _take(value, index: list[int]):
 # the plain window aggregates
 
 
-class FiniteSums:
-    """float64 sum / sum of squares / count of the finite values fed to :meth:`update` (NaN/inf counted
-    apart): the same arithmetic as the torchmetrics states of :class:`relmon.lightning.MeanCI`."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.total = torch.zeros((), dtype=torch.float64)
-        self.total_sq = torch.zeros((), dtype=torch.float64)
-        self.count = torch.zeros((), dtype=torch.int64)
-        self.nan_count = torch.zeros((), dtype=torch.int64)
-
-    def update(self, values) -> None:
-        values = torch.as_tensor(values).detach().to(device=self.total.device, dtype=torch.float64).flatten()
-        finite = torch.isfinite(values)
-        v = torch.where(finite, values, torch.zeros_like(values))
-        self.total += v.sum()
-        self.total_sq += (v * v).sum()
-        self.count += finite.sum()
-        self.nan_count += (~finite).sum()
-
-    def mean(self) -> float:
-        return float(self.total / self.count)  # NaN without a finite value, as torchmetrics' 0/0
-
-    def mean_ci(self, confidence: float = 0.95) -> dict[str, float]:
-        return mean_ci(float(self.total), float(self.total_sq), int(self.count), int(self.nan_count), confidence)
-
-
 def summary_entry(aopc: dict[str, float], aopc_rel: float, minus_random: float | None = None,
                   entropy_bits: float | None = None) -> dict[str, float]:
     """One method's entry of a window summary (see :meth:`WindowAccumulator.summary`)."""
@@ -254,31 +197,44 @@ def summary_entry(aopc: dict[str, float], aopc_rel: float, minus_random: float |
 
 
 class WindowAccumulator:
-    """A window's aggregates on one process: the sink :meth:`BatchScorer.score_batch` feeds.
+    """A window's aggregates: the sink :meth:`BatchScorer.score_batch` feeds.
 
-    :meth:`summary` returns the dict of :meth:`relmon.lightning.RelevanceMonitor.window_summary`.
+    ``sums`` makes one aggregate (``update(values)``, ``compute()`` → :func:`mean_ci`'s dict,
+    ``reset()``) and ``counter`` one input count (``update(n)``, ``compute()``, ``reset()``). The
+    defaults, :class:`~relmon.sums.FiniteSums` and :class:`~relmon.sums.Count`, hold one process's
+    window (the job's Lightning-free runner); :class:`relmon.lightning.RelevanceMonitor` and
+    :class:`relmon.lightning.HeatmapQualityCallback` pass :class:`relmon.metrics.MeanCI` and
+    torchmetrics' ``SumMetric``, whose states are summed across DDP ranks by ``compute()``.
     """
 
-    def __init__(self, methods: Sequence[str]):
+    INPUTS = ("seen", "bad", "padding_skipped")
+
+    def __init__(self, methods: Sequence[str], sums=FiniteSums, counter=Count):
         self.methods = tuple(methods)
         every = (*self.methods, RANDOM_METHOD)
-        self.aopc = {m: FiniteSums() for m in every}
-        self.aopc_rel = {m: FiniteSums() for m in every}
-        self.minus_random = {m: FiniteSums() for m in self.methods}
-        self.entropy = {m: FiniteSums() for m in self.methods}
-        self.seen = self.bad = self.padding_skipped = 0
+        self.aopc = {m: sums() for m in every}
+        self.aopc_rel = {m: sums() for m in every}
+        self.minus_random = {m: sums() for m in self.methods}
+        self.entropy = {m: sums() for m in self.methods}
+        self.inputs = {k: counter() for k in self.INPUTS}
+
+    def aggregates(self) -> list:
+        """Every aggregate and counter (to register torchmetrics states as submodules, move them, reset)."""
+        out = list(self.inputs.values())
+        for group in (self.aopc, self.aopc_rel, self.minus_random, self.entropy):
+            out.extend(group.values())
+        return out
 
     def reset(self) -> None:
-        for group in (self.aopc, self.aopc_rel, self.minus_random, self.entropy):
-            for sums in group.values():
-                sums.reset()
-        self.seen = self.bad = self.padding_skipped = 0
+        with torch.inference_mode(False):  # metric states recreated inside it would be inference tensors
+            for item in self.aggregates():
+                item.reset()
 
     # the sink interface
     def add_inputs(self, seen: int | None = None, bad: int | None = None, padding_skipped: int | None = None) -> None:
-        self.seen += int(seen or 0)
-        self.bad += int(bad or 0)
-        self.padding_skipped += int(padding_skipped or 0)
+        for name, value in (("seen", seen), ("bad", bad), ("padding_skipped", padding_skipped)):
+            if value is not None:
+                self.inputs[name].update(float(value))
 
     def add_method(self, method: str, aopc, aopc_rel, entropy_bits=None) -> None:
         self.aopc[method].update(aopc)
@@ -293,15 +249,19 @@ class WindowAccumulator:
         """Per method: ``aopc`` (mean), ``aopc_ci_low``/``aopc_ci_high`` (95 % CI of the mean),
         ``aopc_std``, ``n``, ``aopc_rel``, ``aopc_minus_random``, ``entropy_bits`` (means); the
         ``random`` entry holds the random order's AOPC. Plus ``"_inputs"``: ``seen`` (non-padding good
-        inputs), ``bad``, ``padding_skipped``."""
+        inputs), ``bad``, ``padding_skipped``. With torchmetrics aggregates every DDP rank must call it
+        (``compute()`` syncs collectively)."""
         out: dict[str, dict[str, float]] = {}
-        for method in (*self.methods, RANDOM_METHOD):
-            if method == RANDOM_METHOD:
-                out[method] = summary_entry(self.aopc[method].mean_ci(), self.aopc_rel[method].mean())
-            else:
-                out[method] = summary_entry(self.aopc[method].mean_ci(), self.aopc_rel[method].mean(),
-                                            self.minus_random[method].mean(), self.entropy[method].mean())
-        out["_inputs"] = {"seen": int(self.seen), "bad": int(self.bad), "padding_skipped": int(self.padding_skipped)}
+        with warnings.catch_warnings(), torch.inference_mode(False):
+            warnings.filterwarnings("ignore", message=".*compute.*before.*update.*")
+            for method in (*self.methods, RANDOM_METHOD):
+                stats, rel = self.aopc[method].compute(), self.aopc_rel[method].compute()["mean"]
+                if method == RANDOM_METHOD:
+                    out[method] = summary_entry(stats, rel)
+                else:
+                    out[method] = summary_entry(stats, rel, self.minus_random[method].compute()["mean"],
+                                                self.entropy[method].compute()["mean"])
+            out["_inputs"] = {k: int(round(float(self.inputs[k].compute()))) for k in self.INPUTS}
         return out
 
 
@@ -310,8 +270,62 @@ class WindowAccumulator:
 
 
 class BatchScorer:
-    """Select and score the batches of a stream; parameters as :class:`relmon.lightning.RelevanceMonitor`
-    (which validates its arguments here)."""
+    """Select and score the batches of a stream.
+
+    Parameters
+    ----------
+    model:
+        The classifier (with its declared input space, see :func:`relmon.attach_preprocessing`).
+    methods:
+        Heatmap methods (ids of :func:`relmon.available_methods`; bare ``lrp`` = default composite).
+        ``random`` is not a method here: every scored sample (or the ``random_fraction`` subset) gets
+        the random region order's AOPC with the same target and noise image, evaluated once per sample
+        (the order and the noise depend only on ``(seed, sample_id)``, not on the method).
+    region, steps, perturbation, score, step_stride, max_batch_bytes:
+        Passed to :func:`relmon.perturbation.region_perturbation` (``step_stride`` ``s`` evaluates
+        steps ``0, s, 2s, ..., L`` and interpolates the rest: about ``1/s`` of the forwards).
+    sample_rate:
+        A sample is monitored iff ``selection_hash(seed, sample_id) < sample_rate``: deterministic, the
+        same on every rank and rerun.
+    max_samples:
+        Cap of monitored samples per window. On one process: the first ``max_samples`` selected
+        samples of each window, in stream order. Under DDP each rank caps at
+        ``ceil(max_samples / world_size)`` of its own share (an approximation: the total is at most
+        ``max_samples`` but may be less when the ranks' shares of a window differ).
+    seed:
+        Seeds the selection and, per sample id, the perturbation noise and random order.
+    lerf:
+        Also run the LeRF order (fills ``aopc_lerf`` and ``abpc``).
+    keep_heatmaps:
+        Attach the heatmaps to each returned frame: ``frame.attrs["heatmaps"]`` = ``{method: (B, H, W)
+        CPU tensor}`` in the order of ``frame.attrs["heatmap_ids"]`` (the batch's selected sample ids);
+        :class:`~relmon.lightning.RecordWriter` saves them next to the records.
+    explain_options:
+        ``{method: {option: value}}`` passed to :func:`relmon.explain_full`.
+    random_fraction:
+        Share of the monitored samples that also get the random-order baseline (a ``random`` row),
+        chosen by :func:`random_subset_hash` (seeded, the same on every rank and rerun). 1.0 (default)
+        runs it on every sample; below 1 the baseline costs that share of its forwards, and a
+        window's ``aopc_minus_random`` is the mean of the paired differences over the subset, so its
+        sampling error is that of the subset's size (measured in ``benchmarks/RESULTS.md``: the
+        unpaired difference of the window's and the subset's means is 2.8x worse).
+    threads:
+        ``torch.set_num_threads(threads)`` while a batch is scored (restored afterwards); None leaves
+        torch's setting alone.
+    bounds:
+        ``(low, high)`` input range tensors for the perturbation (``None``: the model's declared one).
+    records:
+        False: feed the sink only (the entropy is the one complexity measure computed) and return an
+        empty records frame (still carrying the heatmaps with ``keep_heatmaps``): the training callback.
+
+    The clean scores ``f(x^(0))`` are taken from the first explanation pass's logits, so no order
+    evaluates the clean input again.
+    """
+
+    #: The settings a :class:`relmon.lightning.RelevanceMonitor` exposes as read-only attributes.
+    SETTINGS = ("methods", "region", "steps", "perturbation", "score", "sample_rate", "max_samples", "seed", "lerf",
+                "keep_heatmaps", "max_batch_bytes", "explain_options", "step_stride", "random_fraction", "threads",
+                "model_name", "model_version")
 
     def __init__(
         self,
@@ -331,6 +345,8 @@ class BatchScorer:
         step_stride: int = 1,
         random_fraction: float = 1.0,
         threads: int | None = None,
+        bounds: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
+        records: bool = True,
     ):
         if isinstance(methods, str):
             methods = (methods,)
@@ -372,8 +388,10 @@ class BatchScorer:
         self.step_stride = step_stride
         self.random_fraction = float(random_fraction)
         self.threads = threads
-        info = model_info(model)
-        self.model_name, self.model_version = str(info.name), str(info.version)
+        self.bounds = (None, None) if bounds is None else tuple(bounds)
+        self.records = bool(records)
+        info = model_info(model) if self.records else None  # the records' columns (hashes the weights)
+        self.model_name, self.model_version = (str(info.name), str(info.version)) if info else ("", "")
         self.window_counts: Counter[str] = Counter()
         self.positions: Counter[int] = Counter()
 
@@ -457,7 +475,7 @@ class BatchScorer:
     def _score_batch(self, x, sample_ids, window_ids, sink, labels) -> pd.DataFrame:
         opts = dict(perturbation=self.perturbation, score=self.score, region=self.region, steps=self.steps,
                     seed=self.seed, sample_ids=list(sample_ids), max_batch_bytes=self.max_batch_bytes,
-                    step_stride=self.step_stride)
+                    step_stride=self.step_stride, low=self.bounds[0], high=self.bounds[1])
         orders = ("morf", "lerf") if self.lerf else ("morf",)
         frames, heatmaps = [], {}
         target = None
@@ -472,7 +490,7 @@ class BatchScorer:
             heat = to_heatmap(expl.relevance, expl.method)
             first_heatmap = heat if first_heatmap is None else first_heatmap
             ev = evaluate_heatmaps(self.model, x, heat, orders=orders, target=target, clean_logits=logits, **opts)
-            comp = heatmap_complexity(heat)
+            comp = heatmap_complexity(heat) if self.records else {"entropy_bits": entropy_bits(heat)}
             sink.add_method(method, ev.aopc, ev.aopc_rel, comp["entropy_bits"])
             if self.keep_heatmaps:
                 heatmaps[method] = heat.detach().cpu()
@@ -495,6 +513,12 @@ class BatchScorer:
             for method, _, ev, _ in frames:  # paired on the samples that have the baseline
                 aopc = ev.aopc if full else _take(ev.aopc, subset)
                 sink.add_minus_random(method, aopc, rnd.aopc)
+        if not self.records:
+            frame = empty_records()
+            if self.keep_heatmaps:
+                frame.attrs["heatmaps"] = heatmaps
+                frame.attrs["heatmap_ids"] = list(sample_ids)
+            return frame
 
         common = dict(
             sample_id=list(sample_ids), window_id=list(window_ids), model=self.model_name,

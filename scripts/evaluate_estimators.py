@@ -1,4 +1,4 @@
-"""Independent evaluation of relmon's label-free accuracy estimators (issue 10).
+"""Independent evaluation of relmon's label-free accuracy estimators.
 
 Protocol (docs/estimators.md states the figures; DESIGN §4a):
 

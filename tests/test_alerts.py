@@ -50,8 +50,8 @@ def test_threshold_is_the_lower_bound_minus_the_margin():
 
 
 def test_severities_follow_the_rule():
-    t = accuracy_threshold(0.90, 600)  # 0.878 - ALERT_MARGIN (0.03)
-    assert 0.84 < t < 0.85
+    t = accuracy_threshold(0.90, 600)  # 0.878 - ALERT_MARGIN (0.05)
+    assert 0.82 < t < 0.83
     # estimate below the threshold with drift: warning; without drift: nothing
     assert [a["severity"] for a in accuracy_alerts(summary(est=0.80, upper=0.95))] == ["warning"]
     assert accuracy_alerts(summary(est=0.80, upper=0.95, drift=False)) == []
@@ -70,11 +70,11 @@ def test_severities_follow_the_rule():
 
 
 def test_the_reference_sampling_error_moves_the_threshold():
-    # 80 clean images at 0.925 (the demo's calibration): the threshold sits ~0.07 below the point value,
+    # 80 clean images at 0.925 (the demo's calibration): the threshold sits ~0.12 below the point value,
     # further than with 600 images at the same accuracy; a window estimated at 0.84 alerts only with 600
     small, large = accuracy_threshold(0.925, 80), accuracy_threshold(0.925, 600)
     assert small < large - 0.03
-    s = summary(est=0.83, upper=0.85, acc=0.925, drift=True)  # thresholds 0.827 and 0.875
+    s = summary(est=0.83, upper=0.85, acc=0.925, drift=True)  # thresholds 0.807 and 0.855
     assert accuracy_alerts({**s, "calibration_n": 80}) == []
     assert {a["severity"] for a in accuracy_alerts({**s, "calibration_n": 600})} == {"warning", "critical"}
 
@@ -124,7 +124,7 @@ def fast_calibration(tmp_path_factory):
     return str(out)
 
 
-# Seen with this calibration (threshold 0.763): clean fires nothing; occlusion/3 has its estimate (0.67)
+# Seen with this calibration (threshold 0.743): clean fires nothing; occlusion/3 has its estimate (0.67)
 # below the threshold but no drift alarm (nothing); jpeg/5 has its upper bound below it without drift
 # (critical only); rotation/5 both.
 WINDOWS = [("clean", None, 3), ("occlusion3", "occlusion", 3), ("jpeg5", "jpeg", 5), ("rotation5", "rotation", 5)]

@@ -1,4 +1,4 @@
-"""Analysis layer (issue 5): features, estimators, serialisation, correlation, drift, evaluation script."""
+"""Analysis layer: features, estimators, serialisation, correlation, drift, evaluation script."""
 
 import importlib.util
 import json
@@ -235,6 +235,7 @@ def test_correlation_table_and_grouped_bootstrap():
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_checkpoint_series_aopc_accuracy_spearman():
     """The paper's experiment on a subset: AOPC of LRP rises with accuracy across training checkpoints."""
     from relmon.data import load_sample, to_tensor
@@ -314,7 +315,7 @@ def test_evaluate_estimators_tiny(tmp_path):
     # the held-out protocol never scores a window of a shift type the refitted estimator saw
     held = preds[preds["protocol"] == "held_out_type"]
     assert set(held["group"]) >= {"gaussian_noise", "blur+gaussian_noise"}
-    # issue 18: the selection is nested — on a held-out group, `selected` is the estimate of the estimator
+    # the selection is nested — on a held-out group, `selected` is the estimate of the estimator
     # chosen WITHOUT that group, i.e. that estimator's own held-out row (refitted without the group)
     sel = held[held["estimator"] == "selected"]
     assert len(sel) and set(sel["group"]) == set(held["group"])
@@ -326,7 +327,7 @@ def test_evaluate_estimators_tiny(tmp_path):
             matched += 1
     assert matched > 0
     assert summary["nested"]["fmnist_cnn"] and set(summary["nested"]["fmnist_cnn"]) == set(sel["group"])
-    # issue 10 item 6: scored and selected with what 'relmon calibrate' ships
+    # scored and selected with what 'relmon calibrate' ships
     from relmon.config import MonitorConfig
 
     shipped = MonitorConfig()
@@ -342,7 +343,7 @@ def test_evaluate_estimators_tiny(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------
-# issue 10: methodology tests (each names the mutation it catches)
+# methodology tests (each names the mutation it catches)
 
 
 def shifted_windows(types, per_type, seed, n=150, bias_sd=0.08, prefix=""):
@@ -510,6 +511,7 @@ def _checkpoint_gap_rel(ckpt, x, heatmap_method: str) -> np.ndarray:
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_checkpoint_series_scale_free_relevance_signal():
     """Across training, LRP's most-relevant-first order beats the random order by a margin measured
     relative to the starting score (not in logits, whose scale grows with training). With the whole image
@@ -570,7 +572,7 @@ def test_monitor_records_early_aopc_of_the_first_16_percent():
 
 
 def test_format_1_files_still_load(tmp_path):
-    """Calibrations written before issue 10 (format 1: ATC's ``score`` parameter) keep working."""
+    """Calibrations of format 1 ( ATC's ``score`` parameter) keep working."""
     recs = synth_records(shifted_windows(["a", "b"], 2, seed=12), seed=12)
     data = ATC(conformal=False).fit(recs).to_dict()
     data["format_version"] = 1

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 from relmon.cli import main
@@ -20,6 +21,7 @@ def test_demo_writes_grid_and_summary(tmp_path, capsys):
     assert width > height > 100  # 3 rows, 4 columns
 
 
+@pytest.mark.slow
 def test_demo_runs_the_main_job_without_make(tmp_path, capsys):
     """`relmon demo` calibrates (once), monitors a shifted unlabelled window and prints its table."""
     cal = tmp_path / "cal"

@@ -18,7 +18,7 @@ import relmon
 from relmon.config import ConfigError, MonitorConfig, config_from_dict, load_config
 from relmon.data.labelled import LabelledDataError, read_labelled
 from relmon.jobs.calibrate_job import CalibrationDataWarning, plan_windows
-from relmon.jobs.common import load_job_model
+from relmon.jobs.model import load_job_model
 from relmon.models import load_lightning_checkpoint, load_model
 
 FACTORIES = '''

@@ -8,7 +8,7 @@ Lightning) is built on it. ``import relmon.perturbation`` must not load a datase
 
 from __future__ import annotations
 
-import ast
+import importlib.util
 import os
 import subprocess
 import sys
@@ -16,67 +16,13 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "relmon"
-
-CORE = ("relmon.explain", "relmon.perturbation", "relmon.complexity", "relmon.metrics", "relmon.scoring",
-        "relmon.preprocessing", "relmon.identity")
-EDGE = ("relmon.data", "relmon.models.loading", "relmon.jobs", "relmon.cli", "relmon.export", "relmon.report",
-        "relmon.lightning")
-
-
-def module_name(path: Path, root: Path) -> str:
-    parts = list(path.relative_to(root.parent).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
-
-
-def _within(name: str, prefixes) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in prefixes)
-
-
-def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
-    """``{module: modules of the package it imports}``, every ``import`` statement anywhere in the file
-    (module level, in functions, under ``TYPE_CHECKING`` excluded: those never run)."""
-    files = {module_name(p, root): p for p in root.rglob("*.py")}
-    graph: dict[str, set[str]] = {}
-    for name, path in files.items():
-        tree = ast.parse(path.read_text(), filename=str(path))
-        skip = set()
-        for node in ast.walk(tree):  # `if TYPE_CHECKING:` blocks are for the type checker only
-            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-                skip.update(id(n) for b in node.body for n in ast.walk(b))
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        targets: set[str] = set()
-        for node in ast.walk(tree):
-            if id(node) in skip:
-                continue
-            if isinstance(node, ast.Import):
-                found = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    base = ".".join(up + ([base] if base else []))
-                # `from relmon.x import y` imports relmon.x.y when y is a submodule, else relmon.x
-                found = [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names]
-            else:
-                continue
-            for target in found:
-                while target and target not in files:  # `import relmon.a.b` names a module we know
-                    target = target.rpartition(".")[0]
-                if target.startswith("relmon") and target != name:
-                    targets.add(target)
-        graph[name] = targets
-    # importing relmon.a.b runs relmon/__init__ and relmon/a/__init__ first
-    for name in list(graph):
-        for target in list(graph[name]):
-            parent = target.rpartition(".")[0]
-            while parent and parent != "relmon":
-                if parent in graph and parent != name and not name.startswith(parent + "."):
-                    graph[name].add(parent)
-                parent = parent.rpartition(".")[0]
-    return graph
+# The graph builder and the core/edge lists live in the script that draws docs/architecture.png.
+_spec = importlib.util.spec_from_file_location(
+    "architecture_graph", Path(__file__).resolve().parents[1] / "scripts" / "architecture_graph.py")
+_graph = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_graph)
+PACKAGE, CORE, EDGE = _graph.PACKAGE, _graph.CORE, _graph.EDGE
+import_graph, _within = _graph.import_graph, _graph.within
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:

@@ -1,4 +1,4 @@
-"""Conformal intervals of the accuracy estimators (issue 18): the split-conformal rank, τ², the window
+"""Conformal intervals of the accuracy estimators: the split-conformal rank, τ², the window
 variance inside the scores, and the held-out rows of the selection table, each against a hand
 computation. Each test names the mutation of the interval code it catches (all four were run)."""
 

@@ -30,7 +30,7 @@ def test_job_functions_do_not_shadow_submodules():
     assert callable(jobs.calibrate) and not isinstance(jobs.calibrate, ModuleType)
     # every submodule of relmon.jobs is reachable as an attribute of the package (no export shadows it)
     names = [info.name for info in pkgutil.iter_modules(jobs.__path__)]
-    assert {"calibrate_job", "serve_job", "monitor", "state"} <= set(names)
+    assert {"calibrate_job", "serve_job", "monitor", "only_new"} <= set(names)
     for name in names:
         module = importlib.import_module(f"relmon.jobs.{name}")
         assert getattr(jobs, name) is module, name
@@ -92,7 +92,7 @@ def counting_fs():
 
 def test_only_new_selection_uses_the_streams_storage_options_and_listing(counting_fs):
     from relmon.data.streams import ImageFolderStream
-    from relmon.jobs.state import SeenFiles
+    from relmon.jobs.only_new import SeenFiles
 
     fs = counting_fs(token="secret")
     for i in range(3):
@@ -282,7 +282,7 @@ def torch_zeros(*shape):
 
 def test_a_given_listing_of_a_file_is_still_refused_as_not_a_folder(tmp_path):
     from relmon.data.streams import ImageFolderStream
-    from relmon.jobs.state import find_files
+    from relmon.jobs.only_new import find_files
 
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "one.png")
     folder = ImageFolderStream(tmp_path, listing=find_files(str(tmp_path)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import subprocess
@@ -32,6 +33,7 @@ from relmon.lightning import (
     read_records,
     selection_hash,
 )
+from relmon.lightning.images import heatmap_strip
 from relmon.lightning.monitor import random_subset_hash
 from relmon.models import FASHION_MNIST_PREPROCESSING, MissingPreprocessingError, load_embedded
 from relmon.perturbation import region_perturbation
@@ -248,7 +250,7 @@ def test_callback_logs_functional_values_and_restores_model(tmp_path):
     assert callback.last_values == pytest.approx(expected, abs=1e-6)
 
 
-# -- the callback on ordinary LightningModules (issue: torchmetrics children, preprocessing, loggers) ---
+# -- the callback on ordinary LightningModules (torchmetrics children, preprocessing, loggers) -----------
 
 
 class _LitCNN(pl.LightningModule):
@@ -257,7 +259,7 @@ class _LitCNN(pl.LightningModule):
     def __init__(self, layout="layers", unsupported=False):
         super().__init__()
         torch.manual_seed(0)
-        act = torch.nn.GELU() if unsupported else torch.nn.ReLU()
+        act = torch.nn.Tanh() if unsupported else torch.nn.ReLU()
         features = torch.nn.Sequential(torch.nn.Conv2d(1, 6, 3, padding=1), torch.nn.BatchNorm2d(6), act,
                                        torch.nn.MaxPool2d(2))
         head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6 * 14 * 14, 10))
@@ -313,13 +315,13 @@ def _digits_loaders(n=48, size=28):
     return x, y, DataLoader(TensorDataset(x, y), batch_size=16)
 
 
-def _tensorboard_tags(log_dir: Path) -> set[str]:
-    """Scalar tags in TensorBoard event files, read from the TFRecord framing with the Event proto."""
+def _tensorboard_values(log_dir: Path) -> list:
+    """Summary values in TensorBoard event files, read from the TFRecord framing with the Event proto."""
     import struct
 
     from tensorboardX.proto import event_pb2
 
-    tags = set()
+    values = []
     for path in Path(log_dir).rglob("events.out.tfevents.*"):
         data = path.read_bytes()
         pos = 0
@@ -327,8 +329,32 @@ def _tensorboard_tags(log_dir: Path) -> set[str]:
             (length,) = struct.unpack("<Q", data[pos:pos + 8])
             event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
             pos += 12 + length + 4
-            tags.update(v.tag for v in event.summary.value)
-    return tags
+            values.extend(event.summary.value)
+    return values
+
+
+def _tensorboard_tags(log_dir: Path) -> set[str]:
+    """Scalar tags in TensorBoard event files."""
+    return {v.tag for v in _tensorboard_values(log_dir) if not v.HasField("image")}
+
+
+class _ImageLogger(pl.loggers.Logger):
+    """A user's own logger with ``log_image`` (the W&B / Neptune / MLflow signature): keeps what it gets."""
+
+    def __init__(self):
+        super().__init__()
+        self.images = []
+
+    name, version = "images", 0
+
+    def log_metrics(self, metrics, step=None):
+        pass
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+    def log_image(self, key, images, step=None, **kwargs):
+        self.images.append((key, images, step))
 
 
 @pytest.mark.parametrize("layout", ["layers", "net"])
@@ -337,14 +363,16 @@ def test_callback_on_lightning_module_with_torchmetrics_children(tmp_path, layou
 
     x, y, loader = _digits_loaders()
     module = _LitCNN(layout)
-    callback = HeatmapQualityCallback(max_samples=12, seed=1, preprocessing=FASHION_MNIST_PREPROCESSING)
-    loggers = [CSVLogger(tmp_path, name="csv"), TensorBoardLogger(tmp_path, name="tb")]
+    callback = HeatmapQualityCallback(max_samples=12, seed=1, preprocessing=FASHION_MNIST_PREPROCESSING,
+                                      log_images=3)
+    loggers = [CSVLogger(tmp_path, name="csv"), TensorBoardLogger(tmp_path, name="tb"), _ImageLogger()]
     trainer = _trainer(max_epochs=1, limit_train_batches=2, num_sanity_val_steps=0, enable_checkpointing=False,
                        logger=loggers, callbacks=[callback])
     trainer.fit(module, loader, loader)
 
     keys = set(callback.log_keys())
-    assert keys == {f"relmon/{w}/{DEFAULT_KEY}" for w in ("aopc", "aopc_minus_random", "entropy")} | {"relmon/n"}
+    assert keys == {f"relmon/{w}/{DEFAULT_KEY}" for w in ("aopc", "aopc_rel", "aopc_minus_random",
+                                                           "aopc_rel_minus_random", "entropy")} | {"relmon/n"}
     csv = pd.read_csv(Path(loggers[0].log_dir) / "metrics.csv")
     assert {c for c in csv.columns if c.startswith("relmon/")} == keys
     assert {t for t in _tensorboard_tags(loggers[1].log_dir) if t.startswith("relmon/")} == keys
@@ -363,6 +391,22 @@ def test_callback_on_lightning_module_with_torchmetrics_children(tmp_path, layou
     assert row[f"relmon/aopc/{DEFAULT_KEY}"] == pytest.approx(float(morf.aopc.double().mean()), abs=1e-4)
     assert row[f"relmon/aopc_minus_random/{DEFAULT_KEY}"] == pytest.approx(
         float((morf.aopc - rnd.aopc).double().mean()), abs=1e-4)
+    assert row[f"relmon/aopc_rel/{DEFAULT_KEY}"] == pytest.approx(float(morf.aopc_rel.double().mean()), abs=1e-5)
+    assert row[f"relmon/aopc_rel_minus_random/{DEFAULT_KEY}"] == pytest.approx(
+        float((morf.aopc_rel - rnd.aopc_rel).double().mean()), abs=1e-5)
+
+    # the first 3 heatmaps as one image, to the logger with log_image and to TensorBoard's add_image
+    from PIL import Image
+
+    expected = heatmap_strip(heat[:3])
+    assert expected.shape == (28, 3 * 28 + 2, 3)
+    (key, images, step), = loggers[2].images
+    assert key == f"relmon/heatmaps/{DEFAULT_KEY}" and step == trainer.global_step
+    assert np.abs(images[0].astype(int) - expected).max() <= 1
+    tb, = [v for v in _tensorboard_values(loggers[1].log_dir) if v.HasField("image")]
+    assert tb.tag == key
+    png = np.asarray(Image.open(io.BytesIO(tb.image.encoded_image_string)).convert("RGB"))
+    assert np.abs(png.astype(int) - expected).max() <= 1
 
 
 def test_callback_reads_preprocessing_from_module_and_names_what_it_accepts(tmp_path):
@@ -395,7 +439,7 @@ def test_callback_refuses_unsupported_model_and_bad_geometry_before_training():
     prep = dict(preprocessing=FASHION_MNIST_PREPROCESSING)
 
     module = _LitCNN("layers", unsupported=True)
-    with pytest.raises(relmon.UnsupportedModelError, match=r"GELU") as err:
+    with pytest.raises(relmon.UnsupportedModelError, match=r"Tanh") as err:
         _trainer(callbacks=[HeatmapQualityCallback(**prep)], **fit).fit(module, loader, loader)
     assert "train_acc" not in str(err.value) and "loss_fn" not in str(err.value)
     assert module.train_steps == 0
@@ -586,3 +630,53 @@ def test_monitor_random_subset_may_miss_a_whole_batch(model):
     monitor = RelevanceMonitor(model, random_fraction=1e-9, region=7, steps=4)
     records = monitor.predict_step({"x": x, "sample_id": [f"s{i}" for i in range(4)]}, 0)
     assert set(records["method"]) == {"lrp:epsilon_plus_flat"} and len(records) == 4
+
+
+def test_heatmap_strip_colours_signed_relevance():
+    from relmon.lightning.images import heatmap_strip
+
+    heat = torch.zeros(2, 4, 5)
+    heat[0, 0, 0], heat[0, 1, 1], heat[1, 2, 3] = 2.0, -2.0, -0.5
+    image = heatmap_strip(heat, gap=1)
+    assert image.shape == (4, 11, 3) and image.dtype == np.uint8
+    assert tuple(image[0, 0]) == (255, 0, 0)  # the largest positive value: red
+    assert tuple(image[1, 1]) == (0, 0, 255)  # its negative: blue
+    assert tuple(image[2, 6 + 3]) == (0, 0, 255)  # each heatmap scaled by its own largest |value|
+    assert image[3, 2].min() >= 250  # zero: white
+    assert (image[:, 5] == 255).all()  # the gap
+    with pytest.raises(ValueError, match=r"non-empty \(B, H, W\)"):
+        heatmap_strip(torch.zeros(4, 5))
+
+
+def test_callback_scores_the_random_order_once_per_sample_not_per_method():
+    """Two methods: each is explained and perturbed once, the random order (which depends only on the seed
+    and the sample id) runs once for both; the logged gaps pair each method with that one baseline."""
+    _, _, loader = _digits_loaders(n=16)
+    module = _LitCNN("net")
+    sizes = []
+    handle = module.net.register_forward_hook(lambda _m, inputs, _o: sizes.append(inputs[0].shape[0]))
+    methods = ("lrp:epsilon_0_01", "sensitivity")
+    callback = HeatmapQualityCallback(methods=methods, max_samples=8, step_stride=4, seed=3,
+                                      preprocessing=FASHION_MNIST_PREPROCESSING, **SETTINGS)
+    try:
+        _trainer(callbacks=[callback], logger=False).validate(module, loader, verbose=False)
+    finally:
+        handle.remove()
+    # validation steps (16 items), one explanation pass per method (8), then MoRF per method and one
+    # random order, steps 4, 8, 12, 16 each (8 x 4); probe forwards of one item aside
+    assert sorted(s for s in sizes if s != 1) == sorted([16, 8, 8, 8 * 4, 8 * 4, 8 * 4])
+    plain = relmon.attach_preprocessing(module.net.eval(), FASHION_MNIST_PREPROCESSING)
+    x = torch.cat([b[0] for b in loader])[:8]
+    kw = dict(step_stride=4, seed=3, sample_ids=list(range(8)), **SETTINGS)
+    target = relmon.explain_full(plain, x, methods[0]).target
+    rnd = None
+    for method in methods:
+        expl = relmon.explain_full(plain, x, method, target=target)
+        heat = relmon.to_heatmap(expl.relevance, expl.method)
+        morf = region_perturbation(plain, x, heat, order="morf", target=target, **kw)
+        rnd = rnd or region_perturbation(plain, x, heat, order="random", target=target, **kw)
+        key = method.replace(":", "_")
+        assert callback.last_values[f"relmon/aopc_minus_random/{key}"] == pytest.approx(
+            float((morf.aopc - rnd.aopc).double().mean()), abs=1e-4)
+        assert callback.last_values[f"relmon/aopc_rel_minus_random/{key}"] == pytest.approx(
+            float((morf.aopc_rel - rnd.aopc_rel).double().mean()), abs=1e-5)

@@ -130,3 +130,15 @@ def test_load_lightning_checkpoint(tmp_path):
     r = relmon.explain(loaded, x, "lrp:epsilon_gamma_box")
     assert r.shape == x.shape
     assert json.dumps(model_info(loaded).__dict__)
+
+
+def test_weights_hash_of_a_model_with_batchnorm_counters():
+    """A BatchNorm's ``num_batches_tracked`` is a 0-dim int64 tensor: hashed like any other value."""
+    from relmon.identity import weights_hash
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    before = weights_hash(model)
+    assert len(before) == 12 and weights_hash(model) == before
+    model[1].num_batches_tracked += 1  # only the 0-dim counter changes
+    assert weights_hash(model) != before

@@ -245,12 +245,16 @@ def test_rank_map_drives_cumulative_perturbation():
     assert perturb(x, ranks, noise, 1)[0, 0, 2:, 2:].sum() == 0
 
 
-def test_steps_capped_and_subsampling():
+def test_steps_at_most_the_regions_and_subsampling():
     model = tiny_cnn()
     g = torch.Generator().manual_seed(6)
     x, heat = torch.randn(3, 1, 16, 16, generator=g), torch.randn(3, 16, 16, generator=g)
-    capped = region_perturbation(model, x, heat, region=8, steps=100)
-    assert capped.curves.shape == (3, 5) and capped.num_steps == 4
+    # one rule for every runner (resolve_steps): more steps than regions is an error, never capped
+    with pytest.raises(ValueError, match=r"steps=100 exceeds the 4 regions of a 16x16 image at region=8; "
+                                         r"choose steps <= 4"):
+        region_perturbation(model, x, heat, region=8, steps=100)
+    every = region_perturbation(model, x, heat, region=8, steps=4)
+    assert every.curves.shape == (3, 5) and every.num_steps == 4
     full = region_perturbation(model, x, heat, region=2, steps=20)
     same = region_perturbation(model, x, heat, region=2, steps=20, step_stride=1)
     torch.testing.assert_close(full.curves, same.curves, rtol=0, atol=0)

@@ -1,4 +1,4 @@
-"""Reliability: nothing lost, no silent wrong numbers, bounded and stoppable (issue 12, issue 9.4).
+"""Reliability: nothing lost, no silent wrong numbers, bounded and stoppable.
 
 Real processes (two concurrent ``relmon monitor``; SIGTERM sent to a scoring one), a real trickling
 socket server on 127.0.0.1, real files; no mocks of the code under test.
@@ -660,8 +660,8 @@ def test_stale_textfile_temporaries_of_killed_writes_are_removed(tmp_path):
 
 
 def test_waiting_for_the_lock_is_bounded_and_stoppable(tmp_path):
+    from relmon.jobs.only_new import StateError, folder_lock
     from relmon.jobs.signals import RunInterrupted, run_deadline
-    from relmon.jobs.state import StateError, folder_lock
 
     with folder_lock(tmp_path):
         with pytest.raises(StateError, match=r"another relmon run holds .*\.relmon\.lock"):
@@ -791,7 +791,7 @@ def test_folder_lock_says_when_it_had_to_wait(tmp_path):
     """serve hands its listing to the run; a run that waited for another's lock lists again (on_wait)."""
     import fcntl
 
-    from relmon.jobs.state import LOCK_FILE, folder_lock
+    from relmon.jobs.only_new import LOCK_FILE, folder_lock
 
     calls = []
     with folder_lock(tmp_path, on_wait=lambda: calls.append("waited")):

@@ -1,4 +1,4 @@
-"""Scaling out (issue 20): one window over DDP ranks or shard jobs gives one device's results.
+"""Scaling out: one window over DDP ranks or shard jobs gives one device's results.
 
 Unit level: the shard split, the lazy listing and the selection before decoding, the window summary
 computed from records (what rank 0 and ``relmon merge`` do) against the one-process accumulator, and

@@ -1,4 +1,4 @@
-"""The job's start-up path (issue 14.3): the Lightning-free runner gives the Lightning runner's records
+"""The job's start-up path: the Lightning-free runner gives the Lightning runner's records
 and summaries, the job's imports leave Lightning, torchmetrics and torchvision out, zennit loads without
 its package ``__init__`` and still works in full for a user; the review fixes (one fraction → L rounding,
 one default L, one definition of the exit codes). benchmarks/bench_startup.py measures the time.
@@ -22,7 +22,9 @@ import torch
 from conftest import write_sample_pngs
 
 from relmon.config import ConfigError, MonitorConfig, config_from_dict
-from relmon.jobs.common import build_stream, load_job_model, score_stream
+from relmon.jobs.inputs import build_stream
+from relmon.jobs.model import load_job_model
+from relmon.jobs.scoring import score_stream
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,7 +150,9 @@ from relmon.explain import explain
 from relmon.explain.lrp import composite_for
 from relmon.models import list_embedded, load_embedded
 from relmon.config import MonitorConfig
-from relmon.jobs.common import build_stream, load_job_model, score_stream
+from relmon.jobs.inputs import build_stream
+from relmon.jobs.model import load_job_model
+from relmon.jobs.scoring import score_stream
 for name in list_embedded():
     model = load_embedded(name)
     x = torch.rand(2, 1, 28, 28)
@@ -164,6 +168,7 @@ print("LOADED:" + ",".join(m for m in ("pytorch_lightning", "lightning", "torchm
     assert _run(code) == "LOADED:"
 
 
+@pytest.mark.slow
 def test_streams_module_imports_no_lightning_and_its_datamodule_still_works():
     code = """
 import sys, pickle
@@ -180,6 +185,7 @@ print("BEFORE:" + str(before))
     assert _run(code) == "BEFORE:False"
 
 
+@pytest.mark.slow
 def test_zennit_without_its_init_still_works_in_full_for_a_user():
     """relmon loads zennit's submodules without its ``__init__`` (no torchvision); afterwards a user's
     ``import zennit`` still reaches every submodule, by attribute and by ``from`` import, and LRP gives
@@ -246,8 +252,9 @@ def test_default_steps_are_the_jobs_and_the_papers_share():
 
     cfg = MonitorConfig()
     assert DEFAULT_STEPS == cfg.steps == steps_for_fraction(28, 28, cfg.region, DEFAULT_FRACTION) == 8
-    for cls in (RelevanceMonitor, BatchScorer):
-        assert inspect.signature(cls).parameters["steps"].default == DEFAULT_STEPS
+    assert inspect.signature(BatchScorer).parameters["steps"].default == DEFAULT_STEPS
+    # the monitor's settings are its scorer's (declared once, in BatchScorer)
+    assert RelevanceMonitor(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))).steps == DEFAULT_STEPS
 
 
 def test_exit_codes_are_defined_once():

@@ -505,7 +505,7 @@ def test_bad_files_print_nothing_on_stderr(tmp_path):
 def test_job_config_passes_the_stream_limits(tmp_path):
     """The job's config declares max_pixels and size_policy, and the folder stream it builds uses them."""
     from relmon.config import ConfigError, config_from_dict, load_config
-    from relmon.jobs.common import build_stream
+    from relmon.jobs.inputs import build_stream
     from relmon.models import load_embedded
 
     example = load_config(os.path.join(os.path.dirname(__file__), "..", "deploy", "relmon.example.yaml"))

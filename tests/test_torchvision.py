@@ -5,7 +5,7 @@ import torch
 import torchvision.models as tvm
 
 import relmon
-from relmon.explain import UnsupportedModelError, conservation, explain_full
+from relmon.explain import conservation, explain_full
 
 pytestmark = pytest.mark.slow
 
@@ -27,15 +27,13 @@ def test_vgg_and_resnet_give_finite_conserved_heatmaps(factory):
         assert torch.equal(v, params[k]), k
 
 
-@pytest.mark.parametrize(
-    ("factory", "culprit"),
-    [(tvm.mobilenet_v3_small, "Hardswish"), (tvm.densenet121, "BatchNorm not preceded")],
-)
-def test_unsupported_families_name_the_layer(factory, culprit):
+@pytest.mark.parametrize("factory", [tvm.mobilenet_v3_small, tvm.densenet121])
+def test_families_refused_before_now_explain(factory):
+    # MobileNetV3 (Hardswish, squeeze-excitation) and DenseNet (BatchNorms after concatenations) have rules now
     model = factory(weights=None).eval()
-    with torch.no_grad():  # trained statistics: an untrained BatchNorm is the identity, harmless
+    with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.5, 0.5)
-    with pytest.raises(UnsupportedModelError, match=culprit):
-        relmon.explain(model, torch.randn(1, 3, 64, 64), "lrp")
+    r = relmon.explain(model, torch.randn(1, 3, 64, 64), "lrp")
+    assert torch.isfinite(r).all() and r.abs().sum() > 0

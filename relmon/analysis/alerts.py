@@ -32,7 +32,7 @@ from typing import Any
 
 #: Accuracy points below the clean reference's lower bound at which the alert threshold sits. Chosen on
 #: the validation windows of scripts/evaluate_alerts.py (docs/alerts.md, "Choice on validation").
-ALERT_MARGIN = 0.03
+ALERT_MARGIN = 0.05
 #: One-sided confidence of the lower bound of the calibration's clean accuracy.
 REFERENCE_CONFIDENCE = 0.95
 #: A clean reference whose one-sided sampling error (accuracy - lower bound) exceeds this many accuracy

@@ -1,6 +1,6 @@
 """Correlation of window features with accuracy: Pearson and Spearman with bootstrap CIs, and plots.
 
-Two experiments (issue 5):
+Two experiments:
 
 - across windows (e.g. shifted windows): :func:`correlation_table` resamples windows;
 - across a few groups with a known accuracy each (the checkpoint series, the paper's experiment):

@@ -119,6 +119,15 @@ class EstimatorMismatchError(ValueError):
     """An estimator (or its file) is used for another model, kind or feature set than it was made for."""
 
 
+def _require_columns(estimator, frame: pd.DataFrame, what: str, suffix: str, more: str = "") -> None:
+    """An EstimatorMismatchError naming the fitted columns ``frame`` lacks (none lacking: nothing)."""
+    missing = [c for c in estimator.columns_ if c not in frame.columns]
+    if missing:
+        raise EstimatorMismatchError(
+            f"feature set {estimator.feature_set!r} (method {estimator.method_!r}) needs {what} "
+            f"{missing[:4]}{more if len(missing) > 4 else ''}, absent from these records{suffix}")
+
+
 def shift_type(window_id: str) -> str:
     """The shift type of a window: the part of its id before the first ``/`` (``clean``, ``blur`` …)."""
     return str(window_id).split("/", 1)[0]
@@ -972,11 +981,7 @@ class CorrectnessEstimator(_WindowEstimator):
         return list(self.columns_)
 
     def _matrix(self, s: pd.DataFrame) -> np.ndarray:
-        missing = [c for c in self.columns_ if c not in s.columns]
-        if missing:
-            raise EstimatorMismatchError(
-                f"feature set {self.feature_set!r} (method {self.method_!r}) needs per-sample features "
-                f"{missing[:4]}, absent from these records; fix: score with method {self.method_!r}")
+        _require_columns(self, s, "per-sample features", f"; fix: score with method {self.method_!r}")
         return s[self.columns_].to_numpy(dtype=float)
 
     def _fit(self, records):
@@ -1062,12 +1067,8 @@ class RelevanceEstimator(_WindowEstimator):
         return list(self.columns_)
 
     def _matrix(self, feats: pd.DataFrame) -> np.ndarray:
-        missing = [c for c in self.columns_ if c not in feats.columns]
-        if missing:
-            raise EstimatorMismatchError(
-                f"feature set {self.feature_set!r} (method {self.method_!r}) needs window features "
-                f"{missing[:4]}{'...' if len(missing) > 4 else ''}, absent from these records "
-                f"(their heatmap methods: {heatmap_methods_from_features(feats)})")
+        _require_columns(self, feats, "window features",
+                         f" (their heatmap methods: {heatmap_methods_from_features(feats)})", more="...")
         x = feats[self.columns_].to_numpy(dtype=float)
         # A window where a feature is undefined everywhere (e.g. aopc_rel NaN) falls back to the mean.
         return np.where(np.isfinite(x), x, np.asarray(self.mean_)[None, :])

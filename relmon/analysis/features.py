@@ -1,4 +1,4 @@
-"""Window features (DESIGN §2a): group-bys of the per-sample records, one row per ``window_id``.
+"""Window features: group-bys of the per-sample records, one row per ``window_id``.
 
 Column names:
 

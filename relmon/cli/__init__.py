@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from relmon.cli.audit import add_commands as add_audit_commands
 from relmon.cli.jobs import add_commands
 from relmon.cli.report import add_commands as add_report_commands
-from relmon.exitcodes import EXIT_CODES_HELP, EXIT_INPUT, EXIT_OK, EXIT_USAGE
+from relmon.exitcodes import EXIT_CODES_HELP, EXIT_INPUT, EXIT_USAGE
 from relmon.extras import MissingExtraError
 
 
@@ -22,11 +23,9 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _methods(args: argparse.Namespace) -> int:
-    import relmon
+    from relmon.cli.methods import run
 
-    for m in relmon.available_methods():
-        print(m)
-    return EXIT_OK
+    return run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_run_demo)
 
-    methods = sub.add_parser("methods", help="list the heatmap method ids")
+    methods = sub.add_parser("methods", help="list the heatmap method ids; --check MODEL: LRP support of a model")
+    from relmon.cli.methods import add_arguments as add_methods_arguments
+
+    add_methods_arguments(methods)
     methods.set_defaults(func=_methods)
     add_commands(sub)  # calibrate, monitor, serve
     from relmon.cli.jobs import _common
@@ -76,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_merge_command(sub, _common, EXIT_CODES_HELP)  # merge (relmon/cli/merge.py)
     add_report_commands(sub)  # report, trend (relmon/cli/report.py)
+    add_audit_commands(sub)  # audit (relmon/cli/audit.py)
     return parser
 
 

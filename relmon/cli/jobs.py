@@ -159,8 +159,37 @@ def _job_output():
 
 
 def _setup() -> None:
-    logging.basicConfig(level=logging.INFO, format="relmon: %(levelname)s %(message)s", stream=sys.stderr)
+    from relmon.names import EscapingFormatter, escape_text
+
+    handler = logging.StreamHandler(sys.stderr)
+    # control characters in a message (a file name holding a newline) are escaped: no forged log line
+    handler.setFormatter(EscapingFormatter("relmon: %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     warnings.filterwarnings("ignore", message=".*treespec.*")
+    if not getattr(warnings.formatwarning, "_relmon_escaped", False):
+        plain = warnings.formatwarning
+
+        def formatwarning(message, category, filename, lineno, line=None):
+            return plain(escape_text(str(message)), category, filename, lineno, line)
+
+        formatwarning._relmon_escaped = True
+        warnings.formatwarning = formatwarning
+
+
+def _error(command: str, err: BaseException, suffix: str = "") -> None:
+    """``relmon COMMAND: error: ...`` on stderr, control characters escaped (one line per error)."""
+    from relmon.names import escape_text
+
+    print(f"relmon {command}: error: {escape_text(str(err))}{suffix}", file=sys.stderr)
+
+
+def _partial_summary(err) -> dict:
+    """What a run stopped by a signal (exit 5) or its deadline (exit 7) got done: printed with --json."""
+    records = err.records
+    scored = int(records["sample_id"].nunique()) if records is not None and len(records) else 0
+    windows = sorted(records["window_id"].unique().tolist()) if records is not None and len(records) else []
+    return {"status": "timeout" if err.reason == "timeout" else "interrupted", "exit_code": err.exit_code,
+            **error_object(err.exit_code, err), "scored": scored, "window_ids": windows, "outputs": {"records": err.written}}
 
 
 @contextlib.contextmanager
@@ -178,6 +207,39 @@ def _bulk_imports():
         gc.freeze()
         if enabled:
             gc.enable()
+
+
+def _job_failure(command: str, err: Exception, as_json: bool) -> int:
+    """Print a failed job's summary (where it has one) and error, as ``relmon monitor`` and ``relmon merge``
+    do; the exit code: empty window, job (output) error, bad input, or an output that cannot be written."""
+    from relmon.data.file_listing import EmptyFolderError
+    from relmon.jobs.errors import EmptyWindowError, JobError
+
+    fix = ""
+    if isinstance(err, (EmptyWindowError, JobError)):
+        code = EXIT_EMPTY if isinstance(err, EmptyWindowError) else EXIT_OUTPUT
+        _print(err.summary, as_json, error=error_object(code, err))  # --json: the summary and the error
+    else:
+        if isinstance(err, EmptyFolderError):  # no image at all under the input folder: an empty window
+            code = EXIT_EMPTY
+        elif isinstance(err, _input_errors()):
+            code = EXIT_INPUT
+        else:  # an OSError after the inputs were read: the output cannot be written
+            code, fix = EXIT_OUTPUT, "; fix: " + _WRITABLE_FIX
+        if as_json:
+            print(_json(error_object(code, err, fix[len("; fix: "):] or None)), flush=True)
+    _error(command, err, fix)
+    return code
+
+
+_WRITABLE_FIX = "make the output location writable, or choose another"
+
+
+def error_object(code: int, err, fix: str | None = None) -> dict:
+    """``{"error": {"code", "message", "fix"}}`` for ``--json`` (issue 21): the message's ``; fix: ...``
+    tail (or ``fix``) becomes ``fix`` (null when the message names none)."""
+    message, _, tail = str(err).partition("; fix: ")
+    return {"error": {"code": int(code), "message": message, "fix": fix or tail or None}}
 
 
 def _input_errors():
@@ -201,35 +263,11 @@ def _json(obj, indent: int | None = 2) -> str:
 
 
 def _print(summary, as_json: bool, file=None, error: dict | None = None) -> None:
+    """The summary (``--json``: as JSON, with the ``error`` object of a failed run added)."""
     if as_json:
-        d = summary.to_dict()
-        if error is not None:
-            d.update(error)
-        print(_json(d), file=file or sys.stdout, flush=True)
+        print(_json({**summary.to_dict(), **(error or {})}), file=file or sys.stdout, flush=True)
     else:
         print(summary.table(), file=file or sys.stdout, flush=True)
-
-
-_WRITABLE_FIX = "make the output location writable, or choose another"
-
-
-def error_object(code: int, err, fix: str | None = None) -> dict:
-    """``{"error": {"code", "message", "fix"}}`` for ``--json``: the message's ``; fix: ...`` tail (or
-    ``fix``) becomes ``fix``."""
-    message, _, tail = str(err).partition("; fix: ")
-    return {"error": {"code": int(code), "message": message, "fix": fix or tail or None}}
-
-
-def _fail(command: str, code: int, err, as_json: bool, fix: str | None = None, summary=None) -> int:
-    """Report a failure: the message on stderr, and with ``--json`` the error object on stdout (added to the
-    summary when there is one). Returns ``code``."""
-    obj = error_object(code, err, fix)
-    if summary is not None:
-        _print(summary, as_json, error=obj)
-    elif as_json:
-        print(_json(obj), flush=True)
-    print(f"relmon {command}: error: {err}" + (f"; fix: {fix}" if fix else ""), file=sys.stderr)
-    return code
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -251,10 +289,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
         if env_rank() != 0:  # a DDP rank Lightning launched: rank 0 writes and prints the calibration
             return EXIT_OK
-    except _input_errors() as err:
-        return _fail("calibrate", EXIT_INPUT, err, args.json)
-    except OSError as err:  # an output that cannot be written (after the inputs were read)
-        return _fail("calibrate", EXIT_OUTPUT, err, args.json, fix=_WRITABLE_FIX)
+    except (*_input_errors(), OSError) as err:
+        return _job_failure("calibrate", err, args.json)
     meta = cal.meta
     if args.json:
         print(_json(meta))
@@ -297,28 +333,28 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     except RunInterrupted as err:
         where = f"; records of the finished batches: {err.written}" if err.written else ""
         if args.json:
-            print(_json(error_object(err.exit_code, f"{err}{where}")), flush=True)
+            print(_json(_partial_summary(err)), flush=True)
         print(f"relmon monitor: {err}{where}", file=sys.stderr)
         return err.exit_code
     except EmptyWindowError as err:
-        if args.empty_ok:
-            _print(err.summary, args.json)
-            print(f"relmon monitor: {err} (--empty-ok: exit 0)", file=sys.stderr)
-            return EXIT_OK
-        return _fail("monitor", EXIT_EMPTY, err, args.json, summary=err.summary)
-    except EmptyFolderError as err:  # no image at all under the input folder: an empty window too
-        if args.empty_ok:
-            if args.json:
-                print(_json({"scored": 0, "status": f"empty window: {err}"}), flush=True)
-            print(f"relmon monitor: {err} (--empty-ok: exit 0)", file=sys.stderr)
-            return EXIT_OK
-        return _fail("monitor", EXIT_EMPTY, err, args.json)
-    except JobError as err:
-        return _fail("monitor", EXIT_OUTPUT, err, args.json, summary=err.summary)
-    except _input_errors() as err:
-        return _fail("monitor", EXIT_INPUT, err, args.json)
-    except OSError as err:  # an output that cannot be written (after the inputs were read)
-        return _fail("monitor", EXIT_OUTPUT, err, args.json, fix=_WRITABLE_FIX)
+        if not args.empty_ok:
+            return _job_failure("monitor", err, args.json)
+        _print(err.summary, args.json)
+        from relmon.names import escape_text
+
+        print(f"relmon monitor: {escape_text(str(err))} (--empty-ok: exit 0)", file=sys.stderr)
+        return EXIT_OK
+    except EmptyFolderError as err:  # no image under the input folder: an empty window (exit 6)
+        if not args.empty_ok:
+            return _job_failure("monitor", err, args.json)
+        from relmon.names import escape_text
+
+        if args.json:
+            print(_json({"scored": 0, "status": f"empty window: {err}"}), flush=True)
+        print(f"relmon monitor: {escape_text(str(err))} (--empty-ok: exit 0)", file=sys.stderr)
+        return EXIT_OK
+    except (JobError, *_input_errors(), OSError) as err:
+        return _job_failure("monitor", err, args.json)
     _print(summary, args.json)
     return EXIT_OK
 
@@ -345,11 +381,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
     except ServeError as err:
-        return _fail("serve", EXIT_OUTPUT, err, args.json)
-    except _input_errors() as err:
-        return _fail("serve", EXIT_INPUT, err, args.json)
-    except OSError as err:  # an output that cannot be written (after the inputs were read)
-        return _fail("serve", EXIT_OUTPUT, err, args.json, fix=_WRITABLE_FIX)
+        if args.json:
+            print(_json(error_object(EXIT_OUTPUT, err)), flush=True)
+        _error("serve", err)
+        return EXIT_OUTPUT
+    except (*_input_errors(), OSError) as err:
+        return _job_failure("serve", err, args.json)
     if args.json:
         print(json.dumps({"runs": result.runs, "failures": result.failures, "empty": result.empty,
                           "interrupted": result.interrupted}))

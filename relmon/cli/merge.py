@@ -34,9 +34,9 @@ def add_merge_command(subparsers, common, epilog: str) -> None:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from relmon.cli.jobs import _WRITABLE_FIX, _fail, _input_errors, _print, _setup
+    from relmon.cli.jobs import _input_errors, _job_failure, _print, _setup
     from relmon.config import config_from_args
-    from relmon.exitcodes import EXIT_EMPTY, EXIT_INPUT, EXIT_OK, EXIT_OUTPUT
+    from relmon.exitcodes import EXIT_OK
 
     _setup()
     try:
@@ -45,13 +45,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
         cfg = config_from_args(args)
         summary = run_merge(cfg, args.run, wait_seconds=args.wait_seconds)
-    except EmptyWindowError as err:
-        return _fail("merge", EXIT_EMPTY, err, args.json, summary=err.summary)
-    except JobError as err:
-        return _fail("merge", EXIT_OUTPUT, err, args.json, summary=err.summary)
-    except _input_errors() as err:
-        return _fail("merge", EXIT_INPUT, err, args.json)
-    except OSError as err:
-        return _fail("merge", EXIT_OUTPUT, err, args.json, fix=_WRITABLE_FIX)
+    except (EmptyWindowError, JobError, *_input_errors(), OSError) as err:
+        return _job_failure("merge", err, args.json)
     _print(summary, args.json)
     return EXIT_OK

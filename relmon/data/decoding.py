@@ -96,9 +96,14 @@ def _open_image(data: bytes, max_pixels: int | None):
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
-def _decode_pil(data: bytes, channels: int, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
-    """Encoded image bytes → uint8 (uint16 for 16-bit grey PNG) tensor ``(channels, H, W)`` via Pillow."""
-    with _open_image(data, max_pixels) as img:
+def _decode_pil(data: bytes, channels: int, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                target: tuple[int, int] | None = None) -> torch.Tensor:
+    """Encoded image bytes → uint8 (uint16 for 16-bit grey PNG) tensor ``(channels, H, W)`` via Pillow;
+    an image at least 4x larger than ``target`` (H, W) is first reduced to at least twice it
+    (:func:`~relmon.data.safe_read.shrink_for`), so a huge image never becomes a huge float tensor."""
+    from relmon.data import safe_read
+
+    with _open_image(data, max_pixels) as opened, safe_read.shrink_for(opened, target) as img:
         if img.mode in _SIXTEEN_BIT:  # 16-bit grey: keep the depth (Pillow's convert("L") would saturate)
             arr = np.clip(np.asarray(img), 0, 65535).astype(np.uint16)[None]
             if channels == 3:
@@ -109,13 +114,14 @@ def _decode_pil(data: bytes, channels: int, max_pixels: int | None = DEFAULT_MAX
     return torch.from_numpy(np.array(arr, dtype=np.uint8, copy=True))
 
 
-def _decode(data: bytes, channels: int, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+def _decode(data: bytes, channels: int, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+            target: tuple[int, int] | None = None) -> torch.Tensor:
     """Encoded image bytes → ``(channels, H, W)`` tensor; raises for bad bytes, never prints.
 
     Pillow decodes (torchvision's ``decode_image`` lets libpng print ``libpng error`` lines on the
     process's stderr for corrupt files); its header is checked against ``max_pixels`` first.
     """
-    return _decode_pil(data, channels, max_pixels)
+    return _decode_pil(data, channels, max_pixels, target)
 
 
 def _header_size(data: bytes, max_pixels: int | None) -> tuple[int, int]:

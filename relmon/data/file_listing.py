@@ -76,8 +76,9 @@ def _walk_local(root: str, extensions: tuple[str, ...], stat: bool, others: list
                     if entry.is_dir(follow_symlinks=False):
                         stack.append(entry.path)
                         continue
-                    if not entry.is_file():
-                        continue
+                    if not entry.is_file() and not (_has_ext(entry.name, extensions) and os.path.exists(entry.path)):
+                        continue  # a FIFO, device or socket named like an image is listed: the stream
+                        # refuses to read it and counts it as read_error (relmon.data.safe_read)
                     if not _has_ext(entry.name, extensions):
                         others[0] += 1
                         continue
@@ -143,7 +144,7 @@ def listing_from_find(root: str, found: dict[str, dict], extensions: Sequence[st
     rows = []
     while found:
         p, info = found.popitem()
-        if info.get("type", "file") == "file" and _has_ext(p, exts):
+        if info.get("type", "file") in ("file", "other") and _has_ext(p, exts):  # "other": counted as read_error
             rows.append((p, -1 if info.get("size") is None else int(info["size"]), mtime_of(info, p)))
     rows.sort()
     paths = [r[0] for r in rows]

@@ -74,13 +74,16 @@ def _decode(data: bytes, channels: int, image_size: int | None, where: str):
 
 
 def _read(path: str) -> bytes:
+    """The bytes of a manifest's image: regular files only, at most 64 MiB (a path to a FIFO or
+    ``/dev/zero`` is an error naming it, not a hang)."""
+    from relmon.data.safe_read import DEFAULT_MAX_FILE_BYTES, read_bounded, read_local
+
     if "://" in path:
         import fsspec
 
-        with fsspec.open(path, "rb") as f:
-            return f.read()
-    with open(path, "rb") as f:
-        return f.read()
+        fs, inner = fsspec.core.url_to_fs(path)
+        return read_bounded(fs, inner, DEFAULT_MAX_FILE_BYTES)
+    return read_local(path, DEFAULT_MAX_FILE_BYTES)
 
 
 def _stack(images: list, ids: list[str]):

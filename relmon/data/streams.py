@@ -28,7 +28,7 @@ size is resized to it (``size_policy="resize"``, the default; a :class:`ResizedI
 the first one) or skipped and counted as ``size_mismatch`` (``size_policy="skip"``). Either way
 every batch has one size and a window is never aborted by one odd image.
 
-Windows (DESIGN §2a): ``window_id`` is ``f"{stream}:{start}"``, where start is the first index of a
+Windows: ``window_id`` is ``f"{stream}:{start}"``, where start is the first index of a
 count window (``window_size=N``) or the UTC start time of a modification-time window
 (``window="mtime"``, ``window_seconds``). :func:`window_indices` / :func:`iter_windows` split a stream
 into its windows so a job can process one window at a time.
@@ -80,7 +80,9 @@ from relmon.data.decoding import (  # noqa: F401
     _to_unit_float,
     pixel_ceiling,
 )
+from relmon.data.safe_read import DEFAULT_MAX_FILE_BYTES
 from relmon.data.windows import _Windows, iter_windows, window_indices, window_subset  # noqa: F401
+from relmon.names import escape_name
 from relmon.preprocessing import Preprocessing
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -281,6 +283,9 @@ class ImageFolderStream(_Stream):
         size_policy: str = "resize",
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         listing: dict[str, dict] | None = None,
+        target_size: int | Sequence[int] | None = None,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        deadline: float | None = None,
     ):
         import fsspec
 
@@ -299,6 +304,8 @@ class ImageFolderStream(_Stream):
             )
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
+        if isinstance(max_file_bytes, bool) or not isinstance(max_file_bytes, int) or max_file_bytes < 1:
+            raise ValueError(f"max_file_bytes must be a positive int, got {max_file_bytes!r}")
         _check_channels(preprocessing, channels, f"ImageFolderStream(channels={channels})")
         if isinstance(extensions, str):
             extensions = (extensions,)
@@ -310,6 +317,9 @@ class ImageFolderStream(_Stream):
         self.transform = transform
         self.preprocessing = preprocessing
         self.image_size = _image_size(image_size)
+        self.target_size = _image_size(target_size)
+        self.max_file_bytes = max_file_bytes
+        self.deadline = deadline  # a time.monotonic() value: reads stop there (run_timeout_seconds)
         self.channels = channels
         self.extensions = exts
         self.size_policy = size_policy
@@ -357,7 +367,8 @@ class ImageFolderStream(_Stream):
                 _mtime(fs.info(p), p)
             self._mtimes = files.mtimes
         local = fsspec.utils.get_protocol(self.root) in ("file", "local")
-        self._ids = paths if local else [fs.unstrip_protocol(p) for p in paths]
+        # ids are printable UTF-8: a name that is not UTF-8 or holds control characters is escaped
+        self._ids = [escape_name(p) for p in (paths if local else [fs.unstrip_protocol(p) for p in paths])]
         self.errors: Counter[str] = Counter()  # reason → count, in this process only
         self.bad_files: dict[str, str] = {}  # sample_id → "reason: error", in this process only
         self.resized: dict[str, tuple[int, int]] = {}  # sample_id → original (H, W): the first MAX_RESIZED_IDS
@@ -404,50 +415,60 @@ class ImageFolderStream(_Stream):
         return self._ids[index]
 
     def reference_size(self) -> tuple[int, int] | None:
-        """``(H, W)`` the images are brought to: ``image_size``, else the stream's first readable header."""
+        """``(H, W)`` the images are brought to: ``image_size``, else ``target_size`` (the model's input
+        size), else the header of the stream's first readable file (read within ``max_file_bytes``)."""
         if self.image_size is not None:
             return self.image_size
+        if self.target_size is not None:
+            return self.target_size
         if self._reference is None:
             for i, path in enumerate(self._paths):
                 try:
-                    with self._fs.open(path, "rb") as f:
-                        data = f.read()
-                    size = _header_size(data, self.max_pixels)
-                except Exception:  # unreadable, corrupt or too large: not a reference
+                    size = _header_size(self._read(path), self.max_pixels)
+                except Exception:  # unreadable, special, corrupt or too large: not a reference
                     continue
-                self._reference = (self._ids[i], size)
+                self._reference = (f"the size of the stream's first image {self._ids[i]}", size)
                 break
             else:
                 return None
         return self._reference[1]
+
+    def _reference_name(self) -> str:
+        return "the model's input size" if self.target_size is not None else self._reference[0]
+
+    def _read(self, path: str) -> bytes:
+        """The file's bytes: regular files only, at most ``max_file_bytes``, stopped at ``deadline``."""
+        from relmon.data.safe_read import read_bounded
+
+        return read_bounded(self._fs, path, self.max_file_bytes, self.deadline)
 
     def __getitem__(self, index: int) -> dict[str, Any] | BadSample:
         index = int(index)
         if not 0 <= index < len(self._paths):
             raise IndexError(f"index {index} out of range for a stream of {len(self._paths)} images")
         try:
-            with self._fs.open(self._paths[index], "rb") as f:
-                data = f.read()
-        except Exception as exc:  # a vanished or unreadable file must not end the run
+            data = self._read(self._paths[index])
+        except Exception as exc:  # a vanished, unreadable or special file must not end the run
             return self._bad(index, READ_ERROR, exc)
+        target = self.reference_size()
         try:
-            img = _decode(data, self.channels, self.max_pixels)
+            size = _header_size(data, self.max_pixels)  # (H, W) from the header: nothing decoded yet
+            target = target or size
+            if size != target and self.image_size is None and self.size_policy == "skip":
+                return self._bad(index, SIZE_MISMATCH, ValueError(
+                    f"the image is {size[0]}x{size[1]}, the stream's reference size is {target[0]}x{target[1]} "
+                    f"({self._reference_name()}); pass image_size= or size_policy='resize' to resize"))
+            img = _decode(data, self.channels, self.max_pixels, target)
         except ImageTooLargeError as exc:
             return self._bad(index, TOO_LARGE, exc)
         except Exception as exc:  # Pillow raises OSError/ValueError/SyntaxError... for bad bytes
             return self._bad(index, DECODE_ERROR, exc)
         x = _to_unit_float(img)
-        size = tuple(x.shape[-2:])
-        target = self.reference_size() or size
-        if size != target:
-            if self.image_size is None and self.size_policy == "skip":
-                return self._bad(index, SIZE_MISMATCH, ValueError(
-                    f"the image is {size[0]}x{size[1]}, the stream's reference size is {target[0]}x{target[1]} "
-                    f"(that of {self._reference[0]}); pass image_size= or size_policy='resize' to resize"))
+        if tuple(x.shape[-2:]) != target:
             if self.image_size is None and not self.n_resized:
                 warnings.warn(
-                    f"{self._ids[index]} is {size[0]}x{size[1]}; resized to {target[0]}x{target[1]}, the size of "
-                    f"the stream's first image {self._reference[0]} (pass image_size= to choose the size, or "
+                    f"{self._ids[index]} is {size[0]}x{size[1]}; resized to {target[0]}x{target[1]}, "
+                    f"{self._reference_name()} (pass image_size= to choose the size, or "
                     "size_policy='skip' to skip such images); further resizes are counted in .n_resized",
                     ResizedInputWarning, stacklevel=2)
             self.n_resized += 1

@@ -14,7 +14,7 @@ from relmon.explain._zennit import zennit_module as _zennit_module
 
 PLAIN_METHODS = ("sensitivity", "deconvnet", "gradient_x_input", "random")
 _OPTIONS = {
-    "lrp": {"zero_bias", "canonizers", "strict", "low", "high", "gamma"},
+    "lrp": {"zero_bias", "canonizers", "strict", "low", "high", "gamma", "attention"},
     "sensitivity": set(),
     "deconvnet": {"canonizers"},
     "gradient_x_input": set(),
@@ -119,7 +119,7 @@ def explain_full(model: nn.Module, x: torch.Tensor, method: str = "lrp", target=
             zc = _zennit_module("composites")
 
             canonizers = options.get("canonizers")
-            canonizers = _lrp.default_canonizers(model) if canonizers is None else list(canonizers)
+            canonizers = _lrp.default_canonizers(model, lrp=False) if canonizers is None else list(canonizers)
             grad, logits, idx = _gradient(model, xg, target, False, zc.DeconvNet(canonizers=canonizers),
                                           strict=False, canonizers=canonizers)
             relevance = grad

@@ -27,6 +27,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from relmon.explain import lrp_rules
 from relmon.explain._zennit import zennit_module
 from relmon.preprocessing import eval_mode, input_bounds
 
@@ -81,7 +82,17 @@ COMPOSITES = {
 }
 
 
-def default_canonizers(model: nn.Module, example: torch.Tensor | None = None) -> list:
+def default_canonizers(model: nn.Module, example: torch.Tensor | None = None, lrp: bool = True) -> list:
+    """Canonizers for ``model`` (see :func:`_merging_canonizers`); for LRP (``lrp=True``) also the canonizer that
+    rewrites torchvision's transformer, ConvNeXt, EfficientNet and MobileNetV3 blocks for their rules
+    (:mod:`relmon.explain.lrp_rules`), where the model has such blocks."""
+    canonizers = _merging_canonizers(model, example)
+    if lrp and lrp_rules.handled_blocks(model):
+        canonizers.append(lrp_rules.blocks_canonizer())
+    return canonizers
+
+
+def _merging_canonizers(model: nn.Module, example: torch.Tensor | None = None) -> list:
     """Canonizers for ``model``: torchvision's VGG and ResNet get zennit's own; any other model gets its
     BatchNorms merged into the convolution or linear layer that feeds them.
 
@@ -304,7 +315,29 @@ def _probe(model: nn.Module, example: torch.Tensor) -> _ProbeResult:
     return result
 
 
-def _forward_problems(model: nn.Module, example: torch.Tensor | None = None) -> list[str]:
+def _is_shape(node, _seen=None) -> bool:
+    """Whether an fx node computes a size (from ``x.shape``, ``x.size()``, ``x.dim()``) rather than a tensor."""
+    if not isinstance(node, torch.fx.Node):
+        return True  # a Python constant
+    if node.op == "call_method" and node.target in ("size", "dim"):
+        return True
+    if node.op == "call_function" and node.target is getattr:
+        return len(node.args) > 1 and node.args[1] in ("shape", "ndim")
+    if node.op == "call_function" and node.target in (operator.getitem, operator.mul, operator.floordiv,
+                                                      operator.add, operator.sub, operator.truediv, operator.mod):
+        args = [a for a in node.args if isinstance(a, torch.fx.Node)]
+        return bool(args) and all(_is_shape(a) for a in args)
+    return False
+
+
+def _inside(node: torch.fx.Node, modules: set[str]) -> bool:
+    """Whether fx recorded ``node`` as computed inside one of the named modules."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return any(path in modules for path, _ in stack.values())
+
+
+def _forward_problems(model: nn.Module, example: torch.Tensor | None = None,
+                      handled: set[str] = frozenset()) -> list[str]:
     """Operations in forward() relevance cannot pass through: from the traced graph, or, where fx cannot
     trace forward(), from a hook probe on ``example`` (with a warning pointing at the caller)."""
     graph = _traced_graph(model)
@@ -335,9 +368,16 @@ def _forward_problems(model: nn.Module, example: torch.Tensor | None = None) -> 
             what, fix, two = _METHODS[node.target]
         else:
             continue
+        if handled and _inside(node, handled):
+            continue  # a block the LRP canonizer rewrites, or a layer with its own rule (relmon.explain.lrp_rules)
+        if _is_shape(node):
+            continue  # arithmetic on sizes (h // p * w // p), not on activations
         tensors = [a for a in (*node.args, *node.kwargs.values()) if isinstance(a, torch.fx.Node)]
         if node.target is torch.cat and node.args and isinstance(node.args[0], (list, tuple)):
             tensors = [a for a in node.args[0] if isinstance(a, torch.fx.Node)]
+        if what in ("addition", "subtraction"):
+            # x + self.pos_embedding: a learned constant added is a bias (it takes no relevance)
+            tensors = [a for a in tensors if a.op != "get_attr"]
         # x * 0.5 or x + 1 is a constant scale or shift (a bias); two tensors mixing is the problem.
         if two and len(tensors) < 2:
             continue
@@ -348,7 +388,39 @@ def _forward_problems(model: nn.Module, example: torch.Tensor | None = None) -> 
 
 
 def _supported_leaves() -> tuple:
-    return (*_SUPPORTED_LEAVES, zennit_module("layer").Sum)
+    return (*_SUPPORTED_LEAVES, *lrp_rules.SMOOTH_ACTIVATIONS, zennit_module("layer").Sum)
+
+
+def _torchvision_leaves() -> tuple:
+    """torchvision's leaf modules that only move data (Permute) or are the identity in eval mode (StochasticDepth)."""
+    found = []
+    for module, name in (("torchvision.ops.misc", "Permute"), ("torchvision.ops.stochastic_depth", "StochasticDepth")):
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None:
+            found.append(cls)
+    return tuple(found)
+
+
+def _attention_problems(model: nn.Module, blocks: bool) -> list[str]:
+    """Attention modules relmon has no rule for: an ``nn.MultiheadAttention`` outside torchvision's ViT
+    ``EncoderBlock`` (whose canonizer gives it one input), or any other module named like an attention layer."""
+    wrapped = set()
+    if blocks:
+        for name in lrp_rules.handled_blocks(model):
+            attention = getattr(model.get_submodule(name), "self_attention", None)
+            if isinstance(attention, nn.MultiheadAttention):
+                wrapped.add(id(attention))
+    with_rules = tuple(lrp_rules.linearised_forwards())
+    problems = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.MultiheadAttention):
+            if id(module) not in wrapped:
+                problems.append(f"'{name}' (nn.MultiheadAttention outside torchvision's ViT EncoderBlock: relmon "
+                                "gives it a rule through relmon.explain.lrp_rules.SelfAttention; call that module "
+                                "with one input x instead)")
+        elif "Attention" in type(module).__name__ and type(module) not in with_rules:
+            problems.append(f"'{name}' ({type(module).__name__}: no LRP rule for this attention layer)")
+    return problems
 
 
 def check_supported(model: nn.Module, canonizers: list, example: torch.Tensor | None = None) -> None:
@@ -360,15 +432,22 @@ def check_supported(model: nn.Module, canonizers: list, example: torch.Tensor | 
     """
     problems = []
     supported = _supported_leaves()
+    with_rules = tuple(lrp_rules.linearised_forwards())
+    blocks = any(getattr(c, "relmon_blocks", False) for c in canonizers)
+    gates = lrp_rules.gate_internals(model) if blocks else set()
     for name, module in _leaves(model):
-        if isinstance(module, _BATCHNORM):
-            if not _is_merged(module):
-                problems.append(f"'{name}' (BatchNorm not preceded by a convolution or linear layer, cannot be merged)")
-        elif not isinstance(module, supported):
+        # a BatchNorm not merged into a layer before it (DenseNet's, after concatenations) gets the identity rule
+        if isinstance(module, _BATCHNORM) or name in gates:
+            continue
+        if not (isinstance(module, supported) or type(module) in with_rules
+                or type(module) in _torchvision_leaves()):
             problems.append(f"'{name}' ({type(module).__name__})")
+    problems.extend(_attention_problems(model, blocks))
     handled_by_canonizer = any(type(c).__name__ == "ResNetCanonizer" for c in canonizers)
     if not handled_by_canonizer:
-        problems.extend(_forward_problems(model, example))
+        inside = set(lrp_rules.handled_blocks(model)) if blocks else set()
+        inside |= {n for n, m in model.named_modules() if type(m) in with_rules}
+        problems.extend(_forward_problems(model, example, inside))
     if problems:
         listed = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
         raise UnsupportedModelError(
@@ -414,9 +493,12 @@ def composite_for(name: str, model: nn.Module, x: torch.Tensor, zero_bias: bool 
     if name not in COMPOSITES:
         raise ValueError(f"unknown LRP composite {name!r}; known: {', '.join(sorted(COMPOSITES))}")
     example = x[:1].detach()
+    attention = options.pop("attention", None) or lrp_rules.DEFAULT_ATTENTION
     canonizers = default_canonizers(model, example) if canonizers is None else list(canonizers)
     zero_params = "bias" if zero_bias else None
     composite = COMPOSITES[name](zero_params=zero_params, canonizers=canonizers, model=model, x=x, **options)
+    # rules for LayerNorm/GroupNorm, attention and smooth activations, looked up before the composite's own
+    composite.layer_map[:0] = lrp_rules.extra_layer_map(zero_params, attention)
     if isinstance(composite, SpecialFirstLayerMapComposite):
         first = first_layer(model, example)
         _pin_first_layer(composite, first, None if first is None else model.get_submodule(first))

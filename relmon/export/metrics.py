@@ -50,7 +50,7 @@ ESTIMATOR_LABELS: tuple[str, ...] = (
     "regression_confidence",
     "regression_relevance",
     "regression_relevance_confidence",
-    # issue 10: per-sample correctness models, COT, nuclear norm, baselines fitted on clean windows only
+    # per-sample correctness models, COT, nuclear norm, baselines fitted on clean windows only
     "cbpe_isotonic_source",
     "atc_source",
     "atc_neg_entropy_source",
@@ -87,7 +87,7 @@ _CLOSED = {
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """One row of the DESIGN table: exposed name, type, extra label (or None) and help text."""
+    """One exposed metric (a row of :data:`METRIC_SPECS`): name, type, extra label (or None) and help text."""
 
     name: str
     type: str  # gauge | counter | histogram

@@ -34,7 +34,8 @@ with optional_imports("relmon's Prometheus outputs (relmon monitor | serve)"):
     from prometheus_client import write_to_textfile as _write_to_textfile
     from prometheus_client.exposition import ThreadingWSGIServer, default_handler
 
-from relmon.export.security import EndpointSecurity, PushSecurity, redact_url, split_credentials
+from relmon.export.security import EndpointSecurity, PushSecurity, split_credentials
+from relmon.urls import push_url_problem, redact_text, redact_url
 
 #: Listen backlog of the /metrics server (socketserver's default is 5).
 DEFAULT_BACKLOG = 128
@@ -213,6 +214,9 @@ def push(
     (``http://user:pass@host:9091``) are moved into the Authorization header. The password never
     appears in the :class:`PushError` message (the gateway is named with it redacted).
 
+    An HTTP 401 or 403 answer is not retried (the same credentials would be refused again). Basic-auth
+    credentials sent over plain ``http://`` log one warning per gateway and process.
+
     Returns the number of attempts made. Raises :class:`PushError` (chained to the last error) when
     every attempt failed; the caller's computed metrics are untouched, so it can still write them
     elsewhere.
@@ -221,6 +225,9 @@ def push(
         raise ValueError("gateway must be a Pushgateway address such as 'localhost:9091'")
     if retries < 0:
         raise ValueError(f"retries must be >= 0, got {retries}")
+    problem = push_url_problem(gateway)
+    if problem is not None:
+        raise ValueError(problem)
     key = {str(k): str(v) for k, v in (grouping_key or {}).items()}
     shown = redact_url(gateway)
     url, user, password = split_credentials(gateway)
@@ -232,22 +239,62 @@ def push(
             )
         base = security or PushSecurity()
         security = PushSecurity(user, password, base.ca_file, base.cert_file, base.key_file)
+    if security is not None and security.username is not None:
+        warn_plain_http_auth(url)
     handler = security.handler if security is not None else default_handler
     secret = security.password if security is not None else None
     last: Exception | None = None
+    attempts = 0
     for attempt in range(retries + 1):
+        attempts = attempt + 1
         try:
             pushadd_to_gateway(url, job=job, registry=registry, grouping_key=key, timeout=timeout, handler=handler)
-            return attempt + 1
+            return attempts
         except Exception as err:  # urllib raises URLError/HTTPError/OSError/timeouts
             last = err
+            if _refused_credentials(err):  # the same credentials will be refused again: no retry
+                break
             if attempt < retries:
                 sleep(backoff * 2**attempt)
+    hint = (
+        "the gateway refused the credentials (HTTP 401/403), so the push was not retried; fix: check "
+        "push_username and the password"
+        if _refused_credentials(last)
+        else "check the address, the credentials and that the gateway is up"
+    )
     raise PushError(
         f"could not push to the Pushgateway at {shown!r} (job={job!r}, grouping key {key}) after "
-        f"{retries + 1} attempt(s): {type(last).__name__}: {_scrub(str(last), secret)}; check the "
-        "address, the credentials and that the gateway is up"
+        f"{attempts} attempt(s): {type(last).__name__}: {_scrub(redact_text(str(last), gateway), secret)}; {hint}"
     ) from last
+
+
+def _refused_credentials(err: BaseException | None) -> bool:
+    """True for an HTTP 401 or 403 answer (urllib's ``HTTPError``, or the handlers' ``OSError`` text)."""
+    if err is None:
+        return False
+    code = getattr(err, "code", None)
+    if code in (401, 403):
+        return True
+    text = str(err)
+    return any(f"talking to the Pushgateway: {c}" in text or f"HTTP Error {c}" in text for c in (401, 403))
+
+
+_WARNED_PLAIN_HTTP: set[str] = set()
+
+
+def warn_plain_http_auth(url: str) -> bool:
+    """Log a warning, once per gateway and process, when basic-auth credentials go to ``url`` over
+    plain HTTP (anyone on the path can read them); True when it warned now."""
+    import logging
+
+    scheme = url.partition("://")[0].lower() if "://" in url else "http"
+    if scheme != "http" or url in _WARNED_PLAIN_HTTP:
+        return False
+    _WARNED_PLAIN_HTTP.add(url)
+    logging.getLogger("relmon.export").warning(
+        "basic-auth credentials are sent to the Pushgateway %s over plain HTTP, readable by anyone on the "
+        "network path; fix: use an https:// gateway (push_tls_ca_file to verify it)", redact_url(url))
+    return True
 
 
 def _scrub(text: str, password) -> str:

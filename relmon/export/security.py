@@ -28,6 +28,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from relmon.config import ConfigError
+from relmon.urls import push_url_problem, redact_url
 
 
 class Secret:
@@ -50,24 +51,6 @@ class Secret:
         return isinstance(other, Secret) and hmac.compare_digest(self._value, other._value)
 
     __hash__ = None  # type: ignore[assignment]
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password in its user part replaced by ``***`` (the user name is kept)."""
-    if "@" not in url:
-        return url
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    if parts.password is None and parts.username is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    netloc = f"{user}:***@{host}" if parts.password is not None else f"{user}@{host}"
-    out = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    return out if "://" in url else out.split("://", 1)[1]
 
 
 def split_credentials(url: str) -> tuple[str, str | None, Secret | None]:
@@ -222,6 +205,12 @@ def endpoint_security(cfg) -> EndpointSecurity:
             "http_auth_username is set but no password; fix: set http_auth_password_file (a file "
             "holding only the password) or http_auth_password_env (an environment variable's name)"
         )
+    if cfg.http_auth_username and not cfg.http_tls_cert_file:
+        import logging
+
+        logging.getLogger("relmon.export").warning(
+            "the /metrics endpoint asks for basic auth over plain HTTP: the password crosses the network "
+            "readable by anyone on the path; fix: set http_tls_cert_file and http_tls_key_file (HTTPS)")
     return EndpointSecurity(
         cert_file=_readable("http_tls_cert_file", cfg.http_tls_cert_file),
         key_file=_readable("http_tls_key_file", cfg.http_tls_key_file),
@@ -290,6 +279,9 @@ def push_security(cfg) -> tuple[str | None, PushSecurity]:
     gateway = cfg.pushgateway
     url_user = url_password = None
     if gateway:
+        problem = push_url_problem(gateway)
+        if problem is not None:
+            raise ConfigError(f"config field 'pushgateway': {problem}")
         gateway, url_user, url_password = split_credentials(gateway)
     if url_user is not None and (cfg.push_username or cfg.push_password_file or cfg.push_password_env):
         raise ConfigError(

@@ -20,26 +20,62 @@ scikit-learn/scipy through :mod:`relmon.analysis`, tqdm).
 - :mod:`relmon.jobs.serve_job` — :func:`serve`: the /metrics endpoint and the re-run loop;
 - :mod:`relmon.jobs.merge` — :func:`~relmon.jobs.merge.run_merge`: a sharded run's parts → the window's outputs.
 
-``relmon.jobs.common`` and ``relmon.jobs.state`` only re-export (their names moved), for existing imports.
-
 The modules of the commands whose function this package exports are named ``calibrate_job`` and
 ``serve_job``, so the functions ``relmon.jobs.calibrate`` / ``relmon.jobs.serve`` never shadow a
 submodule (``import relmon.jobs.calibrate_job as m`` gives the module, ``relmon.jobs.calibrate`` the
 function).
 """
 
-from relmon.jobs.calibrate_job import calibrate
-from relmon.jobs.calibration import Calibration, check_calibration, load_calibration
-from relmon.jobs.errors import (
-    CalibrationMismatchError,
-    EmptyWindowError,
-    JobError,
-    RunInterrupted,
-    ServeError,
-)
-from relmon.jobs.monitor import MonitorJob, run_monitor
-from relmon.jobs.serve_job import ServeResult, serve
-from relmon.jobs.summary import MonitorSummary, confidence_estimate
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> the module that defines it, imported on first use (PEP 562): importing one job module
+# (e.g. relmon.jobs.runner) does not load the others.
+_LAZY = {
+    "calibrate": "relmon.jobs.calibrate_job",
+    "Calibration": "relmon.jobs.calibration",
+    "check_calibration": "relmon.jobs.calibration",
+    "load_calibration": "relmon.jobs.calibration",
+    "CalibrationMismatchError": "relmon.jobs.errors",
+    "EmptyWindowError": "relmon.jobs.errors",
+    "JobError": "relmon.jobs.errors",
+    "RunInterrupted": "relmon.jobs.errors",
+    "ServeError": "relmon.jobs.errors",
+    "MonitorJob": "relmon.jobs.monitor",
+    "run_monitor": "relmon.jobs.monitor",
+    "ServeResult": "relmon.jobs.serve_job",
+    "serve": "relmon.jobs.serve_job",
+    "MonitorSummary": "relmon.jobs.summary",
+    "confidence_estimate": "relmon.jobs.summary",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'relmon.jobs' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs
+    from relmon.jobs.calibrate_job import calibrate  # noqa: F401
+    from relmon.jobs.calibration import Calibration, check_calibration, load_calibration  # noqa: F401
+    from relmon.jobs.errors import (  # noqa: F401
+        CalibrationMismatchError,
+        EmptyWindowError,
+        JobError,
+        RunInterrupted,
+        ServeError,
+    )
+    from relmon.jobs.monitor import MonitorJob, run_monitor  # noqa: F401
+    from relmon.jobs.serve_job import ServeResult, serve  # noqa: F401
+    from relmon.jobs.summary import MonitorSummary, confidence_estimate  # noqa: F401
 
 __all__ = [
     "Calibration",

@@ -99,6 +99,9 @@ class Calibration:
                 old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
                 os.replace(out, old / "calibration")
             os.replace(tmp, out)
+            from relmon.records import fsync_dir
+
+            fsync_dir(parent)  # the renames survive a crash
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -139,10 +142,16 @@ def _sha256(path: Path) -> str:
 
 
 def _fsync_tree(folder: Path) -> None:
+    """fsync every file under ``folder`` and every folder (their entries), ``folder`` itself last."""
+    from relmon.records import fsync_dir
+
     for p in folder.rglob("*"):
         if p.is_file():
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
+    for p in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        fsync_dir(p)
+    fsync_dir(folder)
 
 
 def _remove_leftovers(out: Path) -> None:
@@ -223,6 +232,11 @@ def _check_meta(meta: Any, meta_path: Path) -> dict[str, Any]:
         raise CalibrationError(f"{meta_path}: field 'created' must be a finite time, got {meta['created']!r}; {_FIX}")
     if not all(isinstance(m, str) for m in meta["methods"]):
         raise CalibrationError(f"{meta_path}: field 'methods' must be a list of strings; {_FIX}")
+    from relmon.calibration_checks import meta_problems
+
+    problems = meta_problems(meta)
+    if problems:
+        raise CalibrationError(f"{meta_path}: {'; '.join(problems)}; {_FIX}")
     for name, rel in meta["estimators"].items():
         if not isinstance(rel, str) or rel.startswith("/") or ".." in Path(rel).parts:
             raise CalibrationError(

@@ -34,13 +34,20 @@ def sample_images(
     return x, labels[index]
 
 
-def build_stream(cfg: MonitorConfig, model, listing: dict | None = None):
+def build_stream(cfg: MonitorConfig, model, listing: dict | None = None, calibration=None):
     """The input stream of one window: the (shifted) shipped sample or a folder of images (``listing``:
-    the caller's ``fs.find(detail=True)`` of the folder, so it is not listed again)."""
+    the caller's ``fs.find(detail=True)`` of the folder, so it is not listed again).
+
+    A folder's images are brought to ``image_size``, else to :func:`target_size` (the calibration's or
+    the model's input size) by ``size_policy`` — never to the size of one of the input files. Files are
+    read within ``max_file_bytes`` and the run deadline (``run_timeout_seconds``)."""
+    from relmon.jobs.signals import STOP
+
     prep = get_preprocessing(model, "reading inputs")
     if cfg.input == "sample":
         x, labels = sample_images(cfg.n, cfg.shift, cfg.severity, cfg.seed)
         return TensorStream(x, labels, preprocessing=prep, stream=cfg.stream)
+    target = None if cfg.image_size is not None else target_size(cfg, model, calibration)
     return ImageFolderStream(
         cfg.input,
         preprocessing=prep,
@@ -52,6 +59,32 @@ def build_stream(cfg: MonitorConfig, model, listing: dict | None = None):
         size_policy=cfg.size_policy,
         max_pixels=cfg.max_pixels,
         listing=listing,
+        target_size=target,
+        max_file_bytes=cfg.max_file_bytes,
+        deadline=STOP.deadline,
+    )
+
+
+#: Input size (H, W) of the embedded Fashion-MNIST models.
+EMBEDDED_INPUT_SIZE = (28, 28)
+
+
+def target_size(cfg: MonitorConfig, model, calibration=None) -> tuple[int, int]:
+    """``(H, W)`` a folder's images are brought to when ``image_size`` is not set: the calibration's
+    ``input_size``, else the model's declared size (``relmon_input_size`` attribute; 28x28 for the
+    embedded models). A ``ConfigError`` when none is known: the size never comes from an input file."""
+    from relmon.config import ConfigError
+    from relmon.models.loading import declared_input_size
+
+    size = (calibration.meta.get("input_size") if calibration is not None else None) or declared_input_size(model)
+    if size:
+        return int(size[0]), int(size[1])
+    if cfg.is_embedded:
+        return EMBEDDED_INPUT_SIZE
+    raise ConfigError(
+        "image_size is not set and neither the calibration (input_size) nor the model (a relmon_input_size "
+        "attribute) declares the model's input size; relmon does not take it from an input file (one odd "
+        "file would set every image's size); fix: set image_size (flag --image-size) to the model's input size"
     )
 
 
@@ -73,4 +106,4 @@ def latest_window(stream) -> str | None:
     return list(window_indices(stream))[-1]
 
 
-__all__ = ["build_stream", "input_size", "latest_window", "sample_images"]
+__all__ = ["EMBEDDED_INPUT_SIZE", "build_stream", "input_size", "latest_window", "sample_images", "target_size"]

@@ -35,7 +35,7 @@ from relmon.jobs.only_new import STATE_FILE, SeenFiles, folder_lock, stream_fold
 from relmon.jobs.runner import resolve_device
 from relmon.jobs.scaleout import plan_window, scoring_settings, write_part_file
 from relmon.jobs.scoring import job_steps, score_stream
-from relmon.jobs.signals import run_deadline
+from relmon.jobs.signals import run_deadline, run_time_left
 from relmon.jobs.summary import BASELINE_ESTIMATOR, MonitorSummary, confidence_estimate
 from relmon.jobs.window_ids import input_root, name_run_windows, relative_sample_ids
 from relmon.perturbation import DEFAULT_FRACTION
@@ -130,7 +130,8 @@ class MonitorJob:
         of the input folder (``serve`` lists it once per iteration), else the stream lists it."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        stream = self.stream if self.stream is not None else build_stream(cfg, self.model, listing=listing)
+        stream = self.stream if self.stream is not None else build_stream(
+            cfg, self.model, listing=listing, calibration=self.calibration)
         self._input = stream  # the folder stream: the root the records' sample ids are relative to
         stream = self._prepare_stream(stream)  # only-new scoring: the new or changed files only
         self._check_fraction_steps(stream)
@@ -387,6 +388,8 @@ class MonitorJob:
             if cfg.records and self.only_new and env_rank() == 0
             else nullcontext()  # DDP: rank 0 holds the lock for the ranks it launches
         )
+        if cfg.records:  # temporaries of killed writes, whatever this run's outcome (also exit 6)
+            remove_stale_temporaries(stream_folder(cfg.records, cfg.stream))
         with run_deadline(cfg.run_timeout_seconds), lock:  # the deadline also bounds the wait for the lock
             seen = self._seen_files()
             log.info("run %s: scoring %s (stream %s)", run_id, cfg.input, cfg.stream)
@@ -483,6 +486,12 @@ class MonitorJob:
         key = {"model": self.model_name, "stream": cfg.stream}
         url, security = self.push_url, self.push_security  # resolved (and checked) in __init__
         deadline = (cfg.push_retries + 1) * cfg.push_timeout + cfg.push_backoff * (2**cfg.push_retries - 1)
+        why = "the push deadline of {:g} s ((push_retries + 1) x push_timeout + backoffs)"
+        timeout = cfg.push_timeout
+        left = run_time_left()
+        if left is not None and left < deadline:  # run_timeout_seconds bounds the push too
+            deadline = timeout = max(left, 0.1)
+            why = "the {:g} s left of run_timeout_seconds"
         box: dict[str, Any] = {}
 
         def target() -> None:
@@ -492,7 +501,7 @@ class MonitorJob:
                     url,
                     job=cfg.job,
                     grouping_key=key,
-                    timeout=cfg.push_timeout,
+                    timeout=timeout,
                     retries=cfg.push_retries,
                     backoff=cfg.push_backoff,
                     security=security,
@@ -506,8 +515,7 @@ class MonitorJob:
         if thread.is_alive():
             raise PushError(
                 f"could not push to the Pushgateway at {redact_url(cfg.pushgateway)!r} (job={cfg.job!r}): no answer "
-                f"within the push deadline of {deadline:g} s ((push_retries + 1) x push_timeout + backoffs); "
-                "check that the gateway is up and answers"
+                f"within {why.format(deadline)}; check that the gateway is up and answers"
             )
         if "error" in box:
             raise box["error"]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,9 +35,11 @@ STATE_FORMAT = "relmon-only-new"
 
 
 def stream_folder(records: str | os.PathLike, stream: str) -> Path:
-    """``<records>/<stream>`` with characters other than letters, digits, ``._-`` replaced by ``_``."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", stream).lstrip(".") or "_"
-    return Path(records) / safe
+    """``<records>/<folder_name(stream)>``: letters, digits, ``_-.`` kept, anything else (and a leading
+    ``.``) percent-encoded, so two stream names never share a folder (:func:`relmon.names.folder_name`)."""
+    from relmon.names import folder_name
+
+    return Path(records) / folder_name(stream)
 
 
 class StateError(ValueError):

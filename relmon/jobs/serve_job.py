@@ -50,12 +50,6 @@ def signature(found: dict[str, dict] | None) -> tuple:
     return tuple(sorted((p, size, mtime) for p, (size, mtime) in file_signatures(found).items()))
 
 
-def folder_signature(root: str) -> tuple:
-    """(path, size, mtime) of every file under the local folder or fsspec URL ``root`` (an fsspec
-    listing): changes when inputs change. A listing that fails gives ``()`` (logged)."""
-    return signature(list_input(root))
-
-
 @dataclass
 class ServeResult:
     runs: int

@@ -56,6 +56,11 @@ def should_stop() -> bool:
     return STOP.signum is not None or (STOP.deadline is not None and time.monotonic() > STOP.deadline)
 
 
+def run_time_left() -> float | None:
+    """Seconds left before the run deadline (None without one; negative once it passed)."""
+    return None if STOP.deadline is None else STOP.deadline - time.monotonic()
+
+
 def check(records: pd.DataFrame | None = None) -> None:
     """Raise :class:`RunInterrupted` if a stop was requested or the run deadline passed."""
     if STOP.signum is not None:
@@ -174,6 +179,7 @@ __all__ = [
     "check",
     "should_stop",
     "run_deadline",
+    "run_time_left",
     "stop_callback",
     "stop_on_signals",
     "stop_requested",

@@ -10,16 +10,24 @@ image is known (``example_input_array``, the validation dataset's first item at 
 training, or the first validation batch) — all before the first training epoch.
 
 During each validation epoch (every ``every_n_epochs``, never in the sanity check) the callback keeps
-the first ``max_samples`` validation inputs in loader order; at the epoch end it explains them, runs
-region perturbation (MoRF and the random order, same noise) and logs, per method,
-``relmon/aopc/<method>``, ``relmon/aopc_minus_random/<method>``, ``relmon/entropy/<method>`` and
-``relmon/n``, where ``<method>`` is the method id with every character outside ``[-/\\w.]``
+the first ``max_samples`` validation inputs in loader order; at the epoch end it scores them through
+the same :class:`~relmon.scoring.BatchScorer` as the job and :class:`~relmon.lightning.RelevanceMonitor`
+(each method's MoRF order, and the random order once per sample with the same noise) and logs, per method,
+``relmon/aopc/<method>`` (score units: logits by default, so scale-dependent), ``relmon/aopc_rel/<method>``
+(relative AOPC, scale-free), ``relmon/aopc_minus_random/<method>`` (the paired gap to the random order,
+score units), ``relmon/aopc_rel_minus_random/<method>`` (the gap of the relative AOPCs, scale-free: the
+method's mean ``aopc_rel`` minus the random order's over the same samples), ``relmon/entropy/<method>``
+and ``relmon/n``, where ``<method>`` is the method id with every character outside ``[-/\\w.]``
 replaced by ``_`` (``lrp:epsilon_plus_flat`` → ``lrp_epsilon_plus_flat``): TensorBoard writers
 rewrite those characters themselves, so the same keys reach CSV and TensorBoard loggers.
 
-Cost per validated epoch: ``max_samples`` LRP passes (one forward + one backward each) plus
-``max_samples × 2 × (ceil(L / step_stride) + 1)`` forwards (MoRF and random order, step 0 included),
-batched. The defaults — ``max_samples`` = 1 % of the validation set, between 8 and 64, a 7 × 7
+With ``log_images=k`` the first ``k`` heatmaps of each method are also sent, as one image
+``relmon/heatmaps/<method>``, to every logger with ``log_image`` (W&B, Neptune, MLflow) and to
+TensorBoard (``add_image``); other loggers get none.
+
+Cost per validated epoch, with ``m`` methods: ``m × max_samples`` explanations (one forward + one
+backward each) plus ``(m + 1) × max_samples × (ceil(L / step_stride) + 1)`` forwards (each MoRF order
+and the one random order, step 0 included), batched. The defaults — ``max_samples`` = 1 % of the validation set, between 8 and 64, a 7 × 7
 region grid, L = 16 % of the regions = 8 (the paper's protocol), step stride 2 — are ``max_samples × 10`` forwards
 whatever the image size, so the added time is a fixed share of a validation epoch;
 ``benchmarks/bench_lightning.py`` measures the ratio to a plain validation epoch
@@ -41,7 +49,6 @@ from __future__ import annotations
 
 import math
 import re
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,26 +56,26 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 from torchmetrics import Metric
-from torchmetrics.aggregation import SumMetric
 
-from relmon.explain import canonical_method, explain_full, to_heatmap
+from relmon.explain import canonical_method
 from relmon.explain import lrp as _lrp
 from relmon.explain._validate import first_layer_channels
 from relmon.explain.core import parse_method
-from relmon.metrics import AOPC, AOPCMinusRandom, HeatmapEntropy
+from relmon.lightning.images import heatmap_strip, send_image
+from relmon.lightning.monitor import metric_window
 from relmon.models.classifier import CLASSIFIER_ATTRIBUTES, find_classifier
 from relmon.perturbation import (
     DEFAULT_FRACTION,
     DEFAULT_MAX_BATCH_BYTES,
     PERTURBATIONS,
     SCORES,
-    evaluate_heatmaps,
-    num_regions,
-    steps_for_fraction,
+    resolve_steps,
 )
 from relmon.preprocessing import ATTRIBUTE as _PREPROCESSING_ATTRIBUTE
 from relmon.preprocessing import MissingPreprocessingError, Preprocessing, eval_mode
+from relmon.records import RANDOM_METHOD
 from relmon.scoring import (
+    BatchScorer,
     batch_size_of,
     global_positions,
     keep_mask,
@@ -156,8 +163,9 @@ class HeatmapQualityCallback(pl.Callback):
     steps, fraction:
         ``L``, the perturbation steps, given directly (``steps``) or as the share of the regions
         perturbed (``fraction`` in ``(0, 1]``, L from :func:`relmon.perturbation.steps_for_fraction`:
-        ``round(fraction × regions)``, halves up, at least 1); give at most one; default ``fraction = 0.16`` (the paper's ≈ 16 %). ``steps`` above the number of regions is a ``ValueError``
-        before training (never silently capped).
+        ``round(fraction × regions)``, halves up, at least 1); give at most one; default ``fraction = 0.16``
+        (the paper's ≈ 16 %). ``steps`` above the number of regions is a ``ValueError`` before training
+        (:func:`relmon.perturbation.resolve_steps`, the rule of every runner).
     step_stride:
         Evaluate every ``step_stride``-th step and interpolate the rest (trapezoid rule, see
         :func:`relmon.perturbation.region_perturbation`); default 2. 1 is exact.
@@ -174,8 +182,10 @@ class HeatmapQualityCallback(pl.Callback):
         ``Preprocessing`` held in the LightningModule's ``preprocessing`` attribute.
     prefix:
         Log key prefix.
+    log_images:
+        Heatmaps per method sent as one image to the loggers that take images (0, the default: none).
 
-    Cost per validated epoch: ``max_samples`` explanations plus
+    Cost per validated epoch, one method: ``max_samples`` explanations plus
     ``max_samples × 2 × (ceil(L / step_stride) + 1)`` forwards (``max_samples × 10`` at the defaults).
     """
 
@@ -195,6 +205,7 @@ class HeatmapQualityCallback(pl.Callback):
         model_attr: str | None = None,
         preprocessing: Preprocessing | None = None,
         prefix: str = "relmon",
+        log_images: int = 0,
     ):
         super().__init__()
         if isinstance(methods, str):
@@ -214,6 +225,9 @@ class HeatmapQualityCallback(pl.Callback):
         positive_int(region, "region", allow_none=True)
         positive_int(steps, "steps", allow_none=True)
         positive_int(step_stride, "step_stride")
+        if isinstance(log_images, bool) or not isinstance(log_images, int) or log_images < 0:
+            raise ValueError(f"log_images must be an int >= 0 (heatmaps per method sent to image loggers), "
+                             f"got {log_images!r}")
         if steps is not None and fraction is not None:
             raise ValueError("give steps= or fraction= (share of the regions perturbed), not both")
         if fraction is not None and not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
@@ -238,10 +252,9 @@ class HeatmapQualityCallback(pl.Callback):
         self.model_attr = model_attr
         self.preprocessing = preprocessing
         self.prefix = prefix
-        self._aopc = {m: AOPC() for m in self.methods}
-        self._minus_random = {m: AOPCMinusRandom() for m in self.methods}
-        self._entropy = {m: HeatmapEntropy() for m in self.methods}
-        self._count = SumMetric()  # scored samples, summed over ranks
+        self.log_images = log_images
+        self._window = metric_window(self.methods)  # torchmetrics states, summed over ranks
+        self._heatmaps: dict[str, torch.Tensor] = {}
         self._active = False
         self._xs: list[torch.Tensor] = []
         self._ids: list = []
@@ -321,17 +334,10 @@ class HeatmapQualityCallback(pl.Callback):
                 f"HeatmapQualityCallback: region={region} is larger than the validation images ({height}x{width}); "
                 f"choose region <= {side} (or leave it unset for a {DEFAULT_GRID}x{DEFAULT_GRID} grid)"
             )
-        n_regions = num_regions(height, width, region)
-        if self.steps is not None:
-            if self.steps > n_regions:
-                raise ValueError(
-                    f"HeatmapQualityCallback: steps={self.steps} exceeds the {n_regions} regions of a "
-                    f"{height}x{width} image at region={region}; choose steps <= {n_regions}, a smaller region, "
-                    "or fraction= (the share of the regions perturbed)"
-                )
-            steps = self.steps
-        else:
-            steps = steps_for_fraction(height, width, region, self.fraction)
+        try:  # the one rule of every runner: explicit steps at most the regions, never capped
+            steps = resolve_steps(height, width, region, self.steps, self.fraction)
+        except ValueError as err:
+            raise ValueError(f"HeatmapQualityCallback: {err}") from None
         self._geometry = (height, width)
         self.region_used, self.steps_used = region, steps
         return region, steps
@@ -421,69 +427,75 @@ class HeatmapQualityCallback(pl.Callback):
             self._prep = self._resolve_preprocessing(pl_module, self._classifier)
         return self._classifier
 
-    def _metrics(self) -> list:
-        return [*self._aopc.values(), *self._minus_random.values(), *self._entropy.values(), self._count]
-
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._active:
             return
         self._active = False
         model = self._model(pl_module)
         device = pl_module.device
-        with torch.inference_mode(False):
-            for metric in self._metrics():
+        with torch.inference_mode(False):  # states moved or recreated inside it would be inference tensors
+            for metric in self._window.aggregates():
                 metric.to(device)
-                metric.reset()
+        self._window.reset()
+        self._heatmaps = {}
         try:
             with eval_mode(model):  # train/eval flags and requires_grad restored, also on an error
                 if self._xs:
                     self._score(model, torch.cat(self._xs).to(device))
         finally:
             self._xs, self._ids = [], []
-        self._log(pl_module)
+        self._log(trainer, pl_module)
+
+    def scorer(self, model: nn.Module, height: int, width: int, channels: int) -> BatchScorer:
+        """The :class:`~relmon.scoring.BatchScorer` of this callback for ``height × width`` inputs (the
+        same scoring as the job's and :class:`~relmon.lightning.RelevanceMonitor`'s; no records)."""
+        region, steps = self.check_geometry(height, width)
+        low, high = self._bounds(channels)
+        lrp_options = {} if low is None else dict(low=low, high=high)
+        return BatchScorer(
+            model, methods=self.methods, region=region, steps=steps, perturbation=self.opts["perturbation"],
+            score=self.opts["score"], seed=self.opts["seed"], max_batch_bytes=self.opts["max_batch_bytes"],
+            step_stride=self.step_stride, bounds=(low, high), records=False, keep_heatmaps=self.log_images > 0,
+            explain_options={m: lrp_options for m in self.methods if m.startswith("lrp")},
+        )
 
     def _score(self, model: nn.Module, x: torch.Tensor) -> None:
-        region, steps = self.check_geometry(int(x.shape[-2]), int(x.shape[-1]))
-        low, high = self._bounds(x.shape[1])
-        kwargs = dict(self.opts, region=region, steps=steps, sample_ids=list(self._ids), low=low, high=high)
-        target = None
-        for method in self.methods:
-            options = dict(low=low, high=high) if low is not None and method.startswith("lrp") else {}
-            expl = explain_full(model, x, method, target=target, **options)
-            target = expl.target if target is None else target
-            heat = to_heatmap(expl.relevance, expl.method)
-            ev = evaluate_heatmaps(model, x, heat, orders=("morf", "random"), target=target,
-                                   clean_logits=expl.logits, **kwargs)  # f(x0) from the explanation pass
-            with torch.inference_mode(False):
-                self._aopc[method].update(ev.aopc)
-                self._minus_random[method].update(ev)
-                self._entropy[method].update(heat)
-        with torch.inference_mode(False):
-            self._count.update(float(x.shape[0]))
+        scorer = self.scorer(model, int(x.shape[-2]), int(x.shape[-1]), int(x.shape[1]))
+        self._window.add_inputs(seen=x.shape[0])
+        frame = scorer.score_batch(x, list(self._ids), [""] * x.shape[0], self._window)
+        self._heatmaps = {m: h[: self.log_images] for m, h in frame.attrs.get("heatmaps", {}).items()}
 
     def log_keys(self) -> list[str]:
         """The keys this callback logs (identical in every logger)."""
         keys = []
         for method in self.methods:
-            keys += [log_key(self.prefix, what, method) for what in ("aopc", "aopc_minus_random", "entropy")]
+            keys += [log_key(self.prefix, what, method) for what in
+                     ("aopc", "aopc_rel", "aopc_minus_random", "aopc_rel_minus_random", "entropy")]
         return [*keys, log_key(self.prefix, "n")]
 
-    def _log(self, pl_module: pl.LightningModule) -> None:
-        # compute() sums the states over ranks (a collective: every rank gets here, with or without data).
+    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # summary() sums the states over ranks (a collective: every rank gets here, with or without data).
+        summary = self._window.summary()
+        rel_random = summary[RANDOM_METHOD]["aopc_rel"]
         values: dict[str, float] = {}
-        with warnings.catch_warnings(), torch.inference_mode(False):
-            warnings.filterwarnings("ignore", message=".*compute.*before.*update.*")
-            for method in self.methods:
-                values[log_key(self.prefix, "aopc", method)] = float(self._aopc[method].compute())
-                values[log_key(self.prefix, "aopc_minus_random", method)] = float(
-                    self._minus_random[method].compute())
-                values[log_key(self.prefix, "entropy", method)] = float(self._entropy[method].compute())
-            n = int(self._count.compute())
+        for method in self.methods:
+            entry = summary[method]
+            values[log_key(self.prefix, "aopc", method)] = float(entry["aopc"])
+            values[log_key(self.prefix, "aopc_rel", method)] = float(entry["aopc_rel"])
+            values[log_key(self.prefix, "aopc_minus_random", method)] = float(entry["aopc_minus_random"])
+            values[log_key(self.prefix, "aopc_rel_minus_random", method)] = float(entry["aopc_rel"] - rel_random)
+            values[log_key(self.prefix, "entropy", method)] = float(entry["entropy_bits"])
+        n = summary["_inputs"]["seen"]
         values[log_key(self.prefix, "n")] = float(n)
         self.last_values = values
         if n == 0:
             return
         pl_module.log_dict(values, on_step=False, on_epoch=True, sync_dist=False)
+        if self.log_images and trainer.is_global_zero:
+            for method, heat in self._heatmaps.items():
+                if heat.shape[0]:
+                    send_image(trainer.loggers, log_key(self.prefix, "heatmaps", method), heatmap_strip(heat),
+                               trainer.global_step)
 
 
 __all__ = ["CLASSIFIER_ATTRIBUTES", "DEFAULT_FRACTION", "HeatmapQualityCallback", "log_key"]

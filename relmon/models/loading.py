@@ -28,6 +28,22 @@ FASHION_MNIST_PREPROCESSING = Preprocessing(mean=(MEAN,), std=(STD,), low=0.0, h
 DEFAULT_MODEL = "fmnist_cnn"
 
 
+#: Attribute a model may carry to declare its input size (an int, or (height, width)).
+INPUT_SIZE_ATTRIBUTE = "relmon_input_size"
+
+
+def declared_input_size(model: nn.Module) -> tuple[int, int] | None:
+    """The input size ``(H, W)`` the model declares in its ``relmon_input_size`` attribute (None when it
+    declares none or an unusable one)."""
+    size = getattr(model, INPUT_SIZE_ATTRIBUTE, None)
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return size, size
+    if isinstance(size, (tuple, list)) and len(size) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+        return int(size[0]), int(size[1])
+    return None
+
+
 def _weights_dir():
     return resources.files("relmon.models").joinpath("weights")
 
@@ -272,7 +288,3 @@ def load_lightning_checkpoint(
     return _attach_info(classifier, ModelInfo(label, _digest(checkpoint)))
 
 
-def weights_path(name: str) -> Path:
-    """Filesystem path of a shipped weights file (for tools that want a path)."""
-    with resources.as_file(_weights_dir().joinpath(name)) as p:
-        return Path(p)

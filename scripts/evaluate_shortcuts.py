@@ -1,0 +1,353 @@
+"""Evaluation of the Clever-Hans audit and of relevance-location monitoring on planted shortcuts
+(issue 19; the figures are in docs/shortcuts.md).
+
+Protocol (DESIGN §4a):
+
+1. **Models.** Fashion-MNIST training images ``0..--train-n`` with a planted cue
+   (:mod:`relmon.data.shortcuts`: ``marker`` positional, ``border`` global, ``watermark`` texture) in
+   90 % of them, two architectures each (``cnn``: 2 conv + linear; ``bncnn``: the same with
+   BatchNorm); controls of both architectures trained on the clean images. Same seed, same schedule.
+2. **Tuning kinds and the held-out kind.** The audit's rule (``min_excess``, ``min_lift``), the
+   location features and the gate margin were chosen looking at ``marker`` and ``border`` only;
+   ``watermark`` was held out of every decision and is reported separately.
+3. **Audit** on ``--audit-n`` images of the test pool ``0..2000`` (the cue planted as in training:
+   the user's labelled data looks like the training data); controls are audited on clean images *and*
+   on images carrying each cue (a control must not be flagged for a cue it does not use).
+   Recall = shortcut models flagged; false flags = control audits flagged.
+4. **Monitoring** (shortcut models only). Suspect regions come from the model's own audit. The
+   calibration windows come from test images ``2000..6000``: in-distribution (cue as in training), and
+   the ``remove`` / ``shuffle`` variants of :func:`relmon.location.shortcut_variant`
+   (``shortcut_variants: [remove, shuffle]``), plus two corruptions; the test windows from the
+   disjoint images ``6000..10000``: in-distribution, shortcut-absent (no cue), misleading (a share
+   ``p`` = 0.25 / 0.5 of the images carries another class's cue) and corruption windows at an
+   unseen severity. Estimators: average confidence, ATC, DoC (fitted on the in-distribution window),
+   a per-sample correctness model on confidence (logistic regression, fitted on the in-distribution
+   and corruption windows: today's ``correctness_confidence`` idea), and the shortcut-aware one: the
+   same logistic regression on confidence + the location features, fitted on all calibration
+   windows including the variants; with the **gate**: a window whose mean location features lie
+   outside the calibration windows' range (widened by ``--gate-margin`` of it) is an "unexplained
+   shift" and gets the ATC estimate instead.
+
+Run: ``nice python scripts/evaluate_shortcuts.py`` (models cached under ``--cache``; about 10-15 min
+on 2 free cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from relmon.audit import run_audit  # noqa: E402
+from relmon.audit.core import heatmaps_for  # noqa: E402
+from relmon.data.fashion_mnist import MEAN, STD, load_fashion_mnist  # noqa: E402
+from relmon.data.shifts import apply_shift  # noqa: E402
+from relmon.data.shortcuts import KINDS, cue_regions, plant  # noqa: E402
+from relmon.location import location_features, shortcut_variant, suspect_mask  # noqa: E402
+from relmon.models import Preprocessing, attach_preprocessing  # noqa: E402
+
+TUNING = ("marker", "border")
+HELD_OUT = "watermark"
+ARCHS = ("cnn", "bncnn")
+FEATURES = ("confidence", "suspect_share", "occlusion_flip", "occlusion_drop")
+
+
+def build(arch: str) -> nn.Sequential:
+    bn = arch == "bncnn"
+    layers = [nn.Conv2d(1, 16, 3, padding=1), *([nn.BatchNorm2d(16)] if bn else []), nn.ReLU(), nn.MaxPool2d(2),
+              nn.Conv2d(16, 32, 3, padding=1), *([nn.BatchNorm2d(32)] if bn else []), nn.ReLU(), nn.MaxPool2d(2),
+              nn.Flatten(), nn.Linear(32 * 7 * 7, 10)]
+    return nn.Sequential(*layers)
+
+
+def train(arch: str, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = build(arch)
+    opt = torch.optim.Adam(model.parameters(), 2e-3)
+    xn = (x - MEAN) / STD
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x))
+        for i in range(0, len(x), 128):
+            b = perm[i:i + 128]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(xn[b]), y[b]).backward()
+            opt.step()
+    model.eval()
+    return model
+
+
+def get_model(arch, kind, xtr, ytr, args) -> nn.Module:
+    path = Path(args.cache) / f"{arch}_{kind or 'control'}_{args.train_n}_{args.epochs}.pt"
+    if path.exists():
+        model = build(arch)
+        model.load_state_dict(torch.load(path, weights_only=True))
+        model.eval()
+    else:
+        xt = xtr if kind is None else plant(xtr, ytr, kind, p=0.9, seed=11)
+        model = train(arch, xt, ytr, args.epochs)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), path)
+    return attach_preprocessing(model, Preprocessing(MEAN, STD))
+
+
+def accuracy(model, x, y) -> float:
+    with torch.no_grad():
+        return float((model((x - MEAN) / STD).argmax(1) == y).float().mean())
+
+
+def window_samples(model, raw, y, mask) -> dict[str, np.ndarray]:
+    """Per-sample confidence, correctness and location features of one window."""
+    heat, pred, conf = heatmaps_for(model, raw, "lrp:epsilon_0_01")
+    x = (raw - MEAN) / STD
+    feats = location_features(model, x, heat, pred, mask, raw=raw)
+    out = {k: v.numpy().astype(float) for k, v in feats.items()}
+    out["confidence"] = conf.numpy().astype(float)
+    out["correct"] = (pred == y).numpy().astype(float)
+    return out
+
+
+def atc_threshold(conf: np.ndarray, correct: np.ndarray) -> float:
+    """ATC (Garg et al. 2022): t with share(conf > t) = accuracy on the labelled source window."""
+    return float(np.quantile(conf, 1.0 - correct.mean()))
+
+
+def feature_matrix(s: dict[str, np.ndarray], names) -> np.ndarray:
+    return np.nan_to_num(np.stack([s[n] for n in names], 1), nan=0.0)
+
+
+ESTIMATORS = ("confidence", "atc", "doc", "correctness_confidence", "confidence_variants", "location",
+              "location_gated")
+
+
+def markdown(results: dict) -> str:
+    """The tables of docs/shortcuts.md from the results JSON."""
+    import pandas as pd
+
+    out = []
+    a = pd.DataFrame(results["audits"])
+    out.append("### Audit\n")
+    out.append("| model | audited data | flagged | by a class mean | suspect rects | cue pixels covered | seconds |")
+    out.append("|---|---|---|---|---|---|---|")
+    for _, r in a.iterrows():
+        cov = "–" if pd.isna(r.get("cue_pixels_covered")) else f"{r['cue_pixels_covered']:.2f}"
+        out.append(f"| {r['model']} | {r['data']} | {'**yes**' if r['flagged'] else 'no'} | "
+                   f"{'yes' if r.get('class_flag') else 'no'} | {r['n_suspect']} | {cov} | {r['seconds']:.1f} |")
+    sc = a[a["kind"].notna()]
+    ctl = a[a["kind"].isna()]
+    out.append(f"\nRecall (shortcut models flagged): tuning kinds {int(sc[sc.kind.isin(TUNING)].flagged.sum())}/"
+               f"{int(sc.kind.isin(TUNING).sum())}, held-out {HELD_OUT} {int(sc[sc.kind == HELD_OUT].flagged.sum())}/"
+               f"{int((sc.kind == HELD_OUT).sum())}; false flags (control audits flagged): "
+               f"{int(ctl.flagged.sum())}/{len(ctl)}.\n")
+    m = results["models"]
+    out.append("" if m else "(model accuracies: in the JSON of a finished run)")
+    out.append("### Models (accuracy on the test pool)\n")
+    out.append("| model | with its cue (90 %) | no cue | every image a wrong cue |")
+    out.append("|---|---|---|---|")
+    for name, v in m.items():
+        out.append(f"| {name} | {v['accuracy']:.3f} | {v.get('accuracy_no_cue', float('nan')):.3f} | "
+                   f"{v.get('accuracy_wrong_cue', float('nan')):.3f} |")
+    if results["windows"]:
+        w = pd.DataFrame(results["windows"])
+        for e in ESTIMATORS:
+            w[f"err_{e}"] = (w[e] - w["accuracy"]).abs()
+        w["group"] = np.where(w["kind"] == HELD_OUT, f"held-out ({HELD_OUT})", "tuning kinds")
+        out.append("\n### Window estimates: mean absolute error\n")
+        cols = ["accuracy", *[f"err_{e}" for e in ESTIMATORS], "gated"]
+        t = w.groupby(["group", "window"])[cols].mean()
+        t.insert(0, "windows", w.groupby(["group", "window"]).size())
+        out.append("| group | window | windows | accuracy | " + " | ".join(ESTIMATORS) + " | gated share |")
+        out.append("|---|---|---|---|" + "---|" * (len(ESTIMATORS) + 1))
+        for (g, win), r in t.iterrows():
+            out.append(f"| {g} | {win} | {int(r['windows'])} | {r['accuracy']:.3f} | "
+                       + " | ".join(f"{r[f'err_{e}']:.3f}" for e in ESTIMATORS) + f" | {r['gated']:.2f} |")
+        mis = w[w["window"].str.startswith("misleading")]
+        if len(mis) >= 2:
+            from scipy.stats import bootstrap
+
+            out.append("\nPaired bootstrap over misleading windows (90 % interval of the error difference; "
+                       "positive = the shortcut-aware estimator errs less):\n")
+            for g, part in mis.groupby("group"):
+                for base in ("confidence", "atc", "correctness_confidence", "confidence_variants"):
+                    d = (part[f"err_{base}"] - part["err_location_gated"]).to_numpy()
+                    if len(d) < 2:
+                        continue
+                    ci = bootstrap((d,), np.mean, confidence_level=0.9, n_resamples=2000,
+                                   random_state=0).confidence_interval
+                    out.append(f"- {g}: err({base}) − err(location_gated) = {d.mean():+.3f} "
+                               f"[{ci.low:+.3f}, {ci.high:+.3f}] over {len(d)} windows")
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--train-n", type=int, default=6000)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--audit-n", type=int, default=1000)
+    ap.add_argument("--window", type=int, default=200)
+    ap.add_argument("--pool-n", type=int, default=2000, help="images of each monitoring pool used")
+    ap.add_argument("--gate-margin", type=float, default=0.25)
+    ap.add_argument("--cache", default="out/shortcuts_cache")
+    ap.add_argument("--out", default="out/shortcuts.json")
+    ap.add_argument("--kinds", nargs="+", default=list(KINDS))
+    ap.add_argument("--no-controls", action="store_true", help="skip the control models (another run does them)")
+    ap.add_argument("--controls-only", action="store_true", help="only the control models' audits")
+    ap.add_argument("--tables", metavar="JSON", nargs="+",
+                    help="only print the markdown tables of earlier --out files (runs split by --kinds are merged)")
+    args = ap.parse_args(argv)
+    if args.tables:
+        merged = {"models": {}, "audits": [], "windows": [], "seconds": 0.0}
+        for f in args.tables:
+            text = Path(f).read_text()
+            if not f.endswith(".json"):  # the log of a run cut short: its printed rows
+                rows = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+                text = json.dumps({"models": {}, "audits": [r for r in rows if "data" in r],
+                                   "windows": [r for r in rows if "window" in r]})
+            part = json.loads(text)
+            merged["models"].update(part["models"])
+            merged["audits"] += part["audits"]
+            merged["windows"] += part["windows"]
+            merged["seconds"] += part.get("seconds", 0.0)
+        print(markdown(merged))
+        return 0
+    t_start = time.time()
+    from sklearn.linear_model import LogisticRegression
+
+    xtr_u8, ytr_np = load_fashion_mnist("train")
+    xte_u8, yte_np = load_fashion_mnist("test")
+    xtr = torch.from_numpy(xtr_u8[: args.train_n].copy()).float().div(255).unsqueeze(1)
+    ytr = torch.from_numpy(ytr_np[: args.train_n])
+    xte = torch.from_numpy(xte_u8.copy()).float().div(255).unsqueeze(1)
+    yte = torch.from_numpy(yte_np)
+    audit_x, audit_y = xte[: args.audit_n], yte[: args.audit_n]
+    cal_x, cal_y = xte[2000:2000 + args.pool_n], yte[2000:2000 + args.pool_n]
+    test_x, test_y = xte[6000:6000 + args.pool_n], yte[6000:6000 + args.pool_n]
+    results = {"settings": vars(args), "models": {}, "audits": [], "windows": []}
+
+    for arch in () if args.no_controls else ARCHS:  # controls
+        model = get_model(arch, None, xtr, ytr, args)
+        results["models"][f"{arch}/control"] = {"accuracy": accuracy(model, test_x, test_y)}
+        for data_kind in (None, *args.kinds):
+            xa = audit_x if data_kind is None else plant(audit_x, audit_y, data_kind, p=0.9, seed=12)
+            t0 = time.time()
+            r = run_audit(model, xa, audit_y)
+            results["audits"].append({"model": f"{arch}/control", "kind": None, "data": data_kind or "clean",
+                                      "flagged": r.flagged, "n_suspect": len(r.suspect_regions),
+                                      "class_flag": any(i["suspect"] for i in r.per_class.values()),
+                                      "seconds": time.time() - t0,
+                                      "max_excess": max((i["top_region"]["share"] - i["top_region"]["pixel_share"])
+                                                        for i in r.per_class.values() if i["top_region"])})
+            print(json.dumps(results["audits"][-1]), flush=True)
+
+    for kind in () if args.controls_only else args.kinds:
+        for arch in ARCHS:
+            name = f"{arch}/{kind}"
+            model = get_model(arch, kind, xtr, ytr, args)
+            in_dist = plant(test_x, test_y, kind, p=0.9, seed=13)
+            misled = plant(test_x, test_y, kind, p=0.0, p_wrong=1.0, seed=14)
+            results["models"][name] = {"accuracy": accuracy(model, in_dist, test_y),
+                                       "accuracy_no_cue": accuracy(model, test_x, test_y),
+                                       "accuracy_wrong_cue": accuracy(model, misled, test_y)}
+            xa = plant(audit_x, audit_y, kind, p=0.9, seed=12)
+            t0 = time.time()
+            r = run_audit(model, xa, audit_y)
+            cue = suspect_mask(cue_regions(kind, 28, 28), 28, 28)
+            found = suspect_mask(r.suspect_regions, 28, 28) if r.suspect_regions else torch.zeros(28, 28, dtype=bool)
+            hit = float((found & cue).sum() / cue.sum())  # share of the cue's pixels inside suspect regions
+            results["audits"].append({"model": name, "kind": kind, "data": kind, "flagged": r.flagged,
+                                      "class_flag": any(i["suspect"] for i in r.per_class.values()),
+                                      "n_suspect": len(r.suspect_regions), "cue_pixels_covered": hit,
+                                      "suspect_pixel_share": float(found.float().mean()),
+                                      "seconds": time.time() - t0})
+            print(json.dumps(results["audits"][-1]), flush=True)
+            if not r.flagged:
+                continue
+            mask = found
+
+            # calibration windows (images 2000..6000), then test windows (6000..10000)
+            def windows(x, y, kind=kind, mask=mask, model=model, calibration=True):
+                n = args.window
+                chunks = [(x[i:i + n], y[i:i + n]) for i in range(0, len(x) - n + 1, n)]
+                out, seed = [], 100 if calibration else 200
+                for j, (cx, cy) in enumerate(chunks):
+                    seed += 1
+                    base = plant(cx, cy, kind, p=0.9, seed=seed)
+                    if calibration:
+                        kinds = ["in_distribution", "remove", "shuffle", "gaussian_noise/3", "blur/3"]
+                    else:
+                        kinds = ["in_distribution", "absent", "misleading/0.25", "misleading/0.5",
+                                 "gaussian_noise/4", "contrast/4"]
+                    what = kinds[j % len(kinds)]
+                    if what in ("remove", "shuffle"):
+                        wx = shortcut_variant(base, mask, what, seed=seed)
+                    elif what == "absent":
+                        wx = cx.clone()
+                    elif what.startswith("misleading"):
+                        wx = plant(cx, cy, kind, p=0.9, p_wrong=float(what.split("/")[1]), seed=seed)
+                    elif "/" in what:
+                        shift, sev = what.split("/")
+                        wx = apply_shift(base, shift, int(sev), seed=seed)
+                    else:
+                        wx = base
+                    out.append((what, window_samples(model, wx, cy, mask)))
+                return out
+
+            cal = windows(cal_x, cal_y, calibration=True)
+            test = windows(test_x, test_y, calibration=False)
+            ind = [s for w, s in cal if w == "in_distribution"]
+            cat = {k: np.concatenate([s[k] for s in ind]) for k in ind[0]}
+            t_atc = atc_threshold(cat["confidence"], cat["correct"])
+            conf_src, acc_src = cat["confidence"].mean(), cat["correct"].mean()
+            ordinary = [s for w, s in cal if w in ("in_distribution", "gaussian_noise/3", "blur/3")]
+            everything = [s for _, s in cal]
+
+            def fit(samples, names):
+                X = np.concatenate([feature_matrix(s, names) for s in samples])
+                yv = np.concatenate([s["correct"] for s in samples])
+                return LogisticRegression(max_iter=1000).fit(X, yv)
+
+            conf_model = fit(ordinary, ["confidence"])
+            conf_variants = fit(everything, ["confidence"])
+            loc_model = fit(everything, list(FEATURES))
+            means = np.array([[np.nanmean(s[f]) for f in FEATURES[1:]] for s in everything])
+            lo, hi = means.min(0), means.max(0)
+            span = np.maximum(hi - lo, 1e-6)
+            for what, s in test:
+                m = np.array([np.nanmean(s[f]) for f in FEATURES[1:]])
+                gated = bool(((m < lo - args.gate_margin * span) | (m > hi + args.gate_margin * span)).any())
+                atc = float((s["confidence"] > t_atc).mean())
+                loc = float(loc_model.predict_proba(feature_matrix(s, FEATURES))[:, 1].mean())
+                row = {
+                    "model": name, "kind": kind, "window": what, "n": int(len(s["correct"])),
+                    "accuracy": float(s["correct"].mean()),
+                    "confidence": float(s["confidence"].mean()),
+                    "atc": atc,
+                    "doc": float(acc_src + s["confidence"].mean() - conf_src),
+                    "correctness_confidence": float(conf_model.predict_proba(feature_matrix(s, ["confidence"]))[:, 1].mean()),
+                    "confidence_variants": float(conf_variants.predict_proba(feature_matrix(s, ["confidence"]))[:, 1].mean()),
+                    "location": loc,
+                    "location_gated": atc if gated else loc,
+                    "gated": gated,
+                    **{f"mean_{f}": float(np.nanmean(s[f])) for f in FEATURES[1:]},
+                }
+                results["windows"].append(row)
+                print(json.dumps(row), flush=True)
+    results["seconds"] = time.time() - t_start
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=1))
+    print(f"done in {results['seconds']:.0f} s; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""The Clever-Hans audit (relmon/audit): region shares, the suspect rule, SpRAy, and end to end on a
+model trained here with a planted shortcut against a control trained without it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import relmon
+from relmon.audit import AuditError, candidate_regions, eigengap, relevance_shares, run_audit, spray, suspect
+from relmon.audit.regions import region_masks
+from relmon.data.fashion_mnist import MEAN, STD, load_sample
+from relmon.data.shortcuts import cue_regions, marker_box, plant
+from relmon.preprocessing import Preprocessing, attach_preprocessing
+
+# ---------------------------------------------------------------------------------------------
+# region shares and the rule
+
+
+def test_shares_of_a_heatmap_in_one_cell_and_the_ring():
+    regions = candidate_regions(28, 28, region=4)  # 49 cells, then the 2-pixel ring
+    assert len(regions) == 50 and regions[-1].name == "border"
+    masks = region_masks(regions, 28, 28)
+    assert int(masks[-1].sum()) == 28 * 28 - 24 * 24
+    h = torch.zeros(3, 28, 28)
+    h[0, 9, 13] = 2.0  # cell 2,3 only
+    h[0, 20, 20] = -5.0  # negative relevance does not count
+    h[1, 0, 0] = 1.0  # cell 0,0 and the ring
+    h[1, 14, 14] = 3.0  # cell 3,3
+    shares, ok = relevance_shares(h, masks)
+    assert ok.tolist() == [True, True, False]  # sample 2 has no positive relevance: left out
+    assert torch.isnan(shares[2]).all()
+    assert shares[0, 2 * 7 + 3] == 1.0 and shares[0, :49].sum() == pytest.approx(1.0)
+    assert shares[0, -1] == 0.0
+    assert shares[1, 0] == pytest.approx(0.25) and shares[1, 3 * 7 + 3] == pytest.approx(0.75)
+    assert shares[1, -1] == pytest.approx(0.25)
+
+
+def test_last_cells_are_smaller_when_the_side_is_not_a_multiple():
+    regions = candidate_regions(10, 10, region=4, border=0)
+    assert [r.rects[0] for r in regions[:3]] == [(0, 0, 4, 4), (0, 4, 4, 4), (0, 8, 4, 2)]
+    assert len(regions) == 9  # no ring with border=0
+
+
+def test_suspect_rule_needs_both_excess_and_lift():
+    pix = np.array([0.02, 0.02, 0.3, 0.3])
+    share = np.array([0.17, 0.16, 0.50, 0.95])
+    # 0.17 - 0.02 >= 0.15 and >= 3x: suspect; 0.16: excess 0.14 too small; 0.50 on a 30 % ring: lift
+    # 1.67 too small; 0.95: excess 0.65 and lift 3.2: suspect
+    assert suspect(share, pix).tolist() == [True, False, False, True]
+    assert suspect(np.array([np.nan]), np.array([0.02])).tolist() == [False]
+
+
+def test_region_and_border_are_validated():
+    with pytest.raises(ValueError, match="region must be between 1 and the image side 28"):
+        candidate_regions(28, 28, region=29)
+    with pytest.raises(ValueError, match="border must be between 0 and 13"):
+        candidate_regions(28, 28, region=4, border=14)
+
+
+# ---------------------------------------------------------------------------------------------
+# SpRAy
+
+
+def test_eigengap_counts_the_connected_groups():
+    rng = np.random.default_rng(0)
+    centres = np.eye(3, 20) * 10
+    x = np.concatenate([c + rng.normal(0, 0.1, (30, 20)) for c in centres])
+    truth = np.repeat([0, 1, 2], 30)
+    res = spray(x, max_clusters=6, n_neighbors=8)
+    assert res.n_clusters == 3
+    from sklearn.metrics import adjusted_rand_score
+
+    assert adjusted_rand_score(truth, res.labels) == 1.0
+    one = spray(rng.normal(0, 1, (60, 5)), max_clusters=6)
+    assert one.n_clusters <= 2  # one Gaussian blob: no clear structure
+    assert eigengap(np.array([0.0, 0.0, 0.01, 0.9, 0.95]), 4) == 3
+    assert eigengap(np.array([0.0, 0.8, 0.85]), 2) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end: a model trained here with a planted marker, and a control
+
+
+def _tiny_cnn() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(16 * 7 * 7, 10),
+    )
+
+
+def _train(x: torch.Tensor, y: torch.Tensor, epochs: int = 3, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = _tiny_cnn()
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    xn = (x - MEAN) / STD
+    for _ in range(epochs):
+        perm = torch.randperm(len(x))
+        for i in range(0, len(x), 64):
+            b = perm[i:i + 64]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(xn[b]), y[b]).backward()
+            opt.step()
+    model.eval()
+    return attach_preprocessing(model, Preprocessing(MEAN, STD))
+
+
+@pytest.fixture(scope="module")
+def fmnist():
+    images, labels = load_sample()
+    x = torch.from_numpy(images).float().div(255).unsqueeze(1)
+    return x[:1500], torch.from_numpy(labels[:1500]), x[1500:], torch.from_numpy(labels[1500:])
+
+
+@pytest.fixture(scope="module")
+def shortcut_and_control(fmnist):
+    xtr, ytr, xte, yte = fmnist
+    shortcut = _train(plant(xtr, ytr, "marker", p=1.0, seed=1), ytr)
+    control = _train(xtr, ytr)
+    return shortcut, control, plant(xte, yte, "marker", p=0.9, seed=2), yte, xte
+
+
+def test_audit_flags_the_shortcut_model_at_its_markers(shortcut_and_control):
+    shortcut, _, x, y, clean = shortcut_and_control
+    with torch.no_grad():  # the model follows the marker: a wrong marker fools it
+        wrong = plant(clean, y, "marker", p_wrong=1.0, seed=3)
+        assert (shortcut((wrong - MEAN) / STD).argmax(1) == y).float().mean() < 0.6
+    result = run_audit(shortcut, x, y)
+    assert result.flagged
+    markers = [marker_box(c, 28, 28) for c in range(10)]
+
+    def overlaps(a, b):
+        return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+    # every suspect cell holds part of a marker, and most classes' top region holds their own marker
+    for rect in result.suspect_regions:
+        if rect[2] == 4 and rect[3] == 4:
+            assert any(overlaps(rect, m) for m in markers), rect
+    own = 0
+    for info in result.per_class.values():
+        top = info["top_region"]
+        own += top["name"] != "border" and overlaps(top["rects"][0], marker_box(info["class_index"], 28, 28))
+    assert own >= 7
+    d = json.loads(json.dumps(result.to_dict()))
+    assert set(d) >= {"flagged", "suspect_regions", "per_class", "clusters"}
+    assert all(len(r) == 4 for r in d["suspect_regions"])
+    assert any(cl["flagged"] for cls in d["clusters"].values() for cl in cls)
+
+
+def test_audit_does_not_flag_the_control(shortcut_and_control):
+    _, control, x, y, _ = shortcut_and_control
+    result = run_audit(control, x, y)
+    assert not result.flagged, result.table()
+    assert result.suspect_regions == []
+    assert not any(cl["flagged"] for cls in result.clusters.values() for cl in cls)
+
+
+def test_random_heatmaps_flag_nothing(shortcut_and_control):
+    """Mutation guard: with heatmaps that do not depend on the model, the shortcut model is not flagged
+    (the flag comes from where the relevance sits, not from the data)."""
+    shortcut, _, x, y, _ = shortcut_and_control
+    assert not run_audit(shortcut, x, y, method="random").flagged
+
+
+def test_api_cli_and_html(shortcut_and_control, tmp_path, capsys):
+    shortcut, _, x, y, _ = shortcut_and_control
+    result = relmon.audit(shortcut, (x, y), out=tmp_path / "audit.html", classes=[f"c{i}" for i in range(10)])
+    page = (tmp_path / "audit.html").read_text()
+    assert "FLAGGED" in page and "data:image/png;base64," in page and "suspect_regions:" in page
+    assert "http" not in page.replace("http-equiv", "")  # self-contained: loads nothing
+    assert list(result.per_class)[0] == "c0"
+    # unlabelled tensors: grouped by predicted class, no accuracy
+    unl = relmon.audit(shortcut, x[:200])
+    assert "accuracy" not in unl.settings
+
+
+def test_cli_audit_on_a_labelled_folder(tmp_path, capsys):
+    from PIL import Image
+
+    from relmon.cli import main
+
+    images, labels = load_sample()
+    for i in range(40):
+        d = tmp_path / "data" / f"class{labels[i]}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i]).save(d / f"{i}.png")
+    rc = main(["audit", str(tmp_path / "data"), "--json", "--out", str(tmp_path / "a.html"),
+               "--classes", *[f"class{c}" for c in range(10)], "--max-clusters", "3"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert out["settings"]["n_images"] == 40 and out["settings"]["labelled"]
+    assert out["settings"]["method"] == "lrp:epsilon_0_01" and (tmp_path / "a.html").exists()
+    assert isinstance(out["flagged"], bool)
+
+
+def test_audit_errors(shortcut_and_control, tmp_path, capsys):
+    from relmon.cli import main
+
+    shortcut, _, x, y, _ = shortcut_and_control
+    with pytest.raises(AuditError, match=r"images must be shaped \(N, C, H, W\) or \(N, H, W\), got \(28,\)"):
+        run_audit(shortcut, torch.zeros(28))
+    with pytest.raises(AuditError, match="no images to audit"):
+        run_audit(shortcut, torch.zeros(0, 1, 28, 28))
+    with pytest.raises(AuditError, match=r"images must lie in \[0, 1\] before normalisation"):
+        run_audit(shortcut, x[:4] * 255)
+    with pytest.raises(AuditError, match="3 labels for 4 images"):
+        run_audit(shortcut, x[:4], y[:3])
+    with pytest.raises(AuditError, match="2 class names for a model with 10 outputs"):
+        run_audit(shortcut, x[:4], classes=["a", "b"])
+    with pytest.raises(ValueError, match="the model could not process a batch of shape"):
+        run_audit(shortcut, torch.zeros(4, 1, 20, 20))
+    (tmp_path / "empty").mkdir()
+    assert main(["audit", str(tmp_path / "empty")]) == 3
+    assert "no images found in" in capsys.readouterr().err
+
+
+def test_cue_regions_cover_what_plant_writes():
+    x = torch.zeros(30, 1, 28, 28)
+    y = torch.arange(30) % 10
+    for kind in ("marker", "border", "watermark"):
+        planted = plant(x, y, kind, p=1.0)
+        changed = (planted != x).any(0)[0]
+        from relmon.audit.regions import rects_mask
+
+        assert not (changed & ~rects_mask(cue_regions(kind, 28, 28), 28, 28)).any(), kind
