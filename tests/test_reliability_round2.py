@@ -171,7 +171,7 @@ def test_a_non_utf8_file_name_is_scored_under_an_escaped_id_by_monitor_and_serve
     assert p.returncode == 0, p.stderr[-3000:]
     assert summary_json(p.stdout)["scored"] == 5
     ids = set(read_records(rec)["sample_id"])
-    assert str(imgs / "x\\xff.png") in ids and len(ids) == 5
+    assert "x\\xff.png" in ids and len(ids) == 5  # relative to the input root (issue 21), escaped
     p = relmon("serve", "--input", str(imgs), *FAST, "--http-addr", "127.0.0.1", "--http-port", "0",
                "--max-iterations", "1", "--json")
     assert p.returncode == 0, p.stderr[-3000:]
