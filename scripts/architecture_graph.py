@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "relmon"
 
 #: What a user embeds in their own code (torch, zennit, pandas; no reader, no job, no Lightning).
 CORE = ("relmon.explain", "relmon.perturbation", "relmon.complexity", "relmon.metrics", "relmon.scoring",
-        "relmon.sums", "relmon.preprocessing", "relmon.identity")
+        "relmon.sums", "relmon.preprocessing", "relmon.identity", "relmon.interrupts")
 #: Built on the core: data readers, model loading, jobs, CLI, exporters, reports, Lightning.
 EDGE = ("relmon.data", "relmon.models.loading", "relmon.jobs", "relmon.cli", "relmon.export", "relmon.report",
         "relmon.lightning")

@@ -605,3 +605,21 @@ def test_cuda_matches_cpu(method, sample_batch, exact_fp32):
     model.cpu()
     assert gpu.device.type == "cuda"
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-4)
+
+
+def test_a_stop_request_inside_the_forward_is_not_reported_as_a_broken_model():
+    """A job's signal handler raises RunInterrupted wherever the process is, often inside the model's
+    forward; explain must let it through (the job then exits 5), not wrap it as 'could not process'."""
+    from relmon.jobs.errors import RunInterrupted
+
+    class StoppedMidForward(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 2, 3)
+
+        def forward(self, x):
+            raise RunInterrupted("stopped by SIGTERM", "signal")
+
+    for method, options in (("sensitivity", {}), ("lrp", {"strict": False})):
+        with pytest.raises(RunInterrupted, match="stopped by SIGTERM"):
+            relmon.explain(StoppedMidForward(), torch.rand(2, 1, 8, 8), method, **options)

@@ -11,6 +11,7 @@ from relmon.explain import lrp as _lrp
 from relmon.explain._state import evaluation_state, gradients_enabled
 from relmon.explain._validate import check_input, resolve_target
 from relmon.explain._zennit import zennit_module as _zennit_module
+from relmon.interrupts import Interrupted
 
 PLAIN_METHODS = ("sensitivity", "deconvnet", "gradient_x_input", "random")
 _OPTIONS = {
@@ -64,6 +65,8 @@ def _one_hot(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
 def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     try:
         out = model(x)
+    except Interrupted:
+        raise
     except RuntimeError as err:
         raise ValueError(
             f"the model could not process a batch of shape {tuple(x.shape)}: {err}. Check the image size and "

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from relmon.exitcodes import EXIT_INTERRUPTED, EXIT_TIMEOUT
+from relmon.interrupts import Interrupted
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,7 +38,7 @@ class EmptyWindowError(JobError):
     """The window held nothing to score; ``summary`` holds the (empty) results. CLI exit code 6."""
 
 
-class RunInterrupted(RuntimeError):
+class RunInterrupted(Interrupted):
     """Scoring stopped before the window's end (a signal or the run deadline).
 
     ``records`` holds the records of the finished batches (possibly empty), ``reason`` is ``"signal"``
