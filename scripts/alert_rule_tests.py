@@ -82,7 +82,7 @@ def expected_alerts(summary: dict) -> list[dict]:
     """The promtool ``exp_alerts`` of a run's ``--json`` summary (its ``"alerts"``)."""
     out = []
     default = summary["default_estimator"]
-    est, _, upper = summary["estimates"][default]
+    est, upper = summary["estimates"][default]["estimate"], summary["estimates"][default]["upper"]
     for alert in summary.get("alerts", []):
         if alert["name"] != ALERT:
             continue
@@ -172,7 +172,7 @@ def main(argv=None) -> None:
              f"{meta['default_estimator']}; windows of {args.n} shipped-sample images (true accuracy in the comment)"]
     for _, s in runs:
         d = s["default_estimator"]
-        e, lo, hi = s["estimates"][d]
+        e, lo, hi = (s["estimates"][d][k] for k in ("estimate", "lower", "upper"))
         fired = ", ".join(a["severity"] for a in s["alerts"]) or "none"
         lines.append(f"{s['stream']}: accuracy {s['accuracy']:.3f}, {d} {e:.3f} [{lo:.3f}, {hi:.3f}], threshold "
                      f"{s['alert_threshold']:.3f}, drift {'alarm' if s['drift_alarm'] else 'quiet'} -> {fired}")

@@ -103,7 +103,8 @@ def accuracy_alerts(summary: Any, margin: float = ALERT_MARGIN,
     """The accuracy alerts a window fires: a list of ``{"name", "severity", "reason"}`` (empty: none).
 
     ``summary`` is a :class:`relmon.jobs.monitor.MonitorSummary` or a mapping with the same keys:
-    ``estimates`` (estimator → ``(estimate, lower, upper)``), ``default_estimator``, ``drift_alarm``
+    ``estimates`` (estimator → ``(estimate, lower, upper)`` or ``--json``'s ``{"estimate", "lower", "upper"}``),
+    ``default_estimator``, ``drift_alarm``
     (bool or None), ``calibration_accuracy`` and ``calibration_n`` (the clean reference: accuracy and
     number of images; None without calibration). No reference or no default estimate → no alert.
     ``margin`` and ``confidence``: see :func:`accuracy_threshold` (the shipped rules use the defaults).
@@ -114,6 +115,8 @@ def accuracy_alerts(summary: Any, margin: float = ALERT_MARGIN,
     estimate = (_get(summary, "estimates") or {}).get(default)
     if threshold is None or estimate is None:
         return []
+    if isinstance(estimate, Mapping):  # the --json / summary-file form {"estimate", "lower", "upper"}
+        estimate = (estimate["estimate"], estimate["lower"], estimate["upper"])
     est, _, upper = (float(v) for v in estimate)
     where = f"default estimator {default}"
     ref = (f"threshold {threshold:.3f} = {confidence:.0%} lower bound of the clean calibration accuracy "

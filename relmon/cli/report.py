@@ -133,6 +133,31 @@ def _read_inputs(cfg, sample_ids: list[str]):
     return (torch.stack(images) if images else None), found, f"files under {cfg.input}"
 
 
+def _run_settings(records_path: str) -> dict:
+    """The perturbation settings (``region``, ``steps``) of the newest run under ``records_path``, read from
+    the runs' per-window summary files (``*summary.json``); ``{}`` when there is none or none is readable."""
+    import json
+    from pathlib import Path
+
+    root = Path(records_path)
+    if not root.is_dir():
+        root = root.parent
+    found = []
+    for path in root.rglob("*summary.json"):
+        try:
+            found.append((path.stat().st_mtime, path))
+        except OSError:
+            continue
+    for _, path in sorted(found, reverse=True):
+        try:
+            settings = json.loads(path.read_text()).get("settings") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        if settings.get("region") and settings.get("steps"):
+            return {"region": int(settings["region"]), "steps": int(settings["steps"])}
+    return {}
+
+
 def _examples(args, records, calibration, cfg, notes: list[str]):
     """Heatmaps and curves of the worst-scoring inputs, recomputed with the job's model."""
     from pathlib import Path
@@ -165,8 +190,9 @@ def _examples(args, records, calibration, cfg, notes: list[str]):
     if images is None or not len(found):
         return None
     meta = calibration.meta if calibration is not None else {}
-    region = args.region or meta.get("region", cfg.region)
-    steps = args.steps or meta.get("steps", cfg.steps)
+    run = _run_settings(args.records)  # what the monitored runs used, from their summary files
+    region = args.region or meta.get("region") or run.get("region") or cfg.region
+    steps = args.steps or meta.get("steps") or run.get("steps") or cfg.steps
     methods = args.methods or sorted(m for m in records["method"].unique() if m != "random")
     return compute_examples(model, images, methods, region=region, steps=steps,
                             source=f"{len(found)} worst inputs re-read from {source}, region {region}, {steps} steps",
