@@ -6,10 +6,12 @@ Protocol (DESIGN §4a):
 1. **Models.** Fashion-MNIST training images ``0..--train-n`` with a planted cue
    (:mod:`relmon.data.shortcuts`: ``marker`` positional, ``border`` global, ``watermark`` texture) in
    90 % of them, two architectures each (``cnn``: 2 conv + linear; ``bncnn``: the same with
-   BatchNorm); controls of both architectures trained on the clean images. Same seed, same schedule.
-2. **Tuning kinds and the held-out kind.** The audit's rule (``min_excess``, ``min_lift``), the
-   location features and the gate margin were chosen looking at ``marker`` and ``border`` only;
-   ``watermark`` was held out of every decision and is reported separately.
+   BatchNorm; :mod:`relmon.audit.planted`); controls of both architectures trained on the clean
+   images. Same schedule; ``--seed`` sets the training seed (``--audit-only`` for more seeds' audits).
+2. **Tuning kinds and the held-out kind.** The audit's rule (``min_excess``, ``min_lift``, the candidate
+   families: rings of width 1..2, corner blocks; class means flag, clusters do not), the location
+   features and the gate margin were chosen looking at ``marker`` and ``border`` only; ``watermark``
+   was held out of every decision and is reported separately.
 3. **Audit** on ``--audit-n`` images of the test pool ``0..2000`` (the cue planted as in training:
    the user's labelled data looks like the training data); controls are audited on clean images *and*
    on images carrying each cue (a control must not be flagged for a cue it does not use).
@@ -28,8 +30,8 @@ Protocol (DESIGN §4a):
    outside the calibration windows' range (widened by ``--gate-margin`` of it) is an "unexplained
    shift" and gets the ATC estimate instead.
 
-Run: ``nice python scripts/evaluate_shortcuts.py`` (models cached under ``--cache``; about 10-15 min
-on 2 free cores).
+Run: ``nice python scripts/evaluate_shortcuts.py`` (models cached under ``--cache``: the file name holds
+every training setting; about 10 min on the shared 2-core machine).
 """
 
 from __future__ import annotations
