@@ -94,6 +94,77 @@ def feature_matrix(s: dict[str, np.ndarray], names) -> np.ndarray:
     return np.nan_to_num(np.stack([s[n] for n in names], 1), nan=0.0)
 
 
+def product_windows(model, name, kind, rects, cal_x, cal_y, test_raw, args) -> list[dict]:
+    """The product's estimates of the test windows ``test_raw`` (``[(what, raw images, labels)]``).
+
+    One :func:`relmon.jobs.calibrate_job.calibrate_model` on the calibration pool (the cue planted as in
+    training: the user's labelled data) with the audit's ``suspect_regions`` and ``shortcut_variants``
+    ``[remove, shuffle]``: its default estimator and unexplained-shift gate give the ``product``
+    headline, as ``relmon monitor`` computes it. ``today`` is the default that the shipped candidates
+    select on the same calibration records without the shortcut windows (those windows come last, so
+    the others are the images and shifts a calibration without them would score). Each test window is
+    scored once by :func:`relmon.jobs.scoring.score_stream` with the same config."""
+    import importlib
+    import warnings
+
+    from relmon.analysis.robust import window_robustness
+    from relmon.config import MonitorConfig
+    from relmon.data.labelled import LabelledImages
+    from relmon.data.streams import TensorStream
+    from relmon.jobs.calibrate_job import calibrate_model, fit_and_select
+    from relmon.jobs.scoring import score_stream
+    from relmon.preprocessing import get_preprocessing
+
+    unexplained = importlib.import_module("relmon.analysis.unexplained")  # the gate (issue 19, item 3)
+    t0 = time.time()
+    base = plant(cal_x, cal_y, kind, p=0.9, seed=300)
+    data = LabelledImages(base, cal_y.numpy(), [f"cal:{i}" for i in range(len(base))], None, {"kind": "tensors"})
+    cfg = MonitorConfig(calibration_n=args.cal_n, calibration_shifts=tuple(args.cal_shifts),
+                        calibration_severities=tuple(args.cal_severities),
+                        suspect_regions=tuple(tuple(int(v) for v in r) for r in rects),
+                        shortcut_variants=("remove", "shuffle"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cal = calibrate_model(model, data, cfg)
+        ordinary = cal.records[~cal.records["window_id"].str.startswith("shortcut_")]
+        today, today_default, _ = fit_and_select(ordinary, MonitorConfig().estimators)
+    default = cal.meta["default_estimator"]
+    gate_d = cal.meta.get("unexplained_shift_gate")
+    gate = unexplained.UnexplainedShiftGate.from_dict(gate_d) if gate_d else None
+    prep = get_preprocessing(model, "the evaluation")
+    rows = []
+    for j, (what, wx, wy) in enumerate(test_raw):
+        stream = TensorStream(wx, wy.numpy(), ids=[f"{what}:{j}:{i}" for i in range(len(wx))], preprocessing=prep,
+                              stream="test", window_size=len(wx))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rec, _, _ = score_stream(cfg, model, stream)
+        one = rec.assign(window_id="test")
+        estimates = {}
+        for e_name, est in cal.estimators.items():
+            try:
+                r = est.predict(one).iloc[-1]
+            except ValueError:
+                continue
+            estimates[e_name] = (float(r["estimate"]), float(r["lower"]), float(r["upper"]))
+        head = window_robustness(cal, estimates, default, one)["headline"]
+        fired = False
+        if gate is not None:
+            check = gate.check(one)
+            fired = bool(check.get("fired"))
+            head = unexplained.gated_headline(head, estimates, check)
+        rows.append({
+            "model": name, "kind": kind, "window": what, "product": float(head["estimate"]),
+            "product_lower": float(head["lower"]), "product_upper": float(head["upper"]),
+            "product_estimator": head["estimator"], "product_default": default, "gated": fired,
+            "today": float(today[today_default].predict(one).iloc[-1]["estimate"]), "today_default": today_default,
+            "accuracy": float(rec.drop_duplicates("sample_id")["correct"].astype(float).mean()),
+            **{f"est_{k}": v[0] for k, v in estimates.items()},
+        })
+    print(f"{name}: product path {time.time() - t0:.0f} s (default {default}, today {today_default})", flush=True)
+    return rows
+
+
 ESTIMATORS = ("confidence", "atc", "doc", "correctness_confidence", "confidence_variants", "location",
               "location_gated")
 
@@ -155,7 +226,52 @@ def markdown(results: dict) -> str:
                                    random_state=0).confidence_interval
                     out.append(f"- {g}: err({base}) − err(location_gated) = {d.mean():+.3f} "
                                f"[{ci.low:+.3f}, {ci.high:+.3f}] over {len(d)} windows")
+    if results.get("product"):
+        out.append(product_markdown(pd.DataFrame(results["product"])))
     return "\n".join(out) + "\n"
+
+
+def product_markdown(p) -> str:
+    """The product-path tables: today's default vs the shortcut-aware calibration's gated headline."""
+    from scipy.stats import bootstrap
+
+    p = p.copy()
+    ests = ["today", "product", "est_location_regression", "est_atc", "est_average_confidence"]
+    ests = [e for e in ests if e in p]
+    for e in ests:
+        p[f"err_{e}"] = (p[e] - p["accuracy"]).abs()
+    p["group"] = np.where(p["kind"] == HELD_OUT, f"held-out ({HELD_OUT})", "tuning kinds")
+    p["covered"] = (p["product_lower"] <= p["accuracy"]) & (p["accuracy"] <= p["product_upper"])
+    label = {"today": "today's default", "product": "product (gated)"}
+    out = ["\n### Window estimates of the product: mean absolute error\n",
+           "`relmon calibrate` (`calibrate_model`) with the audit's `suspect_regions` and `shortcut_variants: "
+           "[remove, shuffle]`; the monitor's headline (default estimator, unexplained-shift gate); today's "
+           "default = what the shipped candidates select on the same calibration without the shortcut "
+           "windows. Defaults chosen: product "
+           + ", ".join(f"{m}: {d}" for m, d in p.groupby("model")["product_default"].first().items())
+           + "; today " + ", ".join(f"{m}: {d}" for m, d in p.groupby("model")["today_default"].first().items())
+           + ".\n",
+           "| group | window | windows | accuracy | " + " | ".join(label.get(e, e[4:]) for e in ests)
+           + " | gated share | product interval covers |",
+           "|---|---|---|---|" + "---|" * (len(ests) + 2)]
+    t = p.groupby(["group", "window"])
+    for (g, w), part in t:
+        out.append(f"| {g} | {w} | {len(part)} | {part['accuracy'].mean():.3f} | "
+                   + " | ".join(f"{part[f'err_{e}'].mean():.3f}" for e in ests)
+                   + f" | {part['gated'].mean():.2f} | {part['covered'].mean():.2f} |")
+    out.append("\nPaired bootstrap (90 % interval of the error difference; positive = the product errs less):\n")
+    for g, part in p.groupby("group"):
+        for what, sel in (("misleading", part["window"].str.startswith("misleading")),
+                          ("corruption", part["window"].str.contains("/") & ~part["window"].str.startswith("misleading"))):
+            sub = part[sel]
+            for base in ("today", "est_atc", "est_average_confidence"):
+                if base not in p or len(sub) < 2:
+                    continue
+                d = (sub[f"err_{base}"] - sub["err_product"]).to_numpy()
+                ci = bootstrap((d,), np.mean, confidence_level=0.9, n_resamples=2000, random_state=0).confidence_interval
+                out.append(f"- {g}, {what} windows: err({label.get(base, base[4:])}) − err(product) = {d.mean():+.3f} "
+                           f"[{ci.low:+.3f}, {ci.high:+.3f}] over {len(d)} windows")
+    return "\n".join(out)
 
 
 def main(argv=None) -> int:
@@ -174,21 +290,32 @@ def main(argv=None) -> int:
     ap.add_argument("--no-controls", action="store_true", help="skip the control models (another run does them)")
     ap.add_argument("--controls-only", action="store_true", help="only the control models' audits")
     ap.add_argument("--audit-only", action="store_true", help="audits only, no monitoring windows")
+    ap.add_argument("--product", action="store_true",
+                    help="also estimate the test windows with the product: relmon calibrate (calibrate_model, "
+                         "shortcut_variants remove+shuffle, the audit's suspect_regions), its default estimator "
+                         "and unexplained-shift gate, and today's default (the same calibration without the "
+                         "shortcut windows)")
+    ap.add_argument("--cal-n", type=int, default=100, help="--product: calibration_n")
+    ap.add_argument("--cal-shifts", nargs="+", default=["gaussian_noise", "blur", "contrast", "brightness"],
+                    help="--product: calibration_shifts (fewer than shipped: the CPU budget)")
+    ap.add_argument("--cal-severities", nargs="+", type=int, default=[3], help="--product: calibration_severities")
     ap.add_argument("--tables", metavar="JSON", nargs="+",
                     help="only print the markdown tables of earlier --out files (runs split by --kinds are merged)")
     args = ap.parse_args(argv)
     if args.tables:
-        merged = {"models": {}, "audits": [], "windows": [], "seconds": 0.0}
+        merged = {"models": {}, "audits": [], "windows": [], "product": [], "seconds": 0.0}
         for f in args.tables:
             text = Path(f).read_text()
             if not f.endswith(".json"):  # the log of a run cut short: its printed rows
                 rows = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
                 text = json.dumps({"models": {}, "audits": [r for r in rows if "data" in r],
-                                   "windows": [r for r in rows if "window" in r]})
+                                   "windows": [r for r in rows if "window" in r and "product" not in r],
+                                   "product": [r for r in rows if "product" in r]})
             part = json.loads(text)
             merged["models"].update(part["models"])
             merged["audits"] += part["audits"]
             merged["windows"] += part["windows"]
+            merged["product"] += part.get("product", [])
             merged["seconds"] += part.get("seconds", 0.0)
         print(markdown(merged))
         return 0
@@ -204,7 +331,7 @@ def main(argv=None) -> int:
     audit_x, audit_y = xte[: args.audit_n], yte[: args.audit_n]
     cal_x, cal_y = xte[2000:2000 + args.pool_n], yte[2000:2000 + args.pool_n]
     test_x, test_y = xte[6000:6000 + args.pool_n], yte[6000:6000 + args.pool_n]
-    results = {"settings": vars(args), "models": {}, "audits": [], "windows": []}
+    results = {"settings": vars(args), "models": {}, "audits": [], "windows": [], "product": []}
     tag = f" s{args.seed}" if args.seed else ""  # model names of other training seeds
     if args.train_only:
         for arch in ARCHS:
@@ -257,7 +384,7 @@ def main(argv=None) -> int:
             mask = found
 
             # calibration windows (images 2000..6000), then test windows (6000..10000)
-            def windows(x, y, kind=kind, mask=mask, model=model, calibration=True):
+            def windows(x, y, kind=kind, mask=mask, model=model, calibration=True, keep=None):
                 n = args.window
                 chunks = [(x[i:i + n], y[i:i + n]) for i in range(0, len(x) - n + 1, n)]
                 out, seed = [], 100 if calibration else 200
@@ -282,10 +409,13 @@ def main(argv=None) -> int:
                     else:
                         wx = base
                     out.append((what, window_samples(model, wx, cy, mask)))
+                    if keep is not None:
+                        keep.append((what, wx, cy))
                 return out
 
             cal = windows(cal_x, cal_y, calibration=True)
-            test = windows(test_x, test_y, calibration=False)
+            test_raw = []
+            test = windows(test_x, test_y, calibration=False, keep=test_raw)
             ind = [s for w, s in cal if w == "in_distribution"]
             cat = {k: np.concatenate([s[k] for s in ind]) for k in ind[0]}
             t_atc = atc_threshold(cat["confidence"], cat["correct"])
@@ -324,6 +454,10 @@ def main(argv=None) -> int:
                 }
                 results["windows"].append(row)
                 print(json.dumps(row), flush=True)
+            if args.product:
+                for row in product_windows(model, name, kind, r.suspect_regions, cal_x, cal_y, test_raw, args):
+                    results["product"].append(row)
+                    print(json.dumps(row), flush=True)
     results["seconds"] = time.time() - t_start
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
