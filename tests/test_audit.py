@@ -275,3 +275,24 @@ def test_cue_regions_cover_what_plant_writes():
         from relmon.audit.regions import rects_mask
 
         assert not (changed & ~rects_mask(cue_regions(kind, 28, 28), 28, 28)).any(), kind
+
+
+def test_shortcut_model_cache_is_keyed_by_every_training_setting(tmp_path):
+    from relmon.audit.planted import cache_name, shortcut_model
+
+    images, labels = load_sample()
+    x = torch.from_numpy(images[:64]).float().div(255).unsqueeze(1)
+    y = torch.from_numpy(labels[:64])
+    a = shortcut_model("cnn", "border", x, y, epochs=1, seed=0, widths=(4, 8), cache=tmp_path)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == [cache_name("cnn", "border", 64, 1, 0, (4, 8))]
+    again = shortcut_model("cnn", "border", x, y, epochs=1, seed=0, widths=(4, 8), cache=tmp_path)  # read back
+    assert all(torch.equal(a.state_dict()[k], v) for k, v in again.state_dict().items())
+    other = shortcut_model("cnn", "border", x, y, epochs=1, seed=1, widths=(4, 8), cache=tmp_path)
+    assert not torch.equal(a.state_dict()["0.weight"], other.state_dict()["0.weight"])
+    names = {cache_name("cnn", "border", 64, 1, 0), cache_name("bncnn", "border", 64, 1, 0),
+             cache_name("cnn", None, 64, 1, 0), cache_name("cnn", "border", 65, 1, 0),
+             cache_name("cnn", "border", 64, 2, 0), cache_name("cnn", "border", 64, 1, 1),
+             cache_name("cnn", "border", 64, 1, 0, lr=1e-3), cache_name("cnn", "border", 64, 1, 0, p=0.5)}
+    assert len(names) == 8  # every setting changes the file name
+    assert len(list(tmp_path.iterdir())) == 2
