@@ -63,6 +63,7 @@ TABLE = {
     "relmon_accuracy_alert_threshold_ratio": ("gauge", None),
     "relmon_default_estimator_info": ("gauge", ("estimator", "members")),  # members: a median's (issue 18)
     "relmon_estimator_disagreement_ratio": ("gauge", None),
+    "relmon_unexplained_shift": ("gauge", None),  # issue 19
     "relmon_run_samples": ("gauge", None),
     "relmon_run_input_errors": ("gauge", "reason"),
 }
@@ -92,6 +93,7 @@ def filled_metrics() -> RelmonMetrics:
     m.set_alert_threshold(0.83)
     m.set_default_estimator("atc")
     m.set_disagreement(0.05)
+    m.set_unexplained_shift(True)
     m.set_run_inputs(16, {"decode_error": 2})
     return m
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from relmon.location import LOCATION_COLUMNS
 from relmon.records import RANDOM_METHOD
 
 HEATMAP_FEATURES: tuple[str, ...] = ("aopc", "aopc_rel", "aopc_minus_random", "entropy_bits", "png_bytes")
@@ -70,7 +71,10 @@ def sample_features(records: pd.DataFrame) -> pd.DataFrame:
     optional = [c for c in ("aopc_early", "abpc", "gini") if c in records.columns]
     base_cols = [*_KEYS, *CONFIDENCE_FEATURES, "correct"] + [c for c in ("score0", "pred", "label", *PROBS_COLUMNS)
                                                              if c in records.columns]
-    base = records.drop_duplicates(_KEYS)[base_cols].copy()
+    location = [c for c in LOCATION_COLUMNS if c in records.columns]  # issue 19: per sample, when scored
+    base = records.drop_duplicates(_KEYS)[base_cols + location].copy()
+    for c in location:
+        base[c] = base[c].astype("Float64").astype("float64")
     base["correct"] = base["correct"].astype("Float64").astype("float64")
     for c in CONFIDENCE_FEATURES:
         base[c] = base[c].astype("float64")
