@@ -166,7 +166,7 @@ def calibrate_model(model, data, cfg: MonitorConfig, out: str | os.PathLike | No
         index = order[(i * n + np.arange(n)) % n_images]
         x = data.images[torch.as_tensor(index)]
         if shift is not None and shift.startswith("shortcut_"):
-            x = break_shortcut(x, mask, shift[len("shortcut_"):], float(sev), seed=cfg.seed + i)
+            x = break_shortcut(x, mask, shift[len("shortcut_"):], float(sev), seed=cfg.seed + i, low=float(prep.low))
         elif shift is not None:
             x = apply_shift(x, shift, sev, seed=cfg.seed + i)
         xs.append(x)
