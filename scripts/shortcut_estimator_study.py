@@ -104,17 +104,78 @@ def score_windows(cfg, model, windows, mask, name):
     return records.merge(loc, on="sample_id", how="left")
 
 
+ANALYSED = ("location_regression", "location_regression_local", "atc", "average_confidence", "doc",
+            "cbpe_isotonic", "regression_confidence", "correctness_confidence")
+
+
+def analyse(folder: Path, names: list[str]) -> pd.DataFrame:
+    """Per test window: the accuracy and every estimator's estimate, fitted on the calibration records;
+    ``today`` = the default ``relmon calibrate`` selects from the shipped candidates on the calibration
+    without the shortcut windows (what a user gets today), ``gated`` = location_regression after the
+    unexplained-shift gate (atc where it fires)."""
+    from relmon.analysis import make_estimator
+    from relmon.analysis.unexplained import UnexplainedShiftGate
+    from relmon.jobs.calibrate_job import fit_and_select
+
+    rows = []
+    for name in names:
+        rc = pd.read_parquet(folder / f"{name}_cal.parquet")
+        rt = pd.read_parquet(folder / f"{name}_test.parquet")
+        ordinary = rc[~rc["window_id"].str.startswith("shortcut_")]
+        fitted, default, _ = fit_and_select(ordinary, MonitorConfig().estimators)
+        preds = {"today": fitted[default].predict(rt).set_index("window_id")["estimate"]}
+        for e in ANALYSED:
+            preds[e] = make_estimator(e).fit(rc).predict(rt).set_index("window_id")["estimate"]
+        gate = UnexplainedShiftGate.fit(rc)
+        for w, part in rt.groupby("window_id"):
+            g = gate.check(part)
+            row = {"model": name, "window": w.split("#")[0], "window_id": w, "today_default": default,
+                   "accuracy": float(part.drop_duplicates("sample_id")["correct"].mean()), "gate": g["fired"],
+                   **{k: float(v[w]) for k, v in preds.items()}}
+            row["gated"] = row["atc"] if g["fired"] else row["location_regression"]
+            rows.append(row)
+        print(f"{name}: today's default {default}", flush=True)
+    return pd.DataFrame(rows)
+
+
+def tables(df: pd.DataFrame) -> str:
+    ests = ["today", *ANALYSED, "gated"]
+    err = df.assign(**{e: (df[e] - df["accuracy"]).abs() for e in ests})
+    t = err.groupby("window")[["accuracy", *ests]].mean()
+    t.insert(0, "windows", err.groupby("window").size())
+    out = ["| window | windows | accuracy | " + " | ".join(ests) + " |", "|---" * (len(ests) + 3) + "|"]
+    for w, r in t.iterrows():
+        out.append(f"| {w} | {int(r['windows'])} | {r['accuracy']:.3f} | " + " | ".join(f"{r[e]:.3f}" for e in ests) + " |")
+    mis = err[err["window"].str.startswith("misleading")]
+    ordn = err[~err["window"].str.startswith(("misleading", "in_distribution", "absent"))]
+    for label, part in (("misleading (mean)", mis), ("ordinary corruptions (mean)", ordn),
+                        ("ordinary without rotation", ordn[~ordn["window"].str.startswith("rotation")])):
+        out.append(f"| **{label}** | {len(part)} | {part['accuracy'].mean():.3f} | "
+                   + " | ".join(f"{part[e].mean():.3f}" for e in ests) + " |")
+    out.append(f"\nToday's defaults: {dict(df.groupby('model')['today_default'].first())}; gate fired on "
+               f"{int(df['gate'].sum())} of {len(df)} test windows.")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train-n", type=int, default=4000)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--window", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0, help="training seed (evaluate_shortcuts.get_model)")
     ap.add_argument("--cache", default="/work/cache/shortcuts")
     ap.add_argument("--kinds", nargs="+", default=["marker", "border"])
     ap.add_argument("--archs", nargs="+", default=list(ev.ARCHS))
     ap.add_argument("--records", default="out/study", help="folder for the scored records (parquet)")
     ap.add_argument("--test-repeats", type=int, default=2, help="test windows per test kind")
+    ap.add_argument("--analyse", nargs="+", metavar="MODEL", help="only fit and evaluate the estimators on "
+                    "the scored records of these models (e.g. cnn_marker bncnn_border); prints the tables")
     args = ap.parse_args(argv)
+    if args.analyse:
+        df = analyse(Path(args.records), args.analyse)
+        df.to_csv(Path(args.records) / f"analysis_{'_'.join(args.analyse)}.csv", index=False)
+        print(tables(df))
+        return 0
     from relmon.data.fashion_mnist import load_fashion_mnist
 
     xtr_u8, ytr_np = load_fashion_mnist("train")
