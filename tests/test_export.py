@@ -378,7 +378,7 @@ def test_monitor_with_calibration_fills_every_metric(calibration, tmp_path):
         for n in TABLE
         if not any(s.name == n or s.name.startswith(n + "_") for f in fams.values() for s in f.samples)
     ]
-    assert missing == []
+    assert missing == ["relmon_unexplained_shift"]  # issue 19: only with suspect_regions (the gate)
     ts = next(s.value for s in fams["relmon_calibration_timestamp_seconds"].samples)
     assert ts == pytest.approx(calibration.timestamp)
     acc = next(s.value for s in fams["relmon_calibration_accuracy_ratio"].samples)
