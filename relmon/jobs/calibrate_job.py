@@ -57,6 +57,7 @@ SETTINGS_KEYS = (
     "estimators",
     "channels",
     "image_size",
+    "suspect_regions",  # issue 19: the location columns of the drift reference were scored with these
 )
 
 

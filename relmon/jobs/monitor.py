@@ -213,6 +213,11 @@ class MonitorJob:
             values = records.loc[records["method"] == method, "aopc_rel"] if len(records) else []
             m.observe_aopc_relative(method, values)
         m.set_confidence(float(conf.mean()) if conf.size else math.nan)
+        from relmon.analysis.location import location_summary
+
+        location = location_summary(records)  # None without suspect_regions
+        if location is not None:
+            m.set_location(location)
         if drift_p is not None:
             m.set_drift(drift_p, alarm)
         m.set_disagreement(robust["estimator_disagreement"])
@@ -243,6 +248,7 @@ class MonitorJob:
             calibration_version_mismatch=self.version_mismatch,
             default_estimator=self.default_estimator,
             estimate_errors=estimate_errors,
+            location=location,
             **robust,
         )
         if self.calibration is not None and self.reference[0] is not None:
