@@ -343,3 +343,26 @@ def test_a_control_model_gives_no_regions_and_monitoring_without_them_is_unchang
     assert summary["location"] is None
     recs = read_record_files(glob.glob(str(tmp_path / "rec" / "**" / "*.parquet"), recursive=True))
     assert list(recs.columns) == list(RECORD_COLUMNS)
+
+
+def test_report_shows_where_the_model_looks():
+    from relmon.report.html import render_report
+
+    model = linear_model()
+    a = score(model, RECT)
+    b = score(model, RECT).assign(window_id="w:1")
+    b = b[b["sample_id"] != "s1"]  # window 1: only the two class-0 inputs (both flip)
+    page = render_report(pd.concat([a, b], ignore_index=True))
+    section = page.split('<section id="location">')[1].split("</section>")[0]
+    assert "Where the model looks" in section and "data:image/png;base64," in section
+    import re
+
+    tables = [[re.findall(r"<t[dh][^>]*>([^<]*)</t[dh]>", row) for row in re.findall(r"<tr.*?</tr>", t, re.S)]
+              for t in re.findall(r"<table.*?</table>", section, re.S)]
+    per_window, per_class = tables
+    flip = per_window[0].index("occlusion flip rate")
+    assert [row[flip] for row in per_window[1:]] == ["0.667", "1.000"]  # window w:0, then w:1
+    share = per_class[0].index("relevance share in suspect regions")
+    assert [(row[0], row[1], row[share]) for row in per_class[1:]] == [("0", "4", "1.000"), ("1", "1", "0.000")]
+    plain = render_report(score(model, None))
+    assert "carry no location features: set suspect_regions" in plain.split('<section id="location">')[1]
