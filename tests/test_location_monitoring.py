@@ -157,6 +157,18 @@ def test_sample_and_window_features_carry_the_location_columns():
     assert win["suspect_share_mean"].iloc[0] == pytest.approx(2 / 3)
 
 
+def test_drift_tests_the_location_features_when_both_sides_have_them():
+    from relmon.analysis import DRIFT_FEATURES, ks_drift
+
+    model = linear_model()
+    ref, same = score(model, RECT), score(model, RECT)
+    res = ks_drift(ref, same)
+    assert res.features == DRIFT_FEATURES + LOCATION_COLUMNS
+    assert res.p_values["suspect_share"] == 1.0 and not res.alarm  # identical windows
+    assert ks_drift(score(model, None), same).features == DRIFT_FEATURES  # reference without: not tested
+    assert ks_drift(ref, score(model, None)).features == DRIFT_FEATURES
+
+
 # ---------------------------------------------------------------------------------------------
 # the config field
 
