@@ -54,6 +54,8 @@ class MonitorSummary:
     # issue 19 (relmon.analysis.location.location_summary): window means of the location columns
     # (suspect_share, occlusion_flip rate, ...) when suspect_regions is set, else None
     location: dict[str, Any] | None = None
+    # issue 19 (relmon.analysis.unexplained): {fired, checked, outside, fallback, reason}; None without a gate
+    unexplained_shift: dict[str, Any] | None = None
 
     def table(self) -> str:
         """A plain-text summary table."""
@@ -79,6 +81,9 @@ class MonitorSummary:
         if self.headline.get("fallback"):
             lines.append(f"{'headline: median of all (estimators disagree)':<34} {self.headline['estimate']:8.3f} "
                          f"[{self.headline['lower']:6.3f}, {self.headline['upper']:6.3f}]")
+        if self.unexplained_shift and self.unexplained_shift.get("fired"):
+            lines.append(f"UNEXPLAINED SHIFT: {self.unexplained_shift['reason']}; headline: "
+                         f"{self.headline.get('estimator')} {self.headline.get('estimate', math.nan):.3f}")
         if self.estimator_disagreement is not None and math.isfinite(self.estimator_disagreement):
             lines.append(f"estimator disagreement |default - median| {self.estimator_disagreement:.3f}"
                          + (f"; shift score (KS vs clean calibration) {self.shift_score:.3f}"
