@@ -640,9 +640,12 @@ def _share(name: str, kind: str, value: Any) -> float:
 
 
 def _rects(name: str, kind: str, value: Any) -> tuple[tuple[int, int, int, int], ...]:
-    from relmon.suspect_regions import coerce_regions
+    from relmon.suspect_regions import SuspectRegionsError, coerce_regions
 
-    return coerce_regions(name, value, _bad(name, kind, value).args[0])
+    try:
+        return coerce_regions(name, value, _bad(name, kind, value).args[0])
+    except SuspectRegionsError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _preprocessing(name: str, kind: str, value: Any) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from relmon.location import LOCATION_COLUMNS, suspect_mask
 from relmon.preprocessing import Preprocessing, attach_preprocessing
 from relmon.records import RECORD_COLUMNS, read_record_files, write_records
 from relmon.scoring import BatchScorer, WindowAccumulator
-from relmon.suspect_regions import check_regions_fit
+from relmon.suspect_regions import SuspectRegionsError, check_regions_fit
 
 RECT = [[2, 2, 2, 2]]  # the suspect region of an 8x8 image
 OTHER = [[5, 5, 3, 3]]  # where class 1 looks
@@ -212,7 +212,7 @@ def test_audit_files_without_regions_are_refused(tmp_path):
 
 def test_regions_are_checked_against_the_input_size():
     check_regions_fit(((25, 25, 3, 3),), 28, 28)
-    with pytest.raises(ConfigError, match=r"\[26, 0, 3, 3\] does not fit in the model's 28x28 input.*fix"):
+    with pytest.raises(SuspectRegionsError, match=r"\[26, 0, 3, 3\] does not fit in the model's 28x28 input.*fix"):
         check_regions_fit(((26, 0, 3, 3),), 28, 28)
 
 
@@ -297,10 +297,10 @@ def test_audit_to_monitoring_end_to_end(planted_models, tmp_path, capsys):
     assert all(c in reference.columns for c in LOCATION_COLUMNS)
 
     # monitored windows from images the audit and calibration never saw: the marker as in training,
-    # and a window where half the images carry another class's marker (the shortcut misleads)
+    # and a window where every image carries another class's marker (the shortcut misleads)
     clean = _folder(tmp_path / "clean", plant(x[1000:1250], y[1000:1250], "marker", p=0.9, seed=5), y, flat=True)
-    wrong = _folder(tmp_path / "wrong", plant(x[1250:1500], y[1250:1500], "marker", p=0.9, p_wrong=0.5, seed=6),
-                    y, flat=True)
+    wrong = _folder(tmp_path / "wrong", plant(x[1250:1500], y[1250:1500], "marker", p_wrong=1.0, seed=6), y,
+                    flat=True)
     out = {}
     for name, folder in (("clean", clean), ("wrong", wrong)):
         rc = run_cli(["monitor", "--config", str(cfg), "--calibration", str(tmp_path / "cal"), "--input",
@@ -311,9 +311,10 @@ def test_audit_to_monitoring_end_to_end(planted_models, tmp_path, capsys):
         recs = read_record_files(glob.glob(str(tmp_path / f"rec_{name}" / "**" / "*.parquet"), recursive=True))
         assert list(recs.columns) == [*RECORD_COLUMNS, *LOCATION_COLUMNS] and recs["suspect_share"].notna().all()
     flip = {k: v["location"]["occlusion_flip"] for k, v in out.items()}
-    # blanking the regions flips predictions in every window (the model half-reads the object), more
-    # often where a wrong marker carried the prediction
-    assert flip["wrong"] > flip["clean"] + 0.05, flip
+    # blanking the regions flips predictions in every window (the audit's regions are 4x4 cells, bands and
+    # corners that cover object pixels too), more often where a wrong marker carried the prediction
+    # (measured: 0.48 and 0.62; 250 images each, standard error of the difference about 0.044)
+    assert flip["wrong"] > flip["clean"] + 0.08, flip
     assert out["wrong"]["location"]["method"] == "lrp:epsilon_0_01"
     # the exported flip rate is the summary's
     from prometheus_client.parser import text_string_to_metric_families

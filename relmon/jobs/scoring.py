@@ -31,9 +31,13 @@ def job_suspect_regions(cfg: MonitorConfig, stream):
         return None
     size = input_size(stream)
     if size is not None:
-        from relmon.suspect_regions import check_regions_fit
+        from relmon.config import ConfigError
+        from relmon.suspect_regions import SuspectRegionsError, check_regions_fit
 
-        check_regions_fit(cfg.suspect_regions, *size)
+        try:
+            check_regions_fit(cfg.suspect_regions, *size)
+        except SuspectRegionsError as err:
+            raise ConfigError(str(err)) from None
     return cfg.suspect_regions
 
 
