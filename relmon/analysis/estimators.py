@@ -1228,7 +1228,9 @@ class LocationRegression(_WindowEstimator):
       :data:`ENVELOPE_SE` standard errors of a window mean (:func:`sampling_se`). Strong corruptions
       move the confidence and the heatmap statistics out of it; mild ones may stay inside (measured).
     - **Fallback**: outside the envelope the estimate is the ``fallback`` configuration's (a name of
-      :data:`ESTIMATORS`), fitted on all calibration windows.
+      :data:`ESTIMATORS` or ``median:a+b+c``), fitted on all calibration windows. ``relmon calibrate``
+      sets it to the default its leave-one-shift-type-out selection chose among the other candidates,
+      so outside the envelope the shortcut-aware estimate is today's default.
 
     ``alpha``, ``margin`` and ``fallback`` were chosen on the tuning shortcuts (``marker``, ``border``)
     of ``scripts/shortcut_estimator_study.py``; the records need the location columns
@@ -1260,8 +1262,11 @@ class LocationRegression(_WindowEstimator):
         return sorted({*self.envelope_columns_, *self.fallback_.features_})
 
     def _fit(self, records):
-        if self.fallback not in ESTIMATORS or ESTIMATORS[self.fallback][0] == "LocationRegression":
-            raise ValueError(f"fallback must name a non-location estimator of {list(ESTIMATORS)}, got {self.fallback!r}")
+        members = self.fallback[len(MEDIAN_PREFIX):].split("+") if str(self.fallback).startswith(MEDIAN_PREFIX) \
+            else [self.fallback]
+        if any(m not in ESTIMATORS or ESTIMATORS[m][0] == "LocationRegression" for m in members):
+            raise ValueError(f"fallback must name a non-location estimator of {list(ESTIMATORS)} (or "
+                             f"'median:a+b+c' of them), got {self.fallback!r}")
         feats = records.windows.dropna(subset=["accuracy"])
         missing = [c for c in LOCATION_REGRESSION_FEATURES if c not in feats.columns or feats[c].isna().all()]
         if missing:
