@@ -63,6 +63,8 @@ _CALIBRATE_FIELDS = [
     "max_batch_bytes",
     "estimators",
     "calibration_n",
+    "method_candidates",
+    "method_table_n",
     "calibration_shifts",
     "calibration_severities",
 ]

@@ -30,6 +30,7 @@ from relmon.identity import model_info
 from relmon.jobs.calibration import Calibration, check_calibration, load_calibration
 from relmon.jobs.errors import CalibrationMismatchError, EmptyWindowError, JobError, RunInterrupted
 from relmon.jobs.inputs import build_stream, input_size, latest_window
+from relmon.jobs.method_choice import is_auto, resolve_auto
 from relmon.jobs.model import check_stream_classes, load_job_model
 from relmon.jobs.only_new import STATE_FILE, SeenFiles, folder_lock, stream_folder
 from relmon.jobs.runner import resolve_device
@@ -49,6 +50,18 @@ from relmon.records import (
 from relmon.runs import SUMMARY_FILE, part_manifest, window_summary_document, write_window_summary
 
 log = logging.getLogger("relmon.jobs")
+
+
+def _example(stream, cfg: MonitorConfig):
+    """A zero batch of one image shaped like ``stream``'s (None when its size is unknown)."""
+    import torch
+
+    size = input_size(stream)
+    if size is None:
+        return None
+    x = getattr(stream, "x", None)
+    channels = int(x.shape[1]) if x is not None and x.ndim == 4 else cfg.channels
+    return torch.zeros(1, channels, *size)
 
 
 class MonitorJob:
@@ -101,6 +114,8 @@ class MonitorJob:
         if calibration is not None and not isinstance(calibration, Calibration):
             calibration = load_calibration(calibration)
         self.calibration = calibration
+        if calibration is not None:  # methods: auto → the calibration's choice (issue 21 item 6)
+            self.cfg = cfg = resolve_auto(cfg, self.model, calibration)
         self.version_mismatch = (
             check_calibration(self.calibration, self.model_name, self.model_version, cfg)
             if self.calibration
@@ -133,6 +148,8 @@ class MonitorJob:
         stream = self.stream if self.stream is not None else build_stream(
             cfg, self.model, listing=listing, calibration=self.calibration)
         self._input = stream  # the folder stream: the root the records' sample ids are relative to
+        if is_auto(cfg.methods):  # no calibration: the fallback method (checked on the input's size)
+            self.cfg = cfg = resolve_auto(cfg, self.model, None, _example(stream, cfg))
         stream = self._prepare_stream(stream)  # only-new scoring: the new or changed files only
         self._check_fraction_steps(stream)
         self._steps = job_steps(cfg, stream)
