@@ -190,3 +190,52 @@ def test_auto_round_trips_in_the_config():
         config_from_dict({"methods": ["auto", "sensitivity"]})
     with pytest.raises(ConfigError, match="method_table_n"):
         config_from_dict({"method_table_n": -1})
+
+
+# -- the CLI: printed summary and --json -------------------------------------------------------------
+
+FACTORY = '''
+import torch
+from torch import nn
+
+
+def mean_readout():
+    model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1, 3))
+    with torch.no_grad():
+        model[2].weight.copy_(torch.tensor([[6.0], [0.0], [-6.0]]))
+        model[2].bias.copy_(torch.tensor([0.0, 1.0, 0.0]))
+    return model
+'''
+
+
+def test_cli_calibrate_prints_the_table_and_the_warning_and_json_carries_them(tmp_path, monkeypatch, capsys):
+    import json
+    import sys
+
+    from PIL import Image
+
+    from relmon.cli import main
+
+    (tmp_path / "relmon_test_readout.py").write_text(FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("relmon_test_readout", None)
+    x = blobs(72, seed=1)
+    for i, img in enumerate(x):
+        folder = tmp_path / "labelled" / "abc"[i % 3]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((img[0].numpy() * 255).round().astype("uint8")).save(folder / f"{i}.png")
+    args = ["calibrate", "--model", "relmon_test_readout:mean_readout", "--preprocessing",
+            "{mean: 0.0, std: 1.0, low: 0.0, high: 1.0}", "--calibration-data", str(tmp_path / "labelled"),
+            "--classes", "a", "b", "c", "--region", "4", "--steps", "6", "--calibration-n", "24",
+            "--calibration-shifts", "blur", "--calibration-severities", "3", "--estimators", "atc",
+            "--method-table-n", "64", "--methods", "sensitivity"]
+    assert main([*args, "--out", str(tmp_path / "cal")]) == 0
+    out = capsys.readouterr().out
+    assert "methods compared on 64 clean images" in out and "lrp:epsilon_plus_flat" in out
+    assert "WARNING: heatmap method sensitivity is no better than the random order" in out
+    assert main([*args, "--out", str(tmp_path / "cal2"), "--json"]) == 0
+    meta = json.loads(capsys.readouterr().out)
+    sel = meta["method_selection"]
+    assert meta["methods"] == ["sensitivity"] and len(sel["table"]) == len(DEFAULT_CANDIDATES)
+    assert sel["warnings"] and sel["warnings"][0].startswith("heatmap method sensitivity is no better")
+    sys.modules.pop("relmon_test_readout", None)
