@@ -30,12 +30,12 @@ from relmon.identity import model_info
 from relmon.jobs.calibration import Calibration, check_calibration, load_calibration
 from relmon.jobs.errors import CalibrationMismatchError, EmptyWindowError, JobError, RunInterrupted
 from relmon.jobs.inputs import build_stream, input_size, latest_window
-from relmon.jobs.method_choice import is_auto, resolve_auto
+from relmon.jobs.method_auto import is_auto, resolve_auto
 from relmon.jobs.model import check_stream_classes, load_job_model
 from relmon.jobs.only_new import STATE_FILE, SeenFiles, folder_lock, stream_folder
 from relmon.jobs.runner import resolve_device
 from relmon.jobs.scaleout import plan_window, scoring_settings, write_part_file
-from relmon.jobs.scoring import job_steps, score_stream
+from relmon.jobs.scoring import _example, job_steps, score_stream
 from relmon.jobs.signals import run_deadline, run_time_left
 from relmon.jobs.summary import BASELINE_ESTIMATOR, MonitorSummary, confidence_estimate
 from relmon.jobs.window_ids import input_root, name_run_windows, relative_sample_ids
@@ -50,18 +50,6 @@ from relmon.records import (
 from relmon.runs import SUMMARY_FILE, part_manifest, window_summary_document, write_window_summary
 
 log = logging.getLogger("relmon.jobs")
-
-
-def _example(stream, cfg: MonitorConfig):
-    """A zero batch of one image shaped like ``stream``'s (None when its size is unknown)."""
-    import torch
-
-    size = input_size(stream)
-    if size is None:
-        return None
-    x = getattr(stream, "x", None)
-    channels = int(x.shape[1]) if x is not None and x.ndim == 4 else cfg.channels
-    return torch.zeros(1, channels, *size)
 
 
 class MonitorJob:
@@ -149,7 +137,7 @@ class MonitorJob:
             cfg, self.model, listing=listing, calibration=self.calibration)
         self._input = stream  # the folder stream: the root the records' sample ids are relative to
         if is_auto(cfg.methods):  # no calibration: the fallback method (checked on the input's size)
-            self.cfg = cfg = resolve_auto(cfg, self.model, None, _example(stream, cfg))
+            self.cfg = cfg = resolve_auto(cfg, self.model, None, _example(stream, cfg.channels))
         stream = self._prepare_stream(stream)  # only-new scoring: the new or changed files only
         self._check_fraction_steps(stream)
         self._steps = job_steps(cfg, stream)
