@@ -201,6 +201,13 @@ class MonitorConfig:
     )
     calibration_severities: tuple[int, ...] = setting((1, 3, 5), "list[int]", "severities of the calibration shifts")
     drift_alpha: float = setting(0.01, "float01", "family-wise significance level of the drift alarm")
+    # relevance location (issue 19): rectangles from 'relmon audit' become per-sample monitoring features
+    suspect_regions: tuple[tuple[int, int, int, int], ...] | None = setting(
+        None, "rects?",
+        "suspect regions [[top, left, height, width], ...] in the model's input pixels, or the path of a "
+        "'relmon audit --json' output file: adds the relevance share in them and the occlusion flip rate to the "
+        "records, metrics and drift tests",
+    )
     allow_version_mismatch: bool = setting(
         False, "bool",
         "use a calibration made for another version of the model (flagged)",
@@ -368,7 +375,9 @@ class MonitorConfig:
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            out[f.name] = list(v) if isinstance(v, tuple) else (dict(v) if isinstance(v, Mapping) else v)
+            if isinstance(v, tuple):  # suspect_regions: a list of lists
+                v = [list(x) if isinstance(x, tuple) else x for x in v]
+            out[f.name] = v if isinstance(v, list) else (dict(v) if isinstance(v, Mapping) else v)
         return out
 
     def _check_steps_or_fraction(self) -> None:
@@ -612,6 +621,12 @@ def _methods(name: str, kind: str, value: Any) -> tuple[str, ...]:
     return value
 
 
+def _rects(name: str, kind: str, value: Any) -> tuple[tuple[int, int, int, int], ...]:
+    from relmon.suspect_regions import coerce_regions
+
+    return coerce_regions(name, value, _bad(name, kind, value).args[0])
+
+
 def _preprocessing(name: str, kind: str, value: Any) -> dict[str, Any]:
     return _coerce_preprocessing(name, kind, _yaml_value(name, kind, value))
 
@@ -640,6 +655,8 @@ KINDS: dict[str, tuple[str, Any]] = {
     "strategy": ("auto or ddp", _strategy),
     "shard": ("I/N with 0 <= I < N, e.g. 0/4", _shard),
     "runid": ("a name of letters, digits, '.', '_' or '-', e.g. nightly-2026-12-03", _run_id),
+    "rects": ("a list of [top, left, height, width] rectangles, e.g. [[1, 1, 3, 3]], or the path of a "
+              "'relmon audit --json' file", _rects),
 }
 
 

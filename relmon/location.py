@@ -23,7 +23,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-LOCATION_COLUMNS = ("suspect_share", "rest_relevance", "occlusion_flip", "occlusion_drop")
+from relmon.records import LOCATION_COLUMNS  # the records' optional columns: one declaration
+
 VARIANTS = ("remove", "shuffle")
 
 
@@ -72,12 +73,15 @@ def location_features(
     mask: torch.Tensor,
     raw: torch.Tensor | None = None,
     low: float = 0.0,
+    logits: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-sample location features (module doc), each ``(B,)`` float.
 
     ``x`` is the batch in the model's input space, ``relevance`` its heatmaps ``(B, H, W)`` (or
     ``(B, C, H, W)``, summed over channels) for the predicted classes ``pred``; the occlusion blanks
     the raw images (``raw``, or ``x`` mapped back with the model's preprocessing) and normalises again.
+    ``logits``: the clean logits of ``x`` when already computed (saves a forward: the occlusion is then
+    the one extra forward).
     """
     from relmon.preprocessing import get_preprocessing
 
@@ -95,7 +99,7 @@ def location_features(
     if raw is None:
         raw = prep.denormalize(x.detach())
     with torch.no_grad():
-        p0 = model(x).float().softmax(1)
+        p0 = (model(x) if logits is None else logits.detach()).float().softmax(1)
         p1 = model(prep.normalize(blank(raw, mask, low))).float().softmax(1)
     pred = pred.to(p0.device).long()
     flip = (p1.argmax(1) != pred).float()

@@ -37,6 +37,20 @@ Columns (:data:`RECORD_COLUMNS`, typed by :data:`RECORD_SCHEMA`):
   job wrote the row (:func:`new_run_id`); null in records made outside a job and in files written
   before these columns existed (such files are still read: the columns are added as null).
 
+**Optional location columns** (:data:`LOCATION_COLUMNS`, nullable float64, schema version 3): present
+only in records scored with ``suspect_regions`` set (:mod:`relmon.suspect_regions`), all four or none;
+records scored without it have exactly the columns above (and are written as schema version 2):
+
+- ``suspect_share``: share of the sample's positive relevance inside the suspect regions;
+- ``rest_relevance``: signed relevance outside them over the signed total;
+- ``occlusion_flip``: 1.0 when blanking the suspect regions changes the prediction, else 0.0;
+- ``occlusion_drop``: the predicted class's softmax probability minus the same class's after blanking.
+
+They are per *sample* (:func:`relmon.location.location_features` on the heatmap of the first configured
+method) and repeated on each of the sample's rows (every method and ``random``), so any row of a sample
+carries them. Null where undefined (no positive relevance, zero total). Reading files with and without
+them together gives null columns for the files without (:func:`read_record_files`).
+
 Writes are atomic (a uniquely named temporary file in the target folder, then ``os.replace``), so
 concurrent writers and readers never see a half-written file; temporary files left by killed writers
 start with ``.`` and end with ``.tmp`` — readers skip them and :func:`remove_stale_temporaries`
@@ -92,10 +106,17 @@ RECORD_SCHEMA = pa.schema(
     metadata={b"relmon.records.schema_version": b"2"},
 )
 #: 1: up to issue 17 (no class probabilities); 2: ``probs`` and ``probs_classes``
-RECORD_SCHEMA_VERSION = 2
+RECORD_SCHEMA_VERSION = 3
+#: the optional per-sample location columns (see the module docstring); same names as relmon.location's
+LOCATION_COLUMNS: tuple[str, ...] = ("suspect_share", "rest_relevance", "occlusion_flip", "occlusion_drop")
+LOCATION_FIELDS = tuple(pa.field(c, pa.float64(), nullable=True) for c in LOCATION_COLUMNS)
+#: the schema of records that carry the location columns (schema version 3)
+LOCATION_RECORD_SCHEMA = pa.schema([*RECORD_SCHEMA, *LOCATION_FIELDS],
+                                   metadata={b"relmon.records.schema_version": b"3"})
 #: the most class probabilities a record keeps (see the module docstring)
 PROBS_TOP_K = 20
 RECORD_COLUMNS: tuple[str, ...] = tuple(RECORD_SCHEMA.names)
+_ALL_COLUMNS = RECORD_COLUMNS + LOCATION_COLUMNS
 
 # pandas dtypes matching the schema (nullable extension dtypes where the schema allows nulls).
 _PANDAS_DTYPES = {
@@ -105,6 +126,7 @@ _PANDAS_DTYPES = {
     "aopc_rel": "float64", "aopc_lerf": "Float64", "abpc": "Float64", "aopc_early": "Float64",
     "entropy_bits": "Float64", "png_bytes": "Int64", "jpeg_bytes": "Int64", "gini": "Float64",
     "run_id": "string", "run_time": "Float64", "probs": "object", "probs_classes": "object",
+    **{c: "Float64" for c in LOCATION_COLUMNS},
 }
 _DTYPE_OBJECTS = {name: pd.api.types.pandas_dtype(dtype) for name, dtype in _PANDAS_DTYPES.items()}
 # Columns added after the first schema: files without them are read with the column null.
@@ -168,16 +190,17 @@ def make_records(n: int | None = None, **columns) -> pd.DataFrame:
     values ``< 0`` mean unknown (null); ``correct`` is derived from ``pred`` and ``label`` when not
     given. Scalars are broadcast to ``n`` rows (inferred from the first array-like column).
     """
-    unknown = set(columns) - set(RECORD_COLUMNS)
+    unknown = set(columns) - set(_ALL_COLUMNS)
     if unknown:
-        raise RecordSchemaError(f"unknown record column(s) {sorted(unknown)}; known: {list(RECORD_COLUMNS)}")
+        raise RecordSchemaError(f"unknown record column(s) {sorted(unknown)}; known: {list(RECORD_COLUMNS)} "
+                                f"and the optional {list(LOCATION_COLUMNS)}")
     if n is None:
         n = _rows(columns)
     data = {}
-    for name in RECORD_COLUMNS:
+    for name in record_columns(any(c in columns for c in LOCATION_COLUMNS)):
         if name in columns:
             data[name] = _values(columns[name], n, name)
-        elif RECORD_SCHEMA.field(name).nullable:
+        elif name in LOCATION_COLUMNS or RECORD_SCHEMA.field(name).nullable:
             data[name] = [None] * n
         else:
             raise RecordSchemaError(f"missing required record column {name!r}")
@@ -205,7 +228,7 @@ def make_records_of_parts(*parts: dict) -> pd.DataFrame:
         return make_records(**parts[0])
     sized = [(_rows(part), part) for part in parts]
     columns = {}
-    for name in RECORD_COLUMNS:
+    for name in _ALL_COLUMNS:
         if not any(name in part for _, part in sized):
             continue
         values = [_values(part[name], n, name) if name in part else [None] * n for n, part in sized]
@@ -231,14 +254,16 @@ def validate_records(frame: pd.DataFrame) -> pd.DataFrame:
         raise RecordSchemaError(f"records must be a pandas DataFrame, got {type(frame).__name__}")
     if any(c not in frame.columns for c in _ADDED_COLUMNS):
         frame = frame.assign(**{c: None for c in _ADDED_COLUMNS if c not in frame.columns})
-    missing = [c for c in RECORD_COLUMNS if c not in frame.columns]
-    extra = [c for c in frame.columns if c not in RECORD_COLUMNS]
+    located = has_location(frame)
+    columns = record_columns(located)
+    missing = [c for c in columns if c not in frame.columns]
+    extra = [c for c in frame.columns if c not in columns]
     if missing or extra:
         raise RecordSchemaError(f"records columns mismatch: missing {missing}, unexpected {extra}")
     out = {}
-    for name in RECORD_COLUMNS:
+    for name in columns:
         col = frame[name]
-        if not RECORD_SCHEMA.field(name).nullable and bool(col.isna().any()):
+        if name not in LOCATION_COLUMNS and not RECORD_SCHEMA.field(name).nullable and bool(col.isna().any()):
             raise RecordSchemaError(f"column {name!r} must not hold nulls")
         if name in _LIST_COLUMNS:  # one vector (or null) per row
             out[name] = pd.Series([None if _is_null(v) else v for v in col], index=col.index, dtype=object)
@@ -258,13 +283,31 @@ def validate_records(frame: pd.DataFrame) -> pd.DataFrame:
     return result
 
 
+def has_location(frame: pd.DataFrame) -> bool:
+    """True when ``frame`` carries the location columns (any of them: a partial set is a schema error)."""
+    return any(c in frame.columns for c in LOCATION_COLUMNS)
+
+
+def record_columns(location: bool = False) -> tuple[str, ...]:
+    """The record columns, with the optional location columns when ``location``."""
+    return _ALL_COLUMNS if location else RECORD_COLUMNS
+
+
+def record_schema(location: bool = False) -> pa.Schema:
+    """:data:`RECORD_SCHEMA`, or :data:`LOCATION_RECORD_SCHEMA` when ``location``."""
+    return LOCATION_RECORD_SCHEMA if location else RECORD_SCHEMA
+
+
 def _is_null(value) -> bool:
     return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
 
 
 def to_arrow(frame: pd.DataFrame) -> pa.Table:
-    """The records as an Arrow table with exactly :data:`RECORD_SCHEMA`."""
-    return pa.Table.from_pandas(frame[list(RECORD_COLUMNS)], schema=RECORD_SCHEMA, preserve_index=False)
+    """The records as an Arrow table with exactly :data:`RECORD_SCHEMA` (:data:`LOCATION_RECORD_SCHEMA`
+    when the frame carries the location columns)."""
+    located = has_location(frame)
+    return pa.Table.from_pandas(frame[list(record_columns(located))], schema=record_schema(located),
+                                preserve_index=False)
 
 
 def new_run_id() -> tuple[str, float]:
@@ -384,13 +427,18 @@ def read_record_files(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
             field = RECORD_SCHEMA.field(name)
             if name not in table.schema.names:
                 table = table.append_column(field, pa.nulls(len(table), field.type))
-        table = table.select([n for n in RECORD_COLUMNS if n in table.schema.names]
-                             + [n for n in table.schema.names if n not in RECORD_COLUMNS])
-        if not table.schema.equals(RECORD_SCHEMA, check_metadata=False):
+        located = any(n in table.schema.names for n in LOCATION_COLUMNS)
+        columns = record_columns(located)
+        table = table.select([n for n in columns if n in table.schema.names]
+                             + [n for n in table.schema.names if n not in columns])
+        if not table.schema.equals(record_schema(located), check_metadata=False):
             raise RecordSchemaError(f"{p} does not hold the record schema: {table.schema}")
         frames.append(validate_records(table.to_pandas(types_mapper=_arrow_to_pandas_dtype)))
     if not frames:
         return empty_records()
+    if any(has_location(f) for f in frames):  # files scored without suspect_regions: null location columns
+        frames = [f if has_location(f) else f.assign(**{c: pd.array([None] * len(f), dtype="Float64")
+                                                         for c in LOCATION_COLUMNS}) for f in frames]
     return validate_records(pd.concat(frames, ignore_index=True))
 
 
@@ -401,6 +449,8 @@ def _arrow_to_pandas_dtype(arrow_type: pa.DataType):
 
 
 __all__ = [
+    "LOCATION_COLUMNS",
+    "LOCATION_RECORD_SCHEMA",
     "PROBS_TOP_K",
     "RANDOM_METHOD",
     "RECORD_COLUMNS",
@@ -410,6 +460,9 @@ __all__ = [
     "atomic_write",
     "class_probabilities",
     "confidence_signals",
+    "has_location",
+    "record_columns",
+    "record_schema",
     "new_run_id",
     "remove_stale_temporaries",
     "run_file_name",

@@ -314,6 +314,11 @@ class BatchScorer:
         torch's setting alone.
     bounds:
         ``(low, high)`` input range tensors for the perturbation (``None``: the model's declared one).
+    suspect_regions:
+        Rectangles ``[top, left, height, width]`` in input pixels (``relmon audit``): each record gets the
+        per-sample location features of :func:`relmon.location.location_features` (columns
+        :data:`relmon.location.LOCATION_COLUMNS`) from the **first** method's heatmap and one extra forward
+        (the occlusion) per batch; None (default): no location columns. Not computed with ``records=False``.
     records:
         False: feed the sink only (the entropy is the one complexity measure computed) and return an
         empty records frame (still carrying the heatmaps with ``keep_heatmaps``): the training callback.
@@ -325,7 +330,7 @@ class BatchScorer:
     #: The settings a :class:`relmon.lightning.RelevanceMonitor` exposes as read-only attributes.
     SETTINGS = ("methods", "region", "steps", "perturbation", "score", "sample_rate", "max_samples", "seed", "lerf",
                 "keep_heatmaps", "max_batch_bytes", "explain_options", "step_stride", "random_fraction", "threads",
-                "model_name", "model_version")
+                "suspect_regions", "model_name", "model_version")
 
     def __init__(
         self,
@@ -347,6 +352,7 @@ class BatchScorer:
         threads: int | None = None,
         bounds: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
         records: bool = True,
+        suspect_regions: Sequence[Sequence[int]] | None = None,
     ):
         if isinstance(methods, str):
             methods = (methods,)
@@ -390,6 +396,9 @@ class BatchScorer:
         self.threads = threads
         self.bounds = (None, None) if bounds is None else tuple(bounds)
         self.records = bool(records)
+        self.suspect_regions = (None if suspect_regions is None
+                                else tuple(tuple(int(v) for v in r) for r in suspect_regions))
+        self._masks: dict[tuple[int, int], torch.Tensor] = {}
         info = model_info(model) if self.records else None  # the records' columns (hashes the weights)
         self.model_name, self.model_version = (str(info.name), str(info.version)) if info else ("", "")
         self.window_counts: Counter[str] = Counter()
@@ -472,6 +481,23 @@ class BatchScorer:
         finally:
             torch.set_num_threads(before)
 
+    def _location(self, x, heatmap, target, logits) -> dict[str, torch.Tensor]:
+        """The location columns of a batch (empty without ``suspect_regions``)."""
+        if self.suspect_regions is None:
+            return {}
+        from relmon.location import location_features, suspect_mask
+        from relmon.preprocessing import get_preprocessing
+
+        size = (int(x.shape[-2]), int(x.shape[-1]))
+        if size not in self._masks:
+            try:
+                self._masks[size] = suspect_mask(self.suspect_regions, *size)
+            except ValueError as err:
+                raise ValueError(f"suspect_regions: {err}; fix: give rectangles in the model's input pixels "
+                                 f"({size[0]}x{size[1]})") from None
+        low = get_preprocessing(self.model, "the occlusion of suspect_regions").low
+        return location_features(self.model, x, heatmap, target, self._masks[size], low=low, logits=logits)
+
     def _score_batch(self, x, sample_ids, window_ids, sink, labels) -> pd.DataFrame:
         opts = dict(perturbation=self.perturbation, score=self.score, region=self.region, steps=self.steps,
                     seed=self.seed, sample_ids=list(sample_ids), max_batch_bytes=self.max_batch_bytes,
@@ -495,6 +521,7 @@ class BatchScorer:
             if self.keep_heatmaps:
                 heatmaps[method] = heat.detach().cpu()
             frames.append((method, ev.results["morf"], ev, comp))
+        location = self._location(x, first_heatmap, target, logits) if self.records else {}
         if self.random_fraction < 1.0:
             subset = [i for i, sid in enumerate(sample_ids)
                       if random_subset_hash(self.seed, sid) < self.random_fraction]
@@ -526,6 +553,7 @@ class BatchScorer:
             softmax_entropy=signals["softmax_entropy"], margin=signals["margin"],
             label=labels if labels is not None else torch.full((x.shape[0],), -1, dtype=torch.long),
             **class_probabilities(logits),  # probs / probs_classes: COT, nuclear norm and MaNo read them
+            **location,  # suspect_share ... on every row of the sample (the first method's heatmap)
         )
         parts = []
         # Early part of each curve (~16 % of the image perturbed, the paper's protocol): scale-free

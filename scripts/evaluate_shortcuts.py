@@ -50,55 +50,21 @@ if str(ROOT) not in sys.path:
 
 from relmon.audit import run_audit  # noqa: E402
 from relmon.audit.core import heatmaps_for  # noqa: E402
+from relmon.audit.planted import ARCHS, shortcut_model  # noqa: E402
 from relmon.data.fashion_mnist import MEAN, STD, load_fashion_mnist  # noqa: E402
 from relmon.data.shifts import apply_shift  # noqa: E402
 from relmon.data.shortcuts import KINDS, cue_regions, plant  # noqa: E402
 from relmon.location import location_features, shortcut_variant, suspect_mask  # noqa: E402
-from relmon.models import Preprocessing, attach_preprocessing  # noqa: E402
 
 TUNING = ("marker", "border")
 HELD_OUT = "watermark"
-ARCHS = ("cnn", "bncnn")
 FEATURES = ("confidence", "suspect_share", "occlusion_flip", "occlusion_drop")
 
 
-def build(arch: str) -> nn.Sequential:
-    bn = arch == "bncnn"
-    layers = [nn.Conv2d(1, 16, 3, padding=1), *([nn.BatchNorm2d(16)] if bn else []), nn.ReLU(), nn.MaxPool2d(2),
-              nn.Conv2d(16, 32, 3, padding=1), *([nn.BatchNorm2d(32)] if bn else []), nn.ReLU(), nn.MaxPool2d(2),
-              nn.Flatten(), nn.Linear(32 * 7 * 7, 10)]
-    return nn.Sequential(*layers)
-
-
-def train(arch: str, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    model = build(arch)
-    opt = torch.optim.Adam(model.parameters(), 2e-3)
-    xn = (x - MEAN) / STD
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x))
-        for i in range(0, len(x), 128):
-            b = perm[i:i + 128]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xn[b]), y[b]).backward()
-            opt.step()
-    model.eval()
-    return model
-
-
 def get_model(arch, kind, xtr, ytr, args) -> nn.Module:
-    path = Path(args.cache) / f"{arch}_{kind or 'control'}_{args.train_n}_{args.epochs}.pt"
-    if path.exists():
-        model = build(arch)
-        model.load_state_dict(torch.load(path, weights_only=True))
-        model.eval()
-    else:
-        xt = xtr if kind is None else plant(xtr, ytr, kind, p=0.9, seed=11)
-        model = train(arch, xt, ytr, args.epochs)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), path)
-    return attach_preprocessing(model, Preprocessing(MEAN, STD))
+    """Trained on the first ``--train-n`` training images, or read from ``--cache`` (the file name holds
+    every training setting: :func:`relmon.audit.planted.cache_name`)."""
+    return shortcut_model(arch, kind, xtr, ytr, epochs=args.epochs, seed=args.seed, cache=args.cache)
 
 
 def accuracy(model, x, y) -> float:
@@ -197,7 +163,9 @@ def main(argv=None) -> int:
     ap.add_argument("--window", type=int, default=200)
     ap.add_argument("--pool-n", type=int, default=2000, help="images of each monitoring pool used")
     ap.add_argument("--gate-margin", type=float, default=0.25)
-    ap.add_argument("--cache", default="out/shortcuts_cache")
+    ap.add_argument("--seed", type=int, default=0, help="training seed (initial weights, shuffling, planting)")
+    ap.add_argument("--cache", default="out/shortcuts_cache", help="folder of trained models (shared by runs)")
+    ap.add_argument("--train-only", action="store_true", help="only train (or find) the models in --cache")
     ap.add_argument("--out", default="out/shortcuts.json")
     ap.add_argument("--kinds", nargs="+", default=list(KINDS))
     ap.add_argument("--no-controls", action="store_true", help="skip the control models (another run does them)")
@@ -233,6 +201,14 @@ def main(argv=None) -> int:
     cal_x, cal_y = xte[2000:2000 + args.pool_n], yte[2000:2000 + args.pool_n]
     test_x, test_y = xte[6000:6000 + args.pool_n], yte[6000:6000 + args.pool_n]
     results = {"settings": vars(args), "models": {}, "audits": [], "windows": []}
+    if args.train_only:
+        for arch in ARCHS:
+            for kind in (None, *args.kinds):
+                t0 = time.time()
+                model = get_model(arch, kind, xtr, ytr, args)
+                print(f"{arch}/{kind or 'control'}: accuracy {accuracy(model, test_x, test_y):.3f} on clean test "
+                      f"images ({time.time() - t0:.1f} s)", flush=True)
+        return 0
 
     for arch in () if args.no_controls else ARCHS:  # controls
         model = get_model(arch, None, xtr, ytr, args)

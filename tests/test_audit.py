@@ -12,6 +12,7 @@ from torch import nn
 
 import relmon
 from relmon.audit import AuditError, candidate_regions, eigengap, relevance_shares, run_audit, spray, suspect
+from relmon.audit.planted import build_cnn, train_classifier
 from relmon.audit.regions import region_masks
 from relmon.data.fashion_mnist import MEAN, STD, load_sample
 from relmon.data.shortcuts import cue_regions, marker_box, plant
@@ -86,27 +87,10 @@ def test_eigengap_counts_the_connected_groups():
 # end to end: a model trained here with a planted marker, and a control
 
 
-def _tiny_cnn() -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(16 * 7 * 7, 10),
-    )
-
-
-def _train(x: torch.Tensor, y: torch.Tensor, epochs: int = 3, seed: int = 0) -> nn.Module:
+def _train(x: torch.Tensor, y: torch.Tensor, epochs: int = 3, seed: int = 0, arch: str = "cnn") -> nn.Module:
     torch.manual_seed(seed)
-    model = _tiny_cnn()
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    xn = (x - MEAN) / STD
-    for _ in range(epochs):
-        perm = torch.randperm(len(x))
-        for i in range(0, len(x), 64):
-            b = perm[i:i + 64]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xn[b]), y[b]).backward()
-            opt.step()
-    model.eval()
+    model = train_classifier(build_cnn(arch, (8, 16)), x, y, mean=MEAN, std=STD, epochs=epochs, lr=3e-3,
+                             batch_size=64, seed=seed)
     return attach_preprocessing(model, Preprocessing(MEAN, STD))
 
 

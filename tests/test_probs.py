@@ -72,7 +72,7 @@ def test_old_schema_file_reads_with_null_probabilities_and_newer_version_is_refu
     np.testing.assert_allclose(both["probs"].iloc[2], [0.7, 0.2, 0.1])
     future = to_arrow(recs).replace_schema_metadata({b"relmon.records.schema_version": b"9"})
     pq.write_table(future, tmp_path / "future.parquet")
-    with pytest.raises(RecordSchemaError, match="schema version 9.*reads versions 1..2.*upgrade relmon"):
+    with pytest.raises(RecordSchemaError, match="schema version 9.*reads versions 1..3.*upgrade relmon"):
         read_record_files([tmp_path / "future.parquet"])
 
 

@@ -19,6 +19,11 @@ beside the confidence signals (``confidence``, ``margin``, ``softmax_entropy`` a
 - ``lerf_contrast@m`` = ABPC / score0 (LeRF/MoRF contrast; NaN unless LeRF was run);
 - ``entropy_bits@m``, ``gini@m`` (heatmap entropy and sparsity).
 
+Location features (``suspect_share``, ``rest_relevance``, ``occlusion_flip``, ``occlusion_drop``:
+:data:`relmon.records.LOCATION_COLUMNS`) are carried per sample like ``confidence`` when the records
+have them (scored with ``suspect_regions``), and absent otherwise; the window features then get
+``suspect_share_mean``, ``occlusion_flip_mean`` (the window's flip rate) etc.
+
 Every ratio is NaN where ``score0 <= 0`` and wherever an input is missing (e.g. no ``random`` row for
 a sample when only a fraction of samples get the random order): estimators must tolerate NaN.
 
@@ -31,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from relmon.records import RANDOM_METHOD
+from relmon.records import LOCATION_COLUMNS, RANDOM_METHOD
 
 HEATMAP_FEATURES: tuple[str, ...] = ("aopc", "aopc_rel", "aopc_minus_random", "entropy_bits", "png_bytes")
 #: Per-sample features of a heatmap method ``m`` (``<name>@m``) that are free of the logit scale.
@@ -71,6 +76,12 @@ def sample_features(records: pd.DataFrame) -> pd.DataFrame:
     base_cols = [*_KEYS, *CONFIDENCE_FEATURES, "correct"] + [c for c in ("score0", "pred", "label", *PROBS_COLUMNS)
                                                              if c in records.columns]
     base = records.drop_duplicates(_KEYS)[base_cols].copy()
+    location = [c for c in LOCATION_COLUMNS if c in records.columns]
+    if location:  # per sample, repeated on the sample's rows: the first non-null value of each
+        per_sample = records[[*_KEYS, *location]].copy()
+        for c in location:
+            per_sample[c] = per_sample[c].astype("Float64").astype("float64")
+        base = base.merge(per_sample.groupby(_KEYS, sort=False).first().reset_index(), on=_KEYS, how="left")
     base["correct"] = base["correct"].astype("Float64").astype("float64")
     for c in CONFIDENCE_FEATURES:
         base[c] = base[c].astype("float64")

@@ -22,7 +22,20 @@ def scoring_options(cfg: MonitorConfig, stream) -> dict:
     :class:`~relmon.lightning.RelevanceMonitor` with ``runner: lightning``) on ``stream``."""
     return dict(methods=cfg.methods, region=cfg.region, steps=job_steps(cfg, stream), sample_rate=cfg.sample_rate,
                 max_samples=cfg.max_samples, seed=cfg.seed, step_stride=cfg.step_stride,
-                max_batch_bytes=cfg.max_batch_bytes, random_fraction=cfg.random_fraction, threads=cfg.threads)
+                max_batch_bytes=cfg.max_batch_bytes, random_fraction=cfg.random_fraction, threads=cfg.threads,
+                suspect_regions=job_suspect_regions(cfg, stream))
+
+
+def job_suspect_regions(cfg: MonitorConfig, stream):
+    """``cfg.suspect_regions``, checked against the stream's image size (a ConfigError naming the field)."""
+    if cfg.suspect_regions is None:
+        return None
+    size = input_size(stream)
+    if size is not None:
+        from relmon.suspect_regions import check_regions_fit
+
+        check_regions_fit(cfg.suspect_regions, *size)
+    return cfg.suspect_regions
 
 
 def job_steps(cfg: MonitorConfig, stream) -> int:
@@ -101,4 +114,4 @@ def score_stream_lightning(cfg: MonitorConfig, model, stream, progress: bool = F
     return records, summary, monitor
 
 
-__all__ = ["job_steps", "score_stream", "score_stream_lightning", "scoring_options"]
+__all__ = ["job_steps", "job_suspect_regions", "score_stream", "score_stream_lightning", "scoring_options"]
