@@ -192,7 +192,7 @@ def select_methods(cfg: MonitorConfig, model, images: torch.Tensor, prep, progre
                           stream="method_table")
     scoring = replace(cfg, methods=tuple(methods), runner="plain", sample_rate=1.0, max_samples=None,
                       random_fraction=1.0, devices=1, num_nodes=1, shard=None,
-                      **({"suspect_regions": None} if hasattr(cfg, "suspect_regions") else {}))
+                      suspect_regions=None)  # the location columns are not part of the comparison
     records, _, _ = score_stream(scoring, model, stream, progress=progress)
     from relmon.explain import canonical_method
 
