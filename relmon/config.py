@@ -200,6 +200,16 @@ class MonitorConfig:
         "shifts making the calibration windows",
     )
     calibration_severities: tuple[int, ...] = setting((1, 3, 5), "list[int]", "severities of the calibration shifts")
+    # issue 19: calibration windows in which the shortcut is broken (relmon.jobs.shortcut_windows)
+    shortcut_variants: tuple[str, ...] = setting(
+        (), "list[variant]",
+        "calibration windows with the suspect_regions broken: remove (blanked) and/or shuffle (swapped between "
+        "images); one window per variant and share of shortcut_shares; needs suspect_regions",
+    )
+    shortcut_shares: tuple[float, ...] = setting(
+        (0.25, 0.5, 1.0), "list[share]",
+        "shares of a shortcut variant window's images whose suspect regions are broken (the rest intact)",
+    )
     drift_alpha: float = setting(0.01, "float01", "family-wise significance level of the drift alarm")
     # relevance location (issue 19): rectangles from 'relmon audit' become per-sample monitoring features
     suspect_regions: tuple[tuple[int, int, int, int], ...] | None = setting(
@@ -321,6 +331,12 @@ class MonitorConfig:
                 "fix: remove shift (flag: --shift none) or set input: sample"
             )
         self._check_steps_or_fraction()
+        if self.shortcut_variants and not self.suspect_regions:
+            raise ConfigError(
+                f"shortcut_variants {list(self.shortcut_variants)} break the shortcut in the suspect regions, but "
+                "suspect_regions is not set; fix: set suspect_regions (the [top, left, height, width] rectangles "
+                "from 'relmon audit') or remove shortcut_variants"
+            )
         if self.size_policy not in ("resize", "skip"):
             raise ConfigError(
                 f"size_policy must be 'resize' or 'skip', got {self.size_policy!r}; fix: 'resize' brings folder "
@@ -621,6 +637,38 @@ def _methods(name: str, kind: str, value: Any) -> tuple[str, ...]:
     return value
 
 
+def _unique_list(item, allow_empty: bool = True):
+    """The coercer of a list (empty allowed: ``[]``, or ``none`` from a flag) of distinct values that
+    ``item(name, kind, value)`` checks and converts."""
+
+    def coerce(name: str, kind: str, value: Any) -> tuple:
+        if isinstance(value, str) and value.lower() in ("none", "null", "[]"):
+            value = []
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not (value or allow_empty):
+            raise _bad(name, kind, value)
+        out = tuple(item(name, kind, v) for v in value)
+        if len(set(out)) != len(out):
+            raise _bad(name, kind, value, " (a value is listed twice)")
+        return out
+
+    return coerce
+
+
+def _variant(name: str, kind: str, value: Any) -> str:
+    if value not in ("remove", "shuffle"):
+        raise _bad(name, kind, value, f" ({value!r} is not a shortcut variant)")
+    return value
+
+
+def _share(name: str, kind: str, value: Any) -> float:
+    try:
+        return _number(lambda v: 0.0 < v <= 1.0)(name, kind, value)
+    except ConfigError:
+        raise _bad(name, kind, value, f" ({value!r} is not a share in (0, 1])") from None
+
+
 def _rects(name: str, kind: str, value: Any) -> tuple[tuple[int, int, int, int], ...]:
     from relmon.suspect_regions import coerce_regions
 
@@ -647,6 +695,8 @@ KINDS: dict[str, tuple[str, Any]] = {
     "list[str]": ("a list of strings, e.g. [lrp]", _list(str)),
     "methods": ("auto or a list of method ids, e.g. [lrp:epsilon_plus_flat]", _methods),
     "list[int]": ("a list of integers, e.g. [1, 3]", _list(int)),
+    "list[variant]": ("a list of remove and/or shuffle (or [] for none)", _unique_list(_variant)),
+    "list[share]": ("a non-empty list of shares in (0, 1], e.g. [0.25, 0.5, 1.0]", _unique_list(_share, allow_empty=False)),
     "mapping": ("a mapping of name: value, e.g. {num_classes: 10}", _mapping),
     "preprocessing": ("a mapping {mean: [..], std: [..], low: 0.0, high: 1.0}", _preprocessing),
     "window": ("mtime", _window),

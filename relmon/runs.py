@@ -354,6 +354,7 @@ def window_summary_document(summary: Mapping[str, Any], *, settings: Mapping[str
         "default_members": list(s.get("default_members") or []),
         "shift_score": s.get("shift_score"),
         "unreliable_under": list(s.get("unreliable_under") or []),
+        "unexplained_shift": s.get("unexplained_shift"),  # issue 19 (relmon.analysis.unexplained)
         "drift": {"p_values": s.get("drift_p_values"), "alarm": s.get("drift_alarm")},
         "alerts": window_alerts(s),
         "calibration": {"path": s.get("calibration"), "timestamp": s.get("calibration_timestamp"),

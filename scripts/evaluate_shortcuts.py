@@ -6,10 +6,12 @@ Protocol (DESIGN §4a):
 1. **Models.** Fashion-MNIST training images ``0..--train-n`` with a planted cue
    (:mod:`relmon.data.shortcuts`: ``marker`` positional, ``border`` global, ``watermark`` texture) in
    90 % of them, two architectures each (``cnn``: 2 conv + linear; ``bncnn``: the same with
-   BatchNorm); controls of both architectures trained on the clean images. Same seed, same schedule.
-2. **Tuning kinds and the held-out kind.** The audit's rule (``min_excess``, ``min_lift``), the
-   location features and the gate margin were chosen looking at ``marker`` and ``border`` only;
-   ``watermark`` was held out of every decision and is reported separately.
+   BatchNorm; :mod:`relmon.audit.planted`); controls of both architectures trained on the clean
+   images. Same schedule; ``--seed`` sets the training seed (``--audit-only`` for more seeds' audits).
+2. **Tuning kinds and the held-out kind.** The audit's rule (``min_excess``, ``min_lift``, the candidate
+   families: rings of width 1..2, corner blocks; class means flag, clusters do not), the location
+   features and the gate margin were chosen looking at ``marker`` and ``border`` only; ``watermark``
+   was held out of every decision and is reported separately.
 3. **Audit** on ``--audit-n`` images of the test pool ``0..2000`` (the cue planted as in training:
    the user's labelled data looks like the training data); controls are audited on clean images *and*
    on images carrying each cue (a control must not be flagged for a cue it does not use).
@@ -28,8 +30,8 @@ Protocol (DESIGN §4a):
    outside the calibration windows' range (widened by ``--gate-margin`` of it) is an "unexplained
    shift" and gets the ATC estimate instead.
 
-Run: ``nice python scripts/evaluate_shortcuts.py`` (models cached under ``--cache``; about 10-15 min
-on 2 free cores).
+Run: ``nice python scripts/evaluate_shortcuts.py`` (models cached under ``--cache``: the file name holds
+every training setting; about 10 min on the shared 2-core machine).
 """
 
 from __future__ import annotations
@@ -103,12 +105,13 @@ def markdown(results: dict) -> str:
     out = []
     a = pd.DataFrame(results["audits"])
     out.append("### Audit\n")
-    out.append("| model | audited data | flagged | by a class mean | suspect rects | cue pixels covered | seconds |")
+    out.append("| model | audited data | flagged | suspect rects | cluster-only rects | cue pixels covered | seconds |")
     out.append("|---|---|---|---|---|---|---|")
     for _, r in a.iterrows():
         cov = "–" if pd.isna(r.get("cue_pixels_covered")) else f"{r['cue_pixels_covered']:.2f}"
-        out.append(f"| {r['model']} | {r['data']} | {'**yes**' if r['flagged'] else 'no'} | "
-                   f"{'yes' if r.get('class_flag') else 'no'} | {r['n_suspect']} | {cov} | {r['seconds']:.1f} |")
+        only = r.get("n_cluster_only")
+        out.append(f"| {r['model']} | {r['data']} | {'**yes**' if r['flagged'] else 'no'} | {r['n_suspect']} | "
+                   f"{'–' if pd.isna(only) else int(only)} | {cov} | {r['seconds']:.1f} |")
     sc = a[a["kind"].notna()]
     ctl = a[a["kind"].isna()]
     out.append(f"\nRecall (shortcut models flagged): tuning kinds {int(sc[sc.kind.isin(TUNING)].flagged.sum())}/"
@@ -170,6 +173,7 @@ def main(argv=None) -> int:
     ap.add_argument("--kinds", nargs="+", default=list(KINDS))
     ap.add_argument("--no-controls", action="store_true", help="skip the control models (another run does them)")
     ap.add_argument("--controls-only", action="store_true", help="only the control models' audits")
+    ap.add_argument("--audit-only", action="store_true", help="audits only, no monitoring windows")
     ap.add_argument("--tables", metavar="JSON", nargs="+",
                     help="only print the markdown tables of earlier --out files (runs split by --kinds are merged)")
     args = ap.parse_args(argv)
@@ -201,6 +205,7 @@ def main(argv=None) -> int:
     cal_x, cal_y = xte[2000:2000 + args.pool_n], yte[2000:2000 + args.pool_n]
     test_x, test_y = xte[6000:6000 + args.pool_n], yte[6000:6000 + args.pool_n]
     results = {"settings": vars(args), "models": {}, "audits": [], "windows": []}
+    tag = f" s{args.seed}" if args.seed else ""  # model names of other training seeds
     if args.train_only:
         for arch in ARCHS:
             for kind in (None, *args.kinds):
@@ -212,14 +217,15 @@ def main(argv=None) -> int:
 
     for arch in () if args.no_controls else ARCHS:  # controls
         model = get_model(arch, None, xtr, ytr, args)
-        results["models"][f"{arch}/control"] = {"accuracy": accuracy(model, test_x, test_y)}
+        cname = f"{arch}/control{tag}"
+        results["models"][cname] = {"accuracy": accuracy(model, test_x, test_y)}
         for data_kind in (None, *args.kinds):
             xa = audit_x if data_kind is None else plant(audit_x, audit_y, data_kind, p=0.9, seed=12)
             t0 = time.time()
             r = run_audit(model, xa, audit_y)
-            results["audits"].append({"model": f"{arch}/control", "kind": None, "data": data_kind or "clean",
+            results["audits"].append({"model": cname, "kind": None, "seed": args.seed, "data": data_kind or "clean",
                                       "flagged": r.flagged, "n_suspect": len(r.suspect_regions),
-                                      "class_flag": any(i["suspect"] for i in r.per_class.values()),
+                                      "n_cluster_only": len([c for c in r.cluster_suspect_regions if c not in r.suspect_regions]),
                                       "seconds": time.time() - t0,
                                       "max_excess": max((i["top_region"]["share"] - i["top_region"]["pixel_share"])
                                                         for i in r.per_class.values() if i["top_region"])})
@@ -227,7 +233,7 @@ def main(argv=None) -> int:
 
     for kind in () if args.controls_only else args.kinds:
         for arch in ARCHS:
-            name = f"{arch}/{kind}"
+            name = f"{arch}/{kind}{tag}"
             model = get_model(arch, kind, xtr, ytr, args)
             in_dist = plant(test_x, test_y, kind, p=0.9, seed=13)
             misled = plant(test_x, test_y, kind, p=0.0, p_wrong=1.0, seed=14)
@@ -240,13 +246,13 @@ def main(argv=None) -> int:
             cue = suspect_mask(cue_regions(kind, 28, 28), 28, 28)
             found = suspect_mask(r.suspect_regions, 28, 28) if r.suspect_regions else torch.zeros(28, 28, dtype=bool)
             hit = float((found & cue).sum() / cue.sum())  # share of the cue's pixels inside suspect regions
-            results["audits"].append({"model": name, "kind": kind, "data": kind, "flagged": r.flagged,
-                                      "class_flag": any(i["suspect"] for i in r.per_class.values()),
+            results["audits"].append({"model": name, "kind": kind, "seed": args.seed, "data": kind, "flagged": r.flagged,
+                                      "n_cluster_only": len([c for c in r.cluster_suspect_regions if c not in r.suspect_regions]),
                                       "n_suspect": len(r.suspect_regions), "cue_pixels_covered": hit,
                                       "suspect_pixel_share": float(found.float().mean()),
                                       "seconds": time.time() - t0})
             print(json.dumps(results["audits"][-1]), flush=True)
-            if not r.flagged:
+            if not r.flagged or args.audit_only:
                 continue
             mask = found
 

@@ -3,6 +3,7 @@ model trained here with a planted shortcut against a control trained without it.
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
@@ -23,10 +24,13 @@ from relmon.preprocessing import Preprocessing, attach_preprocessing
 
 
 def test_shares_of_a_heatmap_in_one_cell_and_the_ring():
-    regions = candidate_regions(28, 28, region=4)  # 49 cells, then the 2-pixel ring
-    assert len(regions) == 50 and regions[-1].name == "border"
+    regions = candidate_regions(28, 28, region=4)  # 49 cells, the 1- and 2-pixel rings, 4 corners
+    assert [r.name for r in regions[49:]] == ["border 1px", "border 2px", "corner top-left", "corner top-right",
+                                              "corner bottom-left", "corner bottom-right"]
     masks = region_masks(regions, 28, 28)
-    assert int(masks[-1].sum()) == 28 * 28 - 24 * 24
+    assert int(masks[49].sum()) == 28 * 28 - 26 * 26 and int(masks[50].sum()) == 28 * 28 - 24 * 24
+    assert masks[51:].flatten(1).sum(1).tolist() == [64] * 4 and masks[54, 20:, 20:].all()
+    masks = masks[:51]  # cells and rings
     h = torch.zeros(3, 28, 28)
     h[0, 9, 13] = 2.0  # cell 2,3 only
     h[0, 20, 20] = -5.0  # negative relevance does not count
@@ -36,23 +40,29 @@ def test_shares_of_a_heatmap_in_one_cell_and_the_ring():
     assert ok.tolist() == [True, True, False]  # sample 2 has no positive relevance: left out
     assert torch.isnan(shares[2]).all()
     assert shares[0, 2 * 7 + 3] == 1.0 and shares[0, :49].sum() == pytest.approx(1.0)
-    assert shares[0, -1] == 0.0
+    assert shares[0, -1] == 0.0 and shares[0, -2] == 0.0
     assert shares[1, 0] == pytest.approx(0.25) and shares[1, 3 * 7 + 3] == pytest.approx(0.75)
-    assert shares[1, -1] == pytest.approx(0.25)
+    assert shares[1, -1] == pytest.approx(0.25) and shares[1, -2] == pytest.approx(0.25)
 
 
 def test_last_cells_are_smaller_when_the_side_is_not_a_multiple():
-    regions = candidate_regions(10, 10, region=4, border=0)
+    regions = candidate_regions(10, 10, region=4, border=0, corner=0)
     assert [r.rects[0] for r in regions[:3]] == [(0, 0, 4, 4), (0, 4, 4, 4), (0, 8, 4, 2)]
-    assert len(regions) == 9  # no ring with border=0
+    assert len(regions) == 9  # no ring with border=0, no corners with corner=0
+    assert [r.name for r in candidate_regions(10, 10, region=4)[9:]] == [
+        "border 1px", "border 2px", "corner top-left", "corner top-right", "corner bottom-left",
+        "corner bottom-right"]  # corners capped at half the side: 5x5
+    assert candidate_regions(10, 10, region=4)[-1].rects == ((5, 5, 5, 5),)
 
 
 def test_suspect_rule_needs_both_excess_and_lift():
-    pix = np.array([0.02, 0.02, 0.3, 0.3])
-    share = np.array([0.17, 0.16, 0.50, 0.95])
-    # 0.17 - 0.02 >= 0.15 and >= 3x: suspect; 0.16: excess 0.14 too small; 0.50 on a 30 % ring: lift
-    # 1.67 too small; 0.95: excess 0.65 and lift 3.2: suspect
-    assert suspect(share, pix).tolist() == [True, False, False, True]
+    pix = np.array([0.02, 0.02, 0.3, 0.3, 0.138, 0.138])
+    share = np.array([0.17, 0.16, 0.50, 0.95, 0.37, 0.27])
+    # 0.17 - 0.02 >= 0.15 and >= 2x: suspect; 0.16: excess 0.14 too small; 0.50 on a 30 % ring: lift
+    # 1.67 too small; 0.95: excess 0.65 and lift 3.2: suspect; a 1-pixel frame (13.8 % of a 28x28
+    # image) holding 37 %: excess 0.23, lift 2.7: suspect (the border cue's level, missed at lift 3);
+    # holding 27 %: lift 1.96, excess 0.13: not
+    assert suspect(share, pix).tolist() == [True, False, False, True, True, False]
     assert suspect(np.array([np.nan]), np.array([0.02])).tolist() == [False]
 
 
@@ -61,6 +71,8 @@ def test_region_and_border_are_validated():
         candidate_regions(28, 28, region=29)
     with pytest.raises(ValueError, match="border must be between 0 and 13"):
         candidate_regions(28, 28, region=4, border=14)
+    with pytest.raises(ValueError, match="corner must be between 0 and 14"):
+        candidate_regions(28, 28, region=4, corner=15)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,12 +140,63 @@ def test_audit_flags_the_shortcut_model_at_its_markers(shortcut_and_control):
     own = 0
     for info in result.per_class.values():
         top = info["top_region"]
-        own += top["name"] != "border" and overlaps(top["rects"][0], marker_box(info["class_index"], 28, 28))
+        own += not top["name"].startswith("border") and overlaps(top["rects"][0], marker_box(info["class_index"], 28, 28))
     assert own >= 7
     d = json.loads(json.dumps(result.to_dict()))
     assert set(d) >= {"flagged", "suspect_regions", "per_class", "clusters"}
     assert all(len(r) == 4 for r in d["suspect_regions"])
     assert any(cl["flagged"] for cls in d["clusters"].values() for cl in cls)
+
+
+@pytest.fixture(scope="module")
+def border_shortcut(fmnist):
+    xtr, ytr, _, _ = fmnist
+    return _train(plant(xtr, ytr, "border", p=0.9, seed=4), ytr)
+
+
+def test_audit_flags_a_global_border_cue_and_not_the_control(border_shortcut, shortcut_and_control):
+    """A 1-pixel frame whose intensity encodes the class: the same place for every class, 14 % of the
+    pixels. The model follows it; the audit finds it in the 1-pixel ring (the first rule, lift 3 and a
+    2-pixel ring only, missed it); the control audited on the same framed images is not flagged."""
+    _, control, _, y, clean = shortcut_and_control
+    framed = plant(clean, y, "border", p=0.9, seed=5)
+    wrong = plant(clean, y, "border", p_wrong=1.0, seed=6)
+    with torch.no_grad():  # the model reads the frame: a wrong frame costs it accuracy, not the control
+
+        def acc(model, x):
+            return float((model((x - MEAN) / STD).argmax(1) == y).float().mean())
+
+        assert acc(border_shortcut, wrong) < acc(border_shortcut, framed) - 0.15
+        assert abs(acc(control, wrong) - acc(control, framed)) < 0.05
+    result = run_audit(border_shortcut, framed, y)
+    assert result.flagged, result.table()
+    names = {s["name"] for info in result.per_class.values() for s in info["suspect"]}
+    assert "border 1px" in names, result.table()
+    assert [0, 0, 1, 28] in result.suspect_regions  # the frame's top row, as a config rectangle
+    assert not run_audit(control, framed, y).flagged
+
+
+def test_a_cluster_only_suspect_is_reported_but_does_not_flag(monkeypatch):
+    """12 of 100 images of a class put all their relevance in cell 0,0, the rest spread it evenly: the
+    class mean holds 14 % there (excess 0.12: not suspect), SpRAy separates the 12 (a cluster with 100 %
+    there): reported in the cluster and in ``cluster_suspect_regions``, but the model is not flagged."""
+    core = importlib.import_module("relmon.audit.core")  # relmon.audit is the API function
+
+    gen = torch.Generator().manual_seed(0)
+    heat = 1.0 + 0.05 * torch.rand(100, 28, 28, generator=gen)
+    heat[:12] = 0.0
+    heat[:12, :4, :4] = 1.0 + 0.05 * torch.rand(12, 4, 4, generator=gen)
+    monkeypatch.setattr(core, "heatmaps_for", lambda *a, **k: (heat, torch.zeros(100, dtype=torch.long),
+                                                                torch.full((100,), 0.9)))
+    model = attach_preprocessing(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), Preprocessing(MEAN, STD))
+    result = run_audit(model, torch.rand(100, 1, 28, 28, generator=gen))
+    assert result.per_class["0"]["suspect"] == []
+    assert result.per_class["0"]["region_shares"]["cell 0,0"] == pytest.approx(0.12 + 0.88 * 16 / 784, abs=2e-3)
+    assert [c["size"] for c in result.clusters["0"] if c["flagged"]] == [12]
+    assert result.cluster_suspect_regions[0] == [0, 0, 4, 4] and [0, 0, 8, 8] in result.cluster_suspect_regions
+    assert result.suspect_regions == []
+    assert not result.flagged
+    assert "suspect in a cluster only" in result.table()
 
 
 def test_audit_does_not_flag_the_control(shortcut_and_control):

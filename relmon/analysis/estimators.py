@@ -1161,6 +1161,180 @@ class MedianOf(_WindowEstimator):
         self.members_ = [_from_dict(d, "member") for d in state["members"]]
 
 
+#: The shortcut-variant calibration windows (``shortcut_variants``) are named ``shortcut_<variant>/<share>``.
+SHORTCUT_PREFIX = "shortcut_"
+#: The estimators ``relmon calibrate`` adds to the candidates when the calibration has shortcut windows.
+LOCATION_ESTIMATORS: tuple[str, ...] = ("location_regression", "location_regression_local")
+#: Window features of :class:`LocationRegression`'s regression: mean confidence and the mean occlusion
+#: flip rate and confidence drop of the suspect regions (:mod:`relmon.location`).
+LOCATION_REGRESSION_FEATURES: tuple[str, ...] = ("confidence_mean", "occlusion_flip_mean", "occlusion_drop_mean")
+
+
+def shortcut_family(window_ids) -> np.ndarray:
+    """True for the windows where only the shortcut varies: ``clean`` and ``shortcut_*`` windows."""
+    types = pd.Series(np.asarray(window_ids).astype(str)).map(shift_type)
+    return (types.eq(CLEAN) | types.str.startswith(SHORTCUT_PREFIX)).to_numpy()
+
+
+#: Standard errors of a window mean added to the envelope on both sides (a window is never outside
+#: for a difference that sampling alone makes likely).
+ENVELOPE_SE = 3.0
+
+
+def sampling_se(samples: pd.DataFrame, columns) -> np.ndarray:
+    """Per window-feature column ``<feature>_<stat>[@m]``: the median over windows of the standard error
+    ``std / sqrt(n)`` of the per-sample ``<feature>[@m]`` (NaN where that column is missing)."""
+    g = samples.groupby("window_id")
+    out = []
+    for col in columns:
+        base, _, method = col.partition("@")
+        feature = base.rsplit("_", 1)[0]
+        name = f"{feature}@{method}" if method else feature
+        if name not in samples.columns:
+            out.append(np.nan)
+            continue
+        se = g[name].std() / np.sqrt(g[name].count().clip(lower=1))
+        out.append(float(np.nanmedian(se.to_numpy(dtype=float))) if se.notna().any() else np.nan)
+    return np.asarray(out, dtype=float)
+
+
+def _envelope_columns(feats: pd.DataFrame, method: str) -> list[str]:
+    """The window features that decide whether a window lies where the shortcut family was calibrated:
+    the regression's features, the heatmap's entropy, PNG size and Gini index of ``method`` and the 10 %
+    and 50 % confidence quantiles (those present)."""
+    more = [f"entropy_bits_mean@{method}", f"png_bytes_mean@{method}", f"gini_mean@{method}",
+            "confidence_q10", "confidence_q50"]
+    return [*LOCATION_REGRESSION_FEATURES, *(c for c in more if c in feats.columns)]
+
+
+class LocationRegression(_WindowEstimator):
+    """Shortcut-aware window estimator (issue 19): a regression fitted on the windows where only the
+    shortcut varies, used where a window lies in their range, else a fallback estimator.
+
+    Why window level: per sample, what an occlusion flip says about correctness depends on the window.
+    In a window whose shortcut cues are intact a flip marks a prediction the cue carried (right); in a
+    window of misleading cues it marks one the wrong cue carried (wrong). A per-sample model pooled over
+    calibration windows averages the two and misses windows of many misleading cues. Across windows,
+    however, the mean flip rate and confidence drop rise with the share of broken cues while the
+    accuracy falls, close to linearly (measured on the planted-shortcut models; docs/shortcuts.md).
+
+    - **Family regression**: ridge regression (``StandardScaler`` + ``Ridge(alpha)``) of window accuracy
+      on :data:`LOCATION_REGRESSION_FEATURES`, fitted on the ``clean`` and ``shortcut_<variant>/<share>``
+      calibration windows (the ``shortcut_variants`` of the calibration: suspect regions blanked or
+      swapped in a share of the images).
+    - **Envelope**: a window is in the family's range when each of the regression's features, the
+      heatmap's mean entropy, PNG size and Gini index and the 10/50 % confidence quantiles lies within
+      the family windows' ``[min, max]`` widened on both sides by ``margin`` of the span plus
+      :data:`ENVELOPE_SE` standard errors of a window mean (:func:`sampling_se`). Strong corruptions
+      move the confidence and the heatmap statistics out of it; mild ones may stay inside (measured).
+    - **Fallback**: outside the envelope the estimate is the ``fallback`` configuration's (a name of
+      :data:`ESTIMATORS`), fitted on all calibration windows.
+
+    ``alpha``, ``margin`` and ``fallback`` were chosen on the tuning shortcuts (``marker``, ``border``)
+    of ``scripts/shortcut_estimator_study.py``; the records need the location columns
+    (``suspect_regions`` in the config) and the calibration the shortcut windows (``shortcut_variants``).
+    """
+
+    feature_set = "location"
+    _STATE_KEYS = ("method", "columns", "coef", "intercept", "envelope_columns", "low", "high", "pad", "fallback")
+
+    def __init__(self, fallback: str = "regression_confidence", alpha: float = 1.0, margin: float = 0.25,
+                 fit_on: str = "family", interval: float = 0.9, conformal: bool = True):
+        self.fallback = fallback
+        self.alpha = alpha
+        self.fit_on = fit_on
+        self.margin = margin
+        self.interval = interval
+        self.conformal = conformal
+
+    def _features(self):
+        return sorted({*self.envelope_columns_, *self.fallback_.features_})
+
+    def _fit(self, records):
+        if self.fallback not in ESTIMATORS or ESTIMATORS[self.fallback][0] == "LocationRegression":
+            raise ValueError(f"fallback must name a non-location estimator of {list(ESTIMATORS)}, got {self.fallback!r}")
+        feats = records.windows.dropna(subset=["accuracy"])
+        missing = [c for c in LOCATION_REGRESSION_FEATURES if c not in feats.columns or feats[c].isna().all()]
+        if missing:
+            raise ValueError(f"LocationRegression needs the location features {missing} (records scored with "
+                             "suspect_regions); fix: set suspect_regions in the config (from 'relmon audit')")
+        fam = feats[shortcut_family(feats["window_id"])].dropna(subset=list(LOCATION_REGRESSION_FEATURES))
+        n_short = int((~fam["window_id"].map(shift_type).eq(CLEAN)).sum())
+        if n_short < 2 or len(fam) < 3:
+            raise ValueError(f"LocationRegression needs at least 2 shortcut-variant calibration windows "
+                             f"('shortcut_<variant>/<share>') and 3 with the clean ones, got {n_short} and {len(fam)}; "
+                             "fix: set shortcut_variants (with suspect_regions) and re-run 'relmon calibrate'")
+        if self.fit_on not in ("family", "local"):
+            raise ValueError(f"fit_on must be 'family' or 'local', got {self.fit_on!r}")
+        self.method_ = _method_of(records, None, needed=False)
+        self.columns_ = list(LOCATION_REGRESSION_FEATURES)
+        self.envelope_columns_ = _envelope_columns(fam, self.method_)
+        env = fam[self.envelope_columns_].to_numpy(dtype=float)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            self.low_ = np.nan_to_num(np.nanmin(env, axis=0)).tolist()
+            self.high_ = np.nan_to_num(np.nanmax(env, axis=0)).tolist()
+            se = sampling_se(records.samples[shortcut_family(records.samples["window_id"])], self.envelope_columns_)
+        self.pad_ = (float(self.margin) * (np.asarray(self.high_) - np.asarray(self.low_))
+                     + ENVELOPE_SE * np.nan_to_num(se)).tolist()
+        train = fam
+        if self.fit_on == "local":  # also the other calibration windows that lie in the family's envelope
+            near = self.in_envelope(feats).to_numpy() & feats[self.columns_].notna().all(axis=1).to_numpy()
+            train = feats[near | feats["window_id"].isin(set(fam["window_id"])).to_numpy()]
+        x = train[self.columns_].to_numpy(dtype=float)
+        pipe = make_pipeline(StandardScaler(), Ridge(alpha=float(self.alpha))).fit(x, train["accuracy"].to_numpy(dtype=float))
+        scaler, ridge = pipe[0], pipe[1]
+        coef = ridge.coef_ / scaler.scale_
+        self.coef_, self.intercept_ = coef.tolist(), float(ridge.intercept_ - coef @ scaler.mean_)
+        self.n_windows_ = len(train)
+        member = records.point_fit(make_estimator(self.fallback).set_params(conformal=False))
+        member.model_ = getattr(self, "model_", "")
+        member.model_version_ = getattr(self, "model_version_", "")
+        member.n_residuals_, member.tau_, member.q_, member.interval_kind_ = 0, 0.0, _z(member.interval), "sampling"
+        self.fallback_ = member
+
+    def in_envelope(self, records) -> pd.Series:
+        """Per window (indexed by window_id): True where the family regression applies. ``records``:
+        records, their :class:`_Data` or a window-feature frame."""
+        if isinstance(records, pd.DataFrame) and "sample_id" not in records.columns:
+            feats = records
+        else:
+            feats = _Data.of(records).windows
+        missing = [c for c in self.envelope_columns_ if c not in feats.columns]
+        if missing:
+            return pd.Series(False, index=feats["window_id"].to_numpy())
+        x = feats[self.envelope_columns_].to_numpy(dtype=float)
+        lo, hi, pad = np.asarray(self.low_), np.asarray(self.high_), np.asarray(self.pad_)
+        inside = (np.isfinite(x) & (x >= lo - pad) & (x <= hi + pad)).all(axis=1)
+        return pd.Series(inside, index=feats["window_id"].to_numpy())
+
+    def _point(self, records):
+        feats = records.windows
+        other = self.fallback_._point(records).reindex(feats["window_id"].to_numpy())
+        inside = self.in_envelope(records).to_numpy()
+        if not inside.any():
+            return other
+        x = feats[self.columns_].to_numpy(dtype=float)
+        family = self.intercept_ + np.where(np.isfinite(x), x, 0.0) @ np.asarray(self.coef_)
+        return pd.Series(np.where(inside, family, other.to_numpy(dtype=float)), index=feats["window_id"].to_numpy())
+
+    def _state(self):
+        return {"method": self.method_, "columns": self.columns_, "coef": self.coef_, "intercept": self.intercept_,
+                "envelope_columns": self.envelope_columns_, "low": self.low_, "high": self.high_,
+                "pad": self.pad_, "n_windows": self.n_windows_, "fallback": self.fallback_.to_dict()}
+
+    def _set_state(self, state):
+        self.method_, self.columns_ = state["method"], list(state["columns"])
+        self.coef_, self.intercept_ = [float(c) for c in state["coef"]], float(state["intercept"])
+        self.envelope_columns_ = list(state["envelope_columns"])
+        self.low_, self.high_ = [float(v) for v in state["low"]], [float(v) for v in state["high"]]
+        self.pad_, self.n_windows_ = [float(v) for v in state["pad"]], state.get("n_windows")
+        if len(self.columns_) != len(self.coef_) or not (
+                len(self.envelope_columns_) == len(self.low_) == len(self.high_) == len(self.pad_)):
+            raise ValueError("state lengths of columns/coef or envelope_columns/low/high/pad differ")
+        self.fallback_ = _from_dict(state["fallback"], "fallback")
+
+
 def held_out_intervals(est: _WindowEstimator, loso: pd.DataFrame, conditioned: bool | None = None) -> pd.DataFrame:
     """The LOSO windows of ``est`` with the interval each would get from a calibration WITHOUT its own
     shift type: for every held-out type ``g`` the interval (scale and quantile) is calibrated on the
@@ -1194,6 +1368,7 @@ KINDS: dict[str, type[_WindowEstimator]] = {
     "CorrectnessEstimator": CorrectnessEstimator,
     "RelevanceEstimator": RelevanceEstimator,
     "MedianOf": MedianOf,
+    "LocationRegression": LocationRegression,
 }
 
 #: Named estimator configurations (the rows of docs/estimators.md). ``*_source``: the baseline as
@@ -1217,6 +1392,9 @@ ESTIMATORS: dict[str, tuple[str, dict[str, Any]]] = {
     "regression_confidence": ("RelevanceEstimator", {"feature_set": "confidence"}),
     "regression_relevance": ("RelevanceEstimator", {"feature_set": "relevance"}),
     "regression_relevance_confidence": ("RelevanceEstimator", {"feature_set": "relevance+confidence"}),
+    # issue 19: needs the location columns (suspect_regions) and the shortcut calibration windows
+    "location_regression": ("LocationRegression", {}),
+    "location_regression_local": ("LocationRegression", {"fit_on": "local"}),
 }
 
 #: Used where no calibration chose one (``relmon.analysis.selection.select_estimator`` picks per
@@ -1334,6 +1512,7 @@ __all__ = [
     "CorrectnessEstimator",
     "DoC",
     "EstimatorMismatchError",
+    "LocationRegression",
     "MaNo",
     "MedianOf",
     "NuclearNorm",

@@ -10,9 +10,14 @@ method), groups the heatmaps by that class, and reports
   a cluster is flagged when it holds at least ``min_cluster_share`` of its class and at least
   ``min_class_n`` images, and has a suspect region (smaller clusters are too noisy to judge).
 
-The model is **flagged** when a class or a flagged cluster has a suspect region; the suspect regions
-(rectangles ``[top, left, height, width]``, in pixels of the input) are what
-``suspect_regions`` in the monitoring config takes.
+The model is **flagged** when a class has a suspect region (in its mean shares over all the images
+predicted as that class); the suspect regions (rectangles ``[top, left, height, width]``, in pixels
+of the input) are what ``suspect_regions`` in the monitoring config takes. Flagged clusters are
+reported for inspection (``clusters``, and their regions in ``cluster_suspect_regions``) but do not
+flag the model: on the planted ``marker`` and ``border`` shortcuts every shortcut model was found by
+its class means, and cluster-level suspects added no shortcut found and made the only false flags
+(a control flagged for one top-edge cell in one cluster; ``docs/shortcuts.md``). A shortcut used by a
+minority of a class's images shows up there, not in the flag.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class AuditResult:
     mean_maps: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
     prototypes: dict[str, list[np.ndarray]] = field(repr=False, default_factory=dict)
     mean_image: np.ndarray = field(repr=False, default=None)
+    cluster_suspect_regions: list[list[int]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +69,7 @@ class AuditResult:
             "suspect_regions": self.suspect_regions,
             "per_class": self.per_class,
             "clusters": self.clusters,
+            "cluster_suspect_regions": self.cluster_suspect_regions,
             "settings": self.settings,
         }
 
@@ -79,6 +86,9 @@ class AuditResult:
             )
         if self.suspect_regions:
             lines.append("suspect_regions (copy into the config): " + str(self.suspect_regions))
+        extra = [r for r in self.cluster_suspect_regions if r not in self.suspect_regions]
+        if extra:
+            lines.append("suspect in a cluster only (inspect; not flagged): " + str(extra))
         return "\n".join(lines)
 
 
@@ -151,6 +161,7 @@ def run_audit(
     method: str = DEFAULT_METHOD,
     region: int = 4,
     border: int | None = None,
+    corner: int | None = None,
     min_excess: float = MIN_EXCESS,
     min_lift: float = MIN_LIFT,
     min_class_n: int = 10,
@@ -179,7 +190,7 @@ def run_audit(
     if not 0.0 < min_excess < 1.0 or min_lift <= 0:
         raise AuditError(f"min_excess must lie in (0, 1) and min_lift be positive, got {min_excess}, {min_lift}")
     model.eval()
-    regions = candidate_regions(height, width, region, border)
+    regions = candidate_regions(height, width, region, border, corner)
     masks = region_masks(regions, height, width)
     pix = pixel_shares(masks).numpy().astype(float)
 
@@ -200,12 +211,13 @@ def run_audit(
     mean_maps: dict[str, np.ndarray] = {}
     prototypes: dict[str, list[np.ndarray]] = {}
     suspect_rects: list[list[int]] = []
+    cluster_rects: list[list[int]] = []
 
-    def add_rects(found):
+    def add_rects(found, into):
         for s in found:
             for r in s["rects"]:
-                if r not in suspect_rects:
-                    suspect_rects.append(r)
+                if r not in into:
+                    into.append(r)
 
     for c in range(num_classes):
         idx = np.flatnonzero((pred_np == c) & ok_np)
@@ -233,7 +245,7 @@ def run_audit(
         info["region_shares"] = {regions[k].name: round(float(cls_share[k]), 6) for k in range(len(regions))}
         found = _suspects(cls_share, pix, regions, min_excess, min_lift) if info["judged"] else []
         info["suspect"] = found
-        add_rects(found)
+        add_rects(found, suspect_rects)
         per_class[name] = info
         mean_maps[name] = unit[torch.from_numpy(idx)].mean(0).numpy()
 
@@ -251,7 +263,7 @@ def run_audit(
             cl_list.append({"cluster": k, "size": int(len(members)), "share_of_class": float(frac),
                             "flagged": bool(cfound), "suspect": cfound,
                             "top_region": regions[int(np.argmax(cshare - pix))].name})
-            add_rects(cfound)
+            add_rects(cfound, cluster_rects)
             protos.append(unit[torch.from_numpy(members)].mean(0).numpy())
         clusters[name] = cl_list
         info["n_clusters"] = result.n_clusters
@@ -261,7 +273,9 @@ def run_audit(
     flagged = bool(suspect_rects)
     settings = {
         "method": method, "n_images": int(n), "image_size": [int(height), int(width)], "region": int(region),
-        "border": int(max(1, region // 2) if border is None else border), "min_excess": float(min_excess),
+        "border": int(max(1, region // 2) if border is None else border),
+        "corner": int(min(2 * region, min(height, width) // 2) if corner is None else corner),
+        "min_excess": float(min_excess),
         "min_lift": float(min_lift), "min_class_n": int(min_class_n), "max_clusters": int(max_clusters),
         "max_per_class": int(max_per_class), "min_cluster_share": float(min_cluster_share),
         "grouped_by": "predicted class", "labelled": y is not None, "seed": int(seed),
@@ -270,7 +284,7 @@ def run_audit(
     if y is not None:
         settings["accuracy"] = float((pred_np == y).mean())
     return AuditResult(flagged, suspect_rects, per_class, clusters, settings, regions, pix, mean_maps,
-                       prototypes, x.mean(0).mean(0).numpy())
+                       prototypes, x.mean(0).mean(0).numpy(), cluster_rects)
 
 
 def get_prep(model):

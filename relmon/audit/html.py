@@ -68,11 +68,17 @@ def render_audit(result: AuditResult, title: str = "relmon audit") -> str:
     parts.append(
         f"<p>Rule: a region is suspect for a class when its share of the class's positive relevance is at least "
         f"{s['min_excess']:.2f} above its pixel share and at least {s['min_lift']:g}× it (regions: "
-        f"{s['region']}×{s['region']} grid cells and the {s['border']}-pixel border ring).</p>")
+        f"{s['region']}×{s['region']} grid cells, the border rings of width 1 to {s['border']} pixels and the "
+        f"{s.get('corner', 0)}×{s.get('corner', 0)} corner blocks).</p>")
     if result.suspect_regions:
         snippet = "suspect_regions: " + json.dumps(result.suspect_regions)
         parts.append("<p>Copy into the monitoring config (rectangles [top, left, height, width]):</p>"
                      f"<pre>{html.escape(snippet)}</pre>")
+    extra = [r for r in result.cluster_suspect_regions if r not in result.suspect_regions]
+    if extra:
+        parts.append("<p>Suspect in a cluster only (a strategy of part of a class; inspect the prototypes "
+                     "below, the model is not flagged for these): "
+                     f"<code>{html.escape(json.dumps(extra))}</code></p>")
 
     names = list(result.mean_maps)
     if names:

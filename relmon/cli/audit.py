@@ -32,8 +32,11 @@ def add_commands(subparsers) -> None:
     p.add_argument("--json", action="store_true",
                    help="print {flagged, suspect_regions, per_class, clusters, settings} as JSON")
     p.add_argument("--min-excess", type=float, default=None, help="suspect rule: share - pixel share (default 0.15)")
-    p.add_argument("--min-lift", type=float, default=None, help="suspect rule: share / pixel share (default 3)")
-    p.add_argument("--border", type=int, default=None, help="border ring width in pixels (default region // 2)")
+    p.add_argument("--min-lift", type=float, default=None, help="suspect rule: share / pixel share (default 2)")
+    p.add_argument("--border", type=int, default=None,
+                   help="border rings of widths 1..N pixels are candidates (default region // 2; 0: none)")
+    p.add_argument("--corner", type=int, default=None,
+                   help="corner blocks of N x N pixels are candidates (default 2 * region; 0: none)")
     p.add_argument("--max-clusters", type=int, default=None, help="SpRAy: most clusters per class (default 8)")
     p.add_argument("--max-per-class", type=int, default=None,
                    help="SpRAy: images clustered per class, a seeded subsample (default 500)")
@@ -52,7 +55,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
         cfg = config_from_args(args)
         data = args.data or cfg.calibration_data or "sample"
-        options = {k: getattr(args, k) for k in ("min_excess", "min_lift", "border", "max_clusters", "max_per_class")
+        options = {k: getattr(args, k) for k in ("min_excess", "min_lift", "border", "corner", "max_clusters",
+                                                        "max_per_class")
                    if getattr(args, k) is not None}
         result = relmon.audit(None, data, config=cfg, **options)
     except (AuditError, *_input_errors()) as err:

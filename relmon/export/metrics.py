@@ -62,6 +62,8 @@ ESTIMATOR_LABELS: tuple[str, ...] = (
     "correctness_relevance",
     "median_of_best3",
     "mano",  # issue 18
+    "location_regression",  # issue 19
+    "location_regression_local",
 )
 #: ``feature`` label values: relmon.analysis.drift.DRIFT_FEATURES.
 DRIFT_FEATURE_LABELS: tuple[str, ...] = (
@@ -205,6 +207,14 @@ METRIC_SPECS: tuple[MetricSpec, ...] = (
         "gauge",
         None,
         "|default estimate - median of all the window's estimates| (0-1): the estimators disagree when large.",
+    ),
+    MetricSpec(
+        "relmon_unexplained_shift",
+        "gauge",
+        None,
+        "1 when the window's location features (or confidence) lie outside the calibration windows' range "
+        "(relmon.analysis.unexplained; the headline then falls back to a confidence estimator), else 0; "
+        "absent without suspect regions.",
     ),
     MetricSpec(
         "relmon_run_samples",
@@ -396,6 +406,10 @@ class RelmonMetrics:
         """``|default − median of all estimates|`` of the window (not set when undefined)."""
         if value is not None and _finite(value):
             self._metrics["relmon_estimator_disagreement_ratio"].labels(**self.base).set(float(value))
+
+    def set_unexplained_shift(self, fired: bool) -> None:
+        """1 when the window lies outside what the calibration covered (issue 19), else 0."""
+        self._metrics["relmon_unexplained_shift"].labels(**self.base).set(1.0 if fired else 0.0)
 
     def set_run_inputs(self, samples: int, errors: Mapping[str, int]) -> None:
         """Per-run counts (gauges): samples scored and bad inputs by reason (every reason, 0 if none).

@@ -56,6 +56,8 @@ SETTINGS_KEYS = (
     "method_table_n",
     "calibration_shifts",
     "calibration_severities",
+    "shortcut_variants",
+    "shortcut_shares",
     "estimators",
     "channels",
     "image_size",
@@ -90,10 +92,15 @@ def resolve_labelled_data(cfg: MonitorConfig):
 
 
 def plan_windows(cfg: MonitorConfig, n_images: int) -> tuple[list[tuple[str, str | None, int]], int, bool]:
-    """``(windows, n per window, reused)``: the clean window and one per shift × severity."""
+    """``(windows, n per window, reused)``: the clean window, one per shift × severity and one per shortcut
+    variant × share (``shortcut_<variant>/<share>``: its shift is ``shortcut_<variant>``, its "severity"
+    the share; :mod:`relmon.jobs.shortcut_windows`)."""
+    from relmon.jobs.shortcut_windows import shortcut_window_plan
+
     windows = [("clean", None, 0)] + [
         (f"{s}/{sev}", s, sev) for s in cfg.calibration_shifts for sev in cfg.calibration_severities
-    ]
+    ] + [(name, f"shortcut_{v}", share) for name, v, share in shortcut_window_plan(cfg.shortcut_variants,
+                                                                                   cfg.shortcut_shares)]
     n = cfg.calibration_n
     need = n * len(windows)
     if n_images >= need:
@@ -156,11 +163,18 @@ def calibrate_model(model, data, cfg: MonitorConfig, out: str | os.PathLike | No
 
     table_images = data.images[torch.as_tensor(order[: max(1, min(cfg.method_table_n, n_images))])]
     cfg, method_selection = calibration_methods(cfg, model, table_images, prep, progress=progress)
+    mask = None
+    if cfg.shortcut_variants:
+        from relmon.jobs.shortcut_windows import break_shortcut, shortcut_mask
+
+        mask = shortcut_mask(cfg, height, width)
     xs, ys, ids, used = [], [], [], {}
     for i, (name, shift, sev) in enumerate(windows):
         index = order[(i * n + np.arange(n)) % n_images]
         x = data.images[torch.as_tensor(index)]
-        if shift is not None:
+        if shift is not None and shift.startswith("shortcut_"):
+            x = break_shortcut(x, mask, shift[len("shortcut_"):], float(sev), seed=cfg.seed + i, low=float(prep.low))
+        elif shift is not None:
             x = apply_shift(x, shift, sev, seed=cfg.seed + i)
         xs.append(x)
         ys.append(data.labels[index])
@@ -172,7 +186,15 @@ def calibrate_model(model, data, cfg: MonitorConfig, out: str | os.PathLike | No
     records, _, _ = score_stream(cfg, model, stream, progress=progress)
     names = {f"calibration:{i * n}": name for i, (name, _, _) in enumerate(windows)}
     records["window_id"] = records["window_id"].map(names)
-    estimators, default, validation = fit_and_select(records, cfg.estimators)
+    candidates = list(cfg.estimators)
+    if cfg.shortcut_variants:  # issue 19: the shortcut-aware estimators learn from the shortcut windows
+        from relmon.analysis.estimators import LOCATION_ESTIMATORS
+
+        candidates += [e for e in LOCATION_ESTIMATORS if e not in candidates]
+    estimators, default, validation = fit_and_select(records, candidates)
+    from relmon.analysis.unexplained import UnexplainedShiftGate
+
+    gate = UnexplainedShiftGate.fit(records)  # None without location features
     settings = {key: getattr(cfg, key) for key in SETTINGS_KEYS}
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
     meta = {
@@ -198,6 +220,9 @@ def calibrate_model(model, data, cfg: MonitorConfig, out: str | os.PathLike | No
         "windows_reuse_images": reused,
         "window_images": used,
         "default_estimator": default,
+        "shortcut_variants": list(cfg.shortcut_variants),
+        "shortcut_shares": list(cfg.shortcut_shares) if cfg.shortcut_variants else [],
+        "unexplained_shift_gate": gate.to_dict() if gate is not None else None,
         "validation": validation,
         "window_accuracy": {
             k: float(v)

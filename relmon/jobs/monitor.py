@@ -121,6 +121,11 @@ class MonitorJob:
             self.metrics.set_alert_threshold(accuracy_threshold(*self.reference) if clean is not None else None)
         meta = self.calibration.meta if self.calibration is not None else {}
         self.default_estimator = meta.get("default_estimator", BASELINE_ESTIMATOR)
+        self.gate = None  # issue 19: the "unexplained shift" gate of a calibration with location features
+        if meta.get("unexplained_shift_gate"):
+            from relmon.analysis.unexplained import UnexplainedShiftGate
+
+            self.gate = UnexplainedShiftGate.from_dict(meta["unexplained_shift_gate"])
         members = (meta.get("validation") or {}).get("default_members") or []
         self.metrics.set_default_estimator(self.default_estimator, members if len(members) > 1 else ())
 
@@ -196,6 +201,12 @@ class MonitorJob:
 
         robust = window_robustness(self.calibration, estimates, self.default_estimator,
                                    records if len(records) else None)  # issue 18: headline, disagreement
+        unexplained = None
+        if self.gate is not None:  # issue 19: outside what the calibration covered -> confidence headline
+            from relmon.analysis.unexplained import gated_headline
+
+            unexplained = self.gate.check(records if len(records) else None)
+            robust["headline"] = gated_headline(robust["headline"], estimates, unexplained)
 
         m = self.metrics
         for name, (est, lo, hi) in estimates.items():
@@ -221,6 +232,8 @@ class MonitorJob:
         if drift_p is not None:
             m.set_drift(drift_p, alarm)
         m.set_disagreement(robust["estimator_disagreement"])
+        if unexplained is not None and unexplained["checked"]:
+            m.set_unexplained_shift(unexplained["fired"])
         m.add_samples(len(samples))
         m.add_input_errors(errors)
         m.set_run_inputs(len(samples), errors)
@@ -248,6 +261,7 @@ class MonitorJob:
             calibration_version_mismatch=self.version_mismatch,
             default_estimator=self.default_estimator,
             estimate_errors=estimate_errors,
+            unexplained_shift=unexplained,
             **robust,
         )
         if self.calibration is not None and self.reference[0] is not None:

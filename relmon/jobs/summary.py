@@ -51,6 +51,8 @@ class MonitorSummary:
     input_root: str | None = None  # the folder (or URL) the records' sample ids are relative to
     alert_threshold: float | None = None  # relmon.analysis.alerts.accuracy_threshold of the two
     alerts: list[dict[str, str]] = field(default_factory=list)  # relmon.analysis.alerts.accuracy_alerts
+    # issue 19 (relmon.analysis.unexplained): {fired, checked, outside, fallback, reason}; None without a gate
+    unexplained_shift: dict[str, Any] | None = None
 
     def table(self) -> str:
         """A plain-text summary table."""
@@ -76,6 +78,9 @@ class MonitorSummary:
         if self.headline.get("fallback"):
             lines.append(f"{'headline: median of all (estimators disagree)':<34} {self.headline['estimate']:8.3f} "
                          f"[{self.headline['lower']:6.3f}, {self.headline['upper']:6.3f}]")
+        if self.unexplained_shift and self.unexplained_shift.get("fired"):
+            lines.append(f"UNEXPLAINED SHIFT: {self.unexplained_shift['reason']}; headline: "
+                         f"{self.headline.get('estimator')} {self.headline.get('estimate', math.nan):.3f}")
         if self.estimator_disagreement is not None and math.isfinite(self.estimator_disagreement):
             lines.append(f"estimator disagreement |default - median| {self.estimator_disagreement:.3f}"
                          + (f"; shift score (KS vs clean calibration) {self.shift_score:.3f}"
