@@ -132,6 +132,12 @@ def calibrate_model(model, data, cfg: MonitorConfig, out: str | os.PathLike | No
     Returns the :class:`Calibration`; with ``out`` it is also saved there (and read back).
     """
     _check_estimator_names(cfg.estimators)  # before the (costly) scoring
+    from relmon.analysis.estimators import LOCATION_ESTIMATORS
+
+    if not cfg.shortcut_variants and (named := [e for e in cfg.estimators if e in LOCATION_ESTIMATORS]):
+        raise ConfigError(f"estimators {named} learn from the shortcut calibration windows, but shortcut_variants is "
+                          "not set; fix: set suspect_regions and shortcut_variants (e.g. [remove, shuffle]), or "
+                          "remove them from estimators")
     prep = get_preprocessing(model, "calibration")
     info = model_info(model)
     classes = data.classes if data.classes is not None else cfg.classes
@@ -186,12 +192,13 @@ def calibrate_model(model, data, cfg: MonitorConfig, out: str | os.PathLike | No
     records, _, _ = score_stream(cfg, model, stream, progress=progress)
     names = {f"calibration:{i * n}": name for i, (name, _, _) in enumerate(windows)}
     records["window_id"] = records["window_id"].map(names)
-    candidates = list(cfg.estimators)
-    if cfg.shortcut_variants:  # issue 19: the shortcut-aware estimators learn from the shortcut windows
-        from relmon.analysis.estimators import LOCATION_ESTIMATORS
+    from relmon.analysis.estimators import LOCATION_ESTIMATORS
 
-        candidates += [e for e in LOCATION_ESTIMATORS if e not in candidates]
-    estimators, default, validation = fit_and_select(records, candidates)
+    estimators, default, validation = fit_and_select(records, [e for e in cfg.estimators if e not in LOCATION_ESTIMATORS])
+    if cfg.shortcut_variants:  # issue 19: the shortcut-aware estimators learn from the shortcut windows
+        from relmon.jobs.shortcut_windows import fit_shortcut_estimators
+
+        estimators, default, validation = fit_shortcut_estimators(records, estimators, default, validation)
     from relmon.analysis.unexplained import UnexplainedShiftGate
 
     gate = UnexplainedShiftGate.fit(records)  # None without location features
