@@ -317,7 +317,7 @@ def test_config_errors_name_the_field_and_the_fix(tmp_path):
 
 def test_example_config_loads_and_flags_override(tmp_path):
     cfg = load_config(ROOT / "deploy" / "relmon.example.yaml")
-    assert cfg.http_port == 9108 and cfg.methods == ("lrp:epsilon_0_01",) == type(cfg)().methods  # the shipped default
+    assert cfg.http_port == 9108 and cfg.methods == ("auto",) == type(cfg)().methods  # the shipped default (issue 21)
     parser = argparse.ArgumentParser()
     parser.add_argument("--config")
     add_config_flags(parser)

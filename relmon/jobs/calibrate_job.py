@@ -52,6 +52,8 @@ SETTINGS_KEYS = (
     "sample_rate",
     "max_samples",
     "calibration_n",
+    "method_candidates",
+    "method_table_n",
     "calibration_shifts",
     "calibration_severities",
     "shortcut_variants",
@@ -163,6 +165,11 @@ def calibrate_model(model, data, cfg: MonitorConfig, out: str | os.PathLike | No
     n_images = len(data)
     windows, n, reused = plan_windows(cfg, n_images)
     order = np.random.default_rng(cfg.seed).permutation(n_images)
+    # issue 21 item 6: every candidate method's paired AOPC gap on clean images; methods: auto picks one
+    from relmon.jobs.method_choice import calibration_methods
+
+    table_images = data.images[torch.as_tensor(order[: max(1, min(cfg.method_table_n, n_images))])]
+    cfg, method_selection = calibration_methods(cfg, model, table_images, prep, progress=progress)
     mask = None
     if cfg.shortcut_variants:
         from relmon.jobs.shortcut_windows import break_shortcut, shortcut_mask
@@ -205,7 +212,8 @@ def calibrate_model(model, data, cfg: MonitorConfig, out: str | os.PathLike | No
         "relmon_version": relmon.__version__,
         "model": info.name,
         "model_version": info.version,
-        "methods": list(cfg.methods),
+        "methods": list(cfg.methods),  # resolved: methods: auto is the method_selection's choice
+        "method_selection": method_selection,
         "region": cfg.region,
         "steps": steps,  # the resolved L (also with fraction)
         "fraction": cfg.fraction,

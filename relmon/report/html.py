@@ -22,6 +22,8 @@ The page opens with a table of contents; then, each in a ``<section id=...>`` (:
   of every window's records is always shown;
 - ``validation`` — the calibration: how its default estimator was chosen, the leave-one-shift-type-out
   validation as tables, and the calibration windows' accuracies (:func:`calibration_section`).
+- ``method_table`` — the calibration's comparison of heatmap methods on this model (paired AOPC gap to
+  the random order, the method used, warnings; :mod:`relmon.report.methods`).
 
 Every figure is a matplotlib PNG embedded as base64 (``data:image/png``); the page loads nothing from
 anywhere (no scripts, stylesheets, fonts or images by URL).
@@ -46,7 +48,8 @@ import pandas as pd
 from relmon.report.samples import as_float, class_name, per_class_table, worst_samples
 from relmon.report.trend import RANDOM_METHOD, choose_method, trend_figure, trend_table
 
-SECTIONS = ("summary", "trend", "drift", "location", "heatmaps", "classes", "curves", "validation")
+SECTIONS = ("summary", "trend", "drift", "location", "heatmaps", "classes", "curves", "validation",
+            "method_table")
 SECTION_TITLES = {
     "summary": "Summary",
     "trend": "Windows over time",
@@ -56,6 +59,7 @@ SECTION_TITLES = {
     "classes": "Per predicted class",
     "curves": "Perturbation curves and AOPC",
     "validation": "Calibration and its validation",
+    "method_table": "Heatmap methods on this model",  # relmon.report.methods (issue 21 item 6)
 }
 
 _CSS = """
@@ -571,6 +575,11 @@ def render_report(
         f'<li><a href="#{sid}">{html.escape(SECTION_TITLES[sid])}</a></li>' for sid in SECTIONS) + "</ol></nav>"
     body = [body[0], toc, "\n".join(s_notes)]
     for sid in SECTIONS[1:]:
+        if sid == "method_table":
+            from relmon.report.methods import method_table_section
+
+            body.append(method_table_section(calibration))
+            continue
         body.append(calibration_section(calibration, default) if sid == "validation" else "\n".join(parts[sid]))
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
