@@ -206,6 +206,12 @@ def audit(
     cfg, prep = _config(config, dict(options))
     m = _prepare_model(model, cfg, prep)
     images, labels, classes, source = _audit_images(data, cfg)
+    from relmon.jobs.method_choice import is_auto, resolve_auto
+
+    if is_auto(cfg.methods):  # no calibration here: the fallback of methods: auto
+        import torch
+
+        cfg = resolve_auto(cfg, m, None, torch.as_tensor(images[:1]).float())  # a shape for the LRP check
     result = run_audit(m, images, labels, classes=classes, method=cfg.methods[0], region=cfg.region,
                        batch_size=cfg.batch_size, seed=cfg.seed, **audit_opts)
     result.settings["data"] = source

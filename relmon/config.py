@@ -20,6 +20,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+#: ``methods: auto`` as the config holds it (see :mod:`relmon.jobs.method_choice`).
+AUTO_METHODS: tuple[str, ...] = ("auto",)
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, of the wrong type or out of range; the message names the fix."""
@@ -101,9 +104,25 @@ class MonitorConfig:
     )
     window_seconds: float = setting(3600.0, "float+", "length of an mtime window in seconds")
     # scoring
-    # the paper's protocol: perturb ~16 % of the image (8 of 49 4x4 regions on 28x28) with the method
-    # that beat sensitivity there on both embedded models (README "The paper's comparison")
-    methods: tuple[str, ...] = setting(("lrp:epsilon_0_01",), "list[str]", "heatmap methods (see 'relmon methods')")
+    # auto: 'relmon calibrate' measures every candidate method on the model and picks the best
+    # (relmon/jobs/method_choice.py); the embedded models keep lrp:epsilon_0_01, which beat sensitivity on
+    # both at the paper's protocol (README "The paper's comparison")
+    methods: tuple[str, ...] = setting(
+        AUTO_METHODS, "methods",
+        "heatmap methods (see 'relmon methods'), or auto: the calibration measures method_candidates on the "
+        "model and picks the best (embedded models: lrp:epsilon_0_01)",
+    )
+    method_candidates: tuple[str, ...] = setting(
+        ("sensitivity", "gradient_x_input", "lrp:epsilon_0_01", "lrp:epsilon_plus_flat", "lrp:epsilon_gamma_box"),
+        "list[str]",
+        "methods 'relmon calibrate' compares (paired AOPC gap to the random order), cheapest first (the order "
+        "breaks ties); LRP ones relmon's LRP refuses for the model are left out",
+    )
+    method_table_n: int = setting(
+        128, "int>=0",
+        "clean calibration images on which 'relmon calibrate' compares the method candidates (0: no table; "
+        "methods: auto then uses its fallback)",
+    )
     region: int = setting(4, "int+", "side in pixels of the perturbed square regions")
     steps: int | None = setting(
         8, "int+?",
@@ -607,6 +626,17 @@ def _list(item: type):
     return coerce
 
 
+def _methods(name: str, kind: str, value: Any) -> tuple[str, ...]:
+    """A list of method ids, or ``auto`` (alone: the calibration chooses one method per model)."""
+    value = _list(str)(name, kind, value)
+    if any(v.lower() == "auto" for v in value):
+        if len(value) > 1:
+            raise _bad(name, kind, list(value), " (auto lets the calibration choose the method and cannot be combined "
+                                               "with other methods)")
+        return AUTO_METHODS
+    return value
+
+
 def _unique_list(item, allow_empty: bool = True):
     """The coercer of a list (empty allowed: ``[]``, or ``none`` from a flag) of distinct values that
     ``item(name, kind, value)`` checks and converts."""
@@ -640,9 +670,12 @@ def _share(name: str, kind: str, value: Any) -> float:
 
 
 def _rects(name: str, kind: str, value: Any) -> tuple[tuple[int, int, int, int], ...]:
-    from relmon.suspect_regions import coerce_regions
+    from relmon.suspect_regions import SuspectRegionsError, coerce_regions
 
-    return coerce_regions(name, value, _bad(name, kind, value).args[0])
+    try:
+        return coerce_regions(name, value, _bad(name, kind, value).args[0])
+    except SuspectRegionsError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _preprocessing(name: str, kind: str, value: Any) -> dict[str, Any]:
@@ -663,6 +696,7 @@ KINDS: dict[str, tuple[str, Any]] = {
     "float01": ("a number in (0, 1], e.g. 0.5", _number(lambda v: 0.0 < v <= 1.0)),
     "float+": ("a positive number, e.g. 10", _number(lambda v: v > 0.0)),
     "list[str]": ("a list of strings, e.g. [lrp]", _list(str)),
+    "methods": ("auto or a list of method ids, e.g. [lrp:epsilon_plus_flat]", _methods),
     "list[int]": ("a list of integers, e.g. [1, 3]", _list(int)),
     "list[variant]": ("a list of remove and/or shuffle (or [] for none)", _unique_list(_variant)),
     "list[share]": ("a non-empty list of shares in (0, 1], e.g. [0.25, 0.5, 1.0]", _unique_list(_share, allow_empty=False)),
@@ -776,7 +810,7 @@ def add_config_flags(parser: argparse.ArgumentParser, names: list[str] | None = 
                 action=argparse.BooleanOptionalAction,
                 help=f"{help_text} (default {shown})",
             )
-        elif kind.startswith("list"):
+        elif kind.startswith("list") or kind == "methods":
             group.add_argument(
                 flag, dest=name, nargs="+", default=None, metavar="V", help=f"{help_text} (default {shown})"
             )
@@ -793,6 +827,7 @@ def config_from_args(args: argparse.Namespace) -> MonitorConfig:
 
 
 __all__ = [
+    "AUTO_METHODS",
     "FIELDS",
     "KINDS",
     "ConfigError",

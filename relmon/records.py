@@ -436,9 +436,7 @@ def read_record_files(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
         frames.append(validate_records(table.to_pandas(types_mapper=_arrow_to_pandas_dtype)))
     if not frames:
         return empty_records()
-    if any(has_location(f) for f in frames):  # files scored without suspect_regions: null location columns
-        frames = [f if has_location(f) else f.assign(**{c: pd.array([None] * len(f), dtype="Float64")
-                                                         for c in LOCATION_COLUMNS}) for f in frames]
+    # files scored without suspect_regions get null location columns beside those scored with it (concat)
     return validate_records(pd.concat(frames, ignore_index=True))
 
 

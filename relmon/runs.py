@@ -360,6 +360,7 @@ def window_summary_document(summary: Mapping[str, Any], *, settings: Mapping[str
         "calibration": {"path": s.get("calibration"), "timestamp": s.get("calibration_timestamp"),
                         "version_mismatch": s.get("calibration_version_mismatch", False)},
         "settings": dict(settings or {}),
+        **({"location": dict(s["location"])} if s.get("location") else {}),  # issue 19: suspect_regions set
         "finished_at": s.get("finished_at"),
         "duration_seconds": s.get("duration_seconds"),
     }

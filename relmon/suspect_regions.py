@@ -4,7 +4,8 @@ pixels, given inline or as the path of a ``relmon audit --json`` output file (it
 :func:`coerce_regions` checks the form (a non-empty list of four integers each, top/left ``>= 0``,
 height/width ``>= 1``) when the config is read; :func:`check_regions_fit` checks that every rectangle
 lies inside the image once the input size is known (the job calls it on the stream's first image).
-Both raise :class:`relmon.config.ConfigError` naming the field and the fix.
+Both raise :class:`SuspectRegionsError` (a ``ValueError``) naming the field and the fix; the config
+and the job turn it into a :class:`relmon.config.ConfigError` (this module imports neither).
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ Rects = tuple[tuple[int, int, int, int], ...]
 _FORM = "[[top, left, height, width], ...] (integers; top, left >= 0; height, width >= 1)"
 
 
-def _error(message: str):
-    from relmon.config import ConfigError
+class SuspectRegionsError(ValueError):
+    """The ``suspect_regions`` setting is malformed or does not fit the input; the message names the fix."""
 
-    return ConfigError(message)
+
+def _error(message: str) -> SuspectRegionsError:
+    return SuspectRegionsError(message)
 
 
 def read_audit_regions(path: str | Path, name: str = "suspect_regions") -> Any:
@@ -75,7 +78,7 @@ def coerce_regions(name: str, value: Any, bad: str) -> Rects:
 
 
 def check_regions_fit(regions: Rects, height: int, width: int, name: str = "suspect_regions") -> None:
-    """A :class:`~relmon.config.ConfigError` when a rectangle does not lie inside ``height x width``."""
+    """A :class:`SuspectRegionsError` when a rectangle does not lie inside ``height x width``."""
     for t, left, h, w in regions:
         if t + h > height or left + w > width:
             raise _error(
@@ -86,4 +89,4 @@ def check_regions_fit(regions: Rects, height: int, width: int, name: str = "susp
             )
 
 
-__all__ = ["Rects", "check_regions_fit", "coerce_regions", "read_audit_regions"]
+__all__ = ["Rects", "SuspectRegionsError", "check_regions_fit", "coerce_regions", "read_audit_regions"]

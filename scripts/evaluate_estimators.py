@@ -62,10 +62,19 @@ HARD_CLASSES = (0, 2, 4, 6)   # t-shirt, pullover, coat, shirt: the classes the 
 EASY_CLASSES = (1, 5, 8, 9)   # trouser, sandal, bag, ankle boot
 
 
+def _shipped(cfg):
+    """The shipped config as it scores the embedded models (``methods: auto`` is their method)."""
+    import dataclasses
+
+    from relmon.jobs.method_auto import EMBEDDED_METHOD, is_auto
+
+    return dataclasses.replace(cfg, methods=(EMBEDDED_METHOD,)) if is_auto(cfg.methods) else cfg
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     from relmon.config import MonitorConfig
 
-    shipped = MonitorConfig()
+    shipped = _shipped(MonitorConfig())
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cache", default="/tmp/relmon-g-cache", help="Parquet cache of scored records")
     p.add_argument("--docs", default=str(ROOT / "docs"), help="where estimators.md and the plots go")
@@ -541,7 +550,7 @@ def write_docs(path: Path, args, tables, selections, relations, runtime: float, 
     from relmon.analysis.estimators import DEFAULT_ESTIMATOR
     from relmon.config import MonitorConfig
 
-    shipped = MonitorConfig()
+    shipped = _shipped(MonitorConfig())
     is_shipped = (tuple(args.methods) == tuple(shipped.methods) and args.region == shipped.region
                   and args.steps == shipped.steps and tuple(args.candidates) == tuple(shipped.estimators))
     shipped_note = (" (the settings `relmon calibrate` ships)" if is_shipped

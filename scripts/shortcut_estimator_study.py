@@ -104,18 +104,20 @@ def score_windows(cfg, model, windows, mask, name):
     return records.merge(loc, on="sample_id", how="left")
 
 
-ANALYSED = ("location_regression", "location_regression_local", "atc", "average_confidence", "doc",
-            "cbpe_isotonic", "regression_confidence", "correctness_confidence")
+ANALYSED = ("atc", "average_confidence", "doc", "cbpe_isotonic", "regression_confidence", "correctness_confidence")
 
 
 def analyse(folder: Path, names: list[str]) -> pd.DataFrame:
     """Per test window: the accuracy and every estimator's estimate, fitted on the calibration records;
     ``today`` = the default ``relmon calibrate`` selects from the shipped candidates on the calibration
-    without the shortcut windows (what a user gets today), ``gated`` = location_regression after the
-    unexplained-shift gate (atc where it fires)."""
+    without the shortcut windows (what a user gets today); ``selected`` = the same selection on all
+    calibration windows, ``location_regression[_local]`` as ``relmon calibrate`` fits them with
+    ``shortcut_variants`` (that selected default as their fallback); ``gated`` = location_regression
+    after the unexplained-shift gate (atc where it fires)."""
     from relmon.analysis import make_estimator
     from relmon.analysis.unexplained import UnexplainedShiftGate
     from relmon.jobs.calibrate_job import fit_and_select
+    from relmon.jobs.shortcut_windows import fit_shortcut_estimators
 
     rows = []
     for name in names:
@@ -124,6 +126,11 @@ def analyse(folder: Path, names: list[str]) -> pd.DataFrame:
         ordinary = rc[~rc["window_id"].str.startswith("shortcut_")]
         fitted, default, _ = fit_and_select(ordinary, MonitorConfig().estimators)
         preds = {"today": fitted[default].predict(rt).set_index("window_id")["estimate"]}
+        fitted, default, validation = fit_and_select(rc, MonitorConfig().estimators)
+        preds["selected"] = fitted[default].predict(rt).set_index("window_id")["estimate"]
+        fitted, _, _ = fit_shortcut_estimators(rc, fitted, default, validation)
+        for e in ("location_regression", "location_regression_local"):
+            preds[e] = fitted[e].predict(rt).set_index("window_id")["estimate"]
         for e in ANALYSED:
             preds[e] = make_estimator(e).fit(rc).predict(rt).set_index("window_id")["estimate"]
         gate = UnexplainedShiftGate.fit(rc)
@@ -139,7 +146,7 @@ def analyse(folder: Path, names: list[str]) -> pd.DataFrame:
 
 
 def tables(df: pd.DataFrame) -> str:
-    ests = ["today", *ANALYSED, "gated"]
+    ests = ["today", "selected", "location_regression", "location_regression_local", *ANALYSED, "gated"]
     err = df.assign(**{e: (df[e] - df["accuracy"]).abs() for e in ests})
     t = err.groupby("window")[["accuracy", *ests]].mean()
     t.insert(0, "windows", err.groupby("window").size())

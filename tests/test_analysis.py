@@ -335,7 +335,8 @@ def test_evaluate_estimators_tiny(tmp_path):
     # scored and selected with what 'relmon calibrate' ships
     from relmon.config import MonitorConfig
 
-    shipped = MonitorConfig()
+    shipped = module._shipped(MonitorConfig())  # methods: auto is lrp:epsilon_0_01 on the embedded models
+    assert shipped.methods == ("lrp:epsilon_0_01",)
     records = pd.concat([pd.read_parquet(f) for f in (tmp_path / "cache").rglob("*.parquet")])
     assert set(records["method"]) == set(shipped.methods) | {"random"}
     assert f"region {shipped.region} px, L = {shipped.steps} steps" in table

@@ -66,7 +66,13 @@ TABLE = {
     "relmon_unexplained_shift": ("gauge", None),  # issue 19
     "relmon_run_samples": ("gauge", None),
     "relmon_run_input_errors": ("gauge", "reason"),
+    # issue 19: only exported with suspect_regions (tests/test_location_monitoring.py runs them end to end)
+    "relmon_suspect_relevance_share_ratio": ("gauge", "method"),
+    "relmon_occlusion_flip_ratio": ("gauge", None),
+    "relmon_occlusion_confidence_drop_ratio": ("gauge", None),
 }
+LOCATION_METRICS = ("relmon_suspect_relevance_share_ratio", "relmon_occlusion_flip_ratio",
+                    "relmon_occlusion_confidence_drop_ratio")
 FAST = dict(n=16, region=7, steps=8, batch_size=16)
 
 
@@ -95,6 +101,8 @@ def filled_metrics() -> RelmonMetrics:
     m.set_disagreement(0.05)
     m.set_unexplained_shift(True)
     m.set_run_inputs(16, {"decode_error": 2})
+    m.set_location({"method": "lrp:epsilon_plus_flat", "suspect_share": 0.4, "occlusion_flip": 0.1,
+                    "occlusion_drop": 0.05})
     return m
 
 
@@ -153,7 +161,9 @@ def test_label_sets_are_closed_and_match_the_code_that_produces_them():
     from relmon.jobs.calibrate_job import MEDIAN_LABEL
 
     assert set(ESTIMATOR_LABELS) == set(ESTIMATORS) | {MEDIAN_LABEL}  # + a calibration's median-of-best-3
-    assert tuple(DRIFT_FEATURE_LABELS) == tuple(DRIFT_FEATURES)
+    from relmon.analysis.drift import LOCATION_DRIFT_FEATURES
+
+    assert tuple(DRIFT_FEATURE_LABELS) == tuple(DRIFT_FEATURES) + tuple(LOCATION_DRIFT_FEATURES)
     assert tuple(INPUT_ERROR_REASONS) == tuple(STREAM_REASONS)
     m = RelmonMetrics("m", "v", "s")
     for call in (
@@ -307,7 +317,7 @@ def test_config_errors_name_the_field_and_the_fix(tmp_path):
 
 def test_example_config_loads_and_flags_override(tmp_path):
     cfg = load_config(ROOT / "deploy" / "relmon.example.yaml")
-    assert cfg.http_port == 9108 and cfg.methods == ("lrp:epsilon_0_01",) == type(cfg)().methods  # the shipped default
+    assert cfg.http_port == 9108 and cfg.methods == ("auto",) == type(cfg)().methods  # the shipped default (issue 21)
     parser = argparse.ArgumentParser()
     parser.add_argument("--config")
     add_config_flags(parser)
@@ -370,13 +380,16 @@ def test_monitor_with_calibration_fills_every_metric(calibration, tmp_path):
     job = MonitorJob(cfg)
     summary = job.run()
     assert set(summary.estimates) == {"average_confidence", "atc", "regression_relevance"}
-    assert summary.drift_p_values is not None and set(summary.drift_p_values) == set(DRIFT_FEATURE_LABELS)
+    from relmon.analysis import DRIFT_FEATURES
+
+    # without suspect_regions: the seven features, not the location ones
+    assert summary.drift_p_values is not None and set(summary.drift_p_values) == set(DRIFT_FEATURES)
     assert summary.scored == 16 and Path(summary.outputs["records"]).is_file()
     fams = families((tmp_path / "m.prom").read_text())
     missing = [
         n
         for n in TABLE
-        if not any(s.name == n or s.name.startswith(n + "_") for f in fams.values() for s in f.samples)
+        if n not in LOCATION_METRICS and not any(s.name == n or s.name.startswith(n + "_") for f in fams.values() for s in f.samples)
     ]
     assert missing == ["relmon_unexplained_shift"]  # issue 19: only with suspect_regions (the gate)
     ts = next(s.value for s in fams["relmon_calibration_timestamp_seconds"].samples)

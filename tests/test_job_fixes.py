@@ -242,7 +242,7 @@ def test_calibrate_and_monitor_resolve_the_same_steps_from_fraction(tmp_path, mo
     cal = calibrate(cfg, tmp_path / "cal")
     assert cal.meta["steps"] == 4 and cal.meta["fraction"] == 0.25 and cal.meta["input_size"] == [28, 28]
     summary = MonitorJob(MonitorConfig(**settings), calibration=cal, registry=CollectorRegistry()).run()
-    assert summary.scored == 16 and seen_steps == [4, 4]  # calibration and monitor scored with the same L
+    assert summary.scored == 16 and seen_steps == [4, 4, 4]  # method table, calibration and monitor: the same L
     # the same L given as a count is the same calibration
     MonitorJob(MonitorConfig(region=7, steps=4, n=16), calibration=cal, registry=CollectorRegistry())
     # another L is refused, by count or by fraction, and the error names the fix
@@ -271,7 +271,7 @@ def test_calibrate_and_monitor_resolve_the_same_steps_from_fraction(tmp_path, mo
     with pytest.raises(CalibrationMismatchError, match=r"fraction=0.25 gives L = 6 steps on the input's 32x32 images.*"
                                                        r"L = 4.*fix: set image_size to the calibration's size \[28, 28\]"):
         job.run(outputs=False)
-    assert seen_steps == [4, 4]
+    assert seen_steps == [4, 4, 4]
 
 
 def torch_zeros(*shape):

@@ -96,8 +96,13 @@ def test_variant_windows_exist_with_their_shares_and_ordered_accuracies(calibrat
     assert acc["clean"] > acc["shortcut_remove/0.5"] > acc["shortcut_remove/1"]
     assert acc["shortcut_shuffle/1"] < acc["shortcut_remove/1"]  # a wrong cue is worse than none
     assert cal.meta["shortcut_variants"] == ["remove", "shuffle"] and cal.meta["shortcut_shares"] == [0.5, 1.0]
-    # the shortcut-aware estimators were candidates and were fitted; the gate is stored
+    # the shortcut-aware estimators were fitted with the selection's default as their fallback, and
+    # location_regression is the default; the gate is stored
     assert {"location_regression", "location_regression_local"} <= set(cal.estimators)
+    before = cal.meta["validation"]["default_before_shortcut"]
+    assert cal.meta["default_estimator"] == "location_regression" and before in ("atc", "average_confidence",
+                                                                                 "regression_confidence")
+    assert cal.estimators["location_regression"].fallback == cal.meta["validation"]["chosen"]
     gate = cal.meta["unexplained_shift_gate"]
     assert gate["fallback"] == "atc" and "occlusion_flip_mean" in gate["features"]
 
@@ -132,6 +137,10 @@ def test_config_errors():
     with pytest.raises(ConfigError, match=r"'shortcut_shares'.*listed twice"):
         config_from_dict({"shortcut_shares": [0.5, 0.5]})
     assert MonitorConfig().shortcut_variants == ()  # off by default
+    x, y = images(8, seed=1)
+    cfg = config_from_dict({"estimators": ["atc", "location_regression"], "methods": ["gradient_x_input"]})
+    with pytest.raises(ConfigError, match=r"\['location_regression'\] learn from the shortcut calibration windows"):
+        calibrate_model(cue_model(), from_tensors(x, y), cfg)
 
 
 def _monitor(model, cal, x, registry=None):
@@ -166,7 +175,8 @@ def test_gate_in_the_monitor_fires_outside_and_not_inside(calibrated):
 
 def test_without_location_features_there_is_no_gate(calibrated):
     model, cal = calibrated
-    meta = {**cal.meta, "unexplained_shift_gate": None}
+    meta = {**cal.meta, "unexplained_shift_gate": None,
+            "default_estimator": cal.meta["validation"]["default_before_shortcut"]}
     plain = type(cal)(cal.path, meta, {k: v for k, v in cal.estimators.items() if not k.startswith("location")},
                       cal.reference)
     x, _ = images(40, seed=23, all_markers=True)

@@ -12,10 +12,13 @@ import pandas as pd
 from scipy.stats import ks_2samp
 
 from relmon.analysis.features import CONFIDENCE_FEATURES, heatmap_methods, sample_features
+from relmon.records import LOCATION_COLUMNS
 
 DRIFT_FEATURES: tuple[str, ...] = (
     "aopc", "aopc_rel", "aopc_minus_random", "entropy_bits", "confidence", "softmax_entropy", "margin",
 )
+#: tested too (by default) when both the reference and the window carry them (``suspect_regions``)
+LOCATION_DRIFT_FEATURES: tuple[str, ...] = LOCATION_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ def _columns(records: pd.DataFrame, features: Sequence[str], method: str | None)
             method = found[0] if found else None
     cols = {}
     for f in features:
-        if f in CONFIDENCE_FEATURES:
+        if f in CONFIDENCE_FEATURES or f in LOCATION_DRIFT_FEATURES:  # per sample, not per method
             cols[f] = f
         elif method is None:
             raise ValueError(f"feature {f!r} needs heatmap rows, the records hold none")
@@ -74,7 +77,7 @@ def _columns(records: pd.DataFrame, features: Sequence[str], method: str | None)
 def ks_drift(
     reference: pd.DataFrame,
     window: pd.DataFrame,
-    features: Sequence[str] = DRIFT_FEATURES,
+    features: Sequence[str] | None = None,
     method: str | None = None,
     alpha: float = 0.01,
     correction: str = "holm",
@@ -84,13 +87,19 @@ def ks_drift(
     ``reference`` and ``window`` are records frames (any window ids: each is taken as one sample), or
     already :func:`~relmon.analysis.features.sample_features` of records (to reuse a reference).
     Features (``DRIFT_FEATURES``): ``aopc``, ``aopc_rel``, ``aopc_minus_random``, ``entropy_bits`` of the
-    heatmap ``method`` (default: the first heatmap method) and ``confidence``, ``softmax_entropy``, ``margin``.
+    heatmap ``method`` (default: the first heatmap method) and ``confidence``, ``softmax_entropy``, ``margin``;
+    by default (``features=None``) also the location features (:data:`LOCATION_DRIFT_FEATURES`:
+    ``suspect_share``, ``rest_relevance``, ``occlusion_flip``, ``occlusion_drop``) when both frames
+    carry them (scored with ``suspect_regions``), so the family (and the Holm correction) grows to 11.
     The alarm is raised when any corrected p-value is below ``alpha`` (family-wise error <= alpha).
     """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
-    cols = _columns(reference, features, method)
     ref, win = _as_samples(reference), _as_samples(window)
+    if features is None:
+        both = all(c in ref.columns and c in win.columns for c in LOCATION_DRIFT_FEATURES)
+        features = DRIFT_FEATURES + (LOCATION_DRIFT_FEATURES if both else ())
+    cols = _columns(reference, features, method)
     stats, pvals = {}, {}
     for f, c in cols.items():
         if c not in ref.columns or c not in win.columns:
@@ -130,4 +139,4 @@ def false_alarm_rate(
     return float(np.mean([ks_drift(ref, w, **options).alarm for w in windows]))
 
 
-__all__ = ["DRIFT_FEATURES", "DriftResult", "adjust_p_values", "false_alarm_rate", "ks_drift"]
+__all__ = ["DRIFT_FEATURES", "LOCATION_DRIFT_FEATURES", "DriftResult", "adjust_p_values", "false_alarm_rate", "ks_drift"]

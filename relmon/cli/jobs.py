@@ -63,6 +63,8 @@ _CALIBRATE_FIELDS = [
     "max_batch_bytes",
     "estimators",
     "calibration_n",
+    "method_candidates",
+    "method_table_n",
     "calibration_shifts",
     "calibration_severities",
 ]
@@ -311,7 +313,24 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             f"estimators: {', '.join(meta['estimators'])}; drift reference: the clean window "
             f"({meta['n_per_window']} images)"
         )
+        _print_method_table(meta.get("method_selection"), meta["methods"])
     return EXIT_OK
+
+
+def _print_method_table(selection, methods) -> None:
+    """The calibration's method table (issue 21 item 6) and its warnings (also logged) on stdout."""
+    from relmon.jobs.method_choice import format_table
+
+    if not selection:
+        print(f"methods: {', '.join(methods)} (no method table: method_table_n is 0)")
+        return
+    print(f"methods compared on {selection['used']} clean images (paired AOPC gap to the random order over the "
+          f"clean score, {selection['level']:.0%} intervals; * = used):")
+    print(format_table(selection))
+    configured = selection['configured'] if isinstance(selection['configured'], str) else ', '.join(selection['configured'])
+    print(f"methods: {', '.join(methods)} (configured: {configured}; rule: {selection['rule']})")
+    for text in selection.get("warnings") or []:
+        print(f"WARNING: {text}")
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:

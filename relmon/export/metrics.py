@@ -65,7 +65,8 @@ ESTIMATOR_LABELS: tuple[str, ...] = (
     "location_regression",  # issue 19
     "location_regression_local",
 )
-#: ``feature`` label values: relmon.analysis.drift.DRIFT_FEATURES.
+#: ``feature`` label values: relmon.analysis.drift.DRIFT_FEATURES, then its LOCATION_DRIFT_FEATURES
+#: (tested when suspect_regions is set).
 DRIFT_FEATURE_LABELS: tuple[str, ...] = (
     "aopc",
     "aopc_rel",
@@ -74,6 +75,10 @@ DRIFT_FEATURE_LABELS: tuple[str, ...] = (
     "confidence",
     "softmax_entropy",
     "margin",
+    "suspect_share",
+    "rest_relevance",
+    "occlusion_flip",
+    "occlusion_drop",
 )
 #: ``reason`` label values of relmon_input_errors_total (relmon.data.streams INPUT_ERROR_REASONS: READ_ERROR,
 #: DECODE_ERROR, TOO_LARGE, SIZE_MISMATCH, NON_FINITE).
@@ -207,6 +212,27 @@ METRIC_SPECS: tuple[MetricSpec, ...] = (
         "gauge",
         None,
         "|default estimate - median of all the window's estimates| (0-1): the estimators disagree when large.",
+    ),
+    # issue 19: where the model looks (only with suspect_regions; relmon.analysis.location)
+    MetricSpec(
+        "relmon_suspect_relevance_share_ratio",
+        "gauge",
+        "method",
+        "Mean share of the positive relevance inside the configured suspect regions (0-1), from the heatmaps "
+        "of method.",
+    ),
+    MetricSpec(
+        "relmon_occlusion_flip_ratio",
+        "gauge",
+        None,
+        "Share of the window's samples whose prediction changes when the suspect regions are blanked (0-1).",
+    ),
+    MetricSpec(
+        "relmon_occlusion_confidence_drop_ratio",
+        "gauge",
+        None,
+        "Mean drop of the predicted class's softmax probability when the suspect regions are blanked "
+        "(-1 to 1; positive: the regions carried the prediction).",
     ),
     MetricSpec(
         "relmon_unexplained_shift",
@@ -355,6 +381,14 @@ class RelmonMetrics:
         for feature, p in p_values.items():
             self._set("relmon_drift_p_value", p, feature=feature)
         self._child("relmon_drift_alarm").set(1.0 if alarm else 0.0)
+
+    def set_location(self, location: Mapping[str, float]) -> None:
+        """Window means of the location features (:func:`relmon.analysis.location.location_summary`):
+        suspect-region relevance share (labelled with its heatmap ``method``), flip rate, confidence drop."""
+        self._set("relmon_suspect_relevance_share_ratio", location.get("suspect_share"),
+                  method=location["method"])
+        self._set("relmon_occlusion_flip_ratio", location.get("occlusion_flip"))
+        self._set("relmon_occlusion_confidence_drop_ratio", location.get("occlusion_drop"))
 
     def add_samples(self, n: int) -> None:
         if n < 0:

@@ -12,7 +12,9 @@ scikit-learn/scipy through :mod:`relmon.analysis`, tqdm).
 - :mod:`relmon.jobs.runner` — the Lightning-free scoring loop;
 - :mod:`relmon.jobs.scaleout` — one window over DDP ranks or shards: the run's plan (sampled before
   decoding, its shard), the DDP trainer and the gathering of the ranks' records, part files;
+- :mod:`relmon.jobs.method_auto` — ``methods: auto`` resolved (embedded models, a calibration's choice, fallback);
 - :mod:`relmon.jobs.scoring` — the job's scoring pass (:func:`~relmon.jobs.scoring.score_stream`);
+- :mod:`relmon.jobs.method_choice` — the calibration's paired method table and the ``auto`` choice;
 - :mod:`relmon.jobs.only_new` — only-new scoring state and the records folder's lock;
 - :mod:`relmon.jobs.calibration` — :class:`Calibration`, :func:`load_calibration`, :func:`check_calibration`;
 - :mod:`relmon.jobs.calibrate_job` — :func:`calibrate`: labelled data → a calibration folder;

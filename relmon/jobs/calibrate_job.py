@@ -52,6 +52,8 @@ SETTINGS_KEYS = (
     "sample_rate",
     "max_samples",
     "calibration_n",
+    "method_candidates",
+    "method_table_n",
     "calibration_shifts",
     "calibration_severities",
     "shortcut_variants",
@@ -59,6 +61,7 @@ SETTINGS_KEYS = (
     "estimators",
     "channels",
     "image_size",
+    "suspect_regions",  # issue 19: the location columns of the drift reference were scored with these
 )
 
 
@@ -130,6 +133,12 @@ def calibrate_model(model, data, cfg: MonitorConfig, out: str | os.PathLike | No
     Returns the :class:`Calibration`; with ``out`` it is also saved there (and read back).
     """
     _check_estimator_names(cfg.estimators)  # before the (costly) scoring
+    from relmon.analysis.estimators import LOCATION_ESTIMATORS
+
+    if not cfg.shortcut_variants and (named := [e for e in cfg.estimators if e in LOCATION_ESTIMATORS]):
+        raise ConfigError(f"estimators {named} learn from the shortcut calibration windows, but shortcut_variants is "
+                          "not set; fix: set suspect_regions and shortcut_variants (e.g. [remove, shuffle]), or "
+                          "remove them from estimators")
     prep = get_preprocessing(model, "calibration")
     info = model_info(model)
     classes = data.classes if data.classes is not None else cfg.classes
@@ -156,6 +165,11 @@ def calibrate_model(model, data, cfg: MonitorConfig, out: str | os.PathLike | No
     n_images = len(data)
     windows, n, reused = plan_windows(cfg, n_images)
     order = np.random.default_rng(cfg.seed).permutation(n_images)
+    # issue 21 item 6: every candidate method's paired AOPC gap on clean images; methods: auto picks one
+    from relmon.jobs.method_choice import calibration_methods
+
+    table_images = data.images[torch.as_tensor(order[: max(1, min(cfg.method_table_n, n_images))])]
+    cfg, method_selection = calibration_methods(cfg, model, table_images, prep, progress=progress)
     mask = None
     if cfg.shortcut_variants:
         from relmon.jobs.shortcut_windows import break_shortcut, shortcut_mask
@@ -179,12 +193,13 @@ def calibrate_model(model, data, cfg: MonitorConfig, out: str | os.PathLike | No
     records, _, _ = score_stream(cfg, model, stream, progress=progress)
     names = {f"calibration:{i * n}": name for i, (name, _, _) in enumerate(windows)}
     records["window_id"] = records["window_id"].map(names)
-    candidates = list(cfg.estimators)
-    if cfg.shortcut_variants:  # issue 19: the shortcut-aware estimators learn from the shortcut windows
-        from relmon.analysis.estimators import LOCATION_ESTIMATORS
+    from relmon.analysis.estimators import LOCATION_ESTIMATORS
 
-        candidates += [e for e in LOCATION_ESTIMATORS if e not in candidates]
-    estimators, default, validation = fit_and_select(records, candidates)
+    estimators, default, validation = fit_and_select(records, [e for e in cfg.estimators if e not in LOCATION_ESTIMATORS])
+    if cfg.shortcut_variants:  # issue 19: the shortcut-aware estimators learn from the shortcut windows
+        from relmon.jobs.shortcut_windows import fit_shortcut_estimators
+
+        estimators, default, validation = fit_shortcut_estimators(records, estimators, default, validation)
     from relmon.analysis.unexplained import UnexplainedShiftGate
 
     gate = UnexplainedShiftGate.fit(records)  # None without location features
@@ -197,7 +212,8 @@ def calibrate_model(model, data, cfg: MonitorConfig, out: str | os.PathLike | No
         "relmon_version": relmon.__version__,
         "model": info.name,
         "model_version": info.version,
-        "methods": list(cfg.methods),
+        "methods": list(cfg.methods),  # resolved: methods: auto is the method_selection's choice
+        "method_selection": method_selection,
         "region": cfg.region,
         "steps": steps,  # the resolved L (also with fraction)
         "fraction": cfg.fraction,

@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from relmon.config import MonitorConfig
+from relmon.config import AUTO_METHODS, MonitorConfig
 from relmon.explain import canonical_method
 from relmon.jobs.errors import CalibrationMismatchError
 from relmon.records import read_record_files, write_records
@@ -315,8 +315,9 @@ def check_calibration(cal: Calibration, model_name: str, model_version: str, cfg
             f"calibration {str(cal.path)!r} was made for model {m['model']!r}, the job runs {model_name!r}; "
             "fix: run 'relmon calibrate' for this model"
         )
+    auto = tuple(cfg.methods) == AUTO_METHODS  # methods: auto scores with the calibration's choice
     settings = {
-        "methods": [canonical_method(x) for x in cfg.methods],
+        "methods": [canonical_method(x) for x in (m["methods"] if auto else cfg.methods)],
         "region": cfg.region,
         "steps": calibration_steps(cal, cfg),
     }

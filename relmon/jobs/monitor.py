@@ -30,11 +30,12 @@ from relmon.identity import model_info
 from relmon.jobs.calibration import Calibration, check_calibration, load_calibration
 from relmon.jobs.errors import CalibrationMismatchError, EmptyWindowError, JobError, RunInterrupted
 from relmon.jobs.inputs import build_stream, input_size, latest_window
+from relmon.jobs.method_auto import is_auto, resolve_auto
 from relmon.jobs.model import check_stream_classes, load_job_model
 from relmon.jobs.only_new import STATE_FILE, SeenFiles, folder_lock, stream_folder
 from relmon.jobs.runner import resolve_device
 from relmon.jobs.scaleout import plan_window, scoring_settings, write_part_file
-from relmon.jobs.scoring import job_steps, score_stream
+from relmon.jobs.scoring import _example, job_steps, score_stream
 from relmon.jobs.signals import run_deadline, run_time_left
 from relmon.jobs.summary import BASELINE_ESTIMATOR, MonitorSummary, confidence_estimate
 from relmon.jobs.window_ids import input_root, name_run_windows, relative_sample_ids
@@ -101,6 +102,8 @@ class MonitorJob:
         if calibration is not None and not isinstance(calibration, Calibration):
             calibration = load_calibration(calibration)
         self.calibration = calibration
+        if calibration is not None:  # methods: auto → the calibration's choice (issue 21 item 6)
+            self.cfg = cfg = resolve_auto(cfg, self.model, calibration)
         self.version_mismatch = (
             check_calibration(self.calibration, self.model_name, self.model_version, cfg)
             if self.calibration
@@ -138,6 +141,8 @@ class MonitorJob:
         stream = self.stream if self.stream is not None else build_stream(
             cfg, self.model, listing=listing, calibration=self.calibration)
         self._input = stream  # the folder stream: the root the records' sample ids are relative to
+        if is_auto(cfg.methods):  # no calibration: the fallback method (checked on the input's size)
+            self.cfg = cfg = resolve_auto(cfg, self.model, None, _example(stream, cfg.channels))
         stream = self._prepare_stream(stream)  # only-new scoring: the new or changed files only
         self._check_fraction_steps(stream)
         self._steps = job_steps(cfg, stream)
@@ -224,6 +229,11 @@ class MonitorJob:
             values = records.loc[records["method"] == method, "aopc_rel"] if len(records) else []
             m.observe_aopc_relative(method, values)
         m.set_confidence(float(conf.mean()) if conf.size else math.nan)
+        from relmon.analysis.location import location_summary
+
+        location = location_summary(records)  # None without suspect_regions
+        if location is not None:
+            m.set_location(location)
         if drift_p is not None:
             m.set_drift(drift_p, alarm)
         m.set_disagreement(robust["estimator_disagreement"])
@@ -256,6 +266,7 @@ class MonitorJob:
             calibration_version_mismatch=self.version_mismatch,
             default_estimator=self.default_estimator,
             estimate_errors=estimate_errors,
+            location=location,
             unexplained_shift=unexplained,
             **robust,
         )

@@ -11,6 +11,7 @@ import warnings
 
 from relmon.config import MonitorConfig
 from relmon.jobs.inputs import input_size
+from relmon.jobs.method_auto import is_auto, resolve_auto
 from relmon.jobs.runner import score_plain
 from relmon.jobs.signals import stop_callback
 from relmon.records import empty_records
@@ -31,9 +32,13 @@ def job_suspect_regions(cfg: MonitorConfig, stream):
         return None
     size = input_size(stream)
     if size is not None:
-        from relmon.suspect_regions import check_regions_fit
+        from relmon.config import ConfigError
+        from relmon.suspect_regions import SuspectRegionsError, check_regions_fit
 
-        check_regions_fit(cfg.suspect_regions, *size)
+        try:
+            check_regions_fit(cfg.suspect_regions, *size)
+        except SuspectRegionsError as err:
+            raise ConfigError(str(err)) from None
     return cfg.suspect_regions
 
 
@@ -46,6 +51,21 @@ def job_steps(cfg: MonitorConfig, stream) -> int:
     if size is None:  # no readable image: nothing will be scored, any L does
         return 1
     return cfg.resolve_steps(*size)
+
+
+def _example(stream, channels: int = 1):
+    """A zero batch of one image shaped like ``stream``'s (None when its size is unknown): enough for the
+    LRP support check of the ``methods: auto`` fallback."""
+    import torch
+
+    size = input_size(stream)
+    if size is None:
+        return None
+    base = stream
+    while hasattr(base, "dataset") or hasattr(base, "base"):
+        base = getattr(base, "dataset", None) or base.base
+    x = getattr(base, "x", None)
+    return torch.zeros(1, int(x.shape[1]) if x is not None and x.ndim == 4 else channels, *size)
 
 
 def _quiet_lightning() -> None:
@@ -64,6 +84,8 @@ def score_stream(cfg: MonitorConfig, model, stream, progress: bool = False, wind
     :class:`~relmon.lightning.RelevanceMonitor` in ``pl.Trainer.predict`` (the third item is then the
     monitor). Both give the same records and summary.
     """
+    if is_auto(cfg.methods):  # a caller that did not resolve methods: auto (the jobs do): the fallback
+        cfg = resolve_auto(cfg, model, None, _example(stream))
     if cfg.runner == "plain":
         return score_plain(cfg, model, stream, scoring_options(cfg, stream), progress=progress, window_id=window_id)
     return score_stream_lightning(cfg, model, stream, progress=progress, window_id=window_id)

@@ -57,4 +57,42 @@ def shortcut_mask(cfg, height: int, width: int) -> torch.Tensor:
                           f"{err}") from None
 
 
-__all__ = ["PREFIX", "break_shortcut", "shortcut_mask", "shortcut_window_plan"]
+def fit_shortcut_estimators(records, estimators: dict, default: str, validation: dict):
+    """The calibration's estimators, default and validation after the shortcut-aware ones were added.
+
+    **Rule** (chosen on the tuning shortcuts of ``scripts/shortcut_estimator_study.py``): the
+    :data:`~relmon.analysis.estimators.LOCATION_ESTIMATORS` are fitted with the default the
+    leave-one-shift-type-out selection chose among the other candidates as their fallback, and
+    ``location_regression`` becomes the default. Outside the shortcut windows' envelope it *is* that
+    default; inside it is the family regression. Leave-one-shift-type-out cannot judge it fairly: held
+    out, the ``shortcut_shuffle`` type takes every window of mixed wrong cues with it, so the selection
+    would judge a regression that never saw what it is for. When the location estimator cannot be
+    fitted (records without location columns) the selection's default stays, with the reason in
+    ``validation["errors"]``."""
+    import logging
+
+    from relmon.analysis.estimators import LOCATION_ESTIMATORS, make_estimator
+
+    chosen = validation.get("chosen", default)  # "median:a+b+c" for a median default
+    fitted, errors = dict(estimators), dict(validation.get("errors") or {})
+    for name in LOCATION_ESTIMATORS:
+        try:
+            fitted[name] = make_estimator(name).set_params(fallback=chosen).fit(records)
+        except ValueError as err:
+            errors[name] = str(err)
+            logging.getLogger("relmon.jobs").warning("shortcut-aware estimator %s not fitted: %s", name, err)
+    validation = {**validation, "errors": errors}
+    if LOCATION_ESTIMATORS[0] not in fitted:
+        return fitted, default, validation
+    first = LOCATION_ESTIMATORS[0]
+    validation.update({
+        "chosen_by": f"shortcut_variants: {first} with the selection's default {chosen!r} as its fallback "
+                     f"(relmon.jobs.shortcut_windows.fit_shortcut_estimators); before: {validation.get('chosen_by')}",
+        "default_before_shortcut": default,
+        "default_members": [first],
+        "unreliable_under": list(getattr(fitted[first], "uncovered_shift_types_", [])),
+    })
+    return fitted, first, validation
+
+
+__all__ = ["PREFIX", "break_shortcut", "fit_shortcut_estimators", "shortcut_mask", "shortcut_window_plan"]

@@ -51,6 +51,9 @@ class MonitorSummary:
     input_root: str | None = None  # the folder (or URL) the records' sample ids are relative to
     alert_threshold: float | None = None  # relmon.analysis.alerts.accuracy_threshold of the two
     alerts: list[dict[str, str]] = field(default_factory=list)  # relmon.analysis.alerts.accuracy_alerts
+    # issue 19 (relmon.analysis.location.location_summary): window means of the location columns
+    # (suspect_share, occlusion_flip rate, ...) when suspect_regions is set, else None
+    location: dict[str, Any] | None = None
     # issue 19 (relmon.analysis.unexplained): {fired, checked, outside, fallback, reason}; None without a gate
     unexplained_shift: dict[str, Any] | None = None
 
@@ -93,6 +96,11 @@ class MonitorSummary:
         if self.accuracy is not None:
             lines.append(f"{'(true accuracy, labels known)':<34} {self.accuracy:8.3f}")
         lines.append(f"mean confidence {self.confidence:.3f}")
+        if self.location:
+            loc = self.location
+            lines.append(f"where the model looks ({loc.get('method')}): suspect-region relevance share "
+                         f"{loc['suspect_share']:.3f}, occlusion flip rate {loc['occlusion_flip']:.3f}, "
+                         f"confidence drop {loc['occlusion_drop']:.3f}")
         if self.drift_p_values is not None:
             ps = ", ".join(f"{k} {v:.2g}" for k, v in self.drift_p_values.items())
             lines.append(f"drift: {'ALARM' if self.drift_alarm else 'no alarm'} (KS p-values: {ps})")

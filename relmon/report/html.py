@@ -8,6 +8,9 @@ The page opens with a table of contents; then, each in a ``<section id=...>`` (:
   intervals as one row per estimator (the default marked);
 - ``drift`` — per window, KS p-values of each feature against the calibration's reference window and
   the (Holm-corrected) alarm;
+- ``location`` — "Where the model looks" (records scored with ``suspect_regions``): per window the
+  suspect-region relevance share, occlusion flip rate and confidence drop, and per predicted class
+  (:mod:`relmon.report.location`); a note naming the setting otherwise;
 - ``heatmaps`` — the worst-scoring inputs (lowest AOPC gap to the random order, lowest confidence)
   with their window, file, predicted class and scores, and, given the model and the inputs, their
   heatmaps, one column per method (``images=False`` leaves images out: inputs can be private data,
@@ -19,6 +22,8 @@ The page opens with a table of contents; then, each in a ``<section id=...>`` (:
   of every window's records is always shown;
 - ``validation`` — the calibration: how its default estimator was chosen, the leave-one-shift-type-out
   validation as tables, and the calibration windows' accuracies (:func:`calibration_section`).
+- ``method_table`` — the calibration's comparison of heatmap methods on this model (paired AOPC gap to
+  the random order, the method used, warnings; :mod:`relmon.report.methods`).
 
 Every figure is a matplotlib PNG embedded as base64 (``data:image/png``); the page loads nothing from
 anywhere (no scripts, stylesheets, fonts or images by URL).
@@ -43,15 +48,18 @@ import pandas as pd
 from relmon.report.samples import as_float, class_name, per_class_table, worst_samples
 from relmon.report.trend import RANDOM_METHOD, choose_method, trend_figure, trend_table
 
-SECTIONS = ("summary", "trend", "drift", "heatmaps", "classes", "curves", "validation")
+SECTIONS = ("summary", "trend", "drift", "location", "heatmaps", "classes", "curves", "validation",
+            "method_table")
 SECTION_TITLES = {
     "summary": "Summary",
     "trend": "Windows over time",
     "drift": "Drift",
+    "location": "Where the model looks",
     "heatmaps": "Worst-scoring inputs",
     "classes": "Per predicted class",
     "curves": "Perturbation curves and AOPC",
     "validation": "Calibration and its validation",
+    "method_table": "Heatmap methods on this model",  # relmon.report.methods (issue 21 item 6)
 }
 
 _CSS = """
@@ -229,9 +237,9 @@ def _estimates(records: pd.DataFrame, calibration, notes: list[str]) -> tuple[pd
     """Long frame ``window, estimator, estimate, lower, upper`` from the calibration's estimators."""
     if calibration is None:
         return pd.DataFrame(columns=["window", "estimator", "estimate", "lower", "upper"]), None
-    from relmon.records import RECORD_COLUMNS
+    from relmon.records import has_location, record_columns
 
-    recs = records[[c for c in RECORD_COLUMNS if c in records.columns]].copy()
+    recs = records[[c for c in record_columns(has_location(records)) if c in records.columns]].copy()
     recs["window_id"] = records["_window"].astype(str)
     rows = []
     for name, est in calibration.estimators.items():
@@ -556,7 +564,10 @@ def render_report(
     c.append(_img(_aopc_hist_png(records), "AOPC distributions"))
     c.append("</section>")
 
-    parts = {"trend": t, "drift": d, "heatmaps": h, "classes": k, "curves": c}
+    from relmon.report.location import location_section
+
+    loc = [location_section(records, list(trend["window"]), classes, SECTION_TITLES["location"])]
+    parts = {"trend": t, "drift": d, "location": loc, "heatmaps": h, "classes": k, "curves": c}
     if notes:
         s_notes.append("<h3>Notes</h3><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
     s_notes.append("</section>")
@@ -564,6 +575,11 @@ def render_report(
         f'<li><a href="#{sid}">{html.escape(SECTION_TITLES[sid])}</a></li>' for sid in SECTIONS) + "</ol></nav>"
     body = [body[0], toc, "\n".join(s_notes)]
     for sid in SECTIONS[1:]:
+        if sid == "method_table":
+            from relmon.report.methods import method_table_section
+
+            body.append(method_table_section(calibration))
+            continue
         body.append(calibration_section(calibration, default) if sid == "validation" else "\n".join(parts[sid]))
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
