@@ -272,7 +272,7 @@ def planted_models(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_audit_to_monitoring_end_to_end(planted_models, tmp_path, capsys):
+def test_audit_to_monitoring_end_to_end(planted_models, tmp_path, capsys, caplog):
     import glob
 
     from conftest import run_cli
@@ -295,6 +295,21 @@ def test_audit_to_monitoring_end_to_end(planted_models, tmp_path, capsys):
     capsys.readouterr()
     reference = read_record_files([tmp_path / "cal" / "reference.parquet"])
     assert all(c in reference.columns for c in LOCATION_COLUMNS)
+    # the calibration remembers its regions: other regions are refused, none only warned about
+    from relmon.config import load_config
+    from relmon.jobs import CalibrationMismatchError, load_calibration
+    from relmon.jobs.calibration import check_calibration
+
+    cal, job_cfg = load_calibration(tmp_path / "cal"), load_config(cfg)
+    ident = cal.meta["model"], cal.meta["model_version"]
+    assert check_calibration(cal, *ident, job_cfg) is False
+    with pytest.raises(CalibrationMismatchError, match="made with suspect_regions .* the job uses \\[\\[0, 0, 2, 2\\]\\]"):
+        check_calibration(cal, *ident, job_cfg.with_overrides({"suspect_regions": [[0, 0, 2, 2]]}))
+    from dataclasses import replace
+
+    with caplog.at_level("WARNING", logger="relmon.jobs"):
+        check_calibration(cal, *ident, replace(job_cfg, suspect_regions=None))
+    assert "the location features are not tested for drift against it" in caplog.text
 
     # monitored windows from images the audit and calibration never saw: the marker as in training,
     # and a window where every image carries another class's marker (the shortcut misleads)
@@ -315,7 +330,8 @@ def test_audit_to_monitoring_end_to_end(planted_models, tmp_path, capsys):
     # corners that cover object pixels too), more often where a wrong marker carried the prediction
     # (measured: 0.48 and 0.62; 250 images each, standard error of the difference about 0.044)
     assert flip["wrong"] > flip["clean"] + 0.08, flip
-    assert out["wrong"]["location"]["method"] == "lrp:epsilon_0_01"
+    # from the first configured method (methods: auto resolves to the calibration's choice)
+    assert out["wrong"]["location"]["method"] == next(iter(out["wrong"]["methods"])) != "random"
     # the exported flip rate is the summary's
     from prometheus_client.parser import text_string_to_metric_families
 

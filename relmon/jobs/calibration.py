@@ -306,6 +306,24 @@ def calibration_steps(cal: Calibration, cfg: MonitorConfig) -> int:
     return cfg.resolve_steps(int(size[0]), int(size[1]))
 
 
+def _check_suspect_regions(cal: Calibration, cfg: MonitorConfig) -> None:
+    """The location features are comparable only on the same suspect regions (issue 19): other regions
+    are an error, regions on one side only a warning (the drift test then leaves the features out)."""
+    made = (cal.meta.get("settings") or {}).get("suspect_regions")
+    made = [list(r) for r in made] if made else None
+    mine = [list(r) for r in cfg.suspect_regions] if cfg.suspect_regions else None
+    if made == mine:
+        return
+    if made and mine:
+        raise CalibrationMismatchError(
+            f"calibration {str(cal.path)!r} was made with suspect_regions {made}, the job uses {mine}: the "
+            "location features are not comparable; fix: use the calibration's suspect_regions or re-run "
+            "'relmon calibrate' with these")
+    log.warning("calibration %r was made %s suspect_regions, the job %s them: the location features are not "
+                "tested for drift against it; fix: re-run 'relmon calibrate' with the job's suspect_regions",
+                str(cal.path), "with" if made else "without", "does not use" if made else "uses")
+
+
 def check_calibration(cal: Calibration, model_name: str, model_version: str, cfg: MonitorConfig) -> bool:
     """Raise :class:`CalibrationMismatchError` if ``cal`` does not fit; True if only the version differs
     (allowed by ``cfg.allow_version_mismatch``)."""
@@ -331,6 +349,7 @@ def check_calibration(cal: Calibration, model_name: str, model_version: str, cfg
             f"calibration {str(cal.path)!r} was made with {made}, the job scores with {settings}: "
             "AOPC is not comparable; fix: use the calibration's settings or re-run 'relmon calibrate'"
         )
+    _check_suspect_regions(cal, cfg)
     if m["model_version"] != model_version:
         msg = (
             f"calibration {str(cal.path)!r} was made for version {m['model_version']!r} of {model_name!r}, "
