@@ -112,6 +112,7 @@ def product_windows(model, name, kind, rects, cal_x, cal_y, test_raw, args) -> l
     from relmon.data.labelled import LabelledImages
     from relmon.data.streams import TensorStream
     from relmon.jobs.calibrate_job import calibrate_model, fit_and_select
+    from relmon.jobs.method_auto import resolve_auto
     from relmon.jobs.scoring import score_stream
     from relmon.preprocessing import get_preprocessing
 
@@ -132,6 +133,7 @@ def product_windows(model, name, kind, rects, cal_x, cal_y, test_raw, args) -> l
     gate_d = cal.meta.get("unexplained_shift_gate")
     gate = unexplained.UnexplainedShiftGate.from_dict(gate_d) if gate_d else None
     prep = get_preprocessing(model, "the evaluation")
+    cfg = resolve_auto(cfg, model, cal)  # methods: auto -> the calibration's choice, as the monitor scores
     rows = []
     for j, (what, wx, wy) in enumerate(test_raw):
         stream = TensorStream(wx, wy.numpy(), ids=[f"{what}:{j}:{i}" for i in range(len(wx))], preprocessing=prep,
@@ -158,6 +160,7 @@ def product_windows(model, name, kind, rects, cal_x, cal_y, test_raw, args) -> l
             "product_lower": float(head["lower"]), "product_upper": float(head["upper"]),
             "product_estimator": head["estimator"], "product_default": default, "gated": fired,
             "today": float(today[today_default].predict(one).iloc[-1]["estimate"]), "today_default": today_default,
+            "method": cfg.methods[0],
             "accuracy": float(rec.drop_duplicates("sample_id")["correct"].astype(float).mean()),
             **{f"est_{k}": v[0] for k, v in estimates.items()},
         })
