@@ -408,3 +408,23 @@ def test_report_shows_where_the_model_looks():
     assert [(row[0], row[1], row[share]) for row in per_class[1:]] == [("0", "4", "1.000"), ("1", "1", "0.000")]
     plain = render_report(score(model, None))
     assert "carry no location features: set suspect_regions" in plain.split('<section id="location">')[1]
+
+
+def test_both_runners_give_the_same_location_columns(tmp_path, capsys):
+    """The plain loop and Lightning's RelevanceMonitor score through the same BatchScorer."""
+    import glob
+
+    from conftest import run_cli
+
+    from relmon.records import read_record_files
+
+    got = {}
+    for runner in ("plain", "lightning"):
+        rc = run_cli(["monitor", "--n", "12", "--batch-size", "8", "--methods", "lrp:epsilon_0_01", "--runner", runner,
+                      "--suspect-regions", "[[0, 0, 8, 28], [20, 0, 8, 28]]", "--records", str(tmp_path / runner)])
+        assert rc == 0
+        recs = read_record_files(glob.glob(str(tmp_path / runner / "**" / "*.parquet"), recursive=True))
+        got[runner] = recs.sort_values(["sample_id", "method"])[list(LOCATION_COLUMNS)].astype(float).to_numpy()
+    capsys.readouterr()
+    assert got["plain"].shape == (24, 4)
+    assert got["plain"] == pytest.approx(got["lightning"], abs=1e-6, nan_ok=True)
