@@ -104,7 +104,8 @@ def test_variant_windows_exist_with_their_shares_and_ordered_accuracies(calibrat
                                                                                  "regression_confidence")
     assert cal.estimators["location_regression"].fallback == cal.meta["validation"]["chosen"]
     gate = cal.meta["unexplained_shift_gate"]
-    assert gate["fallback"] == "atc" and "occlusion_flip_mean" in gate["features"]
+    # the gate falls back to that pre-shortcut default (ATC erred 0.5 on contrast windows: docs/shortcuts.md)
+    assert gate["fallback"] == before and "occlusion_flip_mean" in gate["features"]
 
 
 def test_break_shortcut_changes_the_stated_share_reproducibly():
@@ -151,8 +152,9 @@ def _monitor(model, cal, x, registry=None):
 
 
 def test_gate_in_the_monitor_fires_outside_and_not_inside(calibrated):
-    """Mutation checked: a gate margin of 50 (UnexplainedShiftGate.fit(..., margin=50) in calibrate_job)
-    keeps the all-markers window inside and fails this test."""
+    """Mutations checked: a gate margin of 50 (UnexplainedShiftGate.fit(..., margin=50) in calibrate_job)
+    keeps the all-markers window inside and fails this test; the old ATC fallback (no ``fallback=`` in
+    calibrate_job) puts ``atc`` in the headline instead of the pre-shortcut default and fails it."""
     model, cal = calibrated
     x_in, _ = images(80, seed=21)
     job, inside = _monitor(model, cal, x_in)
@@ -164,8 +166,10 @@ def test_gate_in_the_monitor_fires_outside_and_not_inside(calibrated):
     job, outside = _monitor(model, cal, x_out)
     gate = outside.unexplained_shift
     assert gate["fired"] and gate["outside"], gate
-    assert outside.headline["estimator"] == "atc" and outside.headline["fallback"]
-    assert outside.headline["estimate"] == pytest.approx(outside.estimates["atc"][0])
+    before = cal.meta["validation"]["default_before_shortcut"]
+    assert before != "atc"  # else this test could not tell the pre-shortcut default from the old ATC fallback
+    assert outside.headline["estimator"] == before and outside.headline["fallback"]
+    assert outside.headline["estimate"] == pytest.approx(outside.estimates[before][0])
     assert outside.headline["reason"].startswith("unexplained shift:")
     assert job.registry.get_sample_value("relmon_unexplained_shift", job.metrics.base) == 1.0
     doc = json.loads(json.dumps(outside.to_dict()))  # what --json prints

@@ -4,15 +4,20 @@ The shortcut-aware estimators (:class:`~relmon.analysis.estimators.LocationRegre
 calibration showed them: intact cues, cues blanked or swapped in a share of the images
 (``shortcut_variants``), and the corruption windows. A window whose location features lie outside the
 range of every calibration window is a shift none of them was fitted on, and a regression
-extrapolates there without warning. The gate says so and the headline falls back to a confidence
-estimator, which degrades more gently.
+extrapolates there without warning. The gate says so and the headline falls back to the default the
+calibration selected among the other estimators (``relmon calibrate`` passes it as ``fallback``: the
+headline a calibration without ``shortcut_variants`` would give).
 
 **Rule.** For each of :data:`GATE_FEATURES` (window means: confidence and the location features of
 :mod:`relmon.location`), the calibration windows' range ``[low, high]`` is widened on both sides by
 ``margin`` of its span plus 3 standard errors of a calibration window's mean (sampling noise,
 :func:`relmon.analysis.estimators.sampling_se`); the gate fires when a window's value lies outside the widened range for at least
-one feature. ``margin`` (:data:`GATE_MARGIN`) and the fallback (:data:`GATE_FALLBACK`, else
-``average_confidence``) were chosen on the tuning shortcuts of ``scripts/shortcut_estimator_study.py``.
+one feature. ``margin`` (:data:`GATE_MARGIN`) was chosen on the tuning shortcuts of
+``scripts/shortcut_estimator_study.py``. The fallback was first ATC (:data:`GATE_FALLBACK`, still the
+default of :meth:`UnexplainedShiftGate.fit` called directly), a choice by reasoning: no tuning window
+fired. The product evaluation (``scripts/evaluate_shortcuts.py --product``, docs/shortcuts.md) then
+showed the gate firing on ``contrast/4`` windows, where ATC erred 0.51-0.56 against 0.08-0.09 for the
+selection's default, so the calibration now falls back to that default.
 Without location features in the calibration there is no gate, and everything behaves as before.
 """
 

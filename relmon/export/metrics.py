@@ -239,7 +239,7 @@ METRIC_SPECS: tuple[MetricSpec, ...] = (
         "gauge",
         None,
         "1 when the window's location features (or confidence) lie outside the calibration windows' range "
-        "(relmon.analysis.unexplained; the headline then falls back to a confidence estimator), else 0; "
+        "(relmon.analysis.unexplained; the headline then falls back to the default calibrated without the shortcut estimators), else 0; "
         "absent without suspect regions.",
     ),
     MetricSpec(

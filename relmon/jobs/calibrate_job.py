@@ -202,7 +202,9 @@ def calibrate_model(model, data, cfg: MonitorConfig, out: str | os.PathLike | No
         estimators, default, validation = fit_shortcut_estimators(records, estimators, default, validation)
     from relmon.analysis.unexplained import UnexplainedShiftGate
 
-    gate = UnexplainedShiftGate.fit(records)  # None without location features
+    # None without location features; when it fires the headline falls back to the default relmon chose
+    # without the shortcut machinery (what the headline is without shortcut_variants)
+    gate = UnexplainedShiftGate.fit(records, fallback=validation.get("default_before_shortcut", default))
     settings = {key: getattr(cfg, key) for key in SETTINGS_KEYS}
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
     meta = {

@@ -202,7 +202,7 @@ class MonitorJob:
         robust = window_robustness(self.calibration, estimates, self.default_estimator,
                                    records if len(records) else None)  # issue 18: headline, disagreement
         unexplained = None
-        if self.gate is not None:  # issue 19: outside what the calibration covered -> confidence headline
+        if self.gate is not None:  # issue 19: outside what the calibration covered -> the fallback default
             from relmon.analysis.unexplained import gated_headline
 
             unexplained = self.gate.check(records if len(records) else None)
