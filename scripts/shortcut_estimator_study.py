@@ -170,7 +170,7 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--window", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0, help="training seed (evaluate_shortcuts.get_model)")
-    ap.add_argument("--cache", default="/work/cache/shortcuts")
+    ap.add_argument("--cache", default="out/shortcuts_cache", help="folder of trained models (shared with evaluate_shortcuts)")
     ap.add_argument("--kinds", nargs="+", default=["marker", "border"])
     ap.add_argument("--archs", nargs="+", default=list(ev.ARCHS))
     ap.add_argument("--records", default="out/study", help="folder for the scored records (parquet)")

@@ -67,7 +67,8 @@ def images(n: int, seed: int, cue: float = 0.9, all_markers: bool = False):
 def config(**extra) -> MonitorConfig:
     values = dict(methods=["gradient_x_input"], region=4, steps=2, calibration_n=80, seed=3,
                   calibration_shifts=["gaussian_noise"], calibration_severities=[3],
-                  estimators=["atc", "average_confidence", "regression_confidence"],
+                  # one candidate, so the pre-shortcut default (the gate's fallback) is known: doc
+                  estimators=["doc"],
                   suspect_regions=cue_regions("marker", S, S, K), shortcut_variants=["remove", "shuffle"],
                   shortcut_shares=[0.5, 1.0])
     values.update(extra)
@@ -100,9 +101,12 @@ def test_variant_windows_exist_with_their_shares_and_ordered_accuracies(calibrat
     # location_regression is the default; the gate is stored
     assert {"location_regression", "location_regression_local"} <= set(cal.estimators)
     before = cal.meta["validation"]["default_before_shortcut"]
-    assert cal.meta["default_estimator"] == "location_regression" and before in ("atc", "average_confidence",
-                                                                                 "regression_confidence")
-    assert cal.estimators["location_regression"].fallback == cal.meta["validation"]["chosen"]
+    assert cal.meta["default_estimator"] == "location_regression" and before == "doc"
+    assert cal.estimators["location_regression"].fallback == before
+    # that selection saw the windows a calibration without shortcut_variants has (here one shift type,
+    # so "first candidate"), not the shortcut windows (mutation checked: selecting on every window
+    # validates over three shift types and fails this)
+    assert "before: first candidate (fewer than 2 shift types)" in cal.meta["validation"]["chosen_by"]
     gate = cal.meta["unexplained_shift_gate"]
     # the gate falls back to that pre-shortcut default (ATC erred 0.5 on contrast windows: docs/shortcuts.md)
     assert gate["fallback"] == before and "occlusion_flip_mean" in gate["features"]
@@ -154,7 +158,8 @@ def _monitor(model, cal, x, registry=None):
 def test_gate_in_the_monitor_fires_outside_and_not_inside(calibrated):
     """Mutations checked: a gate margin of 50 (UnexplainedShiftGate.fit(..., margin=50) in calibrate_job)
     keeps the all-markers window inside and fails this test; the old ATC fallback (no ``fallback=`` in
-    calibrate_job) puts ``atc`` in the headline instead of the pre-shortcut default and fails it."""
+    calibrate_job; ATC not fitted, so average_confidence) puts another estimator than the pre-shortcut
+    default ``doc`` in the headline and fails it."""
     model, cal = calibrated
     x_in, _ = images(80, seed=21)
     job, inside = _monitor(model, cal, x_in)
@@ -167,7 +172,7 @@ def test_gate_in_the_monitor_fires_outside_and_not_inside(calibrated):
     gate = outside.unexplained_shift
     assert gate["fired"] and gate["outside"], gate
     before = cal.meta["validation"]["default_before_shortcut"]
-    assert before != "atc"  # else this test could not tell the pre-shortcut default from the old ATC fallback
+    assert before == "doc"  # neither atc nor average_confidence: the old ATC fallback would show
     assert outside.headline["estimator"] == before and outside.headline["fallback"]
     assert outside.headline["estimate"] == pytest.approx(outside.estimates[before][0])
     assert outside.headline["reason"].startswith("unexplained shift:")
