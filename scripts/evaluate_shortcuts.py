@@ -245,6 +245,7 @@ def product_markdown(p) -> str:
         p[f"err_{e}"] = (p[e] - p["accuracy"]).abs()
     p["group"] = np.where(p["kind"] == HELD_OUT, f"held-out ({HELD_OUT})", "tuning kinds")
     p["covered"] = (p["product_lower"] <= p["accuracy"]) & (p["accuracy"] <= p["product_upper"])
+    p["width"] = p["product_upper"] - p["product_lower"]  # coverage is judged with the width it costs
     label = {"today": "today's default", "product": "product (gated)"}
     out = ["\n### Window estimates of the product: mean absolute error\n",
            "`relmon calibrate` (`calibrate_model`) with the audit's `suspect_regions` and `shortcut_variants: "
@@ -255,13 +256,13 @@ def product_markdown(p) -> str:
            + "; today " + ", ".join(f"{m}: {d}" for m, d in p.groupby("model")["today_default"].first().items())
            + ".\n",
            "| group | window | windows | accuracy | " + " | ".join(label.get(e, e[4:]) for e in ests)
-           + " | gated share | product interval covers |",
-           "|---|---|---|---|" + "---|" * (len(ests) + 2)]
+           + " | gated share | product interval covers | mean interval width |",
+           "|---|---|---|---|" + "---|" * (len(ests) + 3)]
     t = p.groupby(["group", "window"])
     for (g, w), part in t:
         out.append(f"| {g} | {w} | {len(part)} | {part['accuracy'].mean():.3f} | "
                    + " | ".join(f"{part[f'err_{e}'].mean():.3f}" for e in ests)
-                   + f" | {part['gated'].mean():.2f} | {part['covered'].mean():.2f} |")
+                   + f" | {part['gated'].mean():.2f} | {part['covered'].mean():.2f} | {part['width'].mean():.2f} |")
     out.append("\nPaired bootstrap (90 % interval of the error difference; positive = the product errs less):\n")
     for g, part in p.groupby("group"):
         for what, sel in (("misleading", part["window"].str.startswith("misleading")),

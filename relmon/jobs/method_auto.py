@@ -13,7 +13,7 @@ from relmon.config import AUTO_METHODS, MonitorConfig
 
 log = logging.getLogger("relmon.jobs")
 
-#: ``methods: auto`` on an embedded model (chosen on validation data for them; the demo's numbers).
+#: ``methods: auto`` on an embedded model (chosen for them at the paper's protocol on 256 test images, no separate validation split; the demo's numbers).
 EMBEDDED_METHOD = "lrp:epsilon_0_01"
 #: ``methods: auto`` on another model without a calibration: the composite that won on the third-party
 #: network of issue 21, or gradient × input where relmon's LRP refuses the model.

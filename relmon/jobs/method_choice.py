@@ -13,7 +13,7 @@ random-order AOPC is one value per sample, shared by all methods) and
   the mean gap does not lie above 0), naming the methods that are significantly better than it;
 - with ``methods: auto``, picks the method with the highest mean gap (exact ties: the earlier candidate in
   :data:`DEFAULT_CANDIDATES`, cheapest first). The embedded models keep ``lrp:epsilon_0_01``, chosen for
-  them on validation data (README "The paper's comparison").
+  them at the paper's protocol on 256 test images, with no separate validation split (README "The paper's comparison").
 
 Unit: the scale-free gap ``gap_rel = (AOPC − AOPC_random) / f(x⁽⁰⁾)`` per sample (the share of the clean
 logit that the method's order removes beyond the random order's, as :mod:`relmon.analysis.features`
@@ -203,7 +203,7 @@ def select_methods(cfg: MonitorConfig, model, images: torch.Tensor, prep, progre
         chosen = EMBEDDED_METHOD if is_embedded_model(model) else best
         if chosen != best:  # compare with the method actually used
             table, counts = paired_table(records, methods, chosen)
-        rule = (f"embedded model: {EMBEDDED_METHOD}, chosen on validation data (README \"The paper's comparison\")"
+        rule = (f"embedded model: {EMBEDDED_METHOD}, chosen on 256 test images, no separate validation split (README \"The paper's comparison\")"
                 if chosen == EMBEDDED_METHOD and is_embedded_model(model) else RULE)
     else:
         chosen, rule = reference, "configured (methods)"
