@@ -149,7 +149,7 @@ def test_auto_without_calibration_falls_back_and_embedded_models_keep_their_meth
     x = torch.from_numpy(relmon.data.load_sample()[0][:16]).float().div(255).unsqueeze(1)
     sel = select_methods(MonitorConfig().with_overrides({"steps": 2, "region": 7}), embedded, x,
                          relmon.models.get_preprocessing(embedded))
-    assert sel["chosen"] == EMBEDDED_METHOD and "chosen on validation" in sel["rule"]
+    assert sel["chosen"] == EMBEDDED_METHOD and "chosen on 256 test images" in sel["rule"]
 
 
 def test_method_table_n_zero_skips_the_table(images):
